@@ -1,0 +1,88 @@
+//! The one error type of pocaduck.
+//!
+//! Every variant carries the context a user needs to act on it: the function and argument for bad
+//! input, the store path or file for I/O and format problems. `Display` produces the message shown in
+//! SQL; the SQL layer prefixes it with the function name (`pocaduck_points: …`).
+
+use std::fmt;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in pocaduck.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A bad argument or option value given by the user.
+    #[error("argument '{arg}' {msg}")]
+    Arg {
+        /// Name of the argument or option, as the user spells it.
+        arg: String,
+        /// What is wrong, including the rule and the value found.
+        msg: String,
+    },
+    /// Bad data in the rows handed to a writer.
+    #[error("{0}")]
+    Data(String),
+    /// The store path or URL does not hold what was expected.
+    #[error("store '{store}': {msg}")]
+    Store {
+        /// The store as the user named it.
+        store: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A file inside the store could not be read, written or decoded.
+    #[error("store '{store}', file '{file}': {msg}")]
+    File {
+        /// The store as the user named it.
+        store: String,
+        /// Path of the file relative to the store root.
+        file: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Another process changed the store in a way that conflicts with this operation.
+    #[error("store '{store}': {msg}")]
+    Conflict {
+        /// The store as the user named it.
+        store: String,
+        /// What conflicted.
+        msg: String,
+    },
+    /// An internal failure that is not the user's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Shorthand for [`Error::Arg`].
+    pub fn arg(arg: impl Into<String>, msg: impl fmt::Display) -> Self {
+        Error::Arg {
+            arg: arg.into(),
+            msg: msg.to_string(),
+        }
+    }
+
+    /// Shorthand for [`Error::Store`].
+    pub fn store(store: impl Into<String>, msg: impl fmt::Display) -> Self {
+        Error::Store {
+            store: store.into(),
+            msg: msg.to_string(),
+        }
+    }
+
+    /// Shorthand for [`Error::File`].
+    pub fn file(store: impl Into<String>, file: impl Into<String>, msg: impl fmt::Display) -> Self {
+        Error::File {
+            store: store.into(),
+            file: file.into(),
+            msg: msg.to_string(),
+        }
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::Internal(format!("arrow: {e}"))
+    }
+}

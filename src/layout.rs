@@ -1,0 +1,101 @@
+//! Where things live inside a store. The only module that spells store paths.
+//!
+//! ```text
+//! <store>/_pocaduck.json                          store schema (created by the first write)
+//! <store>/workers/<worker>/parts/<session>-<n>.parquet   immutable part files
+//! <store>/workers/<worker>/commits/<seq>.parquet  worker index segments, one per commit
+//! <store>/index/<generation>.duckdb               unified index generations (immutable)
+//! ```
+//! All paths are relative to the store root, so a store can be moved or copied into a bucket.
+
+use object_store::path::Path;
+
+use crate::error::{Error, Result};
+
+/// The store schema file.
+pub fn schema_file() -> Path {
+    Path::from("_pocaduck.json")
+}
+
+/// Directory of all workers.
+pub fn workers_dir() -> Path {
+    Path::from("workers")
+}
+
+/// A part file of a worker's session.
+pub fn part_file(worker: &str, session: &str, n: u32) -> Path {
+    Path::from(format!("workers/{worker}/parts/{session}-{n:06}.parquet"))
+}
+
+/// Directory of a worker's commit segments.
+pub fn commits_dir(worker: &str) -> Path {
+    Path::from(format!("workers/{worker}/commits"))
+}
+
+/// A worker's commit segment number `seq`.
+pub fn commit_file(worker: &str, seq: u64) -> Path {
+    Path::from(format!("workers/{worker}/commits/{seq:010}.parquet"))
+}
+
+/// Parses the sequence number out of a commit segment path.
+pub fn parse_commit_seq(p: &Path) -> Option<u64> {
+    p.filename()?.strip_suffix(".parquet")?.parse().ok()
+}
+
+/// Directory of unified index generations.
+pub fn index_dir() -> Path {
+    Path::from("index")
+}
+
+/// Unified index generation `gen`.
+pub fn index_file(gen: u64) -> Path {
+    Path::from(format!("index/{gen:010}.duckdb"))
+}
+
+/// Parses the generation out of a unified index path.
+pub fn parse_index_gen(p: &Path) -> Option<u64> {
+    p.filename()?.strip_suffix(".duckdb")?.parse().ok()
+}
+
+/// Checks a worker id: 1-128 characters of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn check_worker_id(w: &str, arg: &str) -> Result<()> {
+    if w.is_empty() {
+        return Err(Error::arg(arg, "must not be empty"));
+    }
+    let ok = w.len() <= 128
+        && !w.starts_with('.')
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        return Err(Error::arg(
+            arg,
+            format!("must be 1-128 characters of [A-Za-z0-9._-], not starting with '.': got '{w}'"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(parse_commit_seq(&commit_file("w1", 42)), Some(42));
+        assert_eq!(parse_index_gen(&index_file(7)), Some(7));
+        assert_eq!(index_file(7).as_ref(), "index/0000000007.duckdb");
+        assert_eq!(parse_index_gen(&Path::from("index/tmp.duckdb")), None);
+    }
+
+    #[test]
+    fn worker_ids_are_checked() {
+        assert!(check_worker_id("worker-07.a_b", "WORKER").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", "ü"] {
+            assert!(check_worker_id(bad, "WORKER").is_err(), "{bad}");
+        }
+        assert_eq!(
+            check_worker_id("a/b", "WORKER").unwrap_err().to_string(),
+            "argument 'WORKER' must be 1-128 characters of [A-Za-z0-9._-], not starting with '.': got 'a/b'"
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! pocaduck: a DuckDB extension that stores and serves 3-D point clouds keyed by `uint64` labels.
+//!
+//! The core (everything but [`sql`]) is plain Rust with no DuckDB types:
+//! - [`storage`]: object-store I/O; [`layout`]: where files live in a store;
+//! - [`schema`]: store schema and input validation; [`index`]: commit segments, unified index;
+//! - [`writer`]: ingest sessions; [`consolidate`]: building the unified index;
+//! - [`reader`]: points, labels and blocks queries.
+//!
+//! [`sql`] adapts DuckDB callbacks to the core and holds all `unsafe` code.
+#![warn(missing_docs)]
+
+pub mod consolidate;
+pub mod error;
+pub mod index;
+pub mod layout;
+pub mod reader;
+pub mod schema;
+pub mod sql;
+pub mod storage;
+pub mod writer;

@@ -1,0 +1,396 @@
+//! Reading: `pocaduck_points`, `pocaduck_labels`, `pocaduck_blocks`.
+//!
+//! A [`LoadedIndex`] is the unified index of one generation held in memory, with per-part Parquet
+//! metadata (including the page index) cached as parts are first read. It is cached per process
+//! and per store, and replaced as soon as a newer generation is published, so a query pays one
+//! directory listing to check freshness and then reads only the pages holding its label's rows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arrow::array::RecordBatch;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
+use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::ProjectionMask;
+
+use crate::consolidate::{latest_generation, load_generation};
+use crate::error::{Error, Result};
+use crate::index::{BlockId, IndexCodec};
+use crate::schema::StoreSchema;
+use crate::storage::{block_on, OpenMode, Store};
+
+struct Part {
+    path: Path,
+    meta: OnceLock<(ArrowReaderMetadata, u64)>,
+}
+
+/// Where a label's rows are.
+#[derive(Clone, Debug)]
+struct ReadEntry {
+    part: u32,
+    row_start: u64,
+    row_count: u64,
+    block: BlockId,
+}
+
+/// One generation of a store's unified index, ready to answer queries.
+pub struct LoadedIndex {
+    /// The store.
+    pub store: Store,
+    /// Generation loaded.
+    pub generation: u64,
+    /// The store schema.
+    pub schema: StoreSchema,
+    parts: Vec<Part>,
+    labels: Vec<u64>,
+    offsets: Vec<usize>,
+    entries: Vec<ReadEntry>,
+    stats: Vec<(u64, u64, u64)>,
+}
+
+fn cache() -> &'static Mutex<HashMap<std::path::PathBuf, Arc<LoadedIndex>>> {
+    static C: OnceLock<Mutex<HashMap<std::path::PathBuf, Arc<LoadedIndex>>>> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+/// Opens the current unified index of `store_name`, from the process cache when it is current.
+pub fn open(store_name: &str, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>> {
+    let store = Store::open(store_name, OpenMode::Existing)?;
+    let key = store.local_dir.clone().unwrap_or_default();
+    let gen = latest_generation(&store)?;
+    if gen == 0 {
+        let msg = if crate::writer::read_schema(&store)?.is_some() {
+            format!("has not been consolidated yet: run pocaduck_consolidate('{store_name}') first")
+        } else {
+            "is not a pocaduck store (no _pocaduck.json and no index)".to_string()
+        };
+        return Err(Error::store(store_name, msg));
+    }
+    if let Some(hit) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
+        if hit.generation == gen {
+            return Ok(hit);
+        }
+    }
+    let loaded = Arc::new(LoadedIndex::load(store, gen, codec)?);
+    if let Ok(mut c) = cache().lock() {
+        c.insert(key, loaded.clone());
+    }
+    Ok(loaded)
+}
+
+impl LoadedIndex {
+    fn load(store: Store, gen: u64, codec: &dyn IndexCodec) -> Result<LoadedIndex> {
+        let u = load_generation(&store, gen, codec)?;
+        let stats = u.label_stats();
+        let mut part_ids: HashMap<String, u32> = HashMap::new();
+        let mut parts = Vec::new();
+        let mut labels = Vec::with_capacity(stats.len());
+        let mut offsets = Vec::with_capacity(stats.len() + 1);
+        let mut entries = Vec::with_capacity(u.entries.len());
+        for (i, ue) in u.entries.into_iter().enumerate() {
+            if labels.last() != Some(&ue.e.label) {
+                labels.push(ue.e.label);
+                offsets.push(i);
+            }
+            let next = part_ids.len() as u32;
+            let part = *part_ids.entry(ue.e.part.clone()).or_insert_with(|| {
+                parts.push(Part {
+                    path: Path::from(ue.e.part.as_str()),
+                    meta: OnceLock::new(),
+                });
+                next
+            });
+            entries.push(ReadEntry {
+                part,
+                row_start: ue.e.row_start,
+                row_count: ue.e.row_count,
+                block: ue.e.block,
+            });
+        }
+        offsets.push(entries.len());
+        Ok(LoadedIndex {
+            store,
+            generation: gen,
+            schema: u.schema,
+            parts,
+            labels,
+            offsets,
+            entries,
+            stats,
+        })
+    }
+
+    fn label_entries(&self, label: u64) -> &[ReadEntry] {
+        match self.labels.binary_search(&label) {
+            Ok(i) => &self.entries[self.offsets[i]..self.offsets[i + 1]],
+            Err(_) => &[],
+        }
+    }
+
+    /// (label, points, blocks) of every label, in label order.
+    pub fn label_stats(&self) -> &[(u64, u64, u64)] {
+        &self.stats
+    }
+
+    /// (block, points) of one label, in block order. Empty for an unknown label.
+    pub fn blocks(&self, label: u64) -> Vec<(BlockId, u64)> {
+        let mut out: Vec<(BlockId, u64)> = Vec::new();
+        for e in self.label_entries(label) {
+            match out.last_mut() {
+                Some(l) if l.0 == e.block => l.1 += e.row_count,
+                _ => out.push((e.block.clone(), e.row_count)),
+            }
+        }
+        out
+    }
+
+    /// Number of points of `label` (0 if unknown), from the index alone.
+    pub fn point_count(&self, label: u64) -> u64 {
+        self.label_entries(label).iter().map(|e| e.row_count).sum()
+    }
+
+    async fn part_meta(&self, part: &Part) -> Result<(ArrowReaderMetadata, u64)> {
+        if let Some(m) = part.meta.get() {
+            return Ok(m.clone());
+        }
+        let err = |e: &dyn std::fmt::Display| Error::file(&self.store.name, part.path.as_ref(), e);
+        let head = self.store.os.head(&part.path).await.map_err(|e| err(&e))?;
+        let mut reader = ParquetObjectReader::new(self.store.os.clone(), part.path.clone())
+            .with_file_size(head.size);
+        let meta = ArrowReaderMetadata::load_async(
+            &mut reader,
+            ArrowReaderOptions::new()
+                .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
+        )
+        .await
+        .map_err(|e| err(&e))?;
+        let _ = part.meta.set((meta.clone(), head.size));
+        Ok((meta, head.size))
+    }
+
+    /// Reads the rows of `labels`, returning the part-file columns `cols` (0 = label, 1 = block,
+    /// 2.. = x, y, z, attributes) in that order.
+    pub fn points(&self, labels: &[u64], cols: &[usize]) -> Result<Vec<RecordBatch>> {
+        let mut by_part: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+        for &l in labels {
+            for e in self.label_entries(l) {
+                by_part
+                    .entry(e.part)
+                    .or_default()
+                    .push((e.row_start, e.row_count));
+            }
+        }
+        let jobs = by_part
+            .into_iter()
+            .map(|(p, ranges)| self.read_part(p, ranges, cols));
+        let per_part = block_on(futures::future::try_join_all(jobs))?;
+        Ok(per_part.into_iter().flatten().collect())
+    }
+
+    async fn read_part(
+        &self,
+        part: u32,
+        mut ranges: Vec<(u64, u64)>,
+        cols: &[usize],
+    ) -> Result<Vec<RecordBatch>> {
+        let p = &self.parts[part as usize];
+        let (meta, size) = self.part_meta(p).await?;
+        let err = |e: &dyn std::fmt::Display| Error::file(&self.store.name, p.path.as_ref(), e);
+        ranges.sort_unstable();
+        // Row groups touched, and the selection relative to them.
+        let md = meta.metadata();
+        let mut rg_start = Vec::with_capacity(md.num_row_groups() + 1);
+        let mut acc = 0u64;
+        for rg in md.row_groups() {
+            rg_start.push(acc);
+            acc += rg.num_rows() as u64;
+        }
+        rg_start.push(acc);
+        if let Some(&(s, n)) = ranges.last() {
+            if s + n > acc {
+                return Err(err(&format!(
+                    "index references rows {s}..{} but the part has {acc} rows",
+                    s + n
+                )));
+            }
+        }
+        let mut groups: Vec<usize> = Vec::new();
+        for &(s, n) in &ranges {
+            let first = rg_start.partition_point(|&x| x <= s) - 1;
+            let last = rg_start.partition_point(|&x| x < s + n) - 1;
+            for g in first..=last {
+                if groups.last() != Some(&g) {
+                    groups.push(g);
+                }
+            }
+        }
+        let mut selectors = Vec::new();
+        let mut cursor_rg = 0usize; // index into groups
+        let mut pos = if groups.is_empty() {
+            0
+        } else {
+            rg_start[groups[0]]
+        };
+        for &(s, n) in &ranges {
+            // Advance over row groups not selected (they are not read at all).
+            while cursor_rg + 1 < groups.len() && rg_start[groups[cursor_rg] + 1] <= s {
+                let end = rg_start[groups[cursor_rg] + 1];
+                if end > pos {
+                    selectors.push(RowSelector::skip((end - pos) as usize));
+                }
+                cursor_rg += 1;
+                pos = rg_start[groups[cursor_rg]];
+            }
+            if s > pos {
+                selectors.push(RowSelector::skip((s - pos) as usize));
+            }
+            let s = s.max(pos);
+            let end = (s + n).max(pos);
+            if end > s {
+                selectors.push(RowSelector::select((end - s) as usize));
+            }
+            pos = end;
+        }
+        let reader =
+            ParquetObjectReader::new(self.store.os.clone(), p.path.clone()).with_file_size(size);
+        let mut sorted_cols: Vec<usize> = cols.to_vec();
+        sorted_cols.sort_unstable();
+        sorted_cols.dedup();
+        let mask = ProjectionMask::roots(
+            md.file_metadata().schema_descr(),
+            sorted_cols.iter().copied(),
+        );
+        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta.clone())
+            .with_row_groups(groups)
+            .with_row_selection(RowSelection::from(selectors))
+            .with_projection(mask)
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| err(&e))?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| err(&e))?;
+        let order: Vec<usize> = cols
+            .iter()
+            .map(|c| sorted_cols.binary_search(c).unwrap_or(0))
+            .collect();
+        batches
+            .into_iter()
+            .map(|b| Ok(b.project(&order)?))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consolidate::consolidate;
+    use crate::consolidate::tests::{write, JsonCodec};
+    use crate::writer::tests::rows;
+    use arrow::array::{Array, Int32Array};
+
+    fn xs(batches: &[RecordBatch]) -> Vec<i32> {
+        let mut v: Vec<i32> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int32Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn points_of_a_label_come_from_every_worker_and_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        write(
+            name,
+            "w1",
+            &[
+                rows(&[5, 6, 5], "a", &[[1, 0, 0], [2, 0, 0], [3, 0, 0]]),
+                rows(&[5], "b", &[[4, 0, 0]]),
+            ],
+        );
+        write(name, "w2", &[rows(&[5, 7], "c", &[[10, 0, 0], [11, 0, 0]])]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        let e = open(name, &JsonCodec).err().unwrap().to_string();
+        assert!(e.contains("has not been consolidated yet"), "{e}");
+        consolidate(&store, &JsonCodec).unwrap();
+        let idx = open(name, &JsonCodec).unwrap();
+        assert_eq!(xs(&idx.points(&[5], &[2]).unwrap()), vec![1, 3, 4, 10]);
+        assert_eq!(xs(&idx.points(&[6, 7], &[2]).unwrap()), vec![2, 11]);
+        assert!(idx
+            .points(&[99], &[2])
+            .unwrap()
+            .iter()
+            .all(|b| b.num_rows() == 0));
+        assert_eq!(
+            idx.blocks(5),
+            vec![
+                (BlockId::Str("a".into()), 2),
+                (BlockId::Str("b".into()), 1),
+                (BlockId::Str("c".into()), 1)
+            ]
+        );
+        assert_eq!(idx.label_stats(), &[(5, 4, 3), (6, 1, 1), (7, 1, 1)]);
+    }
+
+    #[test]
+    fn selection_spans_row_groups_and_parts() {
+        // Many labels over several parts; every label must come back exactly.
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let opts = crate::writer::WriterOptions {
+            target_file_size: 64 << 10,
+            buffer_size: 1 << 20,
+        };
+        let mut s = crate::writer::Session::start(name, "w1", vec![], opts).unwrap();
+        let mut expect: HashMap<u64, Vec<i32>> = HashMap::new();
+        for blk in 0..20 {
+            let n = 20_000;
+            let labels: Vec<u64> = (0..n).map(|i| ((i * 31 + blk) % 211) as u64).collect();
+            let pts: Vec<[i32; 3]> = (0..n).map(|i| [blk * 1_000_000 + i, 0, 0]).collect();
+            for (l, p) in labels.iter().zip(&pts) {
+                expect.entry(*l).or_default().push(p[0]);
+            }
+            s.append(&rows(&labels, &format!("b{blk}"), &pts)).unwrap();
+        }
+        let c = s.commit().unwrap();
+        assert!(c.parts > 3, "{c:?}");
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        let idx = open(name, &JsonCodec).unwrap();
+        for l in [0u64, 1, 100, 210] {
+            let mut want = expect[&l].clone();
+            want.sort();
+            let got = idx.points(&[l], &[2]).unwrap();
+            assert_eq!(xs(&got), want, "label {l}");
+            assert_eq!(idx.point_count(l), want.len() as u64);
+        }
+    }
+
+    #[test]
+    fn missing_part_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        write(name, "w1", &[rows(&[5], "a", &[[1, 0, 0]])]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        for f in std::fs::read_dir(dir.path().join("workers/w1/parts")).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        let idx = open(name, &JsonCodec).unwrap();
+        let e = idx.points(&[5], &[2]).unwrap_err().to_string();
+        assert!(e.contains("file 'workers/w1/parts/"), "{e}");
+        let _ = Array::len(&Int32Array::from(vec![1]));
+    }
+}

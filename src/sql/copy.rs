@@ -1,0 +1,408 @@
+//! `COPY (SELECT label, block, x, y, z [, attr…] FROM …) TO '<store>' (FORMAT pocaduck, WORKER '<id>', …)`.
+//!
+//! Options (case-insensitive): `WORKER` (required), `ATTRIBUTES` (names of the columns after z, as
+//! a list or a comma-separated string), `COMMIT` (default true), `TARGET_FILE_SIZE`, `BUFFER_SIZE`
+//! (bytes, or strings like '64MB'; default from `SET pocaduck_target_file_size` /
+//! `SET pocaduck_buffer_size`).
+//!
+//! Columns are positional. Bind checks the column count and types; sink converts each (flat)
+//! chunk to Arrow and appends it to the worker's session; finalize commits when `COMMIT` is true.
+//! If the statement fails anywhere (here or in the query feeding it), the global-state destructor
+//! rolls back the statement's rows, or discards the uncommitted session if they were already
+//! encoded.
+
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, PrimitiveArray, RecordBatch, StringBuilder};
+use arrow::buffer::{NullBuffer, ScalarBuffer};
+use arrow::datatypes::*;
+use duckdb::core::LogicalTypeId;
+use duckdb::ffi;
+use duckdb::vtab::Value;
+
+use super::{c_string, from_c, guard, parse_size, settings_options};
+use crate::error::{Error, Result};
+use crate::schema::schema_for_input;
+use crate::writer::{lock_slot, session_slot, Session, WriterOptions};
+
+const F: &str = "COPY TO (FORMAT pocaduck)";
+
+struct BindData {
+    worker: String,
+    attributes: Vec<String>,
+    commit: bool,
+    opts: WriterOptions,
+    types: Vec<DataType>,
+}
+
+struct GlobalState {
+    slot: Arc<Mutex<Option<Session>>>,
+    types: Vec<DataType>,
+    commit: bool,
+    worker: String,
+    finished: bool,
+}
+
+unsafe extern "C" fn drop_box<T>(p: *mut c_void) {
+    if !p.is_null() {
+        drop(unsafe { Box::from_raw(p as *mut T) });
+    }
+}
+
+fn arrow_type(id: LogicalTypeId) -> Option<DataType> {
+    use LogicalTypeId::*;
+    Some(match id {
+        Tinyint => DataType::Int8,
+        Smallint => DataType::Int16,
+        Integer => DataType::Int32,
+        Bigint => DataType::Int64,
+        UTinyint => DataType::UInt8,
+        USmallint => DataType::UInt16,
+        UInteger => DataType::UInt32,
+        UBigint => DataType::UInt64,
+        Float => DataType::Float32,
+        Double => DataType::Float64,
+        Varchar => DataType::Utf8,
+        _ => return None,
+    })
+}
+
+fn column_name(i: usize, attrs: &[String]) -> String {
+    match i {
+        0..=4 => crate::schema::FIXED[i].to_string(),
+        _ => attrs
+            .get(i - 5)
+            .cloned()
+            .unwrap_or_else(|| format!("column {}", i + 1)),
+    }
+}
+
+unsafe fn bind_inner(info: ffi::duckdb_copy_function_bind_info) -> Result<BindData> {
+    let mut opts_raw = unsafe { ffi::duckdb_copy_function_bind_get_options(info) };
+    let res = unsafe { parse_options(info, opts_raw) };
+    unsafe { ffi::duckdb_destroy_value(&mut opts_raw) };
+    res
+}
+
+unsafe fn parse_options(
+    info: ffi::duckdb_copy_function_bind_info,
+    opts_raw: ffi::duckdb_value,
+) -> Result<BindData> {
+    let mut worker = None;
+    let mut attributes = Vec::new();
+    let mut commit = true;
+    let ctx = unsafe {
+        (
+            ffi::duckdb_copy_function_bind_get_client_context(info),
+            ffi::duckdb_copy_function_bind_get_client_context(info),
+        )
+    };
+    let mut opts = unsafe { settings_options(ctx.0, ctx.1)? };
+    // Borrowed from the value: not destroyed here.
+    let stype = unsafe { ffi::duckdb_get_value_type(opts_raw) };
+    let n = unsafe { ffi::duckdb_struct_type_child_count(stype) };
+    for i in 0..n {
+        let name = unsafe {
+            let p = ffi::duckdb_struct_type_child_name(stype, i);
+            let s = from_c(p);
+            ffi::duckdb_free(p as *mut c_void);
+            s
+        };
+        let v = Value::from(unsafe { ffi::duckdb_get_struct_child(opts_raw, i) });
+        match name.to_ascii_uppercase().as_str() {
+            "WORKER" => {
+                if v.is_null() || v.logical_type_id() != LogicalTypeId::Varchar {
+                    return Err(Error::arg("WORKER", format!("must be a VARCHAR worker id, got {v}")));
+                }
+                let w = v.to_string();
+                crate::layout::check_worker_id(&w, "WORKER")?;
+                worker = Some(w);
+            }
+            "ATTRIBUTES" => {
+                attributes = match v.logical_type_id() {
+                    LogicalTypeId::List => v.to_list().unwrap_or_default().iter().map(|x| x.to_string()).collect(),
+                    _ if v.is_null() => return Err(Error::arg("ATTRIBUTES", "must not be NULL")),
+                    _ => {
+                        let s = v.to_string();
+                        s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()
+                    }
+                };
+                crate::schema::check_attribute_names(&attributes, "ATTRIBUTES")?;
+            }
+            "COMMIT" => {
+                commit = match v.logical_type_id() {
+                    LogicalTypeId::Boolean if !v.is_null() => v.to_bool(),
+                    LogicalTypeId::Varchar => match v.to_string().to_ascii_lowercase().as_str() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        other => return Err(Error::arg("COMMIT", format!("must be true or false, got '{other}'"))),
+                    },
+                    _ => return Err(Error::arg("COMMIT", format!("must be true or false, got {v}"))),
+                }
+            }
+            "TARGET_FILE_SIZE" => opts.target_file_size = parse_size(&v, "TARGET_FILE_SIZE")?,
+            "BUFFER_SIZE" => opts.buffer_size = parse_size(&v, "BUFFER_SIZE")?,
+            // DuckDB adds FORMAT itself for custom formats on some versions.
+            "FORMAT" => {}
+            other => {
+                return Err(Error::arg(
+                    other,
+                    "is not a pocaduck COPY option (options: WORKER, ATTRIBUTES, COMMIT, TARGET_FILE_SIZE, BUFFER_SIZE)",
+                ))
+            }
+        }
+    }
+    let worker = worker.ok_or_else(|| {
+        Error::arg(
+            "WORKER",
+            "is required: COPY … TO '<store>' (FORMAT pocaduck, WORKER '<id>')",
+        )
+    })?;
+    opts.check()?;
+    let ncols = unsafe { ffi::duckdb_copy_function_bind_get_column_count(info) } as usize;
+    let mut types = Vec::with_capacity(ncols);
+    for i in 0..ncols {
+        let mut lt = unsafe { ffi::duckdb_copy_function_bind_get_column_type(info, i as u64) };
+        let id = LogicalTypeId::from(unsafe { ffi::duckdb_get_type_id(lt) });
+        unsafe { ffi::duckdb_destroy_logical_type(&mut lt) };
+        let name = column_name(i, &attributes);
+        let dt = arrow_type(id).ok_or_else(|| {
+            Error::arg(
+                &name,
+                format!("(column {} of the query) has type {:?}; use an integer, FLOAT/DOUBLE or VARCHAR (cast it)", i + 1, id),
+            )
+        })?;
+        types.push(dt);
+    }
+    if let Some(DataType::Utf8) | Some(DataType::Float32) | Some(DataType::Float64) = types.first()
+    {
+        return Err(Error::arg(
+            "label",
+            format!(
+                "(column 1 of the query) must be an integer (UBIGINT), got {}",
+                types[0]
+            ),
+        ));
+    }
+    schema_for_input(&types, &attributes)?;
+    Ok(BindData {
+        worker,
+        attributes,
+        commit,
+        opts,
+        types,
+    })
+}
+
+unsafe extern "C" fn bind(info: ffi::duckdb_copy_function_bind_info) {
+    match guard(F, || unsafe { bind_inner(info) }) {
+        Ok(b) => unsafe {
+            ffi::duckdb_copy_function_bind_set_bind_data(
+                info,
+                Box::into_raw(Box::new(b)) as *mut c_void,
+                Some(drop_box::<BindData>),
+            );
+        },
+        Err(m) => unsafe { ffi::duckdb_copy_function_bind_set_error(info, c_string(&m).as_ptr()) },
+    }
+}
+
+unsafe extern "C" fn global_init(info: ffi::duckdb_copy_function_global_init_info) {
+    let r = guard(F, || {
+        let b = unsafe {
+            &*(ffi::duckdb_copy_function_global_init_get_bind_data(info) as *const BindData)
+        };
+        let store = unsafe { from_c(ffi::duckdb_copy_function_global_init_get_file_path(info)) };
+        let slot = session_slot(&store, &b.worker)?;
+        {
+            let mut g = lock_slot(&slot);
+            if g.is_none() {
+                *g = Some(Session::start(
+                    &store,
+                    &b.worker,
+                    b.attributes.clone(),
+                    b.opts,
+                )?);
+            }
+            let s = g
+                .as_mut()
+                .ok_or_else(|| Error::Internal("no session".into()))?;
+            s.check_attributes(&b.attributes, "ATTRIBUTES")?;
+            s.set_options(b.opts)?;
+            s.check_input_types(&b.types)?;
+            s.begin_statement();
+        }
+        Ok(GlobalState {
+            slot,
+            types: b.types.clone(),
+            commit: b.commit,
+            worker: b.worker.clone(),
+            finished: false,
+        })
+    });
+    match r {
+        Ok(g) => unsafe {
+            ffi::duckdb_copy_function_global_init_set_global_state(
+                info,
+                Box::into_raw(Box::new(g)) as *mut c_void,
+                Some(drop_global),
+            )
+        },
+        Err(m) => unsafe {
+            ffi::duckdb_copy_function_global_init_set_error(info, c_string(&m).as_ptr())
+        },
+    }
+}
+
+/// Runs when the statement ends, successfully or not.
+unsafe extern "C" fn drop_global(p: *mut c_void) {
+    if p.is_null() {
+        return;
+    }
+    let g = unsafe { Box::from_raw(p as *mut GlobalState) };
+    if !g.finished {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut slot = lock_slot(&g.slot);
+            if let Some(s) = slot.as_mut() {
+                if !s.rollback_statement() {
+                    *slot = None;
+                }
+            }
+        }));
+    }
+}
+
+/// Converts a flat DuckDB chunk to Arrow.
+unsafe fn chunk_to_batch(chunk: ffi::duckdb_data_chunk, types: &[DataType]) -> Result<RecordBatch> {
+    let n = unsafe { ffi::duckdb_data_chunk_get_size(chunk) } as usize;
+    let mut cols: Vec<(String, ArrayRef)> = Vec::with_capacity(types.len());
+    for (i, dt) in types.iter().enumerate() {
+        let vec = unsafe { ffi::duckdb_data_chunk_get_vector(chunk, i as u64) };
+        let data = unsafe { ffi::duckdb_vector_get_data(vec) };
+        let validity = unsafe { ffi::duckdb_vector_get_validity(vec) };
+        let nulls = if validity.is_null() {
+            None
+        } else {
+            let words = unsafe { std::slice::from_raw_parts(validity, n.div_ceil(64)) };
+            let nb = NullBuffer::from_iter((0..n).map(|r| words[r / 64] >> (r % 64) & 1 == 1));
+            (nb.null_count() > 0).then_some(nb)
+        };
+        macro_rules! prim {
+            ($t:ty) => {{
+                let vals = unsafe {
+                    std::slice::from_raw_parts(data as *const <$t as ArrowPrimitiveType>::Native, n)
+                };
+                Arc::new(PrimitiveArray::<$t>::new(
+                    ScalarBuffer::from(vals.to_vec()),
+                    nulls,
+                )) as ArrayRef
+            }};
+        }
+        let arr: ArrayRef = match dt {
+            DataType::Int8 => prim!(Int8Type),
+            DataType::Int16 => prim!(Int16Type),
+            DataType::Int32 => prim!(Int32Type),
+            DataType::Int64 => prim!(Int64Type),
+            DataType::UInt8 => prim!(UInt8Type),
+            DataType::UInt16 => prim!(UInt16Type),
+            DataType::UInt32 => prim!(UInt32Type),
+            DataType::UInt64 => prim!(UInt64Type),
+            DataType::Float32 => prim!(Float32Type),
+            DataType::Float64 => prim!(Float64Type),
+            DataType::Utf8 => {
+                let strs =
+                    unsafe { std::slice::from_raw_parts(data as *const ffi::duckdb_string_t, n) };
+                let mut b = StringBuilder::with_capacity(n, n * 8);
+                for (r, s) in strs.iter().enumerate() {
+                    if nulls.as_ref().is_some_and(|nb| nb.is_null(r)) {
+                        b.append_null();
+                        continue;
+                    }
+                    let bytes = unsafe {
+                        let len = s.value.inlined.length as usize;
+                        if len <= 12 {
+                            std::slice::from_raw_parts(
+                                s.value.inlined.inlined.as_ptr() as *const u8,
+                                len,
+                            )
+                        } else {
+                            std::slice::from_raw_parts(s.value.pointer.ptr as *const u8, len)
+                        }
+                    };
+                    b.append_value(String::from_utf8_lossy(bytes));
+                }
+                Arc::new(b.finish())
+            }
+            other => return Err(Error::Internal(format!("unexpected column type {other}"))),
+        };
+        cols.push((format!("c{i}"), arr));
+    }
+    Ok(RecordBatch::try_from_iter(cols)?)
+}
+
+unsafe extern "C" fn sink(
+    info: ffi::duckdb_copy_function_sink_info,
+    chunk: ffi::duckdb_data_chunk,
+) {
+    let r = guard(F, || {
+        let g = unsafe {
+            &mut *(ffi::duckdb_copy_function_sink_get_global_state(info) as *mut GlobalState)
+        };
+        let batch = unsafe { chunk_to_batch(chunk, &g.types)? };
+        let mut slot = lock_slot(&g.slot);
+        let s = slot.as_mut().ok_or_else(|| {
+            Error::Internal(format!(
+                "the session of worker '{}' was closed during the COPY",
+                g.worker
+            ))
+        })?;
+        s.append(&batch)
+    });
+    if let Err(m) = r {
+        unsafe { ffi::duckdb_copy_function_sink_set_error(info, c_string(&m).as_ptr()) };
+    }
+}
+
+unsafe extern "C" fn finalize(info: ffi::duckdb_copy_function_finalize_info) {
+    let r = guard(F, || {
+        let g = unsafe {
+            &mut *(ffi::duckdb_copy_function_finalize_get_global_state(info) as *mut GlobalState)
+        };
+        if g.commit {
+            let taken = lock_slot(&g.slot).take();
+            if let Some(s) = taken {
+                s.commit()?;
+            }
+        }
+        g.finished = true;
+        Ok(())
+    });
+    if let Err(m) = r {
+        unsafe { ffi::duckdb_copy_function_finalize_set_error(info, c_string(&m).as_ptr()) };
+    }
+}
+
+/// Registers the `pocaduck` COPY format on a raw connection.
+///
+/// # Safety
+/// `con` must be a valid connection.
+pub unsafe fn register(con: ffi::duckdb_connection) -> Result<()> {
+    unsafe {
+        let mut f = ffi::duckdb_create_copy_function();
+        let name = c_string("pocaduck");
+        ffi::duckdb_copy_function_set_name(f, name.as_ptr());
+        ffi::duckdb_copy_function_set_bind(f, Some(bind));
+        ffi::duckdb_copy_function_set_global_init(f, Some(global_init));
+        ffi::duckdb_copy_function_set_sink(f, Some(sink));
+        ffi::duckdb_copy_function_set_finalize(f, Some(finalize));
+        let rc = ffi::duckdb_register_copy_function(con, f);
+        ffi::duckdb_destroy_copy_function(&mut f);
+        if rc != ffi::duckdb_state_DuckDBSuccess {
+            return Err(Error::Internal(
+                "could not register COPY format pocaduck".into(),
+            ));
+        }
+    }
+    Ok(())
+}

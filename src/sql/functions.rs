@@ -1,0 +1,772 @@
+//! Table functions. Each validates its arguments at bind time (so mistakes fail before any work)
+//! and performs side effects (writes, commits, consolidation) once, at execution.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Float32Array, Float64Array, Int64Array, RecordBatch, StringArray,
+    UInt64Array,
+};
+use arrow::datatypes::DataType;
+use duckdb::core::{DataChunkHandle, LogicalTypeHandle, LogicalTypeId};
+use duckdb::vtab::{
+    record_batch_to_duckdb_data_chunk, to_duckdb_logical_type, BindInfo, InitInfo,
+    TableFunctionInfo, VTab, Value,
+};
+use duckdb::{ffi, Connection};
+
+use super::index_db::DuckDbCodec;
+use super::{arg_labels, arg_string, guard, parse_size, settings_options, value_label};
+use crate::consolidate::consolidate;
+use crate::error::{Error, Result};
+use crate::index::{block_array, BlockId};
+use crate::reader::{self, LoadedIndex};
+use crate::storage::{OpenMode, Store};
+use crate::writer::{lock_slot, session_slot, Session, WriterOptions};
+
+type BoxErr = Box<dyn std::error::Error>;
+
+fn err(func: &str, e: Error) -> BoxErr {
+    super::user_error(func, &e).into()
+}
+
+fn run<T>(func: &str, f: impl FnOnce() -> Result<T>) -> std::result::Result<T, BoxErr> {
+    guard(func, f).map_err(Into::into)
+}
+
+const _: () =
+    assert!(std::mem::size_of::<BindInfo>() == std::mem::size_of::<ffi::duckdb_bind_info>());
+
+/// The raw client context of a bind (for `SET` settings); destroyed by the reader.
+fn client_context(bind: &BindInfo) -> ffi::duckdb_client_context {
+    // SAFETY: BindInfo is a single-field wrapper around duckdb_bind_info (size checked above).
+    let raw: ffi::duckdb_bind_info =
+        unsafe { *(bind as *const BindInfo as *const ffi::duckdb_bind_info) };
+    let mut ctx: ffi::duckdb_client_context = std::ptr::null_mut();
+    unsafe { ffi::duckdb_table_function_get_client_context(raw, &mut ctx) };
+    ctx
+}
+
+fn ty(id: LogicalTypeId) -> LogicalTypeHandle {
+    LogicalTypeHandle::from(id)
+}
+
+/// Rows ready to be handed to DuckDB in chunks.
+pub struct Emitter {
+    batches: Vec<RecordBatch>,
+    pos: Mutex<(usize, usize)>,
+    /// Rows to emit with no columns (count-only projections).
+    counts_only: Option<u64>,
+}
+
+impl Emitter {
+    fn new(batches: Vec<RecordBatch>) -> Self {
+        Emitter {
+            batches,
+            pos: Mutex::new((0, 0)),
+            counts_only: None,
+        }
+    }
+
+    fn emit(&self, output: &mut DataChunkHandle) -> std::result::Result<(), BoxErr> {
+        let mut pos = self
+            .pos
+            .lock()
+            .map_err(|_| "pocaduck: emitter lock poisoned")?;
+        if let Some(total) = self.counts_only {
+            let done = pos.0 as u64;
+            let n = (total - done).min(2048);
+            pos.0 += n as usize;
+            output.set_len(n as usize);
+            return Ok(());
+        }
+        while pos.0 < self.batches.len() && pos.1 >= self.batches[pos.0].num_rows() {
+            *pos = (pos.0 + 1, 0);
+        }
+        if pos.0 >= self.batches.len() {
+            output.set_len(0);
+            return Ok(());
+        }
+        let b = &self.batches[pos.0];
+        let n = (b.num_rows() - pos.1).min(2048);
+        record_batch_to_duckdb_data_chunk(&b.slice(pos.1, n), output)?;
+        output.set_len(n);
+        pos.1 += n;
+        Ok(())
+    }
+}
+
+fn batch(cols: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_from_iter(cols)?)
+}
+
+fn add_columns(bind: &BindInfo, cols: &[(&str, LogicalTypeId)]) {
+    for (n, t) in cols {
+        bind.add_result_column(n, ty(*t));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// pocaduck_points(store, label | [labels])
+
+/// `pocaduck_points(store, label)`: every point of a label (or list of labels).
+pub struct Points;
+
+/// Bind data of `pocaduck_points`.
+pub struct PointsBind {
+    index: Arc<LoadedIndex>,
+    labels: Vec<u64>,
+    with_label: bool,
+    /// Part-file column of each result column.
+    part_cols: Vec<usize>,
+}
+
+impl VTab for Points {
+    type BindData = PointsBind;
+    type InitData = Emitter;
+
+    fn bind(bind: &BindInfo) -> std::result::Result<PointsBind, BoxErr> {
+        const F: &str = "pocaduck_points";
+        let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
+        let (labels, with_label) =
+            arg_labels(bind.get_parameter(1), "label").map_err(|e| err(F, e))?;
+        let index = run(F, || reader::open(&store, &DuckDbCodec))?;
+        let mut part_cols = Vec::new();
+        if with_label {
+            bind.add_result_column("label", ty(LogicalTypeId::UBigint));
+            part_cols.push(0);
+        }
+        for (i, c) in index.schema.columns.iter().enumerate().skip(1) {
+            bind.add_result_column(&c.name, to_duckdb_logical_type(&c.ty.arrow())?);
+            part_cols.push(i + 1);
+        }
+        let b = &index.schema.columns[0];
+        bind.add_result_column(&b.name, to_duckdb_logical_type(&b.ty.arrow())?);
+        part_cols.push(1);
+        let total: u64 = labels.iter().map(|l| index.point_count(*l)).sum();
+        bind.set_cardinality(total, true);
+        Ok(PointsBind {
+            index,
+            labels,
+            with_label,
+            part_cols,
+        })
+    }
+
+    fn init(init: &InitInfo) -> std::result::Result<Emitter, BoxErr> {
+        let bind = unsafe { &*init.get_bind_data::<PointsBind>() };
+        let wanted: Vec<usize> = init
+            .get_column_indices()
+            .into_iter()
+            .filter_map(|i| bind.part_cols.get(i as usize).copied())
+            .collect();
+        let _ = bind.with_label;
+        if wanted.is_empty() {
+            let total = bind.labels.iter().map(|l| bind.index.point_count(*l)).sum();
+            return Ok(Emitter {
+                counts_only: Some(total),
+                ..Emitter::new(vec![])
+            });
+        }
+        let batches = run("pocaduck_points", || {
+            bind.index.points(&bind.labels, &wanted)
+        })?;
+        Ok(Emitter::new(batches))
+    }
+
+    fn func(
+        func: &TableFunctionInfo<Self>,
+        output: &mut DataChunkHandle,
+    ) -> std::result::Result<(), BoxErr> {
+        func.get_init_data().emit(output)
+    }
+
+    fn supports_pushdown() -> bool {
+        true
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![ty(LogicalTypeId::Varchar), ty(LogicalTypeId::Any)])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// pocaduck_labels(store), pocaduck_blocks(store, label)
+
+/// `pocaduck_labels(store)`: label, point_count, block_count, from the index.
+pub struct Labels;
+
+impl VTab for Labels {
+    type BindData = Emitter;
+    type InitData = ();
+
+    fn bind(bind: &BindInfo) -> std::result::Result<Emitter, BoxErr> {
+        const F: &str = "pocaduck_labels";
+        let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
+        let index = run(F, || reader::open(&store, &DuckDbCodec))?;
+        add_columns(
+            bind,
+            &[
+                ("label", LogicalTypeId::UBigint),
+                ("point_count", LogicalTypeId::UBigint),
+                ("block_count", LogicalTypeId::UBigint),
+            ],
+        );
+        let s = index.label_stats();
+        bind.set_cardinality(s.len() as u64, true);
+        let b = run(F, || {
+            batch(vec![
+                (
+                    "label",
+                    Arc::new(UInt64Array::from_iter_values(s.iter().map(|x| x.0))),
+                ),
+                (
+                    "point_count",
+                    Arc::new(UInt64Array::from_iter_values(s.iter().map(|x| x.1))),
+                ),
+                (
+                    "block_count",
+                    Arc::new(UInt64Array::from_iter_values(s.iter().map(|x| x.2))),
+                ),
+            ])
+        })?;
+        Ok(Emitter::new(vec![b]))
+    }
+
+    fn init(_: &InitInfo) -> std::result::Result<(), BoxErr> {
+        Ok(())
+    }
+
+    fn func(
+        func: &TableFunctionInfo<Self>,
+        output: &mut DataChunkHandle,
+    ) -> std::result::Result<(), BoxErr> {
+        func.get_bind_data().emit(output)
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![ty(LogicalTypeId::Varchar)])
+    }
+}
+
+/// `pocaduck_blocks(store, label)`: block, point_count of one label, from the index.
+pub struct Blocks;
+
+impl VTab for Blocks {
+    type BindData = Emitter;
+    type InitData = ();
+
+    fn bind(bind: &BindInfo) -> std::result::Result<Emitter, BoxErr> {
+        const F: &str = "pocaduck_blocks";
+        let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
+        let label = value_label(&bind.get_parameter(1), "label").map_err(|e| err(F, e))?;
+        let index = run(F, || reader::open(&store, &DuckDbCodec))?;
+        let bt = index.schema.block_type();
+        bind.add_result_column("block", to_duckdb_logical_type(&bt.arrow())?);
+        bind.add_result_column("point_count", ty(LogicalTypeId::UBigint));
+        let blocks: Vec<(BlockId, u64)> = index.blocks(label);
+        bind.set_cardinality(blocks.len() as u64, true);
+        let b = run(F, || {
+            batch(vec![
+                ("block", block_array(bt, blocks.iter().map(|x| x.0.clone()))),
+                (
+                    "point_count",
+                    Arc::new(UInt64Array::from_iter_values(blocks.iter().map(|x| x.1))),
+                ),
+            ])
+        })?;
+        Ok(Emitter::new(vec![b]))
+    }
+
+    fn init(_: &InitInfo) -> std::result::Result<(), BoxErr> {
+        Ok(())
+    }
+
+    fn func(
+        func: &TableFunctionInfo<Self>,
+        output: &mut DataChunkHandle,
+    ) -> std::result::Result<(), BoxErr> {
+        func.get_bind_data().emit(output)
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![ty(LogicalTypeId::Varchar), ty(LogicalTypeId::Any)])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// pocaduck_consolidate(store)
+
+/// `pocaduck_consolidate(store)`: merge worker commits into a new unified index generation.
+pub struct Consolidate;
+
+/// Bind data of one-shot functions: the arguments, and whether the work was done.
+pub struct OneShot<A> {
+    args: A,
+    done: AtomicBool,
+}
+
+impl VTab for Consolidate {
+    type BindData = OneShot<String>;
+    type InitData = ();
+
+    fn bind(bind: &BindInfo) -> std::result::Result<OneShot<String>, BoxErr> {
+        const F: &str = "pocaduck_consolidate";
+        let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
+        run(F, || Store::open(&store, OpenMode::Existing).map(|_| ()))?;
+        add_columns(
+            bind,
+            &[
+                ("generation", LogicalTypeId::UBigint),
+                ("workers", LogicalTypeId::UBigint),
+                ("new_commits", LogicalTypeId::UBigint),
+                ("files", LogicalTypeId::UBigint),
+                ("labels", LogicalTypeId::UBigint),
+                ("points", LogicalTypeId::UBigint),
+            ],
+        );
+        Ok(OneShot {
+            args: store,
+            done: AtomicBool::new(false),
+        })
+    }
+
+    fn init(_: &InitInfo) -> std::result::Result<(), BoxErr> {
+        Ok(())
+    }
+
+    fn func(
+        func: &TableFunctionInfo<Self>,
+        output: &mut DataChunkHandle,
+    ) -> std::result::Result<(), BoxErr> {
+        let b = func.get_bind_data();
+        if b.done.swap(true, Ordering::SeqCst) {
+            output.set_len(0);
+            return Ok(());
+        }
+        let s = run("pocaduck_consolidate", || {
+            let store = Store::open(&b.args, OpenMode::Existing)?;
+            consolidate(&store, &DuckDbCodec)
+        })?;
+        let u = |v: u64| -> ArrayRef { Arc::new(UInt64Array::from(vec![v])) };
+        let rb = run("pocaduck_consolidate", || {
+            batch(vec![
+                ("generation", u(s.generation)),
+                ("workers", u(s.workers)),
+                ("new_commits", u(s.new_commits)),
+                ("files", u(s.files)),
+                ("labels", u(s.labels)),
+                ("points", u(s.points)),
+            ])
+        })?;
+        Emitter::new(vec![rb]).emit(output)
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![ty(LogicalTypeId::Varchar)])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// pocaduck_write(store, worker := …, label := …, block := …, points := …) and pocaduck_commit
+
+/// Arguments of `pocaduck_write`, validated.
+pub struct WriteArgs {
+    store: String,
+    worker: String,
+    attributes: Vec<String>,
+    commit: bool,
+    opts: WriterOptions,
+    rows: RecordBatch,
+}
+
+/// `pocaduck_write(...)`: append one (label, block)'s points to the worker's session.
+pub struct Write;
+
+fn named_bool(bind: &BindInfo, name: &str, default: bool) -> Result<bool> {
+    match bind.get_named_parameter(name) {
+        None => Ok(default),
+        Some(v) if v.is_null() => Err(Error::arg(name, "must not be NULL")),
+        Some(v) if v.logical_type_id() == LogicalTypeId::Boolean => Ok(v.to_bool()),
+        Some(v) => Err(Error::arg(name, format!("must be BOOLEAN, got {v}"))),
+    }
+}
+
+fn named_attributes(v: Option<Value>, arg: &str) -> Result<Vec<String>> {
+    let Some(v) = v else { return Ok(vec![]) };
+    if v.is_null() {
+        return Err(Error::arg(arg, "must not be NULL"));
+    }
+    let names: Vec<String> = match v.logical_type_id() {
+        LogicalTypeId::List => v
+            .to_list()
+            .unwrap_or_default()
+            .iter()
+            .map(|x| x.to_string())
+            .collect(),
+        LogicalTypeId::Varchar => {
+            let s = v.to_string();
+            if s.trim().is_empty() {
+                vec![]
+            } else {
+                s.split(',').map(|x| x.trim().to_string()).collect()
+            }
+        }
+        _ => {
+            return Err(Error::arg(
+                arg,
+                format!("must be a list of names or a comma-separated VARCHAR, got {v}"),
+            ))
+        }
+    };
+    crate::schema::check_attribute_names(&names, arg)?;
+    Ok(names)
+}
+
+fn block_value(v: Option<Value>) -> Result<ArrayRef> {
+    let v = v.ok_or_else(|| Error::arg("block", "is required"))?;
+    if v.is_null() {
+        return Err(Error::arg("block", "must not be NULL"));
+    }
+    match v.logical_type_id() {
+        LogicalTypeId::Varchar => Ok(Arc::new(StringArray::from(vec![v.to_string()]))),
+        t if super::is_integer(t) => {
+            let n: i64 = v
+                .to_string()
+                .parse()
+                .map_err(|_| Error::arg("block", format!("must fit BIGINT, got {v}")))?;
+            Ok(Arc::new(Int64Array::from(vec![n])))
+        }
+        _ => Err(Error::arg(
+            "block",
+            format!("must be VARCHAR or an integer, got {v}"),
+        )),
+    }
+}
+
+/// Builds the coordinate and attribute columns from `points := [[x, y, z, a…], …]`.
+fn points_columns(v: Option<Value>, n_attrs: usize) -> Result<Vec<ArrayRef>> {
+    let arg = "points";
+    let v = v.ok_or_else(|| Error::arg(arg, "is required"))?;
+    if v.is_null() {
+        return Err(Error::arg(arg, "must not be NULL"));
+    }
+    let pts = v.to_list().ok_or_else(|| {
+        Error::arg(
+            arg,
+            format!("must be a LIST of points [[x, y, z, …], …], got {v}"),
+        )
+    })?;
+    let width = 3 + n_attrs;
+    let mut elem: Option<LogicalTypeId> = None;
+    let mut ints: Vec<Vec<i64>> = vec![Vec::with_capacity(pts.len()); width];
+    let mut floats: Vec<Vec<f64>> = vec![Vec::with_capacity(pts.len()); width];
+    for (i, p) in pts.iter().enumerate() {
+        let vals = p.to_list().ok_or_else(|| {
+            Error::arg(
+                arg,
+                format!("point {i} must be a LIST [x, y, z, …], got {p}"),
+            )
+        })?;
+        if vals.len() != width {
+            return Err(Error::arg(
+                arg,
+                format!("point {i} has {} values; expected {width} (x, y, z and {n_attrs} attribute(s))", vals.len()),
+            ));
+        }
+        for (j, x) in vals.iter().enumerate() {
+            if x.is_null() {
+                return Err(Error::arg(
+                    arg,
+                    format!("point {i} has a NULL value at position {j}"),
+                ));
+            }
+            let t = x.logical_type_id();
+            elem.get_or_insert(t);
+            if super::is_integer(t) {
+                let n: i64 = x
+                    .to_string()
+                    .parse()
+                    .map_err(|_| Error::arg(arg, format!("value {x} does not fit BIGINT")))?;
+                ints[j].push(n);
+            } else if matches!(
+                t,
+                LogicalTypeId::Float | LogicalTypeId::Double | LogicalTypeId::Decimal
+            ) {
+                floats[j].push(x.to_double());
+            } else {
+                return Err(Error::arg(arg, format!("values must be numbers, got {x}")));
+            }
+        }
+    }
+    let t = elem.unwrap_or(LogicalTypeId::Integer);
+    let cols: Vec<ArrayRef> = (0..width)
+        .map(|j| -> Result<ArrayRef> {
+            Ok(match t {
+                LogicalTypeId::Float => Arc::new(Float32Array::from_iter_values(
+                    floats[j].iter().map(|f| *f as f32),
+                )),
+                LogicalTypeId::Double | LogicalTypeId::Decimal => {
+                    Arc::new(Float64Array::from(std::mem::take(&mut floats[j])))
+                }
+                other => {
+                    let a: ArrayRef = Arc::new(Int64Array::from(std::mem::take(&mut ints[j])));
+                    let target = match other {
+                        LogicalTypeId::Tinyint => DataType::Int8,
+                        LogicalTypeId::Smallint => DataType::Int16,
+                        LogicalTypeId::Integer | LogicalTypeId::IntegerLiteral => DataType::Int32,
+                        LogicalTypeId::UTinyint => DataType::UInt8,
+                        LogicalTypeId::USmallint => DataType::UInt16,
+                        LogicalTypeId::UInteger => DataType::UInt32,
+                        LogicalTypeId::UBigint => DataType::UInt64,
+                        _ => DataType::Int64,
+                    };
+                    arrow::compute::cast(&a, &target)?
+                }
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(cols)
+}
+
+fn named_size(bind: &BindInfo, name: &str, default: u64) -> Result<u64> {
+    match bind.get_named_parameter(name) {
+        None => Ok(default),
+        Some(v) => parse_size(&v, name),
+    }
+}
+
+fn summary_columns(bind: &BindInfo) {
+    add_columns(
+        bind,
+        &[
+            ("worker", LogicalTypeId::Varchar),
+            ("points", LogicalTypeId::UBigint),
+            ("pending_points", LogicalTypeId::UBigint),
+            ("committed", LogicalTypeId::Boolean),
+            ("commit", LogicalTypeId::UBigint),
+            ("parts", LogicalTypeId::UBigint),
+        ],
+    );
+}
+
+fn summary_batch(
+    worker: &str,
+    points: u64,
+    pending: u64,
+    commit: Option<crate::writer::CommitSummary>,
+) -> Result<RecordBatch> {
+    let u = |v: u64| -> ArrayRef { Arc::new(UInt64Array::from(vec![v])) };
+    batch(vec![
+        ("worker", Arc::new(StringArray::from(vec![worker]))),
+        ("points", u(points)),
+        ("pending_points", u(pending)),
+        (
+            "committed",
+            Arc::new(BooleanArray::from(vec![commit.is_some()])),
+        ),
+        ("commit", u(commit.as_ref().map(|c| c.commit).unwrap_or(0))),
+        ("parts", u(commit.as_ref().map(|c| c.parts).unwrap_or(0))),
+    ])
+}
+
+impl VTab for Write {
+    type BindData = OneShot<WriteArgs>;
+    type InitData = ();
+
+    fn bind(bind: &BindInfo) -> std::result::Result<OneShot<WriteArgs>, BoxErr> {
+        const F: &str = "pocaduck_write";
+        let ctx = (client_context(bind), client_context(bind));
+        let args = (|| -> Result<WriteArgs> {
+            let store = arg_string(Some(bind.get_parameter(0)), "store")?;
+            let worker = arg_string(bind.get_named_parameter("worker"), "worker")?;
+            crate::layout::check_worker_id(&worker, "worker")?;
+            let label_v = bind
+                .get_named_parameter("label")
+                .ok_or_else(|| Error::arg("label", "is required"))?;
+            let label = value_label(&label_v, "label")?;
+            let block = block_value(bind.get_named_parameter("block"))?;
+            let attributes =
+                named_attributes(bind.get_named_parameter("attributes"), "attributes")?;
+            let cols = points_columns(bind.get_named_parameter("points"), attributes.len())?;
+            let commit = named_bool(bind, "commit", false)?;
+            let defaults = unsafe { settings_options(ctx.0, ctx.1)? };
+            let opts = WriterOptions {
+                target_file_size: named_size(bind, "target_file_size", defaults.target_file_size)?,
+                buffer_size: named_size(bind, "buffer_size", defaults.buffer_size)?,
+            };
+            opts.check()?;
+            let n = cols[0].len();
+            let mut all: Vec<(String, ArrayRef)> = vec![
+                ("label".into(), Arc::new(UInt64Array::from(vec![label; n]))),
+                (
+                    "block".into(),
+                    arrow::compute::take(&block, &UInt64Array::from(vec![0u64; n]), None)?,
+                ),
+            ];
+            for (j, c) in cols.into_iter().enumerate() {
+                all.push((format!("c{j}"), c));
+            }
+            let rows = RecordBatch::try_from_iter(all)?;
+            Ok(WriteArgs {
+                store,
+                worker,
+                attributes,
+                commit,
+                opts,
+                rows,
+            })
+        })()
+        .map_err(|e| err(F, e))?;
+        summary_columns(bind);
+        Ok(OneShot {
+            args,
+            done: AtomicBool::new(false),
+        })
+    }
+
+    fn init(_: &InitInfo) -> std::result::Result<(), BoxErr> {
+        Ok(())
+    }
+
+    fn func(
+        func: &TableFunctionInfo<Self>,
+        output: &mut DataChunkHandle,
+    ) -> std::result::Result<(), BoxErr> {
+        let b = func.get_bind_data();
+        if b.done.swap(true, Ordering::SeqCst) {
+            output.set_len(0);
+            return Ok(());
+        }
+        let a = &b.args;
+        let rb = run("pocaduck_write", || {
+            let slot = session_slot(&a.store, &a.worker)?;
+            let mut guard = lock_slot(&slot);
+            if guard.is_none() {
+                *guard = Some(Session::start(
+                    &a.store,
+                    &a.worker,
+                    a.attributes.clone(),
+                    a.opts,
+                )?);
+            }
+            let s = guard
+                .as_mut()
+                .ok_or_else(|| Error::Internal("no session".into()))?;
+            s.check_attributes(&a.attributes, "attributes")?;
+            s.set_options(a.opts)?;
+            s.begin_statement();
+            if let Err(e) = s.append(&a.rows) {
+                if !s.rollback_statement() {
+                    *guard = None;
+                }
+                return Err(e);
+            }
+            let n = a.rows.num_rows() as u64;
+            if a.commit {
+                let s = guard
+                    .take()
+                    .ok_or_else(|| Error::Internal("no session".into()))?;
+                let c = s.commit()?;
+                summary_batch(&a.worker, n, 0, Some(c))
+            } else {
+                summary_batch(&a.worker, n, s.pending_points(), None)
+            }
+        })?;
+        Emitter::new(vec![rb]).emit(output)
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![ty(LogicalTypeId::Varchar)])
+    }
+
+    fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
+        Some(
+            [
+                ("worker", LogicalTypeId::Any),
+                ("label", LogicalTypeId::Any),
+                ("block", LogicalTypeId::Any),
+                ("points", LogicalTypeId::Any),
+                ("attributes", LogicalTypeId::Any),
+                ("commit", LogicalTypeId::Any),
+                ("target_file_size", LogicalTypeId::Any),
+                ("buffer_size", LogicalTypeId::Any),
+            ]
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), ty(t)))
+            .collect(),
+        )
+    }
+}
+
+/// `pocaduck_commit(store, worker := …)`: make the worker's session in this process durable.
+pub struct Commit;
+
+impl VTab for Commit {
+    type BindData = OneShot<(String, String)>;
+    type InitData = ();
+
+    fn bind(bind: &BindInfo) -> std::result::Result<Self::BindData, BoxErr> {
+        const F: &str = "pocaduck_commit";
+        let args = (|| -> Result<(String, String)> {
+            let store = arg_string(Some(bind.get_parameter(0)), "store")?;
+            let worker = arg_string(bind.get_named_parameter("worker"), "worker")?;
+            crate::layout::check_worker_id(&worker, "worker")?;
+            Ok((store, worker))
+        })()
+        .map_err(|e| err(F, e))?;
+        summary_columns(bind);
+        Ok(OneShot {
+            args,
+            done: AtomicBool::new(false),
+        })
+    }
+
+    fn init(_: &InitInfo) -> std::result::Result<(), BoxErr> {
+        Ok(())
+    }
+
+    fn func(
+        func: &TableFunctionInfo<Self>,
+        output: &mut DataChunkHandle,
+    ) -> std::result::Result<(), BoxErr> {
+        let b = func.get_bind_data();
+        if b.done.swap(true, Ordering::SeqCst) {
+            output.set_len(0);
+            return Ok(());
+        }
+        let (store, worker) = &b.args;
+        let rb = run("pocaduck_commit", || {
+            let slot = session_slot(store, worker)?;
+            let taken = lock_slot(&slot).take();
+            match taken {
+                None => summary_batch(worker, 0, 0, Some(Default::default())),
+                Some(s) => {
+                    let c = s.commit()?;
+                    summary_batch(worker, c.points, 0, Some(c))
+                }
+            }
+        })?;
+        Emitter::new(vec![rb]).emit(output)
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![ty(LogicalTypeId::Varchar)])
+    }
+
+    fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
+        Some(vec![("worker".to_string(), ty(LogicalTypeId::Any))])
+    }
+}
+
+/// Registers every table function.
+pub fn register(con: &Connection) -> duckdb::Result<()> {
+    con.register_table_function::<Write>("pocaduck_write")?;
+    con.register_table_function::<Commit>("pocaduck_commit")?;
+    con.register_table_function::<Consolidate>("pocaduck_consolidate")?;
+    con.register_table_function::<Points>("pocaduck_points")?;
+    con.register_table_function::<Labels>("pocaduck_labels")?;
+    con.register_table_function::<Blocks>("pocaduck_blocks")?;
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! The SQL adapter: DuckDB callbacks in, core calls out. All `unsafe` code of pocaduck lives in
+//! this module and its children.
+//!
+//! - [`functions`]: the table functions (`pocaduck_write`, `pocaduck_commit`,
+//!   `pocaduck_consolidate`, `pocaduck_points`, `pocaduck_labels`, `pocaduck_blocks`);
+//! - [`copy`]: `COPY … TO '<store>' (FORMAT pocaduck, …)` through the raw copy-function C API;
+//! - [`index_db`]: the unified index as a DuckDB database file;
+//! - settings `pocaduck_target_file_size` and `pocaduck_buffer_size` (`SET …`).
+//!
+//! No callback may panic into DuckDB: duckdb-rs contains table-function callbacks, and every raw
+//! callback here runs inside [`guard`].
+
+pub mod copy;
+pub mod functions;
+pub mod index_db;
+
+use std::ffi::{CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use duckdb::core::LogicalTypeId;
+use duckdb::ffi;
+use duckdb::vtab::Value;
+
+use crate::error::{Error, Result};
+use crate::writer::{WriterOptions, DEFAULT_BUFFER_SIZE, DEFAULT_TARGET_FILE_SIZE};
+
+/// Name of the target part size setting.
+pub const SET_TARGET_FILE_SIZE: &str = "pocaduck_target_file_size";
+/// Name of the writer buffer setting.
+pub const SET_BUFFER_SIZE: &str = "pocaduck_buffer_size";
+
+/// Formats an error as SQL shows it: `<function>: <message>`.
+pub fn user_error(func: &str, e: &Error) -> String {
+    format!("{func}: {e}")
+}
+
+/// Runs `f`, turning an error or a panic into a message for DuckDB.
+pub fn guard<T>(func: &str, f: impl FnOnce() -> Result<T>) -> std::result::Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(user_error(func, &e)),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(format!("{func}: internal error (please report): {msg}"))
+        }
+    }
+}
+
+/// A C string for DuckDB, with interior NULs replaced.
+pub fn c_string(s: &str) -> CString {
+    CString::new(s.replace('\0', "\\0")).unwrap_or_default()
+}
+
+/// Describes a value's type for error messages.
+fn type_name(v: &Value) -> String {
+    format!("{:?}", v.logical_type_id()).to_uppercase()
+}
+
+/// A non-NULL VARCHAR argument.
+pub fn arg_string(v: Option<Value>, arg: &str) -> Result<String> {
+    let v = v.ok_or_else(|| Error::arg(arg, "is required"))?;
+    if v.is_null() {
+        return Err(Error::arg(arg, "must not be NULL"));
+    }
+    if v.logical_type_id() != LogicalTypeId::Varchar {
+        return Err(Error::arg(
+            arg,
+            format!("must be VARCHAR, got {} {v}", type_name(&v)),
+        ));
+    }
+    Ok(v.to_string())
+}
+
+pub(crate) fn is_integer(t: LogicalTypeId) -> bool {
+    use LogicalTypeId::*;
+    matches!(
+        t,
+        Tinyint
+            | Smallint
+            | Integer
+            | Bigint
+            | UTinyint
+            | USmallint
+            | UInteger
+            | UBigint
+            | Hugeint
+            | UHugeint
+            | IntegerLiteral
+    )
+}
+
+/// A label: a non-NULL, non-negative integer of at most 64 bits.
+pub fn value_label(v: &Value, arg: &str) -> Result<u64> {
+    if v.is_null() {
+        return Err(Error::arg(arg, "must not be NULL"));
+    }
+    if !is_integer(v.logical_type_id()) {
+        return Err(Error::arg(
+            arg,
+            format!("must be an integer (UBIGINT), got {} {v}", type_name(v)),
+        ));
+    }
+    let s = v.to_string();
+    let n: i128 = s
+        .parse()
+        .map_err(|_| Error::arg(arg, format!("must be an integer (UBIGINT), got {s}")))?;
+    if n < 0 {
+        return Err(Error::arg(arg, format!("must not be negative, got {n}")));
+    }
+    u64::try_from(n).map_err(|_| {
+        Error::arg(
+            arg,
+            format!("must fit UBIGINT (at most 18446744073709551615), got {n}"),
+        )
+    })
+}
+
+/// A label argument that may also be a LIST of labels. Returns the labels and whether a list was given.
+pub fn arg_labels(v: Value, arg: &str) -> Result<(Vec<u64>, bool)> {
+    if v.logical_type_id() == LogicalTypeId::List && !v.is_null() {
+        let items = v.to_list().unwrap_or_default();
+        let labels = items
+            .iter()
+            .map(|x| value_label(x, arg))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok((labels, true));
+    }
+    Ok((vec![value_label(&v, arg)?], false))
+}
+
+/// A byte size: an integer, or a string such as `'64MB'`, `'1GiB'`, `'65536'`.
+pub fn parse_size(v: &Value, arg: &str) -> Result<u64> {
+    if v.is_null() {
+        return Err(Error::arg(arg, "must not be NULL"));
+    }
+    let t = v.logical_type_id();
+    if is_integer(t) {
+        let n: i128 = v
+            .to_string()
+            .parse()
+            .map_err(|_| Error::arg(arg, format!("must be a size, got {v}")))?;
+        return u64::try_from(n)
+            .map_err(|_| Error::arg(arg, format!("must be a positive size in bytes, got {n}")));
+    }
+    if t == LogicalTypeId::Varchar {
+        return parse_size_str(&v.to_string()).map_err(|m| Error::arg(arg, m));
+    }
+    Err(Error::arg(
+        arg,
+        format!(
+            "must be a size in bytes (integer or a string like '64MB'), got {} {v}",
+            type_name(v)
+        ),
+    ))
+}
+
+/// Parses `'64MB'`, `'1 GiB'`, `'4096'`.
+pub fn parse_size_str(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("must be a size like '64MB', got '{s}'"))?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KIB" => 1 << 10,
+        "MB" => 1000 * 1000,
+        "MIB" => 1 << 20,
+        "GB" => 1000 * 1000 * 1000,
+        "GIB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "has an unknown unit in '{s}' (use B, KB, KiB, MB, MiB, GB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("is too large: '{s}'"))
+}
+
+/// Reads a `SET pocaduck_…` size setting through a client context (which is destroyed here).
+///
+/// # Safety
+/// `ctx` must be a client context returned by DuckDB, or null.
+pub unsafe fn setting_size(
+    mut ctx: ffi::duckdb_client_context,
+    name: &str,
+    default: u64,
+) -> Result<u64> {
+    if ctx.is_null() {
+        return Ok(default);
+    }
+    let cname = c_string(name);
+    let mut scope: ffi::duckdb_config_option_scope = 0;
+    let raw =
+        unsafe { ffi::duckdb_client_context_get_config_option(ctx, cname.as_ptr(), &mut scope) };
+    unsafe { ffi::duckdb_destroy_client_context(&mut ctx) };
+    if raw.is_null() {
+        return Ok(default);
+    }
+    let v = Value::from(raw);
+    if v.is_null() {
+        return Ok(default);
+    }
+    parse_size(&v, name)
+}
+
+/// Writer options from the `SET` settings of a client context.
+///
+/// # Safety
+/// `ctx0`/`ctx1` must be two client contexts of the same connection, or null.
+pub unsafe fn settings_options(
+    ctx0: ffi::duckdb_client_context,
+    ctx1: ffi::duckdb_client_context,
+) -> Result<WriterOptions> {
+    Ok(WriterOptions {
+        target_file_size: unsafe {
+            setting_size(ctx0, SET_TARGET_FILE_SIZE, DEFAULT_TARGET_FILE_SIZE)?
+        },
+        buffer_size: unsafe { setting_size(ctx1, SET_BUFFER_SIZE, DEFAULT_BUFFER_SIZE)? },
+    })
+}
+
+unsafe fn register_setting(
+    con: ffi::duckdb_connection,
+    name: &str,
+    default: u64,
+    description: &str,
+) -> Result<()> {
+    unsafe {
+        let mut opt = ffi::duckdb_create_config_option();
+        let cname = c_string(name);
+        ffi::duckdb_config_option_set_name(opt, cname.as_ptr());
+        let mut ty = ffi::duckdb_create_logical_type(ffi::DUCKDB_TYPE_DUCKDB_TYPE_UBIGINT);
+        ffi::duckdb_config_option_set_type(opt, ty);
+        ffi::duckdb_destroy_logical_type(&mut ty);
+        let mut dv = ffi::duckdb_create_uint64(default);
+        ffi::duckdb_config_option_set_default_value(opt, dv);
+        ffi::duckdb_destroy_value(&mut dv);
+        let cdesc = c_string(description);
+        ffi::duckdb_config_option_set_description(opt, cdesc.as_ptr());
+        let rc = ffi::duckdb_register_config_option(con, opt);
+        ffi::duckdb_destroy_config_option(&mut opt);
+        if rc != ffi::duckdb_state_DuckDBSuccess {
+            return Err(Error::Internal(format!(
+                "could not register setting {name}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+unsafe fn init(
+    info: ffi::duckdb_extension_info,
+    access: *const ffi::duckdb_extension_access,
+) -> std::result::Result<bool, String> {
+    unsafe {
+        if !ffi::duckdb_rs_extension_api_init(info, access, "v1.5.6").map_err(|e| e.to_string())? {
+            return Ok(false);
+        }
+        let get_database = (*access)
+            .get_database
+            .ok_or("no get_database in duckdb_extension_access")?;
+        let db_ptr = get_database(info);
+        if db_ptr.is_null() {
+            return Ok(false);
+        }
+        let db: ffi::duckdb_database = *db_ptr;
+        let mut raw: ffi::duckdb_connection = std::ptr::null_mut();
+        if ffi::duckdb_connect(db, &mut raw) != ffi::duckdb_state_DuckDBSuccess {
+            return Err("could not connect to the database".into());
+        }
+        let res = (|| -> Result<()> {
+            register_setting(
+                raw,
+                SET_TARGET_FILE_SIZE,
+                DEFAULT_TARGET_FILE_SIZE,
+                "pocaduck: a part file is closed once it reaches this many bytes",
+            )?;
+            register_setting(
+                raw,
+                SET_BUFFER_SIZE,
+                DEFAULT_BUFFER_SIZE,
+                "pocaduck: memory a writer session buffers before encoding (bounds ingest memory)",
+            )?;
+            copy::register(raw)
+        })();
+        ffi::duckdb_disconnect(&mut raw);
+        res.map_err(|e| e.to_string())?;
+        let con = duckdb::Connection::open_from_raw(db.cast()).map_err(|e| e.to_string())?;
+        functions::register(&con).map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+}
+
+/// The extension entry point called by DuckDB on `LOAD pocaduck`.
+///
+/// # Safety
+/// Called by DuckDB with valid `info` and `access`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pocaduck_init_c_api(
+    info: ffi::duckdb_extension_info,
+    access: *const ffi::duckdb_extension_access,
+) -> bool {
+    let r = catch_unwind(AssertUnwindSafe(|| unsafe { init(info, access) }))
+        .unwrap_or_else(|_| Err("pocaduck: panic during load".into()));
+    match r {
+        Ok(v) => v,
+        Err(msg) => {
+            unsafe {
+                if let Some(set_error) = (*access).set_error {
+                    let c = c_string(&format!("pocaduck: {msg}"));
+                    set_error(info, c.as_ptr());
+                }
+            }
+            false
+        }
+    }
+}
+
+/// Reads a C string from DuckDB.
+///
+/// # Safety
+/// `p` must be null or a valid NUL-terminated string.
+pub unsafe fn from_c(p: *const std::os::raw::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size_str;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size_str("64MB"), Ok(64_000_000));
+        assert_eq!(parse_size_str("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_size_str("4096"), Ok(4096));
+        assert!(parse_size_str("12 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_size_str("MB").is_err());
+    }
+}

@@ -1,0 +1,724 @@
+//! Ingest: a worker's writer session.
+//!
+//! A [`Session`] belongs to one (store, worker) in one process and lives across SQL statements, so
+//! that many small writes (one block at a time) fill a few large parts instead of many small ones.
+//!
+//! - Rows are validated ([`crate::schema::normalize`]) before they touch the session.
+//! - They are buffered; when the buffer reaches its bound it is sorted by (label, block) and
+//!   encoded into the open part, which rolls over at the target file size. Memory stays at about
+//!   the buffer bound (the bound covers the sort copy).
+//! - A part is uploaded atomically (staging object + rename / multipart completion), so a part
+//!   file either is complete or does not exist.
+//! - [`Session::commit`] closes the open part and then creates the worker's next commit segment
+//!   with put-if-absent. **The commit segment is the durability point**: before it exists none of
+//!   the session's rows are visible to consolidate; after, all are.
+//! - A failed statement rolls back its own rows if they are still in the buffer; otherwise the
+//!   whole uncommitted session is discarded (its parts deleted), so nothing half-written is ever
+//!   referenced.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::datatypes::{DataType, Float64Type};
+use bytes::Bytes;
+use object_store::path::Path;
+use parquet::arrow::async_writer::{AsyncArrowWriter, ParquetObjectWriter};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use crate::error::{Error, Result};
+use crate::index::{block_ids, encode_segment, SegmentEntry};
+use crate::layout;
+use crate::schema::{normalize, schema_for_input, StoreSchema};
+use crate::storage::{block_on, OpenMode, Store};
+
+/// Default target size of a part file: 128 MiB.
+pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
+/// Default in-memory buffer bound: 256 MiB.
+pub const DEFAULT_BUFFER_SIZE: u64 = 256 << 20;
+/// Rows per data page; small pages let readers fetch little more than a label's rows.
+const PAGE_ROWS: usize = 8192;
+/// Rows per row group.
+const ROW_GROUP_ROWS: usize = 1 << 20;
+/// Rows encoded between part size checks.
+const SLICE_ROWS: usize = 1 << 16;
+
+/// Settings of a writer session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterOptions {
+    /// A part is closed once it reaches this many bytes.
+    pub target_file_size: u64,
+    /// Buffered rows are encoded once they take this much memory.
+    pub buffer_size: u64,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            target_file_size: DEFAULT_TARGET_FILE_SIZE,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+        }
+    }
+}
+
+impl WriterOptions {
+    /// Checks the bounds of the options (`arg_prefix` names them in errors).
+    pub fn check(&self) -> Result<()> {
+        if self.target_file_size < 1024 {
+            return Err(Error::arg(
+                "target_file_size",
+                format!("must be at least 1024 bytes, got {}", self.target_file_size),
+            ));
+        }
+        if self.buffer_size < (1 << 20) {
+            return Err(Error::arg(
+                "buffer_size",
+                format!(
+                    "must be at least 1048576 bytes (1 MiB), got {}",
+                    self.buffer_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a commit made durable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitSummary {
+    /// The worker.
+    pub worker: String,
+    /// Sequence number of the commit segment (0 when there was nothing to commit).
+    pub commit: u64,
+    /// Part files completed by this commit.
+    pub parts: u64,
+    /// Points committed.
+    pub points: u64,
+    /// (label, block) entries committed.
+    pub entries: u64,
+}
+
+struct OpenPart {
+    path: Path,
+    writer: AsyncArrowWriter<ParquetObjectWriter>,
+    rows: u64,
+}
+
+/// A worker's uncommitted writes in this process.
+pub struct Session {
+    store: Store,
+    worker: String,
+    id: String,
+    schema: Option<StoreSchema>,
+    attr_names: Vec<String>,
+    opts: WriterOptions,
+    buffer: Vec<RecordBatch>,
+    buffered_bytes: usize,
+    part: Option<OpenPart>,
+    parts_done: Vec<Path>,
+    next_part: u32,
+    entries: Vec<SegmentEntry>,
+    points: u64,
+    /// Incremented whenever buffered rows are encoded; a statement can be rolled back exactly only
+    /// if no encode happened since it began.
+    encodes: u64,
+    stmt_start: (usize, usize, u64, u64),
+}
+
+fn new_session_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let rand = RandomState::new().hash_one(std::process::id()) as u32;
+    format!("{now:013}-{:08x}", rand)
+}
+
+fn part_props() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_write_batch_size(PAGE_ROWS)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build()
+}
+
+impl Session {
+    /// Starts a session. The store directory is created if missing; its schema is read if present.
+    pub fn start(
+        store_name: &str,
+        worker: &str,
+        attr_names: Vec<String>,
+        opts: WriterOptions,
+    ) -> Result<Session> {
+        layout::check_worker_id(worker, "WORKER")?;
+        crate::schema::check_attribute_names(&attr_names, "ATTRIBUTES")?;
+        opts.check()?;
+        let store = Store::open(store_name, OpenMode::Create)?;
+        let schema = read_schema(&store)?;
+        if let Some(s) = &schema {
+            let have: Vec<&str> = s.attributes().map(|c| c.name.as_str()).collect();
+            if have != attr_names.iter().map(String::as_str).collect::<Vec<_>>() {
+                return Err(Error::arg(
+                    "ATTRIBUTES",
+                    format!(
+                        "must match the store's attributes [{}], got [{}]",
+                        have.join(", "),
+                        attr_names.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(Session {
+            store,
+            worker: worker.to_string(),
+            id: new_session_id(),
+            schema,
+            attr_names,
+            opts,
+            buffer: Vec::new(),
+            buffered_bytes: 0,
+            part: None,
+            parts_done: Vec::new(),
+            next_part: 0,
+            entries: Vec::new(),
+            points: 0,
+            encodes: 0,
+            stmt_start: (0, 0, 0, 0),
+        })
+    }
+
+    /// Checks that a statement names the same attributes as the session.
+    pub fn check_attributes(&self, names: &[String], arg: &str) -> Result<()> {
+        if names != self.attr_names.as_slice() {
+            return Err(Error::arg(
+                arg,
+                format!(
+                    "must match the attributes of this worker's open session [{}], got [{}]",
+                    self.attr_names.join(", "),
+                    names.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The store this session writes.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Changes the options for what is written from now on.
+    pub fn set_options(&mut self, opts: WriterOptions) -> Result<()> {
+        opts.check()?;
+        self.opts = opts;
+        Ok(())
+    }
+
+    /// Marks the start of a statement, for [`Session::rollback_statement`].
+    pub fn begin_statement(&mut self) {
+        self.stmt_start = (
+            self.buffer.len(),
+            self.buffered_bytes,
+            self.encodes,
+            self.points,
+        );
+    }
+
+    /// Undoes the current statement's rows. Returns `false` if that was impossible because some
+    /// of them were already encoded; the caller must then [`Session::abort`].
+    pub fn rollback_statement(&mut self) -> bool {
+        let (len, bytes, encodes, points) = self.stmt_start;
+        if self.encodes != encodes {
+            return false;
+        }
+        self.buffer.truncate(len);
+        self.buffered_bytes = bytes;
+        self.points = points;
+        true
+    }
+
+    /// Checks the column types of incoming rows (`label, block, x, y, z, attr…`) against the store
+    /// before any row arrives; creates the store schema on the first write.
+    pub fn check_input_types(&mut self, types: &[DataType]) -> Result<()> {
+        let wanted = schema_for_input(types, &self.attr_names)?;
+        if self.schema.is_none() {
+            let json = Bytes::from(wanted.to_json());
+            if !self.store.put_if_absent(&layout::schema_file(), json)? {
+                // Another writer created it first; conform to theirs.
+                self.schema = read_schema(&self.store)?;
+            } else {
+                self.schema = Some(wanted);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends rows `label, block, x, y, z, attr…`.
+    pub fn append(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let types: Vec<DataType> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        self.check_input_types(&types)?;
+        let schema = self
+            .schema
+            .as_ref()
+            .ok_or_else(|| Error::Internal("no schema".into()))?;
+        let b = normalize(batch, schema)?;
+        self.buffered_bytes += b.get_array_memory_size();
+        self.points += b.num_rows() as u64;
+        self.buffer.push(b);
+        // Half the buffer for rows, half for the sorted copy made while encoding.
+        if self.buffered_bytes as u64 >= self.opts.buffer_size / 2 {
+            self.encode_buffer()?;
+        }
+        Ok(())
+    }
+
+    /// Sorts the buffered rows by (label, block) and encodes them into parts.
+    fn encode_buffer(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.encodes += 1;
+        let schema = self
+            .schema
+            .as_ref()
+            .ok_or_else(|| Error::Internal("no schema".into()))?
+            .arrow();
+        let all = concat_batches(&schema, &self.buffer)?;
+        self.buffer.clear();
+        self.buffered_bytes = 0;
+        let idx = lexsort_to_indices(
+            &[
+                SortColumn {
+                    values: all.column(0).clone(),
+                    options: None,
+                },
+                SortColumn {
+                    values: all.column(1).clone(),
+                    options: None,
+                },
+            ],
+            None,
+        )?;
+        let sorted = take_record_batch(&all, &idx)?;
+        drop(all);
+        let mut off = 0;
+        while off < sorted.num_rows() {
+            let n = SLICE_ROWS.min(sorted.num_rows() - off);
+            self.write_slice(&sorted.slice(off, n))?;
+            off += n;
+        }
+        Ok(())
+    }
+
+    fn open_part(&mut self) -> Result<&mut OpenPart> {
+        if self.part.is_none() {
+            let schema = self
+                .schema
+                .as_ref()
+                .ok_or_else(|| Error::Internal("no schema".into()))?
+                .arrow();
+            let path = layout::part_file(&self.worker, &self.id, self.next_part);
+            self.next_part += 1;
+            let obj = ParquetObjectWriter::new(self.store.os.clone(), path.clone());
+            let writer = AsyncArrowWriter::try_new(obj, schema, Some(part_props()))
+                .map_err(|e| Error::file(&self.store.name, path.as_ref(), e))?;
+            self.part = Some(OpenPart {
+                path,
+                writer,
+                rows: 0,
+            });
+        }
+        self.part
+            .as_mut()
+            .ok_or_else(|| Error::Internal("no part".into()))
+    }
+
+    fn write_slice(&mut self, slice: &RecordBatch) -> Result<()> {
+        let runs = runs(slice)?;
+        let store_name = self.store.name.clone();
+        let target = self.opts.target_file_size;
+        let part = self.open_part()?;
+        let base = part.rows;
+        let part_name = part.path.to_string();
+        block_on(part.writer.write(slice)).map_err(|e| Error::file(&store_name, &part_name, e))?;
+        part.rows += slice.num_rows() as u64;
+        let full = part.writer.bytes_written() + part.writer.in_progress_size() >= target as usize;
+        for mut r in runs {
+            r.part = part_name.clone();
+            r.row_start += base;
+            match self.entries.last_mut() {
+                Some(l)
+                    if l.label == r.label
+                        && l.block == r.block
+                        && l.part == r.part
+                        && l.row_start + l.row_count == r.row_start =>
+                {
+                    l.row_count += r.row_count;
+                    for i in 0..3 {
+                        l.bbox[i] = l.bbox[i].min(r.bbox[i]);
+                        l.bbox[i + 3] = l.bbox[i + 3].max(r.bbox[i + 3]);
+                    }
+                }
+                _ => self.entries.push(r),
+            }
+        }
+        if full {
+            self.close_part()?;
+        }
+        Ok(())
+    }
+
+    fn close_part(&mut self) -> Result<()> {
+        if let Some(p) = self.part.take() {
+            block_on(p.writer.close())
+                .map_err(|e| Error::file(&self.store.name, p.path.as_ref(), e))?;
+            self.parts_done.push(p.path);
+        }
+        Ok(())
+    }
+
+    /// Makes everything written in this session durable and visible to consolidate.
+    pub fn commit(mut self) -> Result<CommitSummary> {
+        let res = self.commit_inner();
+        if res.is_err() {
+            self.abort();
+        }
+        res
+    }
+
+    fn commit_inner(&mut self) -> Result<CommitSummary> {
+        self.encode_buffer()?;
+        self.close_part()?;
+        let mut summary = CommitSummary {
+            worker: self.worker.clone(),
+            parts: self.parts_done.len() as u64,
+            points: self.points,
+            entries: self.entries.len() as u64,
+            ..Default::default()
+        };
+        if self.entries.is_empty() {
+            return Ok(summary);
+        }
+        let schema = self
+            .schema
+            .as_ref()
+            .ok_or_else(|| Error::Internal("no schema".into()))?;
+        let seg = encode_segment(
+            &self.entries,
+            schema.block_type(),
+            &[
+                ("pocaduck.session", self.id.clone()),
+                ("pocaduck.worker", self.worker.clone()),
+            ],
+        )?;
+        let mut seq = latest_commit(&self.store, &self.worker)? + 1;
+        for _ in 0..1000 {
+            if self
+                .store
+                .put_if_absent(&layout::commit_file(&self.worker, seq), seg.clone())?
+            {
+                summary.commit = seq;
+                self.entries.clear();
+                self.parts_done.clear();
+                return Ok(summary);
+            }
+            seq += 1;
+        }
+        Err(Error::Conflict {
+            store: self.store.name.clone(),
+            msg: format!(
+                "could not number a commit for worker '{}' after 1000 tries",
+                self.worker
+            ),
+        })
+    }
+
+    /// Discards everything uncommitted: buffered rows, the open part, completed parts.
+    pub fn abort(&mut self) {
+        self.buffer.clear();
+        if let Some(p) = self.part.take() {
+            // Dropping the writer abandons the upload; the staging object is removed or never
+            // renamed into place, so no part file appears.
+            drop(p);
+        }
+        for p in self.parts_done.drain(..) {
+            let _ = self.store.delete(&p);
+        }
+        self.entries.clear();
+        self.points = 0;
+    }
+
+    /// Points written in this session and not yet committed.
+    pub fn pending_points(&self) -> u64 {
+        self.points
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // An uncommitted session left behind (error, or never committed) must not leave parts
+        // that look like data. Committed sessions have nothing left to delete.
+        self.abort();
+    }
+}
+
+/// Reads the store schema, if the store has one.
+pub fn read_schema(store: &Store) -> Result<Option<StoreSchema>> {
+    match store.get_opt(&layout::schema_file())? {
+        None => Ok(None),
+        Some(b) => StoreSchema::from_json(&b)
+            .map(Some)
+            .map_err(|e| Error::file(&store.name, layout::schema_file().as_ref(), e)),
+    }
+}
+
+/// Highest commit sequence of a worker (0 if none).
+pub fn latest_commit(store: &Store, worker: &str) -> Result<u64> {
+    Ok(store
+        .list(&layout::commits_dir(worker))?
+        .iter()
+        .filter_map(|m| layout::parse_commit_seq(&m.location))
+        .max()
+        .unwrap_or(0))
+}
+
+/// Splits a batch sorted by (label, block) into runs of equal (label, block) with bounding boxes.
+/// `part` is left empty and `row_start` is relative to the batch.
+fn runs(b: &RecordBatch) -> Result<Vec<SegmentEntry>> {
+    let labels = crate::schema::labels(b);
+    let blocks = block_ids(b.column(1))?;
+    let coords: Vec<ArrayRef> = (2..5)
+        .map(|i| arrow::compute::cast(b.column(i), &DataType::Float64))
+        .collect::<std::result::Result<_, _>>()?;
+    let xyz: Vec<&[f64]> = coords
+        .iter()
+        .map(|c| c.as_primitive::<Float64Type>().values().as_ref())
+        .collect();
+    let mut out: Vec<SegmentEntry> = Vec::new();
+    let mut start = 0;
+    for r in 1..=b.num_rows() {
+        if r == b.num_rows() || labels.value(r) != labels.value(start) || blocks[r] != blocks[start]
+        {
+            let mut bbox = [
+                f64::INFINITY,
+                f64::INFINITY,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                f64::NEG_INFINITY,
+                f64::NEG_INFINITY,
+            ];
+            for i in start..r {
+                for d in 0..3 {
+                    bbox[d] = bbox[d].min(xyz[d][i]);
+                    bbox[d + 3] = bbox[d + 3].max(xyz[d][i]);
+                }
+            }
+            out.push(SegmentEntry {
+                label: labels.value(start),
+                block: blocks[start].clone(),
+                part: String::new(),
+                row_start: start as u64,
+                row_count: (r - start) as u64,
+                bbox,
+            });
+            start = r;
+        }
+    }
+    Ok(out)
+}
+
+type Key = (std::path::PathBuf, String);
+
+/// The sessions of this process, by (store directory, worker).
+fn sessions() -> &'static Mutex<HashMap<Key, Arc<Mutex<Option<Session>>>>> {
+    static S: OnceLock<Mutex<HashMap<Key, Arc<Mutex<Option<Session>>>>>> = OnceLock::new();
+    S.get_or_init(Default::default)
+}
+
+/// A handle on the session slot of (store, worker) in this process; the slot is empty when no
+/// session is open.
+pub fn session_slot(store_name: &str, worker: &str) -> Result<Arc<Mutex<Option<Session>>>> {
+    layout::check_worker_id(worker, "WORKER")?;
+    let store = Store::open(store_name, OpenMode::Create)?;
+    let key = (
+        store.local_dir.clone().unwrap_or_default(),
+        worker.to_string(),
+    );
+    let mut map = sessions()
+        .lock()
+        .map_err(|_| Error::Internal("session registry poisoned".into()))?;
+    Ok(map.entry(key).or_default().clone())
+}
+
+/// Locks a session slot, recovering from a poisoned lock (the session inside is discarded).
+pub fn lock_slot(slot: &Mutex<Option<Session>>) -> std::sync::MutexGuard<'_, Option<Session>> {
+    match slot.lock() {
+        Ok(g) => g,
+        Err(p) => {
+            let mut g = p.into_inner();
+            *g = None;
+            g
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use arrow::array::{Int32Array, Int64Array, StringArray, UInt64Array};
+
+    pub(crate) fn rows(labels: &[u64], block: &str, xyz: &[[i32; 3]]) -> RecordBatch {
+        let n = labels.len();
+        RecordBatch::try_from_iter(vec![
+            (
+                "label",
+                Arc::new(UInt64Array::from(labels.to_vec())) as ArrayRef,
+            ),
+            (
+                "block",
+                Arc::new(StringArray::from(vec![block; n])) as ArrayRef,
+            ),
+            (
+                "x",
+                Arc::new(Int32Array::from_iter_values(xyz.iter().map(|p| p[0]))) as ArrayRef,
+            ),
+            (
+                "y",
+                Arc::new(Int32Array::from_iter_values(xyz.iter().map(|p| p[1]))) as ArrayRef,
+            ),
+            (
+                "z",
+                Arc::new(Int32Array::from_iter_values(xyz.iter().map(|p| p[2]))) as ArrayRef,
+            ),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn runs_split_on_label_and_block_with_bbox() {
+        let b = RecordBatch::try_from_iter(vec![
+            (
+                "label",
+                Arc::new(UInt64Array::from(vec![1, 1, 1, 2])) as ArrayRef,
+            ),
+            (
+                "block",
+                Arc::new(Int64Array::from(vec![5, 5, 6, 6])) as ArrayRef,
+            ),
+            (
+                "x",
+                Arc::new(Int32Array::from(vec![1, 3, 0, 0])) as ArrayRef,
+            ),
+            (
+                "y",
+                Arc::new(Int32Array::from(vec![2, -2, 0, 0])) as ArrayRef,
+            ),
+            (
+                "z",
+                Arc::new(Int32Array::from(vec![0, 9, 0, 0])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let r = runs(&b).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(
+            (r[0].row_start, r[0].row_count, r[0].bbox),
+            (0, 2, [1.0, -2.0, 0.0, 3.0, 2.0, 9.0])
+        );
+        assert_eq!((r[1].label, r[1].row_start, r[1].row_count), (1, 2, 1));
+        assert_eq!((r[2].label, r[2].row_start), (2, 3));
+    }
+
+    #[test]
+    fn nothing_is_visible_before_commit_and_everything_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let mut s = Session::start(name, "w1", vec![], WriterOptions::default()).unwrap();
+        s.append(&rows(&[3, 1, 3], "b0", &[[1, 2, 3], [4, 5, 6], [7, 8, 9]]))
+            .unwrap();
+        assert_eq!(latest_commit(s.store(), "w1").unwrap(), 0);
+        let c = s.commit().unwrap();
+        assert_eq!((c.commit, c.points, c.entries, c.parts), (1, 3, 2, 1));
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        assert_eq!(latest_commit(&store, "w1").unwrap(), 1);
+    }
+
+    #[test]
+    fn dropped_session_leaves_no_part_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let opts = WriterOptions {
+            target_file_size: 1024,
+            buffer_size: 1 << 20,
+        };
+        let mut s = Session::start(name, "w1", vec![], opts).unwrap();
+        let pts: Vec<[i32; 3]> = (0..50_000).map(|i| [i, i, i]).collect();
+        let labels: Vec<u64> = (0..50_000).map(|i| i % 97).collect();
+        s.append(&rows(&labels, "b", &pts)).unwrap();
+        drop(s);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        let files: Vec<_> = store.list(&Path::from("workers")).unwrap();
+        assert!(files.is_empty(), "{files:?}");
+    }
+
+    #[test]
+    fn many_small_writes_fill_few_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let opts = WriterOptions {
+            target_file_size: 256 << 10,
+            buffer_size: 4 << 20,
+        };
+        let mut s = Session::start(name, "w1", vec![], opts).unwrap();
+        for blk in 0..300 {
+            let pts: Vec<[i32; 3]> = (0..1000).map(|i| [i * 7 + blk, i * 13, blk * i]).collect();
+            let labels: Vec<u64> = (0..1000).map(|i| (i % 10) as u64 + blk as u64).collect();
+            s.begin_statement();
+            s.append(&rows(&labels, &format!("b{blk}"), &pts)).unwrap();
+        }
+        let c = s.commit().unwrap();
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        let parts = store.list(&Path::from("workers/w1/parts")).unwrap();
+        let bytes: u64 = parts.iter().map(|m| m.size).sum();
+        let expect = bytes.div_ceil(256 << 10);
+        assert_eq!(c.parts as usize, parts.len());
+        assert!(
+            parts.len() as u64 <= expect + 1,
+            "{} parts for {bytes} bytes",
+            parts.len()
+        );
+        assert_eq!(c.points, 300_000);
+    }
+
+    #[test]
+    fn statement_rollback_restores_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Session::start(
+            dir.path().to_str().unwrap(),
+            "w1",
+            vec![],
+            WriterOptions::default(),
+        )
+        .unwrap();
+        s.append(&rows(&[1], "b", &[[1, 1, 1]])).unwrap();
+        s.begin_statement();
+        s.append(&rows(&[2, 2], "b", &[[1, 1, 1], [2, 2, 2]]))
+            .unwrap();
+        assert!(s.rollback_statement());
+        assert_eq!(s.pending_points(), 1);
+        assert_eq!(s.commit().unwrap().points, 1);
+    }
+}
