@@ -29,7 +29,12 @@ fn db_err(what: &str, e: impl std::fmt::Display) -> Error {
 
 impl IndexCodec for DuckDbCodec {
     fn write(&self, index: &UnifiedIndex, path: &std::path::Path) -> Result<()> {
-        let con = Connection::open(path).map_err(|e| db_err("create", e))?;
+        // Written in the oldest storage format that has what we need, so that every supported
+        // DuckDB (1.5.6 and 2.0) can open an index built by any of them.
+        let cfg = Config::default()
+            .with("storage_compatibility_version", "v1.0.0")
+            .map_err(|e| db_err("create", e))?;
+        let con = Connection::open_with_flags(path, cfg).map_err(|e| db_err("create", e))?;
         let block_sql = index.schema.block_type().name();
         con.execute_batch(&format!(
             "CREATE TABLE store_info(key VARCHAR PRIMARY KEY, value VARCHAR);

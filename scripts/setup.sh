@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Creates the Python environments the demo and tests use (idempotent):
+#   .venv/py15  duckdb 1.5.6 + duckdb-cli 1.5.6 (the DuckDB CLI) + test/demo packages
+#   .venv/py20  duckdb 2.0.0 + test packages
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+COMMON="numpy pandas pyarrow pytest crackle-codec"
+make_env() {
+  local dir=$1; shift
+  if [ ! -x "$dir/bin/python" ] || ! "$dir/bin/python" -c "import duckdb, numpy, pandas, pyarrow, pytest, crackle" 2>/dev/null; then
+    echo "setting up $dir"
+    "$PY" -m venv "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check "$@" $COMMON
+  fi
+}
+make_env .venv/py15 duckdb==1.5.6 duckdb-cli==1.5.6
+make_env .venv/py20 duckdb==2.0.0
+echo "python environments ready: .venv/py15 (duckdb 1.5.6 + CLI), .venv/py20 (duckdb 2.0.0)"
