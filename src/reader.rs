@@ -177,7 +177,10 @@ impl LoadedIndex {
     /// 2.. = x, y, z, attributes) in that order.
     pub fn points(&self, labels: &[u64], cols: &[usize]) -> Result<Vec<RecordBatch>> {
         let mut by_part: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
-        for &l in labels {
+        let mut labels = labels.to_vec();
+        labels.sort_unstable();
+        labels.dedup();
+        for &l in &labels {
             for e in self.label_entries(l) {
                 by_part
                     .entry(e.part)
@@ -219,43 +222,7 @@ impl LoadedIndex {
                 )));
             }
         }
-        let mut groups: Vec<usize> = Vec::new();
-        for &(s, n) in &ranges {
-            let first = rg_start.partition_point(|&x| x <= s) - 1;
-            let last = rg_start.partition_point(|&x| x < s + n) - 1;
-            for g in first..=last {
-                if groups.last() != Some(&g) {
-                    groups.push(g);
-                }
-            }
-        }
-        let mut selectors = Vec::new();
-        let mut cursor_rg = 0usize; // index into groups
-        let mut pos = if groups.is_empty() {
-            0
-        } else {
-            rg_start[groups[0]]
-        };
-        for &(s, n) in &ranges {
-            // Advance over row groups not selected (they are not read at all).
-            while cursor_rg + 1 < groups.len() && rg_start[groups[cursor_rg] + 1] <= s {
-                let end = rg_start[groups[cursor_rg] + 1];
-                if end > pos {
-                    selectors.push(RowSelector::skip((end - pos) as usize));
-                }
-                cursor_rg += 1;
-                pos = rg_start[groups[cursor_rg]];
-            }
-            if s > pos {
-                selectors.push(RowSelector::skip((s - pos) as usize));
-            }
-            let s = s.max(pos);
-            let end = (s + n).max(pos);
-            if end > s {
-                selectors.push(RowSelector::select((end - s) as usize));
-            }
-            pos = end;
-        }
+        let (groups, selectors) = plan_selection(&rg_start, &ranges);
         let reader =
             ParquetObjectReader::new(self.store.os.clone(), p.path.clone()).with_file_size(size);
         let mut sorted_cols: Vec<usize> = cols.to_vec();
@@ -282,6 +249,46 @@ impl LoadedIndex {
             .map(|b| Ok(b.project(&order)?))
             .collect()
     }
+}
+
+/// Plans a read of the sorted, disjoint row `ranges` of a file whose row groups start at
+/// `rg_start` (with the total row count appended): the row groups to read, and a selection over
+/// the concatenation of exactly those row groups.
+fn plan_selection(rg_start: &[u64], ranges: &[(u64, u64)]) -> (Vec<usize>, Vec<RowSelector>) {
+    let mut groups = Vec::new();
+    let mut selectors = Vec::new();
+    let mut ri = 0;
+    for g in 0..rg_start.len().saturating_sub(1) {
+        let (gs, ge) = (rg_start[g], rg_start[g + 1]);
+        // Ranges that ended before this group are done.
+        while ri < ranges.len() && ranges[ri].0 + ranges[ri].1 <= gs {
+            ri += 1;
+        }
+        if ri >= ranges.len() {
+            break;
+        }
+        if ranges[ri].0 >= ge {
+            continue;
+        }
+        groups.push(g);
+        let mut pos = gs;
+        let mut k = ri;
+        while k < ranges.len() && ranges[k].0 < ge {
+            let (a, b) = (ranges[k].0.max(gs), (ranges[k].0 + ranges[k].1).min(ge));
+            if a > pos {
+                selectors.push(RowSelector::skip((a - pos) as usize));
+            }
+            if b > a {
+                selectors.push(RowSelector::select((b - a) as usize));
+            }
+            pos = pos.max(b);
+            k += 1;
+        }
+        if ge > pos {
+            selectors.push(RowSelector::skip((ge - pos) as usize));
+        }
+    }
+    (groups, selectors)
 }
 
 #[cfg(test)]
@@ -375,6 +382,55 @@ mod tests {
             let got = idx.points(&[l], &[2]).unwrap();
             assert_eq!(xs(&got), want, "label {l}");
             assert_eq!(idx.point_count(l), want.len() as u64);
+        }
+    }
+
+    /// Brute force: the rows a plan selects are exactly the rows of the ranges.
+    fn selected_rows(rg_start: &[u64], groups: &[usize], sel: &[RowSelector]) -> Vec<u64> {
+        let rows: Vec<u64> = groups
+            .iter()
+            .flat_map(|&g| rg_start[g]..rg_start[g + 1])
+            .collect();
+        let mut out = Vec::new();
+        let mut i = 0;
+        for s in sel {
+            if !s.skip {
+                out.extend_from_slice(&rows[i..i + s.row_count]);
+            }
+            i += s.row_count;
+        }
+        assert_eq!(
+            i,
+            rows.len(),
+            "selection must cover the selected row groups exactly"
+        );
+        out
+    }
+
+    #[test]
+    fn selection_plans_match_brute_force() {
+        let rg_start = [0u64, 10, 20, 30, 40, 45];
+        let cases: Vec<Vec<(u64, u64)>> = vec![
+            vec![(0, 45)],
+            vec![(3, 2)],
+            vec![(8, 15), (25, 2), (27, 1), (44, 1)],
+            vec![(5, 30), (36, 2)],
+            vec![(10, 10)],
+            vec![(0, 1), (19, 2), (39, 2)],
+            vec![],
+        ];
+        for ranges in cases {
+            let (groups, sel) = plan_selection(&rg_start, &ranges);
+            let want: Vec<u64> = ranges.iter().flat_map(|&(s, n)| s..s + n).collect();
+            assert_eq!(selected_rows(&rg_start, &groups, &sel), want, "{ranges:?}");
+            for &g in &groups {
+                assert!(
+                    ranges
+                        .iter()
+                        .any(|&(s, n)| s < rg_start[g + 1] && s + n > rg_start[g]),
+                    "group {g} read needlessly"
+                );
+            }
         }
     }
 
