@@ -65,7 +65,9 @@ pub fn open(store_name: &str, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>
     let gen = latest_generation(&store)?;
     if gen == 0 {
         let msg = if crate::writer::read_schema(&store)?.is_some() {
-            format!("has not been consolidated yet: run pocaduck_consolidate('{store_name}') first")
+            format!(
+                "has no unified index yet: commit the workers' writes, then run pocaduck_consolidate('{store_name}')"
+            )
         } else {
             "is not a pocaduck store (no _pocaduck.json and no index)".to_string()
         };
@@ -330,7 +332,7 @@ mod tests {
         write(name, "w2", &[rows(&[5, 7], "c", &[[10, 0, 0], [11, 0, 0]])]);
         let store = Store::open(name, OpenMode::Existing).unwrap();
         let e = open(name, &JsonCodec).err().unwrap().to_string();
-        assert!(e.contains("has not been consolidated yet"), "{e}");
+        assert!(e.contains("has no unified index yet"), "{e}");
         consolidate(&store, &JsonCodec).unwrap();
         let idx = open(name, &JsonCodec).unwrap();
         assert_eq!(xs(&idx.points(&[5], &[2]).unwrap()), vec![1, 3, 4, 10]);

@@ -43,7 +43,7 @@ const PAGE_ROWS: usize = 8192;
 /// Rows per row group.
 const ROW_GROUP_ROWS: usize = 1 << 20;
 /// Rows encoded between part size checks.
-const SLICE_ROWS: usize = 1 << 16;
+const SLICE_ROWS: usize = 8192;
 
 /// Settings of a writer session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
