@@ -170,7 +170,11 @@ unsafe fn parse_options(
         let dt = arrow_type(id).ok_or_else(|| {
             Error::arg(
                 &name,
-                format!("(column {} of the query) has type {:?}; use an integer, FLOAT/DOUBLE or VARCHAR (cast it)", i + 1, id),
+                format!(
+                    "(column {} of the query) has type {}; use an integer, FLOAT/DOUBLE or VARCHAR (cast it)",
+                    i + 1,
+                    format!("{id:?}").to_uppercase()
+                ),
             )
         })?;
         types.push(dt);
@@ -181,7 +185,9 @@ unsafe fn parse_options(
             "label",
             format!(
                 "(column 1 of the query) must be an integer (UBIGINT), got {}",
-                types[0]
+                crate::schema::ColumnType::from_arrow(&types[0])
+                    .map(|t| t.name())
+                    .unwrap_or_default()
             ),
         ));
     }
