@@ -70,7 +70,7 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
     let schema = read_schema(store)?.ok_or_else(|| {
         Error::store(
             &store.name,
-            "is not a pocaduck store (no _pocaduck.json): nothing was ever written to it",
+            "is not a pocaduck store (no _pocaduck.json): nothing was ever committed to it",
         )
     })?;
     let gen = latest_generation(store)?;
@@ -183,7 +183,14 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn write(store: &str, worker: &str, rows: &[arrow::array::RecordBatch]) {
-        let mut s = Session::start(store, worker, vec![], WriterOptions::default()).unwrap();
+        let mut s = Session::start(
+            store,
+            worker,
+            vec![],
+            "ATTRIBUTES",
+            WriterOptions::default(),
+        )
+        .unwrap();
         for r in rows {
             s.append(r).unwrap();
         }
@@ -244,7 +251,7 @@ pub(crate) mod tests {
         let e = consolidate(&store, &JsonCodec).unwrap_err().to_string();
         assert!(
             e.ends_with(
-                "is not a pocaduck store (no _pocaduck.json): nothing was ever written to it"
+                "is not a pocaduck store (no _pocaduck.json): nothing was ever committed to it"
             ),
             "{e}"
         );

@@ -362,7 +362,7 @@ mod tests {
             target_file_size: 64 << 10,
             buffer_size: 1 << 20,
         };
-        let mut s = crate::writer::Session::start(name, "w1", vec![], opts).unwrap();
+        let mut s = crate::writer::Session::start(name, "w1", vec![], "ATTRIBUTES", opts).unwrap();
         let mut expect: HashMap<u64, Vec<i32>> = HashMap::new();
         for blk in 0..20 {
             let n = 20_000;

@@ -112,6 +112,8 @@ pub struct Session {
     worker: String,
     id: String,
     schema: Option<StoreSchema>,
+    /// Whether `schema` is in the store already (else the first commit writes it).
+    schema_persisted: bool,
     attr_names: Vec<String>,
     opts: WriterOptions,
     buffer: Vec<RecordBatch>,
@@ -149,14 +151,16 @@ fn part_props() -> WriterProperties {
 
 impl Session {
     /// Starts a session. The store directory is created if missing; its schema is read if present.
+    /// `attr_arg` names the attributes argument in errors (`ATTRIBUTES` for COPY).
     pub fn start(
         store_name: &str,
         worker: &str,
         attr_names: Vec<String>,
+        attr_arg: &str,
         opts: WriterOptions,
     ) -> Result<Session> {
         layout::check_worker_id(worker, "WORKER")?;
-        crate::schema::check_attribute_names(&attr_names, "ATTRIBUTES")?;
+        crate::schema::check_attribute_names(&attr_names, attr_arg)?;
         opts.check()?;
         let store = Store::open(store_name, OpenMode::Create)?;
         let schema = read_schema(&store)?;
@@ -164,7 +168,7 @@ impl Session {
             let have: Vec<&str> = s.attributes().map(|c| c.name.as_str()).collect();
             if have != attr_names.iter().map(String::as_str).collect::<Vec<_>>() {
                 return Err(Error::arg(
-                    "ATTRIBUTES",
+                    attr_arg,
                     format!(
                         "must match the store's attributes [{}], got [{}]",
                         have.join(", "),
@@ -177,6 +181,7 @@ impl Session {
             store,
             worker: worker.to_string(),
             id: new_session_id(),
+            schema_persisted: schema.is_some(),
             schema,
             attr_names,
             opts,
@@ -242,19 +247,46 @@ impl Session {
         true
     }
 
-    /// Checks the column types of incoming rows (`label, block, x, y, z, attr…`) against the store
-    /// before any row arrives; creates the store schema on the first write.
+    /// Checks the column types of incoming rows (`label, block, x, y, z, attr…`) before any row
+    /// arrives. In a store with no schema yet, the first rows define it; it is persisted by the
+    /// first commit, so a failed first write leaves no schema behind.
     pub fn check_input_types(&mut self, types: &[DataType]) -> Result<()> {
         let wanted = schema_for_input(types, &self.attr_names)?;
         if self.schema.is_none() {
-            let json = Bytes::from(wanted.to_json());
-            if !self.store.put_if_absent(&layout::schema_file(), json)? {
-                // Another writer created it first; conform to theirs.
-                self.schema = read_schema(&self.store)?;
-            } else {
+            self.schema = read_schema(&self.store)?;
+            self.schema_persisted = self.schema.is_some();
+            if self.schema.is_none() {
                 self.schema = Some(wanted);
             }
         }
+        Ok(())
+    }
+
+    /// Writes the store schema if this session defined it.
+    fn persist_schema(&mut self) -> Result<()> {
+        if self.schema_persisted {
+            return Ok(());
+        }
+        let ours = self
+            .schema
+            .clone()
+            .ok_or_else(|| Error::Internal("no schema".into()))?;
+        if !self
+            .store
+            .put_if_absent(&layout::schema_file(), Bytes::from(ours.to_json()))?
+        {
+            let theirs = read_schema(&self.store)?;
+            if theirs.as_ref() != Some(&ours) {
+                return Err(Error::Conflict {
+                    store: self.store.name.clone(),
+                    msg: format!(
+                        "another writer created the store with a different schema while worker '{}' was writing; nothing was committed",
+                        self.worker
+                    ),
+                });
+            }
+        }
+        self.schema_persisted = true;
         Ok(())
     }
 
@@ -412,6 +444,7 @@ impl Session {
         if self.entries.is_empty() {
             return Ok(summary);
         }
+        self.persist_schema()?;
         let schema = self
             .schema
             .as_ref()
@@ -424,8 +457,8 @@ impl Session {
                 ("pocaduck.worker", self.worker.clone()),
             ],
         )?;
-        let mut seq = latest_commit(&self.store, &self.worker)? + 1;
-        for _ in 0..1000 {
+        let first = latest_commit(&self.store, &self.worker)? + 1;
+        for seq in first..first + 1000 {
             if self
                 .store
                 .put_if_absent(&layout::commit_file(&self.worker, seq), seg.clone())?
@@ -435,7 +468,6 @@ impl Session {
                 self.parts_done.clear();
                 return Ok(summary);
             }
-            seq += 1;
         }
         Err(Error::Conflict {
             store: self.store.name.clone(),
@@ -520,10 +552,10 @@ fn runs(b: &RecordBatch) -> Result<Vec<SegmentEntry>> {
                 f64::NEG_INFINITY,
                 f64::NEG_INFINITY,
             ];
-            for i in start..r {
-                for d in 0..3 {
-                    bbox[d] = bbox[d].min(xyz[d][i]);
-                    bbox[d + 3] = bbox[d + 3].max(xyz[d][i]);
+            for (d, col) in xyz.iter().enumerate() {
+                for v in &col[start..r] {
+                    bbox[d] = bbox[d].min(*v);
+                    bbox[d + 3] = bbox[d + 3].max(*v);
                 }
             }
             out.push(SegmentEntry {
@@ -541,16 +573,18 @@ fn runs(b: &RecordBatch) -> Result<Vec<SegmentEntry>> {
 }
 
 type Key = (std::path::PathBuf, String);
+/// A worker's session slot: empty when no session is open.
+pub type Slot = Arc<Mutex<Option<Session>>>;
 
 /// The sessions of this process, by (store directory, worker).
-fn sessions() -> &'static Mutex<HashMap<Key, Arc<Mutex<Option<Session>>>>> {
-    static S: OnceLock<Mutex<HashMap<Key, Arc<Mutex<Option<Session>>>>>> = OnceLock::new();
+fn sessions() -> &'static Mutex<HashMap<Key, Slot>> {
+    static S: OnceLock<Mutex<HashMap<Key, Slot>>> = OnceLock::new();
     S.get_or_init(Default::default)
 }
 
 /// A handle on the session slot of (store, worker) in this process; the slot is empty when no
 /// session is open.
-pub fn session_slot(store_name: &str, worker: &str) -> Result<Arc<Mutex<Option<Session>>>> {
+pub fn session_slot(store_name: &str, worker: &str) -> Result<Slot> {
     layout::check_worker_id(worker, "WORKER")?;
     let store = Store::open(store_name, OpenMode::Create)?;
     let key = (
@@ -646,7 +680,8 @@ pub(crate) mod tests {
     fn nothing_is_visible_before_commit_and_everything_after() {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
-        let mut s = Session::start(name, "w1", vec![], WriterOptions::default()).unwrap();
+        let mut s =
+            Session::start(name, "w1", vec![], "ATTRIBUTES", WriterOptions::default()).unwrap();
         s.append(&rows(&[3, 1, 3], "b0", &[[1, 2, 3], [4, 5, 6], [7, 8, 9]]))
             .unwrap();
         assert_eq!(latest_commit(s.store(), "w1").unwrap(), 0);
@@ -664,7 +699,7 @@ pub(crate) mod tests {
             target_file_size: 1024,
             buffer_size: 1 << 20,
         };
-        let mut s = Session::start(name, "w1", vec![], opts).unwrap();
+        let mut s = Session::start(name, "w1", vec![], "ATTRIBUTES", opts).unwrap();
         let pts: Vec<[i32; 3]> = (0..50_000).map(|i| [i, i, i]).collect();
         let labels: Vec<u64> = (0..50_000).map(|i| i % 97).collect();
         s.append(&rows(&labels, "b", &pts)).unwrap();
@@ -682,7 +717,7 @@ pub(crate) mod tests {
             target_file_size: 256 << 10,
             buffer_size: 4 << 20,
         };
-        let mut s = Session::start(name, "w1", vec![], opts).unwrap();
+        let mut s = Session::start(name, "w1", vec![], "ATTRIBUTES", opts).unwrap();
         for blk in 0..300 {
             let pts: Vec<[i32; 3]> = (0..1000).map(|i| [i * 7 + blk, i * 13, blk * i]).collect();
             let labels: Vec<u64> = (0..1000).map(|i| (i % 10) as u64 + blk as u64).collect();
@@ -710,6 +745,7 @@ pub(crate) mod tests {
             dir.path().to_str().unwrap(),
             "w1",
             vec![],
+            "ATTRIBUTES",
             WriterOptions::default(),
         )
         .unwrap();

@@ -228,6 +228,7 @@ unsafe extern "C" fn global_init(info: ffi::duckdb_copy_function_global_init_inf
                     &store,
                     &b.worker,
                     b.attributes.clone(),
+                    "ATTRIBUTES",
                     b.opts,
                 )?);
             }

@@ -648,6 +648,7 @@ impl VTab for Write {
                     &a.store,
                     &a.worker,
                     a.attributes.clone(),
+                    "attributes",
                     a.opts,
                 )?);
             }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The README's second command: runs every test. Exits non-zero if any fails.
+#   1. cargo fmt --check, clippy -D warnings, cargo test (the core, plain Rust)
+#   2. SQL logic tests (test/sql) against DuckDB 1.5.6 and 2.0.0 (Python), and the DuckDB CLI 1.5.6
+#   3. pytest (test/python) with duckdb 1.5.6 and 2.0.0; the real-data end-to-end test with 1.5.6
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/build.sh
+export POCADUCK_EXTENSION="$PWD/build/pocaduck.duckdb_extension"
+
+echo "== cargo fmt / clippy / test"
+cargo fmt --all -- --check
+cargo clippy --release --all-targets -- -D warnings
+cargo test --release
+
+echo "== SQL logic tests: duckdb 1.5.6 (Python)"
+.venv/py15/bin/python scripts/sqllogictest.py test/sql
+echo "== SQL logic tests: duckdb 2.0.0 (Python)"
+.venv/py20/bin/python scripts/sqllogictest.py test/sql
+echo "== LOAD pocaduck by name in the DuckDB CLI 1.5.6"
+out=$(.venv/py15/bin/duckdb -unsigned -c "LOAD pocaduck; SELECT count(*) FROM duckdb_functions() WHERE function_name LIKE 'pocaduck_%';")
+echo "$out"
+echo "$out" | grep -q "│ *6 *│" || { echo "CLI did not load pocaduck by name"; exit 1; }
+
+echo "== pytest: duckdb 1.5.6"
+.venv/py15/bin/python -m pytest -q test/python
+echo "== pytest: duckdb 2.0.0 (real-data test runs once, above)"
+.venv/py20/bin/python -m pytest -q test/python --deselect test/python/test_real_data.py
+echo "== all tests passed"
