@@ -33,12 +33,16 @@ pub struct ConsolidateSummary {
 
 /// Latest unified index generation of a store (0 if never consolidated).
 pub fn latest_generation(store: &Store) -> Result<u64> {
+    Ok(latest_index(store)?.map(|(g, _)| g).unwrap_or(0))
+}
+
+/// The newest unified index generation and its object metadata (`None` if never consolidated).
+pub fn latest_index(store: &Store) -> Result<Option<(u64, object_store::ObjectMeta)>> {
     Ok(store
         .list(&layout::index_dir())?
-        .iter()
-        .filter_map(|m| layout::parse_index_gen(&m.location))
-        .max()
-        .unwrap_or(0))
+        .into_iter()
+        .filter_map(|m| layout::parse_index_gen(&m.location).map(|g| (g, m)))
+        .max_by_key(|(g, _)| *g))
 }
 
 /// Loads generation `gen` of the unified index through `codec`.

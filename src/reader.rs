@@ -18,7 +18,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
 use parquet::arrow::ProjectionMask;
 
-use crate::consolidate::{latest_generation, load_generation};
+use crate::consolidate::{latest_index, load_generation};
 use crate::error::{Error, Result};
 use crate::index::{BlockId, IndexCodec};
 use crate::schema::StoreSchema;
@@ -44,6 +44,9 @@ pub struct LoadedIndex {
     pub store: Store,
     /// Generation loaded.
     pub generation: u64,
+    /// Size and modification time of the generation's file: a store deleted and rebuilt to the
+    /// same generation number is not mistaken for the cached one.
+    stamp: (u64, i64),
     /// The store schema.
     pub schema: StoreSchema,
     parts: Vec<Part>,
@@ -62,8 +65,8 @@ fn cache() -> &'static Mutex<HashMap<std::path::PathBuf, Arc<LoadedIndex>>> {
 pub fn open(store_name: &str, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>> {
     let store = Store::open(store_name, OpenMode::Existing)?;
     let key = store.local_dir.clone().unwrap_or_default();
-    let gen = latest_generation(&store)?;
-    if gen == 0 {
+    let latest = latest_index(&store)?;
+    let Some((gen, meta)) = latest else {
         let msg = if crate::writer::read_schema(&store)?.is_some() {
             format!(
                 "has no unified index yet: commit the workers' writes, then run pocaduck_consolidate('{store_name}')"
@@ -72,13 +75,17 @@ pub fn open(store_name: &str, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>
             "is not a pocaduck store (no _pocaduck.json and no index)".to_string()
         };
         return Err(Error::store(store_name, msg));
-    }
+    };
+    let stamp = (
+        meta.size,
+        meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
+    );
     if let Some(hit) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
-        if hit.generation == gen {
+        if hit.generation == gen && hit.stamp == stamp {
             return Ok(hit);
         }
     }
-    let loaded = Arc::new(LoadedIndex::load(store, gen, codec)?);
+    let loaded = Arc::new(LoadedIndex::load(store, gen, stamp, codec)?);
     if let Ok(mut c) = cache().lock() {
         c.insert(key, loaded.clone());
     }
@@ -86,7 +93,12 @@ pub fn open(store_name: &str, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>
 }
 
 impl LoadedIndex {
-    fn load(store: Store, gen: u64, codec: &dyn IndexCodec) -> Result<LoadedIndex> {
+    fn load(
+        store: Store,
+        gen: u64,
+        stamp: (u64, i64),
+        codec: &dyn IndexCodec,
+    ) -> Result<LoadedIndex> {
         let u = load_generation(&store, gen, codec)?;
         let stats = u.label_stats();
         let mut part_ids: HashMap<String, u32> = HashMap::new();
@@ -118,6 +130,7 @@ impl LoadedIndex {
         Ok(LoadedIndex {
             store,
             generation: gen,
+            stamp,
             schema: u.schema,
             parts,
             labels,

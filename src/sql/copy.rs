@@ -12,7 +12,7 @@
 //! encoded.
 
 use std::ffi::c_void;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, PrimitiveArray, RecordBatch, StringBuilder};
 use arrow::buffer::{NullBuffer, ScalarBuffer};
@@ -24,7 +24,7 @@ use duckdb::vtab::Value;
 use super::{c_string, from_c, guard, parse_size, settings_options};
 use crate::error::{Error, Result};
 use crate::schema::schema_for_input;
-use crate::writer::{lock_slot, session_slot, Session, WriterOptions};
+use crate::writer::{lock_slot, session_slot, Session, Slot, WriterOptions};
 
 const F: &str = "COPY TO (FORMAT pocaduck)";
 
@@ -37,7 +37,7 @@ struct BindData {
 }
 
 struct GlobalState {
-    slot: Arc<Mutex<Option<Session>>>,
+    slot: Slot,
     types: Vec<DataType>,
     commit: bool,
     worker: String,

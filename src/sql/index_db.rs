@@ -246,6 +246,5 @@ fn read_entries(
             },
         });
     }
-    let _ = b.column(0).len();
     Ok(())
 }

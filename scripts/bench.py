@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Benchmark: pocaduck against plain DuckDB on the same rows, in one run.
+
+Workloads: real (the 512^3 segmentation, every voxel, 64^3 blocks), synth (>= 20 M points,
+>= 100 k labels, heavy tail), synth_small (10x fewer points). For each:
+- ingest: pocaduck with 1 and 2 worker processes (COPY from staged Parquet), plain DuckDB
+  `COPY (… ORDER BY label) TO (FORMAT parquet, zstd)` as one file and as 256 files; points/s and
+  peak RSS of each ingest process;
+- queries: N random small labels and the N largest: pocaduck_points vs read_parquet … WHERE label =
+  (one file, 256 files) vs DuckDB's floor (SELECT * FROM range(n), same client, same fetch):
+  median / p95 latency.
+Prints a table with ratios and pass/fail against the targets of issue 3 and writes JSON.
+
+Usage: bench.py [--quick] [--out build/bench.json] [--workloads real,synth,synth_small]
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import segdata  # noqa: E402
+
+REPO = segdata.REPO
+EXT = os.environ.get("POCADUCK_EXTENSION", str(REPO / "build/pocaduck.duckdb_extension"))
+PY = sys.executable
+WORK = Path(os.environ.get("POCADUCK_BENCH_DIR", REPO / "build/bench"))
+BUFFER = 256 << 20
+
+
+def synth(n_points: int, n_labels: int, seed: int = 0) -> pa.Table:
+    """Connectomics-like: a few long neurons over many blocks plus many one- or two-block fragments."""
+    rng = np.random.default_rng(seed)
+    n_big = max(n_labels // 500, 5)
+    big_share = 0.6
+    nb = int(n_points * big_share)
+    big_labels = rng.integers(1, 2**40, n_big, dtype=np.uint64)
+    lab_big = big_labels[rng.integers(0, n_big, nb)]
+    blk_big = rng.integers(0, 4096, nb)
+    frag = rng.integers(2**41, 2**62, n_labels - n_big, dtype=np.uint64)
+    nf = n_points - nb
+    idx = rng.integers(0, frag.size, nf)
+    lab_f = frag[idx]
+    home = (frag.astype(np.int64) % 4096)[idx]
+    blk_f = home + (rng.random(nf) < 0.2)
+    labels = np.concatenate([lab_big, lab_f])
+    blocks = np.concatenate([blk_big, blk_f]).astype(np.int64)
+    base = np.stack([(blocks % 16) * 64, (blocks // 16 % 16) * 64, (blocks // 256) * 64], axis=1)
+    xyz = (base + rng.integers(0, 64, (labels.size, 3))).astype(np.int32)
+    # Rows arrive block by block, as a scan produces them.
+    order = np.argsort(blocks, kind="stable")
+    return pa.table({"label": labels[order], "block": blocks[order], "x": xyz[order, 0], "y": xyz[order, 1], "z": xyz[order, 2]})
+
+
+def real() -> pa.Table:
+    vol = segdata.load_volume()
+    return pa.concat_tables([segdata.block_table(*b) for b in segdata.iter_blocks(vol, 64)])
+
+
+def child(code: str) -> tuple[float, int]:
+    """Runs `code` in a fresh Python process; returns (seconds, peak RSS bytes)."""
+    t = time.perf_counter()
+    r = subprocess.run([PY, "-c", code], capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"benchmark child failed:\n{code}\n{r.stderr}")
+    return dt, int(r.stdout.strip().splitlines()[-1])
+
+
+PRELUDE = f"""
+import duckdb, resource
+con = duckdb.connect(config={{'allow_unsigned_extensions': True}})
+con.execute("LOAD '{EXT}'")
+con.execute("SET threads = 2")
+"""
+RSS = "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+
+
+def ingest_pocaduck(inputs: list[Path], store: Path) -> tuple[float, int]:
+    """One process per input file (worker), all at once; wall time and max peak RSS."""
+    procs = []
+    t = time.perf_counter()
+    for w, f in enumerate(inputs):
+        code = PRELUDE + f"con.execute(\"COPY (FROM read_parquet('{f}')) TO '{store}' (FORMAT pocaduck, WORKER 'w{w}', BUFFER_SIZE {BUFFER})\")" + RSS
+        procs.append(subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    rss = 0
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"pocaduck ingest failed: {err}")
+        rss = max(rss, int(out.strip().splitlines()[-1]))
+    return time.perf_counter() - t, rss
+
+
+def timed(con, sql: str, reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        con.execute(sql).fetchnumpy()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def p95(v):
+    return float(np.percentile(v, 95))
+
+
+def run_workload(name: str, table: pa.Table, n_queries: int, reps: int) -> dict:
+    import duckdb
+
+    wd = WORK / name
+    shutil.rmtree(wd, ignore_errors=True)
+    wd.mkdir(parents=True)
+    n = table.num_rows
+    labels, counts = np.unique(table.column("label").to_numpy(), return_counts=True)
+    res = {"points": n, "labels": int(labels.size)}
+    print(f"\n== {name}: {n:,} points, {labels.size:,} labels", flush=True)
+    # Stage the rows as workers would hand them over: one Parquet file per worker (by block).
+    blocks = table.column("block").to_numpy()
+    staged1 = wd / "in_all.parquet"
+    pq.write_table(table, staged1, compression="none")
+    staged2 = []
+    for w in range(2):
+        p = wd / f"in_w{w}.parquet"
+        pq.write_table(table.filter(pa.array(blocks % 2 == w)), p, compression="none")
+        staged2.append(p)
+
+    dt1, rss1 = ingest_pocaduck([staged1], wd / "store1")
+    dt2, rss2 = ingest_pocaduck(staged2, wd / "store2")
+    plain_one = PRELUDE + f"con.execute(\"COPY (FROM read_parquet('{staged1}') ORDER BY label) TO '{wd}/plain.parquet' (FORMAT parquet, COMPRESSION zstd)\")" + RSS
+    dtp, rssp = child(plain_one)
+    plain_many = PRELUDE + (
+        f"con.execute(\"COPY (SELECT *, hash(block) % 256 AS part FROM read_parquet('{staged1}') ORDER BY label) "
+        f"TO '{wd}/plain256' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (part))\")"
+    ) + RSS
+    dtm, rssm = child(plain_many)
+    res["ingest"] = {
+        "pocaduck_1w_pts_s": n / dt1, "pocaduck_2w_pts_s": n / dt2,
+        "plain_sorted_1file_pts_s": n / dtp, "plain_sorted_256files_pts_s": n / dtm,
+        "pocaduck_1w_peak_rss": rss1, "pocaduck_2w_peak_rss": rss2, "plain_1file_peak_rss": rssp,
+    }
+    for k, v in res["ingest"].items():
+        print(f"  ingest {k:32s} {v / 1e6 if 'pts' in k else v / 2**20:10.2f} {'M pts/s' if 'pts' in k else 'MiB'}")
+
+    con = duckdb.connect(config={"allow_unsigned_extensions": True})
+    con.execute(f"LOAD '{EXT}'")
+    con.execute("SET threads = 2")
+    store = wd / "store2"
+    con.execute(f"FROM pocaduck_consolidate('{store}')").fetchall()
+    rng = np.random.default_rng(1)
+    small_pool = labels[counts <= np.percentile(counts, 50)]
+    small = rng.choice(small_pool, min(n_queries, small_pool.size), replace=False)
+    large = labels[np.argsort(counts)[-n_queries:]]
+    cnt = dict(zip(labels.tolist(), counts.tolist()))
+    # Warm: the index and part metadata are cached per process after the first query.
+    con.execute(f"SELECT x, y, z FROM pocaduck_points('{store}', {int(small[0])})").fetchnumpy()
+    con.execute(f"SELECT x, y, z FROM read_parquet('{wd}/plain.parquet') WHERE label = {int(small[0])}").fetchnumpy()
+    res["queries"] = {}
+    for kind, ls in (("small", small), ("large", large)):
+        stats = {k: [] for k in ("pocaduck", "plain_1file", "plain_256files", "floor")}
+        pts = 0
+        for lbl in ls:
+            lbl = int(lbl)
+            pts += cnt[lbl]
+            stats["pocaduck"] += timed(con, f"SELECT x, y, z FROM pocaduck_points('{store}', {lbl})", reps)
+            stats["plain_1file"] += timed(con, f"SELECT x, y, z FROM read_parquet('{wd}/plain.parquet') WHERE label = {lbl}", reps)
+            stats["plain_256files"] += timed(con, f"SELECT x, y, z FROM read_parquet('{wd}/plain256/*/*.parquet') WHERE label = {lbl}", max(1, reps // 3))
+            stats["floor"] += timed(con, f"SELECT (range % 7)::INTEGER AS x, (range % 5)::INTEGER AS y, (range % 3)::INTEGER AS z FROM range({cnt[lbl]})", reps)
+        q = {k: {"median_ms": statistics.median(v) * 1e3, "p95_ms": p95(v) * 1e3} for k, v in stats.items()}
+        q["mean_points"] = pts / len(ls)
+        q["pocaduck_pts_s"] = q["mean_points"] / (q["pocaduck"]["median_ms"] / 1e3)
+        res["queries"][kind] = q
+        print(f"  {kind:5s} labels (mean {q['mean_points']:,.0f} points): " + ", ".join(f"{k} {v['median_ms']:.2f} ms (p95 {v['p95_ms']:.2f})" for k, v in q.items() if isinstance(v, dict)), flush=True)
+    return res
+
+
+def targets(results: dict) -> list[tuple[str, float, str, bool]]:
+    rows = []
+    for name, r in results.items():
+        ing = r["ingest"]
+        ratio = ing["pocaduck_1w_pts_s"] / ing["plain_sorted_1file_pts_s"]
+        rows.append((f"{name}: ingest 1 worker / plain sorted COPY", ratio, ">= 2", ratio >= 2))
+        rows.append((f"{name}: ingest 2 workers (M pts/s)", ing["pocaduck_2w_pts_s"] / 1e6, ">= 5", ing["pocaduck_2w_pts_s"] >= 5e6))
+        rows.append((f"{name}: ingest peak RSS - buffer (MiB)", (ing["pocaduck_1w_peak_rss"] - BUFFER) / 2**20, "<= 64", ing["pocaduck_1w_peak_rss"] <= BUFFER + (64 << 20)))
+        for kind, lim in (("small", 1.5), ("large", 2.0)):
+            q = r["queries"][kind]
+            f = q["pocaduck"]["median_ms"] / q["floor"]["median_ms"]
+            rows.append((f"{name}: {kind} median / floor", f, f"<= {lim}", f <= lim))
+            tail = q["pocaduck"]["p95_ms"] / q["pocaduck"]["median_ms"]
+            rows.append((f"{name}: {kind} p95 / median", tail, "<= 2", tail <= 2))
+            s1 = q["plain_1file"]["median_ms"] / q["pocaduck"]["median_ms"]
+            rows.append((f"{name}: {kind} speedup vs plain 1 file", s1, ">= 3", s1 >= 3))
+            s256 = q["plain_256files"]["median_ms"] / q["pocaduck"]["median_ms"]
+            rows.append((f"{name}: {kind} speedup vs plain 256 files", s256, ">= 20", s256 >= 20))
+    if "synth" in results and "synth_small" in results:
+        for kind in ("small", "large"):
+            g = results["synth"]["queries"][kind]["pocaduck"]["median_ms"] / results["synth_small"]["queries"][kind]["pocaduck"]["median_ms"]
+            rows.append((f"growth 10x store: {kind} latency ratio", g, "<= 1.2", g <= 1.2))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller synthetic stores and fewer queries")
+    ap.add_argument("--out", default=str(REPO / "build/bench.json"))
+    ap.add_argument("--workloads", default="real,synth,synth_small")
+    a = ap.parse_args()
+    scale = 10 if a.quick else 1
+    nq, reps = (10, 3) if a.quick else (30, 5)
+    results = {}
+    for w in a.workloads.split(","):
+        if w == "real":
+            table = real()
+        elif w == "synth":
+            table = synth(20_000_000 // scale, 100_000 // scale)
+        elif w == "synth_small":
+            table = synth(2_000_000 // scale, 10_000 // scale)
+        else:
+            raise SystemExit(f"unknown workload {w}")
+        results[w] = run_workload(w, table, nq, reps)
+        del table
+    rows = targets(results)
+    print("\n| check | value | target | result |\n|---|---|---|---|")
+    for name, v, t, ok in rows:
+        print(f"| {name} | {v:.2f} | {t} | {'PASS' if ok else 'FAIL'} |")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"results": results, "checks": [{"check": n, "value": v, "target": t, "pass": ok} for n, v, t, ok in rows]}, indent=2))
+    print(f"\nwrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
