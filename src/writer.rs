@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
-use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Float64Type};
 use bytes::Bytes;
 use object_store::path::Path;
@@ -106,6 +106,175 @@ struct OpenPart {
     rows: u64,
 }
 
+/// Sorts buffers and writes them into part files; owned by the encoder thread.
+struct PartWriter {
+    store: Store,
+    worker: String,
+    session: String,
+    schema: arrow::datatypes::SchemaRef,
+    part: Option<OpenPart>,
+    parts_done: Vec<Path>,
+    next_part: u32,
+    entries: Vec<SegmentEntry>,
+}
+
+impl PartWriter {
+    fn encode(&mut self, batches: Vec<RecordBatch>, target: u64) -> Result<()> {
+        let all = concat_batches(&self.schema, &batches)?;
+        drop(batches);
+        let idx = sort_indices(&all)?;
+        let sorted = take_record_batch(&all, &idx)?;
+        drop(all);
+        let mut off = 0;
+        while off < sorted.num_rows() {
+            let n = SLICE_ROWS.min(sorted.num_rows() - off);
+            self.write_slice(&sorted.slice(off, n), target)?;
+            off += n;
+        }
+        Ok(())
+    }
+
+    fn open_part(&mut self) -> Result<&mut OpenPart> {
+        if self.part.is_none() {
+            let path = layout::part_file(&self.worker, &self.session, self.next_part);
+            self.next_part += 1;
+            let obj = ParquetObjectWriter::new(self.store.os.clone(), path.clone());
+            let writer = AsyncArrowWriter::try_new(obj, self.schema.clone(), Some(part_props()))
+                .map_err(|e| Error::file(&self.store.name, path.as_ref(), e))?;
+            self.part = Some(OpenPart {
+                path,
+                writer,
+                rows: 0,
+            });
+        }
+        self.part
+            .as_mut()
+            .ok_or_else(|| Error::Internal("no part".into()))
+    }
+
+    fn write_slice(&mut self, slice: &RecordBatch, target: u64) -> Result<()> {
+        let runs = runs(slice)?;
+        let store_name = self.store.name.clone();
+        let part = self.open_part()?;
+        let base = part.rows;
+        let part_name = part.path.to_string();
+        block_on(part.writer.write(slice)).map_err(|e| Error::file(&store_name, &part_name, e))?;
+        part.rows += slice.num_rows() as u64;
+        let full = part.writer.bytes_written() + part.writer.in_progress_size() >= target as usize;
+        for mut r in runs {
+            r.part = part_name.clone();
+            r.row_start += base;
+            match self.entries.last_mut() {
+                Some(l)
+                    if l.label == r.label
+                        && l.block == r.block
+                        && l.part == r.part
+                        && l.row_start + l.row_count == r.row_start =>
+                {
+                    l.row_count += r.row_count;
+                    for i in 0..3 {
+                        l.bbox[i] = l.bbox[i].min(r.bbox[i]);
+                        l.bbox[i + 3] = l.bbox[i + 3].max(r.bbox[i + 3]);
+                    }
+                }
+                _ => self.entries.push(r),
+            }
+        }
+        if full {
+            self.close_part()?;
+        }
+        Ok(())
+    }
+
+    fn close_part(&mut self) -> Result<()> {
+        if let Some(p) = self.part.take() {
+            block_on(p.writer.close())
+                .map_err(|e| Error::file(&self.store.name, p.path.as_ref(), e))?;
+            self.parts_done.push(p.path);
+        }
+        Ok(())
+    }
+
+    /// Abandons the open part (its upload never completes, so no file appears) and deletes the
+    /// parts completed so far.
+    fn discard(&mut self) {
+        drop(self.part.take());
+        for p in self.parts_done.drain(..) {
+            let _ = self.store.delete(&p);
+        }
+        self.entries.clear();
+    }
+}
+
+/// A [`PartWriter`] on its own thread, fed buffers through a rendezvous channel.
+struct Encoder {
+    tx: std::sync::mpsc::SyncSender<(Vec<RecordBatch>, u64)>,
+    handle: std::thread::JoinHandle<(Option<PartWriter>, Result<()>)>,
+}
+
+impl Encoder {
+    fn spawn(mut pw: PartWriter) -> Result<Encoder> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<RecordBatch>, u64)>(0);
+        let handle = std::thread::Builder::new()
+            .name("pocaduck-encode".into())
+            .spawn(move || {
+                for (batches, target) in rx {
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        pw.encode(batches, target)
+                    }));
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return (Some(pw), Err(e)),
+                        Err(_) => {
+                            return (Some(pw), Err(Error::Internal("encoder panicked".into())))
+                        }
+                    }
+                }
+                (Some(pw), Ok(()))
+            })
+            .map_err(|e| Error::Internal(format!("cannot start encoder thread: {e}")))?;
+        Ok(Encoder { tx, handle })
+    }
+
+    /// Queues a buffer; fails if the encoder has stopped (on an error).
+    fn send(&mut self, batches: Vec<RecordBatch>, target: u64) -> std::result::Result<(), ()> {
+        self.tx.send((batches, target)).map_err(|_| ())
+    }
+
+    /// Waits for the encoder to finish everything queued.
+    fn join(self) -> (Option<PartWriter>, Result<()>) {
+        drop(self.tx);
+        self.handle
+            .join()
+            .unwrap_or_else(|_| (None, Err(Error::Internal("encoder thread panicked".into()))))
+    }
+}
+
+/// Row order of a batch sorted by (label, block).
+fn sort_indices(b: &RecordBatch) -> Result<arrow::array::UInt32Array> {
+    let labels = crate::schema::labels(b).values();
+    let mut idx: Vec<u32> = (0..b.num_rows() as u32).collect();
+    let blocks = b.column(1);
+    if let Some(ints) = blocks.as_any().downcast_ref::<arrow::array::Int64Array>() {
+        let v = ints.values();
+        idx.sort_unstable_by_key(|&i| (labels[i as usize], v[i as usize]));
+    } else {
+        let strs = blocks.as_string::<i32>();
+        // Rank the distinct block names, then sort by (label, rank).
+        let mut names: Vec<&str> = strs.iter().map(|s| s.unwrap_or_default()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let rank: HashMap<&str, u32> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, i as u32))
+            .collect();
+        let r: Vec<u32> = strs.iter().map(|s| rank[s.unwrap_or_default()]).collect();
+        idx.sort_unstable_by_key(|&i| (labels[i as usize], r[i as usize]));
+    }
+    Ok(arrow::array::UInt32Array::from(idx))
+}
+
 /// A worker's uncommitted writes in this process.
 pub struct Session {
     store: Store,
@@ -118,9 +287,10 @@ pub struct Session {
     opts: WriterOptions,
     buffer: Vec<RecordBatch>,
     buffered_bytes: usize,
-    part: Option<OpenPart>,
+    /// The background thread that sorts and encodes full buffers (started on first use).
+    encoder: Option<Encoder>,
+    /// Filled when the encoder finishes: entries and complete parts awaiting the commit segment.
     parts_done: Vec<Path>,
-    next_part: u32,
     entries: Vec<SegmentEntry>,
     points: u64,
     /// Incremented whenever buffered rows are encoded; a statement can be rolled back exactly only
@@ -187,9 +357,8 @@ impl Session {
             opts,
             buffer: Vec::new(),
             buffered_bytes: 0,
-            part: None,
+            encoder: None,
             parts_done: Vec::new(),
-            next_part: 0,
             entries: Vec::new(),
             points: 0,
             encodes: 0,
@@ -310,116 +479,68 @@ impl Session {
         self.buffered_bytes += b.get_array_memory_size();
         self.points += b.num_rows() as u64;
         self.buffer.push(b);
-        // Half the buffer for rows, half for the sorted copy made while encoding.
-        if self.buffered_bytes as u64 >= self.opts.buffer_size / 2 {
+        // A third of the buffer fills while the encoder sorts the previous third into another.
+        if self.buffered_bytes as u64 >= self.opts.buffer_size / 3 {
             self.encode_buffer()?;
         }
         Ok(())
     }
 
-    /// Sorts the buffered rows by (label, block) and encodes them into parts.
+    /// Hands the buffered rows to the encoder thread, which sorts them by (label, block) and
+    /// encodes them into parts while new rows are buffered. Waits while the encoder is busy with
+    /// the previous buffer (so at most two buffers exist).
     fn encode_buffer(&mut self) -> Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
         self.encodes += 1;
-        let schema = self
-            .schema
-            .as_ref()
-            .ok_or_else(|| Error::Internal("no schema".into()))?
-            .arrow();
-        let all = concat_batches(&schema, &self.buffer)?;
-        self.buffer.clear();
-        self.buffered_bytes = 0;
-        let idx = lexsort_to_indices(
-            &[
-                SortColumn {
-                    values: all.column(0).clone(),
-                    options: None,
-                },
-                SortColumn {
-                    values: all.column(1).clone(),
-                    options: None,
-                },
-            ],
-            None,
-        )?;
-        let sorted = take_record_batch(&all, &idx)?;
-        drop(all);
-        let mut off = 0;
-        while off < sorted.num_rows() {
-            let n = SLICE_ROWS.min(sorted.num_rows() - off);
-            self.write_slice(&sorted.slice(off, n))?;
-            off += n;
-        }
-        Ok(())
-    }
-
-    fn open_part(&mut self) -> Result<&mut OpenPart> {
-        if self.part.is_none() {
+        if self.encoder.is_none() {
             let schema = self
                 .schema
                 .as_ref()
                 .ok_or_else(|| Error::Internal("no schema".into()))?
                 .arrow();
-            let path = layout::part_file(&self.worker, &self.id, self.next_part);
-            self.next_part += 1;
-            let obj = ParquetObjectWriter::new(self.store.os.clone(), path.clone());
-            let writer = AsyncArrowWriter::try_new(obj, schema, Some(part_props()))
-                .map_err(|e| Error::file(&self.store.name, path.as_ref(), e))?;
-            self.part = Some(OpenPart {
-                path,
-                writer,
-                rows: 0,
-            });
+            self.encoder = Some(Encoder::spawn(PartWriter {
+                store: self.store.clone(),
+                worker: self.worker.clone(),
+                session: self.id.clone(),
+                schema,
+                part: None,
+                parts_done: Vec::new(),
+                next_part: 0,
+                entries: Vec::new(),
+            })?);
         }
-        self.part
-            .as_mut()
-            .ok_or_else(|| Error::Internal("no part".into()))
-    }
-
-    fn write_slice(&mut self, slice: &RecordBatch) -> Result<()> {
-        let runs = runs(slice)?;
-        let store_name = self.store.name.clone();
+        let batches = std::mem::take(&mut self.buffer);
+        self.buffered_bytes = 0;
         let target = self.opts.target_file_size;
-        let part = self.open_part()?;
-        let base = part.rows;
-        let part_name = part.path.to_string();
-        block_on(part.writer.write(slice)).map_err(|e| Error::file(&store_name, &part_name, e))?;
-        part.rows += slice.num_rows() as u64;
-        let full = part.writer.bytes_written() + part.writer.in_progress_size() >= target as usize;
-        for mut r in runs {
-            r.part = part_name.clone();
-            r.row_start += base;
-            match self.entries.last_mut() {
-                Some(l)
-                    if l.label == r.label
-                        && l.block == r.block
-                        && l.part == r.part
-                        && l.row_start + l.row_count == r.row_start =>
-                {
-                    l.row_count += r.row_count;
-                    for i in 0..3 {
-                        l.bbox[i] = l.bbox[i].min(r.bbox[i]);
-                        l.bbox[i + 3] = l.bbox[i + 3].max(r.bbox[i + 3]);
-                    }
-                }
-                _ => self.entries.push(r),
-            }
-        }
-        if full {
-            self.close_part()?;
+        let enc = self
+            .encoder
+            .as_mut()
+            .ok_or_else(|| Error::Internal("no encoder".into()))?;
+        if enc.send(batches, target).is_err() {
+            // The encoder stopped on an error: collect it (and its parts, for cleanup).
+            return self.finish_encoder();
         }
         Ok(())
     }
 
-    fn close_part(&mut self) -> Result<()> {
-        if let Some(p) = self.part.take() {
-            block_on(p.writer.close())
-                .map_err(|e| Error::file(&self.store.name, p.path.as_ref(), e))?;
-            self.parts_done.push(p.path);
+    /// Stops the encoder (closing its open part) and takes over its entries and parts.
+    fn finish_encoder(&mut self) -> Result<()> {
+        let Some(enc) = self.encoder.take() else {
+            return Ok(());
+        };
+        let (pw, res) = enc.join();
+        if let Some(mut pw) = pw {
+            let res = res.and_then(|_| pw.close_part());
+            self.parts_done.append(&mut pw.parts_done);
+            self.entries.append(&mut pw.entries);
+            if res.is_err() {
+                pw.discard();
+            }
+            return res;
         }
-        Ok(())
+        res
     }
 
     /// Makes everything written in this session durable and visible to consolidate.
@@ -433,7 +554,7 @@ impl Session {
 
     fn commit_inner(&mut self) -> Result<CommitSummary> {
         self.encode_buffer()?;
-        self.close_part()?;
+        self.finish_encoder()?;
         let mut summary = CommitSummary {
             worker: self.worker.clone(),
             parts: self.parts_done.len() as u64,
@@ -481,10 +602,10 @@ impl Session {
     /// Discards everything uncommitted: buffered rows, the open part, completed parts.
     pub fn abort(&mut self) {
         self.buffer.clear();
-        if let Some(p) = self.part.take() {
-            // Dropping the writer abandons the upload; the staging object is removed or never
-            // renamed into place, so no part file appears.
-            drop(p);
+        if let Some(enc) = self.encoder.take() {
+            if let (Some(mut pw), _) = enc.join() {
+                pw.discard();
+            }
         }
         for p in self.parts_done.drain(..) {
             let _ = self.store.delete(&p);
