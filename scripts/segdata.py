@@ -12,12 +12,16 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "pinky40_512.npy.ckl.gz"
+FILE = "pinky40_512.npy.ckl.gz"
+# ../shared/data beside the checkout, or the workplace's shared folder for clones made elsewhere.
+CANDIDATES = [REPO.parent / "shared" / "data" / FILE, Path("/work/shared/data") / FILE]
 
 
 def data_path() -> Path:
     """Path of the segmentation (env POCADUCK_SEGMENTATION overrides)."""
-    return Path(os.environ.get("POCADUCK_SEGMENTATION", DEFAULT_DATA))
+    if "POCADUCK_SEGMENTATION" in os.environ:
+        return Path(os.environ["POCADUCK_SEGMENTATION"])
+    return next((p for p in CANDIDATES if p.exists()), CANDIDATES[0])
 
 
 def load_volume(path: Path | None = None) -> np.ndarray:
