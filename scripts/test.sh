@@ -26,5 +26,5 @@ echo "$out" | grep -q "│ *6 *│" || { echo "CLI did not load pocaduck by name
 echo "== pytest: duckdb 1.5.6"
 .venv/py15/bin/python -m pytest -q -rs test/python
 echo "== pytest: duckdb 2.0.0 (real-data test runs once, above)"
-.venv/py20/bin/python -m pytest -q -rs test/python --deselect test/python/test_real_data.py
+.venv/py20/bin/python -m pytest -q -rs test/python --ignore=test/python/test_real_data.py
 echo "== all tests passed"
