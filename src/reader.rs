@@ -372,7 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
         let opts = crate::writer::WriterOptions {
-            target_file_size: 64 << 10,
+            target_file_size: 16 << 10,
             buffer_size: 1 << 20,
         };
         let mut s = crate::writer::Session::start(name, "w1", vec![], "ATTRIBUTES", opts).unwrap();

@@ -25,8 +25,9 @@ use arrow::datatypes::{DataType, Float64Type};
 use bytes::Bytes;
 use object_store::path::Path;
 use parquet::arrow::async_writer::{AsyncArrowWriter, ParquetObjectWriter};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 use crate::index::{block_ids, encode_segment, SegmentEntry};
@@ -122,13 +123,13 @@ impl PartWriter {
     fn encode(&mut self, batches: Vec<RecordBatch>, target: u64) -> Result<()> {
         let all = concat_batches(&self.schema, &batches)?;
         drop(batches);
-        let idx = sort_indices(&all)?;
+        let (idx, ranks) = sort_order(&all)?;
         let sorted = take_record_batch(&all, &idx)?;
         drop(all);
         let mut off = 0;
         while off < sorted.num_rows() {
             let n = SLICE_ROWS.min(sorted.num_rows() - off);
-            self.write_slice(&sorted.slice(off, n), target)?;
+            self.write_slice(&sorted.slice(off, n), &ranks[off..off + n], target)?;
             off += n;
         }
         Ok(())
@@ -139,8 +140,9 @@ impl PartWriter {
             let path = layout::part_file(&self.worker, &self.session, self.next_part);
             self.next_part += 1;
             let obj = ParquetObjectWriter::new(self.store.os.clone(), path.clone());
-            let writer = AsyncArrowWriter::try_new(obj, self.schema.clone(), Some(part_props()))
-                .map_err(|e| Error::file(&self.store.name, path.as_ref(), e))?;
+            let writer =
+                AsyncArrowWriter::try_new(obj, self.schema.clone(), Some(part_props(&self.schema)))
+                    .map_err(|e| Error::file(&self.store.name, path.as_ref(), e))?;
             self.part = Some(OpenPart {
                 path,
                 writer,
@@ -152,8 +154,8 @@ impl PartWriter {
             .ok_or_else(|| Error::Internal("no part".into()))
     }
 
-    fn write_slice(&mut self, slice: &RecordBatch, target: u64) -> Result<()> {
-        let runs = runs(slice)?;
+    fn write_slice(&mut self, slice: &RecordBatch, ranks: &[u32], target: u64) -> Result<()> {
+        let runs = runs(slice, ranks)?;
         let store_name = self.store.name.clone();
         let part = self.open_part()?;
         let base = part.rows;
@@ -250,29 +252,44 @@ impl Encoder {
     }
 }
 
-/// Row order of a batch sorted by (label, block).
-fn sort_indices(b: &RecordBatch) -> Result<arrow::array::UInt32Array> {
+/// The order that sorts a batch by (label, block), and the block rank (position of the block
+/// among the batch's distinct blocks) of each row in that order.
+///
+/// Sorting packed `label << 64 | rank << 32 | row` keys keeps the comparisons on contiguous
+/// integers (no indirection), which is several times faster than a comparator sort.
+fn sort_order(b: &RecordBatch) -> Result<(arrow::array::UInt32Array, Vec<u32>)> {
     let labels = crate::schema::labels(b).values();
-    let mut idx: Vec<u32> = (0..b.num_rows() as u32).collect();
     let blocks = b.column(1);
-    if let Some(ints) = blocks.as_any().downcast_ref::<arrow::array::Int64Array>() {
-        let v = ints.values();
-        idx.sort_unstable_by_key(|&i| (labels[i as usize], v[i as usize]));
-    } else {
-        let strs = blocks.as_string::<i32>();
-        // Rank the distinct block names, then sort by (label, rank).
-        let mut names: Vec<&str> = strs.iter().map(|s| s.unwrap_or_default()).collect();
-        names.sort_unstable();
-        names.dedup();
-        let rank: HashMap<&str, u32> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (*n, i as u32))
-            .collect();
-        let r: Vec<u32> = strs.iter().map(|s| rank[s.unwrap_or_default()]).collect();
-        idx.sort_unstable_by_key(|&i| (labels[i as usize], r[i as usize]));
-    }
-    Ok(arrow::array::UInt32Array::from(idx))
+    let ranks: Vec<u32> =
+        if let Some(ints) = blocks.as_any().downcast_ref::<arrow::array::Int64Array>() {
+            let mut distinct: Vec<i64> = ints.values().to_vec();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let rank: HashMap<i64, u32> = distinct
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (*v, i as u32))
+                .collect();
+            ints.values().iter().map(|v| rank[v]).collect()
+        } else {
+            let strs = blocks.as_string::<i32>();
+            let mut distinct: Vec<&str> = strs.iter().map(|s| s.unwrap_or_default()).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let rank: HashMap<&str, u32> = distinct
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (*n, i as u32))
+                .collect();
+            strs.iter().map(|s| rank[s.unwrap_or_default()]).collect()
+        };
+    let mut keys: Vec<u128> = (0..b.num_rows())
+        .map(|i| ((labels[i] as u128) << 64) | ((ranks[i] as u128) << 32) | i as u128)
+        .collect();
+    keys.sort_unstable();
+    let idx = arrow::array::UInt32Array::from_iter_values(keys.iter().map(|k| *k as u32));
+    let sorted_ranks = keys.iter().map(|k| (*k >> 32) as u32).collect();
+    Ok((idx, sorted_ranks))
 }
 
 /// A worker's uncommitted writes in this process.
@@ -309,14 +326,27 @@ fn new_session_id() -> String {
     format!("{now:013}-{:08x}", rand)
 }
 
-fn part_props() -> WriterProperties {
-    WriterProperties::builder()
+/// Part file settings. `label` and `block` (few distinct values, sorted) keep dictionary
+/// encoding; coordinates and attributes skip it (interning millions of distinct values is the
+/// most expensive step of encoding): integers use DELTA_BINARY_PACKED, floats PLAIN.
+fn part_props(schema: &arrow::datatypes::Schema) -> WriterProperties {
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_write_batch_size(PAGE_ROWS)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .build()
+        .set_statistics_enabled(EnabledStatistics::Page);
+    for f in schema.fields().iter().skip(2) {
+        let col = ColumnPath::from(f.name().as_str());
+        if f.data_type().is_integer() {
+            b = b
+                .set_column_dictionary_enabled(col.clone(), false)
+                .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
+        } else if f.data_type().is_floating() {
+            b = b.set_column_dictionary_enabled(col, false);
+        }
+    }
+    b.build()
 }
 
 impl Session {
@@ -649,10 +679,10 @@ pub fn latest_commit(store: &Store, worker: &str) -> Result<u64> {
 }
 
 /// Splits a batch sorted by (label, block) into runs of equal (label, block) with bounding boxes.
-/// `part` is left empty and `row_start` is relative to the batch.
-fn runs(b: &RecordBatch) -> Result<Vec<SegmentEntry>> {
+/// `ranks` are the rows' block ranks (equal rank, equal block). `part` is left empty and
+/// `row_start` is relative to the batch.
+fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> {
     let labels = crate::schema::labels(b);
-    let blocks = block_ids(b.column(1))?;
     let coords: Vec<ArrayRef> = (2..5)
         .map(|i| arrow::compute::cast(b.column(i), &DataType::Float64))
         .collect::<std::result::Result<_, _>>()?;
@@ -663,8 +693,7 @@ fn runs(b: &RecordBatch) -> Result<Vec<SegmentEntry>> {
     let mut out: Vec<SegmentEntry> = Vec::new();
     let mut start = 0;
     for r in 1..=b.num_rows() {
-        if r == b.num_rows() || labels.value(r) != labels.value(start) || blocks[r] != blocks[start]
-        {
+        if r == b.num_rows() || labels.value(r) != labels.value(start) || ranks[r] != ranks[start] {
             let mut bbox = [
                 f64::INFINITY,
                 f64::INFINITY,
@@ -681,7 +710,7 @@ fn runs(b: &RecordBatch) -> Result<Vec<SegmentEntry>> {
             }
             out.push(SegmentEntry {
                 label: labels.value(start),
-                block: blocks[start].clone(),
+                block: block_ids(&b.column(1).slice(start, 1))?.remove(0),
                 part: String::new(),
                 row_start: start as u64,
                 row_count: (r - start) as u64,
@@ -787,7 +816,8 @@ pub(crate) mod tests {
             ),
         ])
         .unwrap();
-        let r = runs(&b).unwrap();
+        let (_, ranks) = sort_order(&b).unwrap();
+        let r = runs(&b, &ranks).unwrap();
         assert_eq!(r.len(), 3);
         assert_eq!(
             (r[0].row_start, r[0].row_count, r[0].bbox),

@@ -223,16 +223,18 @@ fn read_entries(
     let (worker, part) = (s(2, "worker")?, s(4, "part")?);
     let bbox: Vec<&Float64Array> = (7..13).map(f).collect::<Result<_>>()?;
     let blocks = block_ids(b.column(1))?;
+    let ids: std::collections::HashMap<&str, usize> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.worker.as_str(), i))
+        .collect();
     for (r, block) in blocks.into_iter().enumerate() {
-        let w = workers
-            .iter()
-            .position(|x| x.worker == worker.value(r))
-            .ok_or_else(|| {
-                db_err(
-                    "read",
-                    format!("entry of unknown worker '{}'", worker.value(r)),
-                )
-            })?;
+        let w = *ids.get(worker.value(r)).ok_or_else(|| {
+            db_err(
+                "read",
+                format!("entry of unknown worker '{}'", worker.value(r)),
+            )
+        })?;
         out.push(UnifiedEntry {
             worker: w as u32,
             commit: commit.value(r),
