@@ -39,6 +39,11 @@ use crate::storage::{block_on, OpenMode, Store};
 pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
 /// Default in-memory buffer bound: 256 MiB.
 pub const DEFAULT_BUFFER_SIZE: u64 = 256 << 20;
+/// Smallest buffer bound.
+pub const MIN_BUFFER_SIZE: u64 = 1 << 20;
+/// Largest buffer bound: a third of it is sorted at once, with 32-bit row numbers and 32-bit
+/// string offsets, which stay far from overflowing below 4 GiB.
+pub const MAX_BUFFER_SIZE: u64 = 4 << 30;
 /// Rows per data page; small pages let readers fetch little more than a label's rows.
 const PAGE_ROWS: usize = 8192;
 /// Rows per row group.
@@ -73,11 +78,11 @@ impl WriterOptions {
                 format!("must be at least 1024 bytes, got {}", self.target_file_size),
             ));
         }
-        if self.buffer_size < (1 << 20) {
+        if !(MIN_BUFFER_SIZE..=MAX_BUFFER_SIZE).contains(&self.buffer_size) {
             return Err(Error::arg(
                 "buffer_size",
                 format!(
-                    "must be at least 1048576 bytes (1 MiB), got {}",
+                    "must be between {MIN_BUFFER_SIZE} (1 MiB) and {MAX_BUFFER_SIZE} (4 GiB) bytes, got {}",
                     self.buffer_size
                 ),
             ));
@@ -314,6 +319,8 @@ pub struct Session {
     /// if no encode happened since it began.
     encodes: u64,
     stmt_start: (usize, usize, u64, u64),
+    /// A statement is writing into the session.
+    in_statement: bool,
 }
 
 fn new_session_id() -> String {
@@ -393,6 +400,7 @@ impl Session {
             points: 0,
             encodes: 0,
             stmt_start: (0, 0, 0, 0),
+            in_statement: false,
         })
     }
 
@@ -423,19 +431,44 @@ impl Session {
         Ok(())
     }
 
-    /// Marks the start of a statement, for [`Session::rollback_statement`].
-    pub fn begin_statement(&mut self) {
+    /// Marks the start of a statement, for [`Session::rollback_statement`]. A worker takes one
+    /// writing statement at a time: a second one while another is running is refused, so that
+    /// neither can commit or roll back the other's rows.
+    pub fn begin_statement(&mut self) -> Result<()> {
+        if self.in_statement {
+            return Err(Error::Conflict {
+                store: self.store.name.clone(),
+                msg: format!(
+                    "worker '{}' is already being written by another statement in this process; a worker id takes one writer at a time",
+                    self.worker
+                ),
+            });
+        }
+        self.in_statement = true;
         self.stmt_start = (
             self.buffer.len(),
             self.buffered_bytes,
             self.encodes,
             self.points,
         );
+        Ok(())
     }
 
-    /// Undoes the current statement's rows. Returns `false` if that was impossible because some
-    /// of them were already encoded; the caller must then [`Session::abort`].
+    /// Whether a statement is writing into the session.
+    pub fn in_statement(&self) -> bool {
+        self.in_statement
+    }
+
+    /// Marks the end of the current statement (its rows stay in the session).
+    pub fn end_statement(&mut self) {
+        self.in_statement = false;
+    }
+
+    /// Undoes the current statement's rows and ends it. Returns `false` if that was impossible
+    /// because some of them were already encoded; the caller must then drop the session (which
+    /// discards everything uncommitted).
     pub fn rollback_statement(&mut self) -> bool {
+        self.in_statement = false;
         let (len, bytes, encodes, points) = self.stmt_start;
         if self.encodes != encodes {
             return false;
@@ -444,6 +477,13 @@ impl Session {
         self.buffered_bytes = bytes;
         self.points = points;
         true
+    }
+
+    /// Whether the session holds nothing: no rows, no encoded parts. An empty session can be
+    /// dropped, so that the next statement starts afresh (its types and attributes are not
+    /// fixed by a statement that wrote nothing).
+    pub fn is_empty(&self) -> bool {
+        self.points == 0 && self.encoder.is_none() && self.parts_done.is_empty()
     }
 
     /// Checks the column types of incoming rows (`label, block, x, y, z, attr…`) before any row
@@ -734,9 +774,9 @@ fn sessions() -> &'static Mutex<HashMap<Key, Slot>> {
 
 /// A handle on the session slot of (store, worker) in this process; the slot is empty when no
 /// session is open.
-pub fn session_slot(store_name: &str, worker: &str) -> Result<Slot> {
+pub fn session_slot(store_name: &str, worker: &str, mode: OpenMode) -> Result<Slot> {
     layout::check_worker_id(worker, "WORKER")?;
-    let store = Store::open(store_name, OpenMode::Create)?;
+    let store = Store::open(store_name, mode)?;
     let key = (
         store.local_dir.clone().unwrap_or_default(),
         worker.to_string(),
@@ -872,8 +912,9 @@ pub(crate) mod tests {
         for blk in 0..300 {
             let pts: Vec<[i32; 3]> = (0..1000).map(|i| [i * 7 + blk, i * 13, blk * i]).collect();
             let labels: Vec<u64> = (0..1000).map(|i| (i % 10) as u64 + blk as u64).collect();
-            s.begin_statement();
+            s.begin_statement().unwrap();
             s.append(&rows(&labels, &format!("b{blk}"), &pts)).unwrap();
+            s.end_statement();
         }
         let c = s.commit().unwrap();
         let store = Store::open(name, OpenMode::Existing).unwrap();
@@ -901,7 +942,9 @@ pub(crate) mod tests {
         )
         .unwrap();
         s.append(&rows(&[1], "b", &[[1, 1, 1]])).unwrap();
-        s.begin_statement();
+        s.begin_statement().unwrap();
+        let second = s.begin_statement().unwrap_err().to_string();
+        assert!(second.contains("one writer at a time"), "{second}");
         s.append(&rows(&[2, 2], "b", &[[1, 1, 1], [2, 2, 2]]))
             .unwrap();
         assert!(s.rollback_statement());

@@ -24,6 +24,7 @@ use duckdb::vtab::Value;
 use super::{c_string, from_c, guard, parse_size, settings_options};
 use crate::error::{Error, Result};
 use crate::schema::schema_for_input;
+use crate::storage::OpenMode;
 use crate::writer::{lock_slot, session_slot, Session, Slot, WriterOptions};
 
 const F: &str = "COPY TO (FORMAT pocaduck)";
@@ -220,10 +221,11 @@ unsafe extern "C" fn global_init(info: ffi::duckdb_copy_function_global_init_inf
             &*(ffi::duckdb_copy_function_global_init_get_bind_data(info) as *const BindData)
         };
         let store = unsafe { from_c(ffi::duckdb_copy_function_global_init_get_file_path(info)) };
-        let slot = session_slot(&store, &b.worker)?;
+        let slot = session_slot(&store, &b.worker, OpenMode::Create)?;
         {
             let mut g = lock_slot(&slot);
-            if g.is_none() {
+            let fresh = g.is_none();
+            if fresh {
                 *g = Some(Session::start(
                     &store,
                     &b.worker,
@@ -235,10 +237,17 @@ unsafe extern "C" fn global_init(info: ffi::duckdb_copy_function_global_init_inf
             let s = g
                 .as_mut()
                 .ok_or_else(|| Error::Internal("no session".into()))?;
-            s.check_attributes(&b.attributes, "ATTRIBUTES")?;
-            s.set_options(b.opts)?;
-            s.check_input_types(&b.types)?;
-            s.begin_statement();
+            let started = s
+                .check_attributes(&b.attributes, "ATTRIBUTES")
+                .and_then(|_| s.set_options(b.opts))
+                .and_then(|_| s.check_input_types(&b.types))
+                .and_then(|_| s.begin_statement());
+            if let Err(e) = started {
+                if fresh {
+                    *g = None;
+                }
+                return Err(e);
+            }
         }
         Ok(GlobalState {
             slot,
@@ -272,7 +281,7 @@ unsafe extern "C" fn drop_global(p: *mut c_void) {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut slot = lock_slot(&g.slot);
             if let Some(s) = slot.as_mut() {
-                if !s.rollback_statement() {
+                if !s.rollback_statement() || s.is_empty() {
                     *slot = None;
                 }
             }
@@ -376,13 +385,18 @@ unsafe extern "C" fn finalize(info: ffi::duckdb_copy_function_finalize_info) {
         let g = unsafe {
             &mut *(ffi::duckdb_copy_function_finalize_get_global_state(info) as *mut GlobalState)
         };
+        g.finished = true;
+        let mut slot = lock_slot(&g.slot);
         if g.commit {
-            let taken = lock_slot(&g.slot).take();
-            if let Some(s) = taken {
+            if let Some(s) = slot.take() {
                 s.commit()?;
             }
+        } else if let Some(s) = slot.as_mut() {
+            s.end_statement();
+            if s.is_empty() {
+                *slot = None;
+            }
         }
-        g.finished = true;
         Ok(())
     });
     if let Err(m) = r {

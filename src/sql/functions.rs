@@ -21,7 +21,7 @@ use super::{arg_labels, arg_string, guard, parse_size, settings_options, value_l
 use crate::consolidate::consolidate;
 use crate::error::{Error, Result};
 use crate::index::{block_array, BlockId};
-use crate::reader::{self, LoadedIndex};
+use crate::reader;
 use crate::storage::{OpenMode, Store};
 use crate::writer::{lock_slot, session_slot, Session, WriterOptions};
 
@@ -56,8 +56,6 @@ fn ty(id: LogicalTypeId) -> LogicalTypeHandle {
 pub struct Emitter {
     batches: Vec<RecordBatch>,
     pos: Mutex<(usize, usize)>,
-    /// Rows to emit with no columns (count-only projections).
-    counts_only: Option<u64>,
 }
 
 impl Emitter {
@@ -65,7 +63,6 @@ impl Emitter {
         Emitter {
             batches,
             pos: Mutex::new((0, 0)),
-            counts_only: None,
         }
     }
 
@@ -74,13 +71,6 @@ impl Emitter {
             .pos
             .lock()
             .map_err(|_| "pocaduck: emitter lock poisoned")?;
-        if let Some(total) = self.counts_only {
-            let done = pos.0 as u64;
-            let n = (total - done).min(2048);
-            pos.0 += n as usize;
-            output.set_len(n as usize);
-            return Ok(());
-        }
         while pos.0 < self.batches.len() && pos.1 >= self.batches[pos.0].num_rows() {
             *pos = (pos.0 + 1, 0);
         }
@@ -115,9 +105,8 @@ pub struct Points;
 
 /// Bind data of `pocaduck_points`.
 pub struct PointsBind {
-    index: Arc<LoadedIndex>,
+    store: String,
     labels: Vec<u64>,
-    with_label: bool,
     /// Part-file column of each result column.
     part_cols: Vec<usize>,
 }
@@ -147,9 +136,8 @@ impl VTab for Points {
         let total: u64 = labels.iter().map(|l| index.point_count(*l)).sum();
         bind.set_cardinality(total, true);
         Ok(PointsBind {
-            index,
+            store,
             labels,
-            with_label,
             part_cols,
         })
     }
@@ -161,16 +149,9 @@ impl VTab for Points {
             .into_iter()
             .filter_map(|i| bind.part_cols.get(i as usize).copied())
             .collect();
-        let _ = bind.with_label;
-        if wanted.is_empty() {
-            let total = bind.labels.iter().map(|l| bind.index.point_count(*l)).sum();
-            return Ok(Emitter {
-                counts_only: Some(total),
-                ..Emitter::new(vec![])
-            });
-        }
+        // Opened again per execution: a prepared statement sees the newest generation.
         let batches = run("pocaduck_points", || {
-            bind.index.points(&bind.labels, &wanted)
+            reader::open(&bind.store, &DuckDbCodec)?.points(&bind.labels, &wanted)
         })?;
         Ok(Emitter::new(batches))
     }
@@ -198,10 +179,10 @@ impl VTab for Points {
 pub struct Labels;
 
 impl VTab for Labels {
-    type BindData = Emitter;
-    type InitData = ();
+    type BindData = String;
+    type InitData = Emitter;
 
-    fn bind(bind: &BindInfo) -> std::result::Result<Emitter, BoxErr> {
+    fn bind(bind: &BindInfo) -> std::result::Result<String, BoxErr> {
         const F: &str = "pocaduck_labels";
         let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
         let index = run(F, || reader::open(&store, &DuckDbCodec))?;
@@ -213,8 +194,15 @@ impl VTab for Labels {
                 ("block_count", LogicalTypeId::UBigint),
             ],
         );
+        bind.set_cardinality(index.label_stats().len() as u64, false);
+        Ok(store)
+    }
+
+    fn init(init: &InitInfo) -> std::result::Result<Emitter, BoxErr> {
+        const F: &str = "pocaduck_labels";
+        let store = unsafe { &*init.get_bind_data::<String>() };
+        let index = run(F, || reader::open(store, &DuckDbCodec))?;
         let s = index.label_stats();
-        bind.set_cardinality(s.len() as u64, true);
         let b = run(F, || {
             batch(vec![
                 (
@@ -234,15 +222,11 @@ impl VTab for Labels {
         Ok(Emitter::new(vec![b]))
     }
 
-    fn init(_: &InitInfo) -> std::result::Result<(), BoxErr> {
-        Ok(())
-    }
-
     fn func(
         func: &TableFunctionInfo<Self>,
         output: &mut DataChunkHandle,
     ) -> std::result::Result<(), BoxErr> {
-        func.get_bind_data().emit(output)
+        func.get_init_data().emit(output)
     }
 
     fn parameters() -> Option<Vec<LogicalTypeHandle>> {
@@ -254,10 +238,10 @@ impl VTab for Labels {
 pub struct Blocks;
 
 impl VTab for Blocks {
-    type BindData = Emitter;
-    type InitData = ();
+    type BindData = (String, u64);
+    type InitData = Emitter;
 
-    fn bind(bind: &BindInfo) -> std::result::Result<Emitter, BoxErr> {
+    fn bind(bind: &BindInfo) -> std::result::Result<(String, u64), BoxErr> {
         const F: &str = "pocaduck_blocks";
         let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
         let label = value_label(&bind.get_parameter(1), "label").map_err(|e| err(F, e))?;
@@ -265,8 +249,15 @@ impl VTab for Blocks {
         let bt = index.schema.block_type();
         bind.add_result_column("block", to_duckdb_logical_type(&bt.arrow())?);
         bind.add_result_column("point_count", ty(LogicalTypeId::UBigint));
-        let blocks: Vec<(BlockId, u64)> = index.blocks(label);
-        bind.set_cardinality(blocks.len() as u64, true);
+        Ok((store, label))
+    }
+
+    fn init(init: &InitInfo) -> std::result::Result<Emitter, BoxErr> {
+        const F: &str = "pocaduck_blocks";
+        let (store, label) = unsafe { &*init.get_bind_data::<(String, u64)>() };
+        let index = run(F, || reader::open(store, &DuckDbCodec))?;
+        let blocks: Vec<(BlockId, u64)> = index.blocks(*label);
+        let bt = index.schema.block_type();
         let b = run(F, || {
             batch(vec![
                 ("block", block_array(bt, blocks.iter().map(|x| x.0.clone()))),
@@ -279,15 +270,11 @@ impl VTab for Blocks {
         Ok(Emitter::new(vec![b]))
     }
 
-    fn init(_: &InitInfo) -> std::result::Result<(), BoxErr> {
-        Ok(())
-    }
-
     fn func(
         func: &TableFunctionInfo<Self>,
         output: &mut DataChunkHandle,
     ) -> std::result::Result<(), BoxErr> {
-        func.get_bind_data().emit(output)
+        func.get_init_data().emit(output)
     }
 
     fn parameters() -> Option<Vec<LogicalTypeHandle>> {
@@ -301,15 +288,21 @@ impl VTab for Blocks {
 /// `pocaduck_consolidate(store)`: merge worker commits into a new unified index generation.
 pub struct Consolidate;
 
-/// Bind data of one-shot functions: the arguments, and whether the work was done.
+/// Bind data of one-shot functions: their validated arguments.
 pub struct OneShot<A> {
     args: A,
+}
+
+/// Init data of one-shot functions: whether this execution did its work. It lives in init data
+/// (one per execution), so a prepared statement executed again does the work again.
+#[derive(Default)]
+pub struct Once {
     done: AtomicBool,
 }
 
 impl VTab for Consolidate {
     type BindData = OneShot<String>;
-    type InitData = ();
+    type InitData = Once;
 
     fn bind(bind: &BindInfo) -> std::result::Result<OneShot<String>, BoxErr> {
         const F: &str = "pocaduck_consolidate";
@@ -326,14 +319,11 @@ impl VTab for Consolidate {
                 ("points", LogicalTypeId::UBigint),
             ],
         );
-        Ok(OneShot {
-            args: store,
-            done: AtomicBool::new(false),
-        })
+        Ok(OneShot { args: store })
     }
 
-    fn init(_: &InitInfo) -> std::result::Result<(), BoxErr> {
-        Ok(())
+    fn init(_: &InitInfo) -> std::result::Result<Once, BoxErr> {
+        Ok(Once::default())
     }
 
     fn func(
@@ -341,7 +331,7 @@ impl VTab for Consolidate {
         output: &mut DataChunkHandle,
     ) -> std::result::Result<(), BoxErr> {
         let b = func.get_bind_data();
-        if b.done.swap(true, Ordering::SeqCst) {
+        if func.get_init_data().done.swap(true, Ordering::SeqCst) {
             output.set_len(0);
             return Ok(());
         }
@@ -573,7 +563,7 @@ fn summary_batch(
 
 impl VTab for Write {
     type BindData = OneShot<WriteArgs>;
-    type InitData = ();
+    type InitData = Once;
 
     fn bind(bind: &BindInfo) -> std::result::Result<OneShot<WriteArgs>, BoxErr> {
         const F: &str = "pocaduck_write";
@@ -620,14 +610,11 @@ impl VTab for Write {
         })()
         .map_err(|e| err(F, e))?;
         summary_columns(bind);
-        Ok(OneShot {
-            args,
-            done: AtomicBool::new(false),
-        })
+        Ok(OneShot { args })
     }
 
-    fn init(_: &InitInfo) -> std::result::Result<(), BoxErr> {
-        Ok(())
+    fn init(_: &InitInfo) -> std::result::Result<Once, BoxErr> {
+        Ok(Once::default())
     }
 
     fn func(
@@ -635,13 +622,13 @@ impl VTab for Write {
         output: &mut DataChunkHandle,
     ) -> std::result::Result<(), BoxErr> {
         let b = func.get_bind_data();
-        if b.done.swap(true, Ordering::SeqCst) {
+        if func.get_init_data().done.swap(true, Ordering::SeqCst) {
             output.set_len(0);
             return Ok(());
         }
         let a = &b.args;
         let rb = run("pocaduck_write", || {
-            let slot = session_slot(&a.store, &a.worker)?;
+            let slot = session_slot(&a.store, &a.worker, OpenMode::Create)?;
             let mut guard = lock_slot(&slot);
             if guard.is_none() {
                 *guard = Some(Session::start(
@@ -655,15 +642,23 @@ impl VTab for Write {
             let s = guard
                 .as_mut()
                 .ok_or_else(|| Error::Internal("no session".into()))?;
-            s.check_attributes(&a.attributes, "attributes")?;
-            s.set_options(a.opts)?;
-            s.begin_statement();
-            if let Err(e) = s.append(&a.rows) {
-                if !s.rollback_statement() {
+            let started = s
+                .check_attributes(&a.attributes, "attributes")
+                .and_then(|_| s.set_options(a.opts))
+                .and_then(|_| s.begin_statement());
+            if let Err(e) = started {
+                if s.is_empty() && !s.in_statement() {
                     *guard = None;
                 }
                 return Err(e);
             }
+            if let Err(e) = s.append(&a.rows) {
+                if !s.rollback_statement() || s.is_empty() {
+                    *guard = None;
+                }
+                return Err(e);
+            }
+            s.end_statement();
             let n = a.rows.num_rows() as u64;
             if a.commit {
                 let s = guard
@@ -672,7 +667,11 @@ impl VTab for Write {
                 let c = s.commit()?;
                 summary_batch(&a.worker, n, 0, Some(c))
             } else {
-                summary_batch(&a.worker, n, s.pending_points(), None)
+                let pending = s.pending_points();
+                if s.is_empty() {
+                    *guard = None;
+                }
+                summary_batch(&a.worker, n, pending, None)
             }
         })?;
         Emitter::new(vec![rb]).emit(output)
@@ -706,7 +705,7 @@ pub struct Commit;
 
 impl VTab for Commit {
     type BindData = OneShot<(String, String)>;
-    type InitData = ();
+    type InitData = Once;
 
     fn bind(bind: &BindInfo) -> std::result::Result<Self::BindData, BoxErr> {
         const F: &str = "pocaduck_commit";
@@ -718,14 +717,11 @@ impl VTab for Commit {
         })()
         .map_err(|e| err(F, e))?;
         summary_columns(bind);
-        Ok(OneShot {
-            args,
-            done: AtomicBool::new(false),
-        })
+        Ok(OneShot { args })
     }
 
-    fn init(_: &InitInfo) -> std::result::Result<(), BoxErr> {
-        Ok(())
+    fn init(_: &InitInfo) -> std::result::Result<Once, BoxErr> {
+        Ok(Once::default())
     }
 
     fn func(
@@ -733,16 +729,22 @@ impl VTab for Commit {
         output: &mut DataChunkHandle,
     ) -> std::result::Result<(), BoxErr> {
         let b = func.get_bind_data();
-        if b.done.swap(true, Ordering::SeqCst) {
+        if func.get_init_data().done.swap(true, Ordering::SeqCst) {
             output.set_len(0);
             return Ok(());
         }
         let (store, worker) = &b.args;
         let rb = run("pocaduck_commit", || {
-            let slot = session_slot(store, worker)?;
-            let taken = lock_slot(&slot).take();
-            match taken {
-                None => summary_batch(worker, 0, 0, Some(Default::default())),
+            let slot = session_slot(store, worker, OpenMode::Existing)?;
+            let mut guard = lock_slot(&slot);
+            if guard.as_ref().is_some_and(Session::in_statement) {
+                return Err(Error::Conflict {
+                    store: store.clone(),
+                    msg: format!("worker '{worker}' is being written by a running statement; commit after it ends"),
+                });
+            }
+            match guard.take() {
+                None => summary_batch(worker, 0, 0, None),
                 Some(s) => {
                     let c = s.commit()?;
                     summary_batch(worker, c.points, 0, Some(c))
