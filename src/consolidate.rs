@@ -139,7 +139,9 @@ fn publish(store: &Store, index: &UnifiedIndex, codec: &dyn IndexCodec) -> Resul
             Error::Internal(format!("reading built index {}: {e}", local.display()))
         })?;
         let file = layout::index_file(index.generation);
-        if !store.put_if_absent(&file, bytes.into())? {
+        if store.put_if_absent(&file, bytes.into())? {
+            store.sync(&[file])?;
+        } else {
             return Err(Error::Conflict {
                 store: store.name.clone(),
                 msg: format!(

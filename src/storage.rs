@@ -165,6 +165,37 @@ impl Store {
             .map_err(|e| self.err(prefix, e))
     }
 
+    /// Makes `paths` (and their directories) durable on disk, for local stores.
+    ///
+    /// `LocalFileSystem` renames files into place without syncing them; without this, a power
+    /// loss could keep a commit segment but lose the part data it references. Object stores
+    /// are durable once an upload completes, so this is a no-op for them.
+    pub fn sync(&self, paths: &[Path]) -> Result<()> {
+        let Some(root) = &self.local_dir else {
+            return Ok(());
+        };
+        let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+        for p in paths {
+            let file = root.join(p.as_ref());
+            std::fs::File::open(&file)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| self.err(p, format!("cannot sync to disk: {e}")))?;
+            if let Some(d) = file.parent() {
+                if !dirs.iter().any(|x| x == d) {
+                    dirs.push(d.to_path_buf());
+                }
+            }
+        }
+        for d in dirs {
+            // Directory fsync makes the renames durable; some file systems refuse it, which only
+            // loses that extra guarantee.
+            if let Ok(f) = std::fs::File::open(&d) {
+                let _ = f.sync_all();
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes `path`; a missing object is not an error.
     pub fn delete(&self, path: &Path) -> Result<()> {
         match block_on(self.os.delete(path)) {

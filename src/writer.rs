@@ -510,10 +510,13 @@ impl Session {
             .schema
             .clone()
             .ok_or_else(|| Error::Internal("no schema".into()))?;
-        if !self
+        let file = layout::schema_file();
+        if self
             .store
-            .put_if_absent(&layout::schema_file(), Bytes::from(ours.to_json()))?
+            .put_if_absent(&file, Bytes::from(ours.to_json()))?
         {
+            self.store.sync(&[file])?;
+        } else {
             let theirs = read_schema(&self.store)?;
             if theirs.as_ref() != Some(&ours) {
                 return Err(Error::Conflict {
@@ -636,6 +639,7 @@ impl Session {
             return Ok(summary);
         }
         self.persist_schema()?;
+        self.store.sync(&self.parts_done)?;
         let schema = self
             .schema
             .as_ref()
@@ -650,10 +654,9 @@ impl Session {
         )?;
         let first = latest_commit(&self.store, &self.worker)? + 1;
         for seq in first..first + 1000 {
-            if self
-                .store
-                .put_if_absent(&layout::commit_file(&self.worker, seq), seg.clone())?
-            {
+            let file = layout::commit_file(&self.worker, seq);
+            if self.store.put_if_absent(&file, seg.clone())? {
+                self.store.sync(&[file])?;
                 summary.commit = seq;
                 self.entries.clear();
                 self.parts_done.clear();

@@ -172,7 +172,7 @@ unsafe fn parse_options(
             Error::arg(
                 &name,
                 format!(
-                    "(column {} of the query) has type {}; use an integer, FLOAT/DOUBLE or VARCHAR (cast it)",
+                    "(column {} of the query) has type {}; pocaduck stores integers (TINYINT … UBIGINT), FLOAT, DOUBLE and VARCHAR: cast it, e.g. to DOUBLE or BIGINT",
                     i + 1,
                     format!("{id:?}").to_uppercase()
                 ),
