@@ -36,6 +36,14 @@ struct ReadEntry {
     row_start: u64,
     row_count: u64,
     block: BlockId,
+    bbox: [f64; 6],
+}
+
+/// An axis-aligned box, inclusive: min x, y, z, max x, y, z.
+pub type BBox = [f64; 6];
+
+fn overlaps(a: &BBox, b: &BBox) -> bool {
+    (0..3).all(|d| a[d] <= b[d + 3] && b[d] <= a[d + 3])
 }
 
 /// One generation of a store's unified index, ready to answer queries.
@@ -124,6 +132,7 @@ impl LoadedIndex {
                 row_start: ue.e.row_start,
                 row_count: ue.e.row_count,
                 block: ue.e.block,
+                bbox: ue.e.bbox,
             });
         }
         offsets.push(entries.len());
@@ -191,23 +200,56 @@ impl LoadedIndex {
     /// Reads the rows of `labels`, returning the part-file columns `cols` (0 = label, 1 = block,
     /// 2.. = x, y, z, attributes) in that order.
     pub fn points(&self, labels: &[u64], cols: &[usize]) -> Result<Vec<RecordBatch>> {
+        self.points_in(Some(labels), None, cols)
+    }
+
+    /// Reads the rows of `labels` (every label if `None`) whose x, y, z lie inside `bbox`
+    /// (inclusive; no filter if `None`), returning the part-file columns `cols` in that order.
+    ///
+    /// Entries whose (label, block) bounds miss the box are skipped without reading; the rows
+    /// of the others are filtered exactly.
+    pub fn points_in(
+        &self,
+        labels: Option<&[u64]>,
+        bbox: Option<BBox>,
+        cols: &[usize],
+    ) -> Result<Vec<RecordBatch>> {
         let mut by_part: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
-        let mut labels = labels.to_vec();
-        labels.sort_unstable();
-        labels.dedup();
-        for &l in &labels {
-            for e in self.label_entries(l) {
+        let mut add = |e: &ReadEntry| {
+            if bbox.is_none_or(|b| overlaps(&b, &e.bbox)) {
                 by_part
                     .entry(e.part)
                     .or_default()
                     .push((e.row_start, e.row_count));
             }
+        };
+        match labels {
+            Some(labels) => {
+                let mut labels = labels.to_vec();
+                labels.sort_unstable();
+                labels.dedup();
+                for &l in &labels {
+                    self.label_entries(l).iter().for_each(&mut add);
+                }
+            }
+            None => self.entries.iter().for_each(&mut add),
+        }
+        // With a box, read x, y, z too (to filter), then keep only the asked-for columns.
+        let mut read_cols = cols.to_vec();
+        if bbox.is_some() {
+            read_cols.extend([2, 3, 4]);
         }
         let jobs = by_part
             .into_iter()
-            .map(|(p, ranges)| self.read_part(p, ranges, cols));
+            .map(|(p, ranges)| self.read_part(p, ranges, &read_cols));
         let per_part = block_on(futures::future::try_join_all(jobs))?;
-        Ok(per_part.into_iter().flatten().collect())
+        let batches = per_part.into_iter().flatten();
+        match bbox {
+            None => Ok(batches.collect()),
+            Some(b) => batches
+                .map(|batch| filter_box(&batch, &b, cols.len()))
+                .collect(),
+        }
     }
 
     async fn read_part(
@@ -264,6 +306,29 @@ impl LoadedIndex {
             .map(|b| Ok(b.project(&order)?))
             .collect()
     }
+}
+
+/// Keeps the rows of `batch` whose last three columns (x, y, z) lie in `b`, and its first `keep`
+/// columns.
+fn filter_box(batch: &RecordBatch, b: &BBox, keep: usize) -> Result<RecordBatch> {
+    use arrow::array::{BooleanArray, Float64Array};
+    let n = batch.num_columns();
+    let mut mask = vec![true; batch.num_rows()];
+    for d in 0..3 {
+        let c = arrow::compute::cast(
+            batch.column(n - 3 + d),
+            &arrow::datatypes::DataType::Float64,
+        )?;
+        let v = c
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .ok_or_else(|| Error::Internal("coordinate cast".into()))?;
+        for (m, x) in mask.iter_mut().zip(v.values()) {
+            *m &= *x >= b[d] && *x <= b[d + 3];
+        }
+    }
+    let kept = arrow::compute::filter_record_batch(batch, &BooleanArray::from(mask))?;
+    Ok(kept.project(&(0..keep).collect::<Vec<_>>())?)
 }
 
 /// Plans a read of the sorted, disjoint row `ranges` of a file whose row groups start at
@@ -447,6 +512,54 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn box_queries_return_exactly_the_points_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        // Label 1 in blocks a (x 0..100) and b (x 1000..1100); label 2 in block a.
+        let pts_a: Vec<[i32; 3]> = (0..100).map(|i| [i, i % 10, 0]).collect();
+        let pts_b: Vec<[i32; 3]> = (0..100).map(|i| [1000 + i, 0, 0]).collect();
+        let la: Vec<u64> = (0..100).map(|i| 1 + (i % 2) as u64).collect();
+        write(
+            name,
+            "w1",
+            &[rows(&la, "a", &pts_a), rows(&[1; 100], "b", &pts_b)],
+        );
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        let idx = open(name, &JsonCodec).unwrap();
+        let bx = [10.0, 0.0, 0.0, 19.0, 4.0, 0.0];
+        // Brute force over what was written.
+        let want = |label: Option<u64>| -> Vec<i32> {
+            let mut v: Vec<i32> = pts_a
+                .iter()
+                .zip(&la)
+                .filter(|(p, l)| {
+                    label.is_none_or(|x| x == **l)
+                        && (10..=19).contains(&p[0])
+                        && (0..=4).contains(&p[1])
+                })
+                .map(|(p, _)| p[0])
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            xs(&idx.points_in(Some(&[1]), Some(bx), &[2]).unwrap()),
+            want(Some(1))
+        );
+        assert_eq!(
+            xs(&idx.points_in(None, Some(bx), &[2]).unwrap()),
+            want(None)
+        );
+        assert_eq!(want(None).len(), 5);
+        // A box that misses everything reads nothing.
+        assert!(idx
+            .points_in(None, Some([5000.0, 0.0, 0.0, 6000.0, 1.0, 1.0]), &[2])
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

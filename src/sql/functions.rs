@@ -100,15 +100,107 @@ fn add_columns(bind: &BindInfo, cols: &[(&str, LogicalTypeId)]) {
 // ---------------------------------------------------------------------------------------------
 // pocaduck_points(store, label | [labels])
 
-/// `pocaduck_points(store, label)`: every point of a label (or list of labels).
+/// `pocaduck_points(store, label [, bbox := …])`: every point of a label (or list of labels).
 pub struct Points;
 
-/// Bind data of `pocaduck_points`.
+/// `pocaduck_points_in_box(store, bbox)`: every point of every label inside a box.
+pub struct PointsInBox;
+
+/// Bind data of `pocaduck_points` and `pocaduck_points_in_box`.
 pub struct PointsBind {
     store: String,
-    labels: Vec<u64>,
+    /// `None`: every label.
+    labels: Option<Vec<u64>>,
+    bbox: Option<reader::BBox>,
     /// Part-file column of each result column.
     part_cols: Vec<usize>,
+}
+
+/// Parses `[min_x, min_y, min_z, max_x, max_y, max_z]`.
+fn bbox_value(v: &Value, arg: &str) -> Result<reader::BBox> {
+    let shape = || {
+        format!("must be a list of 6 numbers [min_x, min_y, min_z, max_x, max_y, max_z], got {v}")
+    };
+    let items = v.to_list().ok_or_else(|| Error::arg(arg, shape()))?;
+    if items.len() != 6 {
+        return Err(Error::arg(arg, shape()));
+    }
+    let mut b = [0f64; 6];
+    for (i, x) in items.iter().enumerate() {
+        let t = x.logical_type_id();
+        if x.is_null()
+            || !(super::is_integer(t)
+                || matches!(
+                    t,
+                    LogicalTypeId::Float | LogicalTypeId::Double | LogicalTypeId::Decimal
+                ))
+        {
+            return Err(Error::arg(arg, shape()));
+        }
+        b[i] = x
+            .to_string()
+            .parse()
+            .map_err(|_| Error::arg(arg, shape()))?;
+    }
+    if (0..3).any(|d| b[d] > b[d + 3]) {
+        return Err(Error::arg(
+            arg,
+            format!("has a minimum above its maximum: {v}"),
+        ));
+    }
+    Ok(b)
+}
+
+/// Shared bind: result columns `[label,] x, y, z, attributes…, block`.
+fn bind_points(
+    bind: &BindInfo,
+    f: &str,
+    labels: Option<Vec<u64>>,
+    with_label: bool,
+    bbox: Option<reader::BBox>,
+) -> std::result::Result<PointsBind, BoxErr> {
+    let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(f, e))?;
+    let index = run(f, || reader::open(&store, &DuckDbCodec))?;
+    let mut part_cols = Vec::new();
+    if with_label {
+        bind.add_result_column("label", ty(LogicalTypeId::UBigint));
+        part_cols.push(0);
+    }
+    for (i, c) in index.schema.columns.iter().enumerate().skip(1) {
+        bind.add_result_column(&c.name, to_duckdb_logical_type(&c.ty.arrow())?);
+        part_cols.push(i + 1);
+    }
+    let b = &index.schema.columns[0];
+    bind.add_result_column(&b.name, to_duckdb_logical_type(&b.ty.arrow())?);
+    part_cols.push(1);
+    if let (Some(ls), None) = (&labels, bbox) {
+        let total: u64 = ls.iter().map(|l| index.point_count(*l)).sum();
+        bind.set_cardinality(total, true);
+    }
+    Ok(PointsBind {
+        store,
+        labels,
+        bbox,
+        part_cols,
+    })
+}
+
+fn init_points(init: &InitInfo, f: &str) -> std::result::Result<Emitter, BoxErr> {
+    let bind = unsafe { &*init.get_bind_data::<PointsBind>() };
+    let wanted: Vec<usize> = init
+        .get_column_indices()
+        .into_iter()
+        .filter_map(|i| bind.part_cols.get(i as usize).copied())
+        .collect();
+    // Opened again per execution: a prepared statement sees the newest generation.
+    let batches = run(f, || {
+        reader::open(&bind.store, &DuckDbCodec)?.points_in(
+            bind.labels.as_deref(),
+            bind.bbox,
+            &wanted,
+        )
+    })?;
+    Ok(Emitter::new(batches))
 }
 
 impl VTab for Points {
@@ -117,43 +209,55 @@ impl VTab for Points {
 
     fn bind(bind: &BindInfo) -> std::result::Result<PointsBind, BoxErr> {
         const F: &str = "pocaduck_points";
-        let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
         let (labels, with_label) =
             arg_labels(bind.get_parameter(1), "label").map_err(|e| err(F, e))?;
-        let index = run(F, || reader::open(&store, &DuckDbCodec))?;
-        let mut part_cols = Vec::new();
-        if with_label {
-            bind.add_result_column("label", ty(LogicalTypeId::UBigint));
-            part_cols.push(0);
-        }
-        for (i, c) in index.schema.columns.iter().enumerate().skip(1) {
-            bind.add_result_column(&c.name, to_duckdb_logical_type(&c.ty.arrow())?);
-            part_cols.push(i + 1);
-        }
-        let b = &index.schema.columns[0];
-        bind.add_result_column(&b.name, to_duckdb_logical_type(&b.ty.arrow())?);
-        part_cols.push(1);
-        let total: u64 = labels.iter().map(|l| index.point_count(*l)).sum();
-        bind.set_cardinality(total, true);
-        Ok(PointsBind {
-            store,
-            labels,
-            part_cols,
-        })
+        let bbox = match bind.get_named_parameter("bbox") {
+            Some(v) if !v.is_null() => Some(bbox_value(&v, "bbox").map_err(|e| err(F, e))?),
+            _ => None,
+        };
+        bind_points(bind, F, Some(labels), with_label, bbox)
     }
 
     fn init(init: &InitInfo) -> std::result::Result<Emitter, BoxErr> {
-        let bind = unsafe { &*init.get_bind_data::<PointsBind>() };
-        let wanted: Vec<usize> = init
-            .get_column_indices()
-            .into_iter()
-            .filter_map(|i| bind.part_cols.get(i as usize).copied())
-            .collect();
-        // Opened again per execution: a prepared statement sees the newest generation.
-        let batches = run("pocaduck_points", || {
-            reader::open(&bind.store, &DuckDbCodec)?.points(&bind.labels, &wanted)
-        })?;
-        Ok(Emitter::new(batches))
+        init_points(init, "pocaduck_points")
+    }
+
+    fn func(
+        func: &TableFunctionInfo<Self>,
+        output: &mut DataChunkHandle,
+    ) -> std::result::Result<(), BoxErr> {
+        func.get_init_data().emit(output)
+    }
+
+    fn supports_pushdown() -> bool {
+        true
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![ty(LogicalTypeId::Varchar), ty(LogicalTypeId::Any)])
+    }
+
+    fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
+        Some(vec![("bbox".to_string(), ty(LogicalTypeId::Any))])
+    }
+}
+
+impl VTab for PointsInBox {
+    type BindData = PointsBind;
+    type InitData = Emitter;
+
+    fn bind(bind: &BindInfo) -> std::result::Result<PointsBind, BoxErr> {
+        const F: &str = "pocaduck_points_in_box";
+        let v = bind.get_parameter(1);
+        if v.is_null() {
+            return Err(err(F, Error::arg("bbox", "must not be NULL")));
+        }
+        let bbox = bbox_value(&v, "bbox").map_err(|e| err(F, e))?;
+        bind_points(bind, F, None, true, Some(bbox))
+    }
+
+    fn init(init: &InitInfo) -> std::result::Result<Emitter, BoxErr> {
+        init_points(init, "pocaduck_points_in_box")
     }
 
     fn func(
@@ -769,6 +873,7 @@ pub fn register(con: &Connection) -> duckdb::Result<()> {
     con.register_table_function::<Commit>("pocaduck_commit")?;
     con.register_table_function::<Consolidate>("pocaduck_consolidate")?;
     con.register_table_function::<Points>("pocaduck_points")?;
+    con.register_table_function::<PointsInBox>("pocaduck_points_in_box")?;
     con.register_table_function::<Labels>("pocaduck_labels")?;
     con.register_table_function::<Blocks>("pocaduck_blocks")?;
     Ok(())
