@@ -16,7 +16,6 @@ Usage: bench.py [--quick] [--out build/bench.json] [--workloads real,synth,synth
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -78,12 +77,13 @@ def child(code: str) -> tuple[float, int]:
 
 
 PRELUDE = f"""
-import duckdb, resource
+import duckdb
 con = duckdb.connect(config={{'allow_unsigned_extensions': True}})
 con.execute("LOAD '{EXT}'")
 con.execute("SET threads = 2")
 """
-RSS = "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+# Peak RSS of this process image: VmHWM (ru_maxrss would include the forking parent's peak).
+RSS = "\nprint([int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
 
 
 def ingest_pocaduck(inputs: list[Path], store: Path) -> tuple[float, int]:
