@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
-use arrow::compute::{concat_batches, take_record_batch};
+use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Float64Type};
 use bytes::Bytes;
 use object_store::path::Path;
@@ -126,11 +126,40 @@ struct PartWriter {
 
 impl PartWriter {
     fn encode(&mut self, batches: Vec<RecordBatch>, target: u64) -> Result<()> {
-        let all = concat_batches(&self.schema, &batches)?;
+        // Sort on the label and block columns only, then gather the rows straight from the
+        // buffered batches (no concatenated copy of the coordinates).
+        let key_cols = batches
+            .iter()
+            .map(|b| b.project(&[0, 1]))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let Some(first) = key_cols.first() else {
+            return Ok(());
+        };
+        let keys = concat_batches(&first.schema(), &key_cols)?;
+        drop(key_cols);
+        let (idx, ranks) = sort_order(&keys)?;
+        drop(keys);
+        let mut starts = Vec::with_capacity(batches.len());
+        let mut acc = 0usize;
+        for b in &batches {
+            starts.push(acc);
+            acc += b.num_rows();
+        }
+        let pairs: Vec<(usize, usize)> = idx
+            .values()
+            .iter()
+            .map(|&g| {
+                let g = g as usize;
+                let bi = starts.partition_point(|&s| s <= g) - 1;
+                (bi, g - starts[bi])
+            })
+            .collect();
+        drop(idx);
+        let refs: Vec<&RecordBatch> = batches.iter().collect();
+        let sorted = arrow::compute::interleave_record_batch(&refs, &pairs)?;
+        drop(pairs);
+        drop(refs);
         drop(batches);
-        let (idx, ranks) = sort_order(&all)?;
-        let sorted = take_record_batch(&all, &idx)?;
-        drop(all);
         let mut off = 0;
         while off < sorted.num_rows() {
             let n = SLICE_ROWS.min(sorted.num_rows() - off);
@@ -552,8 +581,9 @@ impl Session {
         self.buffered_bytes += b.get_array_memory_size();
         self.points += b.num_rows() as u64;
         self.buffer.push(b);
-        // A third of the buffer fills while the encoder sorts the previous third into another.
-        if self.buffered_bytes as u64 >= self.opts.buffer_size / 3 {
+        // A quarter of the buffer fills while the encoder holds the previous quarter, its sorted
+        // copy and the sort keys (about a quarter together).
+        if self.buffered_bytes as u64 >= self.opts.buffer_size / 4 {
             self.encode_buffer()?;
         }
         Ok(())
