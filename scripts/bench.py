@@ -144,13 +144,14 @@ def run_workload(name: str, table: pa.Table, n_queries: int, reps: int) -> dict:
         f"TO '{wd}/plain256' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (part))\")"
     ) + RSS
     dtm, rssm = child(plain_many)
-    # DuckDB's own footprint for scanning the same input (what ingest costs before pocaduck).
-    _, rss_scan = child(PRELUDE + f"con.execute(\"SELECT sum(label), sum(x), sum(y), sum(z), count(block) FROM read_parquet('{staged1}')\").fetchall()" + RSS)
+    # DuckDB's own footprint for the same COPY pipeline into a trivial sink (CSV to /dev/null):
+    # what ingest costs before pocaduck (COPY preserves insertion order, which buffers).
+    _, rss_scan = child(PRELUDE + f"con.execute(\"COPY (FROM read_parquet('{staged1}')) TO '/dev/null' (FORMAT csv)\")" + RSS)
     res["ingest"] = {
         "pocaduck_1w_pts_s": n / dt1, "pocaduck_2w_pts_s": n / dt2,
         "plain_sorted_1file_pts_s": n / dtp, "plain_sorted_256files_pts_s": n / dtm,
         "pocaduck_1w_peak_rss": rss1, "pocaduck_2w_peak_rss": rss2, "plain_1file_peak_rss": rssp,
-        "duckdb_scan_only_peak_rss": rss_scan,
+        "duckdb_copy_null_peak_rss": rss_scan,
     }
     for k, v in res["ingest"].items():
         print(f"  ingest {k:32s} {v / 1e6 if 'pts' in k else v / 2**20:10.2f} {'M pts/s' if 'pts' in k else 'MiB'}")
@@ -195,8 +196,8 @@ def targets(results: dict) -> list[tuple[str, float, str, bool]]:
         rows.append((f"{name}: ingest 1 worker / plain sorted COPY", ratio, ">= 2", ratio >= 2))
         rows.append((f"{name}: ingest 2 workers (M pts/s)", ing["pocaduck_2w_pts_s"] / 1e6, ">= 5", ing["pocaduck_2w_pts_s"] >= 5e6))
         rows.append((f"{name}: ingest peak RSS - buffer (MiB)", (ing["pocaduck_1w_peak_rss"] - BUFFER) / 2**20, "<= 64", ing["pocaduck_1w_peak_rss"] <= BUFFER + (64 << 20)))
-        extra = ing["pocaduck_1w_peak_rss"] - ing["duckdb_scan_only_peak_rss"]
-        rows.append((f"{name}: ingest peak RSS - DuckDB scan-only RSS - buffer (MiB)", (extra - BUFFER) / 2**20, "<= 64", extra <= BUFFER + (64 << 20)))
+        extra = ing["pocaduck_1w_peak_rss"] - ing["duckdb_copy_null_peak_rss"]
+        rows.append((f"{name}: ingest peak RSS - DuckDB COPY-to-null RSS - buffer (MiB)", (extra - BUFFER) / 2**20, "<= 64", extra <= BUFFER + (64 << 20)))
         for kind, lim in (("small", 1.5), ("large", 2.0)):
             q = r["queries"][kind]
             f = q["pocaduck"]["median_ms"] / q["floor"]["median_ms"]
