@@ -21,7 +21,7 @@ use duckdb::core::LogicalTypeId;
 use duckdb::ffi;
 use duckdb::vtab::Value;
 
-use super::{c_string, from_c, guard, parse_size, settings_options};
+use super::{c_string, from_c, guard, parse_size, ClientContext};
 use crate::error::{Error, Result};
 use crate::schema::schema_for_input;
 use crate::storage::OpenMode;
@@ -93,13 +93,9 @@ unsafe fn parse_options(
     let mut worker = None;
     let mut attributes = Vec::new();
     let mut commit = true;
-    let ctx = unsafe {
-        (
-            ffi::duckdb_copy_function_bind_get_client_context(info),
-            ffi::duckdb_copy_function_bind_get_client_context(info),
-        )
-    };
-    let mut opts = unsafe { settings_options(ctx.0, ctx.1)? };
+    let ctx =
+        ClientContext::new(unsafe { ffi::duckdb_copy_function_bind_get_client_context(info) });
+    let mut opts = ctx.writer_options()?;
     // Borrowed from the value: not destroyed here.
     let stype = unsafe { ffi::duckdb_get_value_type(opts_raw) };
     let n = unsafe { ffi::duckdb_struct_type_child_count(stype) };

@@ -17,7 +17,7 @@ use duckdb::vtab::{
 use duckdb::{ffi, Connection};
 
 use super::index_db::DuckDbCodec;
-use super::{arg_labels, arg_string, guard, parse_size, settings_options, value_label};
+use super::{arg_labels, arg_string, guard, parse_size, value_label, ClientContext};
 use crate::consolidate::consolidate;
 use crate::error::{Error, Result};
 use crate::index::{block_array, BlockId};
@@ -38,14 +38,14 @@ fn run<T>(func: &str, f: impl FnOnce() -> Result<T>) -> std::result::Result<T, B
 const _: () =
     assert!(std::mem::size_of::<BindInfo>() == std::mem::size_of::<ffi::duckdb_bind_info>());
 
-/// The raw client context of a bind (for `SET` settings); destroyed by the reader.
-fn client_context(bind: &BindInfo) -> ffi::duckdb_client_context {
+/// The client context of a bind (for `SET` settings).
+fn client_context(bind: &BindInfo) -> ClientContext {
     // SAFETY: BindInfo is a single-field wrapper around duckdb_bind_info (size checked above).
     let raw: ffi::duckdb_bind_info =
         unsafe { *(bind as *const BindInfo as *const ffi::duckdb_bind_info) };
     let mut ctx: ffi::duckdb_client_context = std::ptr::null_mut();
     unsafe { ffi::duckdb_table_function_get_client_context(raw, &mut ctx) };
-    ctx
+    ClientContext::new(ctx)
 }
 
 fn ty(id: LogicalTypeId) -> LogicalTypeHandle {
@@ -671,7 +671,7 @@ impl VTab for Write {
 
     fn bind(bind: &BindInfo) -> std::result::Result<OneShot<WriteArgs>, BoxErr> {
         const F: &str = "pocaduck_write";
-        let ctx = (client_context(bind), client_context(bind));
+        let ctx = client_context(bind);
         let args = (|| -> Result<WriteArgs> {
             let store = arg_string(Some(bind.get_parameter(0)), "store")?;
             let worker = arg_string(bind.get_named_parameter("worker"), "worker")?;
@@ -685,7 +685,7 @@ impl VTab for Write {
                 named_attributes(bind.get_named_parameter("attributes"), "attributes")?;
             let cols = points_columns(bind.get_named_parameter("points"), attributes.len())?;
             let commit = named_bool(bind, "commit", false)?;
-            let defaults = unsafe { settings_options(ctx.0, ctx.1)? };
+            let defaults = ctx.writer_options()?;
             let opts = WriterOptions {
                 target_file_size: named_size(bind, "target_file_size", defaults.target_file_size)?,
                 buffer_size: named_size(bind, "buffer_size", defaults.buffer_size)?,

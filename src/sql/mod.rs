@@ -184,47 +184,52 @@ pub fn parse_size_str(s: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("is too large: '{s}'"))
 }
 
-/// Reads a `SET pocaduck_…` size setting through a client context (which is destroyed here).
-///
-/// # Safety
-/// `ctx` must be a client context returned by DuckDB, or null.
-pub unsafe fn setting_size(
-    mut ctx: ffi::duckdb_client_context,
-    name: &str,
-    default: u64,
-) -> Result<u64> {
-    if ctx.is_null() {
-        return Ok(default);
+/// A client context handed out by DuckDB, destroyed when dropped.
+pub struct ClientContext(ffi::duckdb_client_context);
+
+impl ClientContext {
+    /// Wraps a context returned by DuckDB (null is allowed: settings then take their defaults).
+    pub fn new(ctx: ffi::duckdb_client_context) -> Self {
+        ClientContext(ctx)
     }
-    let cname = c_string(name);
-    let mut scope: ffi::duckdb_config_option_scope = 0;
-    let raw =
-        unsafe { ffi::duckdb_client_context_get_config_option(ctx, cname.as_ptr(), &mut scope) };
-    unsafe { ffi::duckdb_destroy_client_context(&mut ctx) };
-    if raw.is_null() {
-        return Ok(default);
+
+    /// Reads a `SET pocaduck_…` size setting.
+    pub fn setting_size(&self, name: &str, default: u64) -> Result<u64> {
+        if self.0.is_null() {
+            return Ok(default);
+        }
+        let cname = c_string(name);
+        let mut scope: ffi::duckdb_config_option_scope = 0;
+        // SAFETY: self.0 is a live context; the returned value is owned and destroyed by Value.
+        let raw = unsafe {
+            ffi::duckdb_client_context_get_config_option(self.0, cname.as_ptr(), &mut scope)
+        };
+        if raw.is_null() {
+            return Ok(default);
+        }
+        let v = Value::from(raw);
+        if v.is_null() {
+            return Ok(default);
+        }
+        parse_size(&v, name)
     }
-    let v = Value::from(raw);
-    if v.is_null() {
-        return Ok(default);
+
+    /// Writer options from the `SET` settings.
+    pub fn writer_options(&self) -> Result<WriterOptions> {
+        Ok(WriterOptions {
+            target_file_size: self.setting_size(SET_TARGET_FILE_SIZE, DEFAULT_TARGET_FILE_SIZE)?,
+            buffer_size: self.setting_size(SET_BUFFER_SIZE, DEFAULT_BUFFER_SIZE)?,
+        })
     }
-    parse_size(&v, name)
 }
 
-/// Writer options from the `SET` settings of a client context.
-///
-/// # Safety
-/// `ctx0`/`ctx1` must be two client contexts of the same connection, or null.
-pub unsafe fn settings_options(
-    ctx0: ffi::duckdb_client_context,
-    ctx1: ffi::duckdb_client_context,
-) -> Result<WriterOptions> {
-    Ok(WriterOptions {
-        target_file_size: unsafe {
-            setting_size(ctx0, SET_TARGET_FILE_SIZE, DEFAULT_TARGET_FILE_SIZE)?
-        },
-        buffer_size: unsafe { setting_size(ctx1, SET_BUFFER_SIZE, DEFAULT_BUFFER_SIZE)? },
-    })
+impl Drop for ClientContext {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the context came from DuckDB and is destroyed exactly once.
+            unsafe { ffi::duckdb_destroy_client_context(&mut self.0) };
+        }
+    }
 }
 
 unsafe fn register_setting(
