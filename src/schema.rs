@@ -296,6 +296,13 @@ fn normalize_label(col: &ArrayRef) -> Result<ArrayRef> {
 
 /// Returns the first negative value of a signed integer array, as text.
 fn first_negative(col: &ArrayRef) -> Option<String> {
+    // Unsigned labels (the common case) cannot be negative: no conversion on the hot path.
+    if matches!(
+        col.data_type(),
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64
+    ) {
+        return None;
+    }
     let as64 = cast_with_options(
         col,
         &DataType::Int64,
@@ -305,12 +312,6 @@ fn first_negative(col: &ArrayRef) -> Option<String> {
         },
     )
     .ok()?;
-    if matches!(
-        col.data_type(),
-        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64
-    ) {
-        return None;
-    }
     let a = as64.as_any().downcast_ref::<arrow::array::Int64Array>()?;
     a.values().iter().find(|v| **v < 0).map(|v| v.to_string())
 }

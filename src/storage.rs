@@ -3,8 +3,8 @@
 //! A [`Store`] is a store root (a local directory for now) plus the `ObjectStore` that serves it.
 //! Paths handed to a `Store` are relative to its root, so a store can be moved or copied into a
 //! bucket unchanged. Guarantees relied on elsewhere:
-//! - [`Store::put`] and completed multipart uploads are atomic: a reader sees the whole object or
-//!   nothing (`LocalFileSystem` writes a staging file and renames it into place).
+//! - Puts and completed multipart uploads are atomic: a reader sees the whole object or nothing
+//!   (`LocalFileSystem` writes a staging file and renames it into place).
 //! - [`Store::put_if_absent`] creates an object only if it does not exist yet; this is how commits
 //!   and index generations are numbered without a lock.
 
@@ -112,13 +112,6 @@ impl Store {
 
     fn err(&self, file: &Path, e: impl std::fmt::Display) -> Error {
         Error::file(&self.name, file.as_ref(), e)
-    }
-
-    /// Writes `data` to `path`, replacing any object there, atomically.
-    pub fn put(&self, path: &Path, data: Bytes) -> Result<()> {
-        block_on(self.os.put(path, PutPayload::from(data)))
-            .map(|_| ())
-            .map_err(|e| self.err(path, e))
     }
 
     /// Creates `path` with `data` only if it does not exist. Returns `false` if it already existed.
