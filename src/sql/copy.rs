@@ -117,15 +117,7 @@ unsafe fn parse_options(
                 worker = Some(w);
             }
             "ATTRIBUTES" => {
-                attributes = match v.logical_type_id() {
-                    LogicalTypeId::List => v.to_list().unwrap_or_default().iter().map(|x| x.to_string()).collect(),
-                    _ if v.is_null() => return Err(Error::arg("ATTRIBUTES", "must not be NULL")),
-                    _ => {
-                        let s = v.to_string();
-                        s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()
-                    }
-                };
-                crate::schema::check_attribute_names(&attributes, "ATTRIBUTES")?;
+                attributes = super::attribute_names(&v, "ATTRIBUTES")?;
             }
             "COMMIT" => {
                 commit = match v.logical_type_id() {

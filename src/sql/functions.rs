@@ -488,34 +488,7 @@ fn named_bool(bind: &BindInfo, name: &str, default: bool) -> Result<bool> {
 }
 
 fn named_attributes(v: Option<Value>, arg: &str) -> Result<Vec<String>> {
-    let Some(v) = v else { return Ok(vec![]) };
-    if v.is_null() {
-        return Err(Error::arg(arg, "must not be NULL"));
-    }
-    let names: Vec<String> = match v.logical_type_id() {
-        LogicalTypeId::List => v
-            .to_list()
-            .unwrap_or_default()
-            .iter()
-            .map(|x| x.to_string())
-            .collect(),
-        LogicalTypeId::Varchar => {
-            let s = v.to_string();
-            if s.trim().is_empty() {
-                vec![]
-            } else {
-                s.split(',').map(|x| x.trim().to_string()).collect()
-            }
-        }
-        _ => {
-            return Err(Error::arg(
-                arg,
-                format!("must be a list of names or a comma-separated VARCHAR, got {v}"),
-            ))
-        }
-    };
-    crate::schema::check_attribute_names(&names, arg)?;
-    Ok(names)
+    v.map_or(Ok(vec![]), |v| super::attribute_names(&v, arg))
 }
 
 fn block_value(v: Option<Value>) -> Result<ArrayRef> {

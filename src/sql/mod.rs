@@ -132,6 +132,37 @@ pub fn arg_labels(v: Value, arg: &str) -> Result<(Vec<u64>, bool)> {
     Ok((vec![value_label(&v, arg)?], false))
 }
 
+/// Attribute names: a LIST of names, or one comma-separated VARCHAR (`''` for none), checked.
+pub fn attribute_names(v: &Value, arg: &str) -> Result<Vec<String>> {
+    if v.is_null() {
+        return Err(Error::arg(arg, "must not be NULL"));
+    }
+    let names: Vec<String> = match v.logical_type_id() {
+        LogicalTypeId::List => v
+            .to_list()
+            .unwrap_or_default()
+            .iter()
+            .map(|x| x.to_string())
+            .collect(),
+        LogicalTypeId::Varchar => {
+            let s = v.to_string();
+            if s.trim().is_empty() {
+                vec![]
+            } else {
+                s.split(',').map(|x| x.trim().to_string()).collect()
+            }
+        }
+        _ => {
+            return Err(Error::arg(
+                arg,
+                format!("must be a list of names or a comma-separated VARCHAR, got {v}"),
+            ))
+        }
+    };
+    crate::schema::check_attribute_names(&names, arg)?;
+    Ok(names)
+}
+
 /// A byte size: an integer, or a string such as `'64MB'`, `'1GiB'`, `'65536'`.
 pub fn parse_size(v: &Value, arg: &str) -> Result<u64> {
     if v.is_null() {
