@@ -130,7 +130,7 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
     Ok(summarize(&index, new_commits))
 }
 
-fn publish(store: &Store, index: &UnifiedIndex, codec: &dyn IndexCodec) -> Result<()> {
+pub(crate) fn publish(store: &Store, index: &UnifiedIndex, codec: &dyn IndexCodec) -> Result<()> {
     let tmp = tempdir_for(store)?;
     let local = tmp.join("index.duckdb");
     let res = (|| {
@@ -145,7 +145,7 @@ fn publish(store: &Store, index: &UnifiedIndex, codec: &dyn IndexCodec) -> Resul
             return Err(Error::Conflict {
                 store: store.name.clone(),
                 msg: format!(
-                    "another consolidate published generation {} first; nothing was changed, run consolidate again",
+                    "another consolidate or optimize published generation {} first; nothing was changed, run it again",
                     index.generation
                 ),
             });
@@ -284,7 +284,7 @@ pub(crate) mod tests {
         publish(&store, &u, &JsonCodec).unwrap();
         let e = publish(&store, &u, &JsonCodec).unwrap_err().to_string();
         assert!(
-            e.contains("another consolidate published generation 1 first"),
+            e.contains("another consolidate or optimize published generation 1 first"),
             "{e}"
         );
     }

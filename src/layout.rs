@@ -4,6 +4,7 @@
 //! <store>/_pocaduck.json                          store schema (created by the first write)
 //! <store>/workers/<worker>/parts/<session>-<n>.parquet   immutable part files
 //! <store>/workers/<worker>/commits/<seq>.parquet  worker index segments, one per commit
+//! <store>/optimized/<session>-<n>.parquet         parts rewritten by pocaduck_optimize
 //! <store>/index/<generation>.duckdb               unified index generations (immutable)
 //! ```
 //! All paths are relative to the store root, so a store can be moved or copied into a bucket.
@@ -40,6 +41,16 @@ pub fn commit_file(worker: &str, seq: u64) -> Path {
 /// Parses the sequence number out of a commit segment path.
 pub fn parse_commit_seq(p: &Path) -> Option<u64> {
     p.filename()?.strip_suffix(".parquet")?.parse().ok()
+}
+
+/// Directory of the parts written by `pocaduck_optimize`.
+pub fn optimized_dir() -> Path {
+    Path::from("optimized")
+}
+
+/// A part file written by `pocaduck_optimize` run `session`.
+pub fn optimized_part(session: &str, n: u32) -> Path {
+    Path::from(format!("optimized/{session}-{n:06}.parquet"))
 }
 
 /// Directory of unified index generations.

@@ -4,7 +4,7 @@
 //! - [`storage`]: object-store I/O; [`layout`]: where files live in a store;
 //! - [`schema`]: store schema and input validation; [`index`]: commit segments, unified index;
 //! - [`writer`]: ingest sessions; [`consolidate`]: building the unified index;
-//! - [`reader`]: points, labels and blocks queries.
+//! - [`optimize`]: rewriting fragmented labels; [`reader`]: points, labels and blocks queries.
 //!
 //! [`sql`] adapts DuckDB callbacks to the core and holds all `unsafe` code.
 #![warn(missing_docs)]
@@ -13,8 +13,10 @@ pub mod consolidate;
 pub mod error;
 pub mod index;
 pub mod layout;
+pub mod optimize;
 pub mod reader;
 pub mod schema;
 pub mod sql;
+pub mod stats;
 pub mod storage;
 pub mod writer;

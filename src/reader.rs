@@ -6,6 +6,7 @@
 //! directory listing to check freshness and then reads only the pages holding its label's rows.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::RecordBatch;
@@ -44,6 +45,59 @@ pub type BBox = [f64; 6];
 
 fn overlaps(a: &BBox, b: &BBox) -> bool {
     (0..3).all(|d| a[d] <= b[d + 3] && b[d] <= a[d + 3])
+}
+
+/// What a read touched (for `pocaduck_explain`): counted from the plan and the page index.
+#[derive(Debug, Default)]
+pub struct ReadTrace {
+    /// Part files read.
+    pub parts: AtomicU64,
+    /// Row groups read.
+    pub row_groups: AtomicU64,
+    /// Data pages read (all projected columns), per the offset index.
+    pub pages: AtomicU64,
+    /// Compressed bytes of those pages.
+    pub page_bytes: AtomicU64,
+    /// Rows selected.
+    pub rows: AtomicU64,
+}
+
+impl ReadTrace {
+    fn record(
+        &self,
+        md: &parquet::file::metadata::ParquetMetaData,
+        rg_start: &[u64],
+        groups: &[usize],
+        ranges: &[(u64, u64)],
+        cols: &[usize],
+    ) {
+        self.parts.fetch_add(1, Relaxed);
+        self.row_groups.fetch_add(groups.len() as u64, Relaxed);
+        self.rows
+            .fetch_add(ranges.iter().map(|r| r.1).sum::<u64>(), Relaxed);
+        let Some(oi) = md.offset_index() else {
+            return;
+        };
+        let leaves = md.file_metadata().schema_descr().num_columns();
+        for &g in groups {
+            let (gs, ge) = (rg_start[g], rg_start[g + 1]);
+            for &c in cols.iter().filter(|&&c| c < leaves) {
+                let locs = oi[g][c].page_locations();
+                for (k, loc) in locs.iter().enumerate() {
+                    let ps = gs + loc.first_row_index as u64;
+                    let pe = locs
+                        .get(k + 1)
+                        .map(|n| gs + n.first_row_index as u64)
+                        .unwrap_or(ge);
+                    if ranges.iter().any(|&(s, n)| s < pe && s + n > ps) {
+                        self.pages.fetch_add(1, Relaxed);
+                        self.page_bytes
+                            .fetch_add(loc.compressed_page_size as u64, Relaxed);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One generation of a store's unified index, ready to answer queries.
@@ -108,6 +162,16 @@ impl LoadedIndex {
         codec: &dyn IndexCodec,
     ) -> Result<LoadedIndex> {
         let u = load_generation(&store, gen, codec)?;
+        Ok(LoadedIndex::from_unified(store, gen, stamp, u))
+    }
+
+    /// Holds `u` (sorted by label) ready for queries, without caching it.
+    pub(crate) fn from_unified(
+        store: Store,
+        gen: u64,
+        stamp: (u64, i64),
+        u: crate::index::UnifiedIndex,
+    ) -> LoadedIndex {
         let stats = u.label_stats();
         let mut part_ids: HashMap<String, u32> = HashMap::new();
         let mut parts = Vec::new();
@@ -136,7 +200,7 @@ impl LoadedIndex {
             });
         }
         offsets.push(entries.len());
-        Ok(LoadedIndex {
+        LoadedIndex {
             store,
             generation: gen,
             stamp,
@@ -146,7 +210,7 @@ impl LoadedIndex {
             offsets,
             entries,
             stats,
-        })
+        }
     }
 
     fn label_entries(&self, label: u64) -> &[ReadEntry] {
@@ -214,6 +278,17 @@ impl LoadedIndex {
         bbox: Option<BBox>,
         cols: &[usize],
     ) -> Result<Vec<RecordBatch>> {
+        self.points_traced(labels, bbox, cols, None)
+    }
+
+    /// [`LoadedIndex::points_in`], recording what the read touched in `trace`.
+    pub fn points_traced(
+        &self,
+        labels: Option<&[u64]>,
+        bbox: Option<BBox>,
+        cols: &[usize],
+        trace: Option<&ReadTrace>,
+    ) -> Result<Vec<RecordBatch>> {
         let mut by_part: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
         let mut add = |e: &ReadEntry| {
             if bbox.is_none_or(|b| overlaps(&b, &e.bbox)) {
@@ -241,7 +316,7 @@ impl LoadedIndex {
         }
         let jobs = by_part
             .into_iter()
-            .map(|(p, ranges)| self.read_part(p, ranges, &read_cols));
+            .map(|(p, ranges)| self.read_part(p, ranges, &read_cols, trace));
         let per_part = block_on(futures::future::try_join_all(jobs))?;
         let batches = per_part.into_iter().flatten();
         match bbox {
@@ -252,11 +327,73 @@ impl LoadedIndex {
         }
     }
 
+    /// Reads the rows of the entries at positions `range` (in the index's entry order) with the
+    /// part-file columns `cols`, as one batch in entry order: entry `i`'s rows follow entry
+    /// `i - 1`'s.
+    pub(crate) fn read_entries(
+        &self,
+        range: std::ops::Range<usize>,
+        cols: &[usize],
+    ) -> Result<RecordBatch> {
+        let entries = &self.entries[range];
+        // Per part: the entries' ranges in row order, remembering each entry's position.
+        let mut by_part: BTreeMap<u32, Vec<(u64, u64, usize)>> = BTreeMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            by_part
+                .entry(e.part)
+                .or_default()
+                .push((e.row_start, e.row_count, i));
+        }
+        let mut jobs = Vec::with_capacity(by_part.len());
+        let mut placed: Vec<(usize, usize, u64)> = vec![(0, 0, 0); entries.len()];
+        for (k, (p, mut rs)) in by_part.into_iter().enumerate() {
+            rs.sort_unstable();
+            let mut off = 0u64;
+            for w in rs.windows(2) {
+                if w[0].0 + w[0].1 > w[1].0 {
+                    return Err(Error::file(
+                        &self.store.name,
+                        self.parts[p as usize].path.as_ref(),
+                        format!(
+                            "the index references overlapping rows {}..{} and {}..{}",
+                            w[0].0,
+                            w[0].0 + w[0].1,
+                            w[1].0,
+                            w[1].0 + w[1].1
+                        ),
+                    ));
+                }
+            }
+            for &(_, n, i) in &rs {
+                placed[i] = (k, off as usize, n);
+                off += n;
+            }
+            jobs.push(self.read_part(p, rs.iter().map(|&(s, n, _)| (s, n)).collect(), cols, None));
+        }
+        let per_part = block_on(futures::future::try_join_all(jobs))?;
+        let schema = arrow::datatypes::Schema::new(
+            cols.iter()
+                .map(|&c| self.schema.arrow().field(c).clone())
+                .collect::<Vec<_>>(),
+        );
+        let schema = Arc::new(schema);
+        let per_part: Vec<RecordBatch> = per_part
+            .iter()
+            .map(|b| arrow::compute::concat_batches(&schema, b))
+            .collect::<std::result::Result<_, _>>()?;
+        let pieces: Vec<RecordBatch> = placed
+            .iter()
+            .map(|&(k, off, n)| per_part[k].slice(off, n as usize))
+            .collect();
+        Ok(arrow::compute::concat_batches(&schema, &pieces)?)
+    }
+
     async fn read_part(
         &self,
         part: u32,
         mut ranges: Vec<(u64, u64)>,
         cols: &[usize],
+        trace: Option<&ReadTrace>,
     ) -> Result<Vec<RecordBatch>> {
         let p = &self.parts[part as usize];
         let (meta, size) = self.part_meta(p).await?;
@@ -280,6 +417,9 @@ impl LoadedIndex {
             }
         }
         let (groups, selectors) = plan_selection(&rg_start, &ranges);
+        if let Some(t) = trace {
+            t.record(md, &rg_start, &groups, &ranges, cols);
+        }
         let reader =
             ParquetObjectReader::new(self.store.os.clone(), p.path.clone()).with_file_size(size);
         let mut sorted_cols: Vec<usize> = cols.to_vec();

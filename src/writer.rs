@@ -352,7 +352,7 @@ pub struct Session {
     in_statement: bool,
 }
 
-fn new_session_id() -> String {
+pub(crate) fn new_session_id() -> String {
     use std::hash::{BuildHasher, RandomState};
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -365,7 +365,7 @@ fn new_session_id() -> String {
 /// Part file settings. `label` and `block` (few distinct values, sorted) keep dictionary
 /// encoding; coordinates and attributes skip it (interning millions of distinct values is the
 /// most expensive step of encoding): integers use DELTA_BINARY_PACKED, floats PLAIN.
-fn part_props(schema: &arrow::datatypes::Schema) -> WriterProperties {
+pub(crate) fn part_props(schema: &arrow::datatypes::Schema) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_data_page_row_count_limit(PAGE_ROWS)

@@ -1,0 +1,161 @@
+//! `pocaduck_stats`: what a store holds and how well it is laid out for reading.
+
+use std::collections::HashSet;
+
+use crate::consolidate::{latest_index, load_generation};
+use crate::error::{Error, Result};
+use crate::index::IndexCodec;
+use crate::layout;
+use crate::optimize::{is_contiguous, label_bounds};
+use crate::storage::Store;
+
+/// Figures about one store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Current index generation (0: never consolidated).
+    pub generation: u64,
+    /// Workers in the index.
+    pub workers: u64,
+    /// Commits merged into the index.
+    pub commits: u64,
+    /// Commits on storage that the index does not hold yet (consolidate would merge them).
+    pub pending_commits: u64,
+    /// Labels in the index.
+    pub labels: u64,
+    /// Points in the index.
+    pub points: u64,
+    /// Index entries ((label, block, row range) triples).
+    pub entries: u64,
+    /// Labels stored as more than one row range (pocaduck_optimize would rewrite them).
+    pub fragmented_labels: u64,
+    /// Part files the index references, and their bytes.
+    pub files: u64,
+    /// Bytes of the referenced part files.
+    pub file_bytes: u64,
+    /// Part files the index does not reference (uncommitted, superseded or optimized away).
+    pub unreferenced_files: u64,
+    /// Bytes of the unreferenced part files.
+    pub unreferenced_bytes: u64,
+    /// Bytes of the current index generation file.
+    pub index_bytes: u64,
+}
+
+/// Computes [`StoreStats`] for `store` (lists the store's files; reads no part).
+pub fn stats(store: &Store, codec: &dyn IndexCodec) -> Result<StoreStats> {
+    if crate::writer::read_schema(store)?.is_none() && latest_index(store)?.is_none() {
+        return Err(Error::store(
+            &store.name,
+            "is not a pocaduck store (no _pocaduck.json and no index)",
+        ));
+    }
+    let mut s = StoreStats::default();
+    let mut referenced: HashSet<String> = HashSet::new();
+    let mut merged: Vec<(String, u64)> = Vec::new();
+    if let Some((gen, meta)) = latest_index(store)? {
+        let mut u = load_generation(store, gen, codec)?;
+        u.sort();
+        s.generation = gen;
+        s.index_bytes = meta.size;
+        s.workers = u.workers.len() as u64;
+        s.commits = u.workers.iter().map(|w| w.last_commit).sum();
+        merged = u
+            .workers
+            .iter()
+            .map(|w| (w.worker.clone(), w.last_commit))
+            .collect();
+        s.entries = u.entries.len() as u64;
+        s.points = u.entries.iter().map(|e| e.e.row_count).sum();
+        let b = label_bounds(&u.entries);
+        s.labels = (b.len() - 1) as u64;
+        s.fragmented_labels = b
+            .windows(2)
+            .filter(|w| !is_contiguous(&u.entries[w[0]..w[1]]))
+            .count() as u64;
+        referenced = u.entries.into_iter().map(|e| e.e.part).collect();
+    }
+    let mut files = store.list(&layout::workers_dir())?;
+    files.extend(store.list(&layout::optimized_dir())?);
+    for m in files {
+        let path = m.location.as_ref();
+        if let Some(seq) =
+            layout::parse_commit_seq(&m.location).filter(|_| path.contains("/commits/"))
+        {
+            let worker = path.split('/').nth(1).unwrap_or_default();
+            let done = merged
+                .iter()
+                .find(|w| w.0 == worker)
+                .map(|w| w.1)
+                .unwrap_or(0);
+            if seq > done {
+                s.pending_commits += 1;
+            }
+        } else if path.ends_with(".parquet") {
+            if referenced.contains(path) {
+                s.files += 1;
+                s.file_bytes += m.size;
+            } else {
+                s.unreferenced_files += 1;
+                s.unreferenced_bytes += m.size;
+            }
+        }
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consolidate::consolidate;
+    use crate::consolidate::tests::{write, JsonCodec};
+    use crate::optimize::{optimize, OptimizeOptions};
+    use crate::storage::OpenMode;
+    use crate::writer::tests::rows;
+
+    #[test]
+    fn stats_follow_commits_consolidate_and_optimize() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        write(
+            name,
+            "w1",
+            &[rows(&[1, 1, 2], "a", &[[0, 0, 0], [1, 0, 0], [2, 0, 0]])],
+        );
+        write(name, "w2", &[rows(&[1], "b", &[[3, 0, 0]])]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        let s0 = stats(&store, &JsonCodec).unwrap();
+        assert_eq!((s0.generation, s0.pending_commits, s0.labels), (0, 2, 0));
+        assert_eq!((s0.files, s0.unreferenced_files), (0, 2));
+        consolidate(&store, &JsonCodec).unwrap();
+        let s1 = stats(&store, &JsonCodec).unwrap();
+        assert_eq!(
+            (s1.generation, s1.workers, s1.commits, s1.pending_commits),
+            (1, 2, 2, 0)
+        );
+        assert_eq!((s1.labels, s1.points, s1.entries), (2, 4, 3));
+        // Label 1 is in two workers' parts; label 2 is one range.
+        assert_eq!(s1.fragmented_labels, 1);
+        assert_eq!((s1.files, s1.unreferenced_files), (2, 0));
+        assert!(s1.file_bytes > 0 && s1.index_bytes > 0);
+        write(name, "w2", &[rows(&[3], "c", &[[4, 0, 0]])]);
+        assert_eq!(stats(&store, &JsonCodec).unwrap().pending_commits, 1);
+        consolidate(&store, &JsonCodec).unwrap();
+        optimize(&store, &JsonCodec, &OptimizeOptions::default()).unwrap();
+        let s2 = stats(&store, &JsonCodec).unwrap();
+        assert_eq!((s2.generation, s2.fragmented_labels, s2.points), (3, 0, 5));
+        // Label 1's old parts: w2's first part only held label 1, so it is unreferenced now;
+        // w1's part still holds label 2.
+        assert_eq!(s2.unreferenced_files, 1);
+        assert_eq!(s2.files, 3);
+    }
+
+    #[test]
+    fn not_a_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), OpenMode::Existing).unwrap();
+        let e = stats(&store, &JsonCodec).unwrap_err().to_string();
+        assert!(
+            e.ends_with("is not a pocaduck store (no _pocaduck.json and no index)"),
+            "{e}"
+        );
+    }
+}
