@@ -237,6 +237,11 @@ impl LoadedIndex {
         out
     }
 
+    /// Number of index entries (row ranges) of `label`.
+    pub fn entry_count(&self, label: u64) -> usize {
+        self.label_entries(label).len()
+    }
+
     /// Number of points of `label` (0 if unknown), from the index alone.
     pub fn point_count(&self, label: u64) -> u64 {
         self.label_entries(label).iter().map(|e| e.row_count).sum()

@@ -25,13 +25,13 @@ use crate::reader;
 use crate::storage::{OpenMode, Store};
 use crate::writer::{lock_slot, session_slot, Session, WriterOptions};
 
-type BoxErr = Box<dyn std::error::Error>;
+pub(super) type BoxErr = Box<dyn std::error::Error>;
 
-fn err(func: &str, e: Error) -> BoxErr {
+pub(super) fn err(func: &str, e: Error) -> BoxErr {
     super::user_error(func, &e).into()
 }
 
-fn run<T>(func: &str, f: impl FnOnce() -> Result<T>) -> std::result::Result<T, BoxErr> {
+pub(super) fn run<T>(func: &str, f: impl FnOnce() -> Result<T>) -> std::result::Result<T, BoxErr> {
     guard(func, f).map_err(Into::into)
 }
 
@@ -39,7 +39,7 @@ const _: () =
     assert!(std::mem::size_of::<BindInfo>() == std::mem::size_of::<ffi::duckdb_bind_info>());
 
 /// The client context of a bind (for `SET` settings).
-fn client_context(bind: &BindInfo) -> ClientContext {
+pub(super) fn client_context(bind: &BindInfo) -> ClientContext {
     // SAFETY: BindInfo is a single-field wrapper around duckdb_bind_info (size checked above).
     let raw: ffi::duckdb_bind_info =
         unsafe { *(bind as *const BindInfo as *const ffi::duckdb_bind_info) };
@@ -48,7 +48,7 @@ fn client_context(bind: &BindInfo) -> ClientContext {
     ClientContext::new(ctx)
 }
 
-fn ty(id: LogicalTypeId) -> LogicalTypeHandle {
+pub(super) fn ty(id: LogicalTypeId) -> LogicalTypeHandle {
     LogicalTypeHandle::from(id)
 }
 
@@ -59,14 +59,14 @@ pub struct Emitter {
 }
 
 impl Emitter {
-    fn new(batches: Vec<RecordBatch>) -> Self {
+    pub(super) fn new(batches: Vec<RecordBatch>) -> Self {
         Emitter {
             batches,
             pos: Mutex::new((0, 0)),
         }
     }
 
-    fn emit(&self, output: &mut DataChunkHandle) -> std::result::Result<(), BoxErr> {
+    pub(super) fn emit(&self, output: &mut DataChunkHandle) -> std::result::Result<(), BoxErr> {
         let mut pos = self
             .pos
             .lock()
@@ -87,11 +87,11 @@ impl Emitter {
     }
 }
 
-fn batch(cols: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
+pub(super) fn batch(cols: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
     Ok(RecordBatch::try_from_iter(cols)?)
 }
 
-fn add_columns(bind: &BindInfo, cols: &[(&str, LogicalTypeId)]) {
+pub(super) fn add_columns(bind: &BindInfo, cols: &[(&str, LogicalTypeId)]) {
     for (n, t) in cols {
         bind.add_result_column(n, ty(*t));
     }
@@ -117,7 +117,7 @@ pub struct PointsBind {
 }
 
 /// Parses `[min_x, min_y, min_z, max_x, max_y, max_z]`.
-fn bbox_value(v: &Value, arg: &str) -> Result<reader::BBox> {
+pub(super) fn bbox_value(v: &Value, arg: &str) -> Result<reader::BBox> {
     let shape = || {
         format!("must be a list of 6 numbers [min_x, min_y, min_z, max_x, max_y, max_z], got {v}")
     };
@@ -394,14 +394,14 @@ pub struct Consolidate;
 
 /// Bind data of one-shot functions: their validated arguments.
 pub struct OneShot<A> {
-    args: A,
+    pub(super) args: A,
 }
 
 /// Init data of one-shot functions: whether this execution did its work. It lives in init data
 /// (one per execution), so a prepared statement executed again does the work again.
 #[derive(Default)]
 pub struct Once {
-    done: AtomicBool,
+    pub(super) done: AtomicBool,
 }
 
 impl VTab for Consolidate {
@@ -597,7 +597,7 @@ fn points_columns(v: Option<Value>, n_attrs: usize) -> Result<Vec<ArrayRef>> {
     Ok(cols)
 }
 
-fn named_size(bind: &BindInfo, name: &str, default: u64) -> Result<u64> {
+pub(super) fn named_size(bind: &BindInfo, name: &str, default: u64) -> Result<u64> {
     match bind.get_named_parameter(name) {
         None => Ok(default),
         Some(v) => parse_size(&v, name),
@@ -849,5 +849,6 @@ pub fn register(con: &Connection) -> duckdb::Result<()> {
     con.register_table_function::<PointsInBox>("pocaduck_points_in_box")?;
     con.register_table_function::<Labels>("pocaduck_labels")?;
     con.register_table_function::<Blocks>("pocaduck_blocks")?;
+    super::maintenance::register(con)?;
     Ok(())
 }

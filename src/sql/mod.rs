@@ -13,6 +13,7 @@
 pub mod copy;
 pub mod functions;
 pub mod index_db;
+pub mod maintenance;
 
 use std::ffi::{CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};

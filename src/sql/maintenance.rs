@@ -1,0 +1,312 @@
+//! Table functions that look after a store: `pocaduck_optimize`, `pocaduck_stats`,
+//! `pocaduck_explain`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Float64Array, UInt64Array};
+use duckdb::core::{DataChunkHandle, LogicalTypeHandle, LogicalTypeId};
+use duckdb::vtab::{BindInfo, InitInfo, TableFunctionInfo, VTab};
+use duckdb::Connection;
+
+use super::functions::{
+    add_columns, batch, bbox_value, client_context, err, named_size, run, ty, BoxErr, Emitter,
+    Once, OneShot,
+};
+use super::index_db::DuckDbCodec;
+use super::{arg_labels, arg_string, SET_TARGET_FILE_SIZE};
+use crate::error::Result;
+use crate::optimize::{optimize, OptimizeOptions};
+use crate::reader::{self, BBox, ReadTrace};
+use crate::stats::stats;
+use crate::storage::{OpenMode, Store};
+
+fn one_row(cols: Vec<(&str, u64)>) -> Result<arrow::array::RecordBatch> {
+    batch(
+        cols.into_iter()
+            .map(|(n, v)| (n, Arc::new(UInt64Array::from(vec![v])) as ArrayRef))
+            .collect(),
+    )
+}
+
+fn ubigint_columns(bind: &BindInfo, names: &[&str]) {
+    for n in names {
+        bind.add_result_column(n, ty(LogicalTypeId::UBigint));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// pocaduck_optimize(store [, target_file_size := …])
+
+/// `pocaduck_optimize(store)`: rewrite fragmented labels contiguously (see [`crate::optimize`]).
+pub struct Optimize;
+
+const OPTIMIZE_COLUMNS: [&str; 7] = [
+    "generation",
+    "labels",
+    "labels_rewritten",
+    "points_rewritten",
+    "entries_before",
+    "entries_after",
+    "files_written",
+];
+
+impl VTab for Optimize {
+    type BindData = OneShot<(String, OptimizeOptions)>;
+    type InitData = Once;
+
+    fn bind(bind: &BindInfo) -> std::result::Result<Self::BindData, BoxErr> {
+        const F: &str = "pocaduck_optimize";
+        let ctx = client_context(bind);
+        let args = (|| -> Result<(String, OptimizeOptions)> {
+            let store = arg_string(Some(bind.get_parameter(0)), "store")?;
+            let default = ctx.setting_size(
+                SET_TARGET_FILE_SIZE,
+                OptimizeOptions::default().target_file_size,
+            )?;
+            let opts = OptimizeOptions {
+                target_file_size: named_size(bind, "target_file_size", default)?,
+                ..Default::default()
+            };
+            Store::open(&store, OpenMode::Existing)?;
+            Ok((store, opts))
+        })()
+        .map_err(|e| err(F, e))?;
+        ubigint_columns(bind, &OPTIMIZE_COLUMNS);
+        Ok(OneShot { args })
+    }
+
+    fn init(_: &InitInfo) -> std::result::Result<Once, BoxErr> {
+        Ok(Once::default())
+    }
+
+    fn func(
+        func: &TableFunctionInfo<Self>,
+        output: &mut DataChunkHandle,
+    ) -> std::result::Result<(), BoxErr> {
+        const F: &str = "pocaduck_optimize";
+        if func.get_init_data().done.swap(true, Ordering::SeqCst) {
+            output.set_len(0);
+            return Ok(());
+        }
+        let (name, opts) = &func.get_bind_data().args;
+        let rb = run(F, || {
+            let store = Store::open(name, OpenMode::Existing)?;
+            let s = optimize(&store, &DuckDbCodec, opts)?;
+            let v = [
+                s.generation,
+                s.labels,
+                s.labels_rewritten,
+                s.points_rewritten,
+                s.entries_before,
+                s.entries_after,
+                s.files_written,
+            ];
+            one_row(OPTIMIZE_COLUMNS.iter().copied().zip(v).collect())
+        })?;
+        Emitter::new(vec![rb]).emit(output)
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![ty(LogicalTypeId::Varchar)])
+    }
+
+    fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
+        Some(vec![(
+            "target_file_size".to_string(),
+            ty(LogicalTypeId::Any),
+        )])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// pocaduck_stats(store)
+
+/// `pocaduck_stats(store)`: one row of figures about a store (see [`crate::stats`]).
+pub struct Stats;
+
+const STATS_COLUMNS: [&str; 13] = [
+    "generation",
+    "workers",
+    "commits",
+    "pending_commits",
+    "labels",
+    "points",
+    "entries",
+    "fragmented_labels",
+    "files",
+    "file_bytes",
+    "unreferenced_files",
+    "unreferenced_bytes",
+    "index_bytes",
+];
+
+impl VTab for Stats {
+    type BindData = String;
+    type InitData = Emitter;
+
+    fn bind(bind: &BindInfo) -> std::result::Result<String, BoxErr> {
+        const F: &str = "pocaduck_stats";
+        let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
+        run(F, || Store::open(&store, OpenMode::Existing).map(|_| ()))?;
+        ubigint_columns(bind, &STATS_COLUMNS);
+        Ok(store)
+    }
+
+    fn init(init: &InitInfo) -> std::result::Result<Emitter, BoxErr> {
+        let name = unsafe { &*init.get_bind_data::<String>() };
+        let rb = run("pocaduck_stats", || {
+            let store = Store::open(name, OpenMode::Existing)?;
+            let s = stats(&store, &DuckDbCodec)?;
+            let v = [
+                s.generation,
+                s.workers,
+                s.commits,
+                s.pending_commits,
+                s.labels,
+                s.points,
+                s.entries,
+                s.fragmented_labels,
+                s.files,
+                s.file_bytes,
+                s.unreferenced_files,
+                s.unreferenced_bytes,
+                s.index_bytes,
+            ];
+            one_row(STATS_COLUMNS.iter().copied().zip(v).collect())
+        })?;
+        Ok(Emitter::new(vec![rb]))
+    }
+
+    fn func(
+        func: &TableFunctionInfo<Self>,
+        output: &mut DataChunkHandle,
+    ) -> std::result::Result<(), BoxErr> {
+        func.get_init_data().emit(output)
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![ty(LogicalTypeId::Varchar)])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// pocaduck_explain(store, label | [labels] [, bbox := …])
+
+/// `pocaduck_explain(store, label)`: runs the read `pocaduck_points` would do (every column) and
+/// reports what it touched and how long each step took.
+pub struct Explain;
+
+/// Bind data of `pocaduck_explain`.
+pub struct ExplainBind {
+    store: String,
+    labels: Vec<u64>,
+    bbox: Option<BBox>,
+}
+
+const EXPLAIN_COUNTS: [&str; 9] = [
+    "generation",
+    "points",
+    "blocks",
+    "entries",
+    "parts",
+    "row_groups",
+    "pages",
+    "page_bytes",
+    "rows_returned",
+];
+const EXPLAIN_TIMES: [&str; 3] = ["index_ms", "read_ms", "total_ms"];
+
+impl VTab for Explain {
+    type BindData = ExplainBind;
+    type InitData = Emitter;
+
+    fn bind(bind: &BindInfo) -> std::result::Result<ExplainBind, BoxErr> {
+        const F: &str = "pocaduck_explain";
+        let b = (|| -> Result<ExplainBind> {
+            let store = arg_string(Some(bind.get_parameter(0)), "store")?;
+            let (labels, _) = arg_labels(bind.get_parameter(1), "label")?;
+            let bbox = match bind.get_named_parameter("bbox") {
+                Some(v) if !v.is_null() => Some(bbox_value(&v, "bbox")?),
+                _ => None,
+            };
+            Ok(ExplainBind {
+                store,
+                labels,
+                bbox,
+            })
+        })()
+        .map_err(|e| err(F, e))?;
+        run(F, || reader::open(&b.store, &DuckDbCodec).map(|_| ()))?;
+        ubigint_columns(bind, &EXPLAIN_COUNTS);
+        add_columns(bind, &EXPLAIN_TIMES.map(|n| (n, LogicalTypeId::Double)));
+        Ok(b)
+    }
+
+    fn init(init: &InitInfo) -> std::result::Result<Emitter, BoxErr> {
+        let b = unsafe { &*init.get_bind_data::<ExplainBind>() };
+        let rb = run("pocaduck_explain", || {
+            let t0 = Instant::now();
+            let index = reader::open(&b.store, &DuckDbCodec)?;
+            let t1 = Instant::now();
+            let trace = ReadTrace::default();
+            let cols: Vec<usize> = (0..index.schema.columns.len() + 1).collect();
+            let got = index.points_traced(Some(&b.labels), b.bbox, &cols, Some(&trace))?;
+            let t2 = Instant::now();
+            let mut labels = b.labels.clone();
+            labels.sort_unstable();
+            labels.dedup();
+            let ld = |f: &std::sync::atomic::AtomicU64| f.load(Ordering::Relaxed);
+            let counts = [
+                index.generation,
+                labels.iter().map(|l| index.point_count(*l)).sum(),
+                labels.iter().map(|l| index.blocks(*l).len() as u64).sum(),
+                labels.iter().map(|l| index.entry_count(*l) as u64).sum(),
+                ld(&trace.parts),
+                ld(&trace.row_groups),
+                ld(&trace.pages),
+                ld(&trace.page_bytes),
+                got.iter().map(|r| r.num_rows() as u64).sum(),
+            ];
+            let ms = |a: Instant, z: Instant| (z - a).as_secs_f64() * 1e3;
+            let times = [ms(t0, t1), ms(t1, t2), ms(t0, t2)];
+            let mut cols: Vec<(&str, ArrayRef)> = EXPLAIN_COUNTS
+                .iter()
+                .zip(counts)
+                .map(|(n, v)| (*n, Arc::new(UInt64Array::from(vec![v])) as ArrayRef))
+                .collect();
+            cols.extend(
+                EXPLAIN_TIMES
+                    .iter()
+                    .zip(times)
+                    .map(|(n, v)| (*n, Arc::new(Float64Array::from(vec![v])) as ArrayRef)),
+            );
+            batch(cols)
+        })?;
+        Ok(Emitter::new(vec![rb]))
+    }
+
+    fn func(
+        func: &TableFunctionInfo<Self>,
+        output: &mut DataChunkHandle,
+    ) -> std::result::Result<(), BoxErr> {
+        func.get_init_data().emit(output)
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![ty(LogicalTypeId::Varchar), ty(LogicalTypeId::Any)])
+    }
+
+    fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
+        Some(vec![("bbox".to_string(), ty(LogicalTypeId::Any))])
+    }
+}
+
+/// Registers the maintenance table functions.
+pub fn register(con: &Connection) -> duckdb::Result<()> {
+    con.register_table_function::<Optimize>("pocaduck_optimize")?;
+    con.register_table_function::<Stats>("pocaduck_stats")?;
+    con.register_table_function::<Explain>("pocaduck_explain")?;
+    Ok(())
+}
