@@ -20,6 +20,14 @@ pub enum Error {
         /// What is wrong, including the rule and the value found.
         msg: String,
     },
+    /// A bad value of a `SET pocaduck_…` setting, found when a statement uses it.
+    #[error("setting '{name}' {msg}")]
+    Setting {
+        /// The setting's name.
+        name: String,
+        /// What is wrong.
+        msg: String,
+    },
     /// Bad data in the rows handed to a writer.
     #[error("{0}")]
     Data(String),
@@ -55,10 +63,18 @@ pub enum Error {
 }
 
 impl Error {
-    /// Shorthand for [`Error::Arg`].
+    /// Shorthand for [`Error::Arg`]; a name starting with `pocaduck_` is a setting
+    /// ([`Error::Setting`]).
     pub fn arg(arg: impl Into<String>, msg: impl fmt::Display) -> Self {
+        let arg = arg.into();
+        if arg.starts_with("pocaduck_") {
+            return Error::Setting {
+                name: arg,
+                msg: msg.to_string(),
+            };
+        }
         Error::Arg {
-            arg: arg.into(),
+            arg,
             msg: msg.to_string(),
         }
     }

@@ -245,16 +245,17 @@ fn check_shape(ncols: usize, attr_names: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Converts a positional input batch to the store schema, refusing bad values.
-pub fn normalize(batch: &RecordBatch, schema: &StoreSchema) -> Result<RecordBatch> {
+/// Converts a positional input batch to the store schema, refusing bad values. `first_row` is the
+/// input row number of the batch's first row (for error messages).
+pub fn normalize(batch: &RecordBatch, schema: &StoreSchema, first_row: u64) -> Result<RecordBatch> {
     let attr_names: Vec<String> = schema.attributes().map(|c| c.name.clone()).collect();
     check_shape(batch.num_columns(), &attr_names)?;
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
-    cols.push(normalize_label(batch.column(0))?);
+    cols.push(normalize_label(batch.column(0), first_row)?);
     for (i, def) in schema.columns.iter().enumerate() {
         let col = batch.column(i + 1);
         if i < 4 && col.null_count() > 0 {
-            let row = (0..col.len()).find(|&r| col.is_null(r)).unwrap_or(0);
+            let row = first_row + (0..col.len()).find(|&r| col.is_null(r)).unwrap_or(0) as u64;
             return Err(Error::Data(format!(
                 "column '{}' must not be NULL (row {row} of the input)",
                 def.name
@@ -265,9 +266,9 @@ pub fn normalize(batch: &RecordBatch, schema: &StoreSchema) -> Result<RecordBatc
     Ok(RecordBatch::try_new(schema.arrow(), cols)?)
 }
 
-fn normalize_label(col: &ArrayRef) -> Result<ArrayRef> {
+fn normalize_label(col: &ArrayRef, first_row: u64) -> Result<ArrayRef> {
     if col.null_count() > 0 {
-        let row = (0..col.len()).find(|&r| col.is_null(r)).unwrap_or(0);
+        let row = first_row + (0..col.len()).find(|&r| col.is_null(r)).unwrap_or(0) as u64;
         return Err(Error::Data(format!(
             "column 'label' must not be NULL (row {row} of the input)"
         )));
@@ -426,7 +427,7 @@ mod tests {
             ints(&[1, 2]),
         ]);
         assert_eq!(
-            normalize(&b, &s).unwrap_err().to_string(),
+            normalize(&b, &s, 0).unwrap_err().to_string(),
             "column 'label' must not be negative: found -3"
         );
         let nl: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None]));
@@ -438,7 +439,7 @@ mod tests {
             ints(&[1, 2]),
         ]);
         assert_eq!(
-            normalize(&b, &s).unwrap_err().to_string(),
+            normalize(&b, &s, 0).unwrap_err().to_string(),
             "column 'label' must not be NULL (row 1 of the input)"
         );
     }
@@ -455,7 +456,7 @@ mod tests {
             ints(&[1, 2]),
         ]);
         assert_eq!(
-            normalize(&b, &s).unwrap_err().to_string(),
+            normalize(&b, &s, 0).unwrap_err().to_string(),
             "column 'y' must not be NULL (row 1 of the input)"
         );
     }
@@ -471,7 +472,7 @@ mod tests {
             ints(&[1, 2]),
             ints(&[1, 2]),
         ]);
-        let e = normalize(&b, &s).unwrap_err().to_string();
+        let e = normalize(&b, &s, 0).unwrap_err().to_string();
         assert!(
             e.contains("column 'x'") && e.contains("would change values"),
             "{e}"
@@ -485,7 +486,7 @@ mod tests {
             ints(&[1, 2]),
             ints(&[1, 2]),
         ]);
-        assert!(normalize(&b, &s).is_ok());
+        assert!(normalize(&b, &s, 0).is_ok());
     }
 
     #[test]
@@ -508,7 +509,7 @@ mod tests {
             ints(&[1]),
             ints(&[1]),
         ]);
-        let e = normalize(&b, &s).unwrap_err().to_string();
+        let e = normalize(&b, &s, 0).unwrap_err().to_string();
         assert!(e.contains("does not fit"), "{e}");
         let b = batch(vec![
             ints(&[1]),
@@ -517,7 +518,7 @@ mod tests {
             ints(&[1]),
             ints(&[1]),
         ]);
-        let out = normalize(&b, &s).unwrap();
+        let out = normalize(&b, &s, 0).unwrap();
         assert_eq!(
             out.column(2)
                 .as_any()
@@ -534,7 +535,7 @@ mod tests {
         let blk: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
         let b = batch(vec![ints(&[1]), blk, ints(&[1]), ints(&[1]), ints(&[1])]);
         assert_eq!(
-            normalize(&b, &s).unwrap_err().to_string(),
+            normalize(&b, &s, 0).unwrap_err().to_string(),
             "column 'block' has type VARCHAR but the store holds BIGINT"
         );
     }

@@ -72,15 +72,20 @@ impl Default for WriterOptions {
 impl WriterOptions {
     /// Checks the bounds of the options (`arg_prefix` names them in errors).
     pub fn check(&self) -> Result<()> {
+        self.check_as("target_file_size", "buffer_size")
+    }
+
+    /// [`WriterOptions::check`], naming the options as the user spelled them.
+    pub fn check_as(&self, target_arg: &str, buffer_arg: &str) -> Result<()> {
         if self.target_file_size < 1024 {
             return Err(Error::arg(
-                "target_file_size",
+                target_arg,
                 format!("must be at least 1024 bytes, got {}", self.target_file_size),
             ));
         }
         if !(MIN_BUFFER_SIZE..=MAX_BUFFER_SIZE).contains(&self.buffer_size) {
             return Err(Error::arg(
-                "buffer_size",
+                buffer_arg,
                 format!(
                     "must be between {MIN_BUFFER_SIZE} (1 MiB) and {MAX_BUFFER_SIZE} (4 GiB) bytes, got {}",
                     self.buffer_size
@@ -577,7 +582,8 @@ impl Session {
             .schema
             .as_ref()
             .ok_or_else(|| Error::Internal("no schema".into()))?;
-        let b = normalize(batch, schema)?;
+        // Rows are numbered from the start of the statement (0 = its first input row).
+        let b = normalize(batch, schema, self.points - self.stmt_start.3)?;
         self.buffered_bytes += b.get_array_memory_size();
         self.points += b.num_rows() as u64;
         self.buffer.push(b);

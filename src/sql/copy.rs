@@ -96,6 +96,9 @@ unsafe fn parse_options(
     let ctx =
         ClientContext::new(unsafe { ffi::duckdb_copy_function_bind_get_client_context(info) });
     let mut opts = ctx.writer_options()?;
+    // Sizes are named in errors by where they came from: the option, or the SET setting.
+    let mut target_arg = super::SET_TARGET_FILE_SIZE;
+    let mut buffer_arg = super::SET_BUFFER_SIZE;
     // Borrowed from the value: not destroyed here.
     let stype = unsafe { ffi::duckdb_get_value_type(opts_raw) };
     let n = unsafe { ffi::duckdb_struct_type_child_count(stype) };
@@ -109,8 +112,11 @@ unsafe fn parse_options(
         let v = Value::from(unsafe { ffi::duckdb_get_struct_child(opts_raw, i) });
         match name.to_ascii_uppercase().as_str() {
             "WORKER" => {
-                if v.is_null() || v.logical_type_id() != LogicalTypeId::Varchar {
-                    return Err(Error::arg("WORKER", format!("must be a VARCHAR worker id, got {v}")));
+                if v.is_null() {
+                    return Err(Error::arg("WORKER", "must not be NULL"));
+                }
+                if v.logical_type_id() != LogicalTypeId::Varchar {
+                    return Err(Error::arg("WORKER", format!("must be a VARCHAR worker id, got {}", super::shown(&v))));
                 }
                 let w = v.to_string();
                 crate::layout::check_worker_id(&w, "WORKER")?;
@@ -120,18 +126,27 @@ unsafe fn parse_options(
                 attributes = super::attribute_names(&v, "ATTRIBUTES")?;
             }
             "COMMIT" => {
+                if v.is_null() {
+                    return Err(Error::arg("COMMIT", "must not be NULL (true or false)"));
+                }
                 commit = match v.logical_type_id() {
                     LogicalTypeId::Boolean if !v.is_null() => v.to_bool(),
-                    LogicalTypeId::Varchar => match v.to_string().to_ascii_lowercase().as_str() {
+                    LogicalTypeId::Varchar if !v.is_null() => match v.to_string().to_ascii_lowercase().as_str() {
                         "true" | "1" => true,
                         "false" | "0" => false,
                         other => return Err(Error::arg("COMMIT", format!("must be true or false, got '{other}'"))),
                     },
-                    _ => return Err(Error::arg("COMMIT", format!("must be true or false, got {v}"))),
+                    _ => return Err(Error::arg("COMMIT", format!("must be true or false, got {}", super::shown(&v)))),
                 }
             }
-            "TARGET_FILE_SIZE" => opts.target_file_size = parse_size(&v, "TARGET_FILE_SIZE")?,
-            "BUFFER_SIZE" => opts.buffer_size = parse_size(&v, "BUFFER_SIZE")?,
+            "TARGET_FILE_SIZE" => {
+                opts.target_file_size = parse_size(&v, "TARGET_FILE_SIZE")?;
+                target_arg = "TARGET_FILE_SIZE";
+            }
+            "BUFFER_SIZE" => {
+                opts.buffer_size = parse_size(&v, "BUFFER_SIZE")?;
+                buffer_arg = "BUFFER_SIZE";
+            }
             // DuckDB adds FORMAT itself for custom formats on some versions.
             "FORMAT" => {}
             other => {
@@ -148,7 +163,7 @@ unsafe fn parse_options(
             "is required: COPY … TO '<store>' (FORMAT pocaduck, WORKER '<id>')",
         )
     })?;
-    opts.check()?;
+    opts.check_as(target_arg, buffer_arg)?;
     let ncols = unsafe { ffi::duckdb_copy_function_bind_get_column_count(info) } as usize;
     let mut types = Vec::with_capacity(ncols);
     for i in 0..ncols {
@@ -156,6 +171,15 @@ unsafe fn parse_options(
         let id = LogicalTypeId::from(unsafe { ffi::duckdb_get_type_id(lt) });
         unsafe { ffi::duckdb_destroy_logical_type(&mut lt) };
         let name = column_name(i, &attributes);
+        if i == 0 && arrow_type(id).is_none() {
+            return Err(Error::arg(
+                "label",
+                format!(
+                    "(column 1 of the query) must be an integer (UBIGINT), got {}",
+                    format!("{id:?}").to_uppercase()
+                ),
+            ));
+        }
         let dt = arrow_type(id).ok_or_else(|| {
             Error::arg(
                 &name,

@@ -119,8 +119,17 @@ pub struct PointsBind {
 /// Parses `[min_x, min_y, min_z, max_x, max_y, max_z]`.
 pub(super) fn bbox_value(v: &Value, arg: &str) -> Result<reader::BBox> {
     let shape = || {
-        format!("must be a list of 6 numbers [min_x, min_y, min_z, max_x, max_y, max_z], got {v}")
+        format!(
+            "must be a list of 6 numbers [min_x, min_y, min_z, max_x, max_y, max_z], got {}",
+            super::shown(v)
+        )
     };
+    if v.is_null() {
+        return Err(Error::arg(
+            arg,
+            "must not be NULL (leave it out for no box)",
+        ));
+    }
     let items = v.to_list().ok_or_else(|| Error::arg(arg, shape()))?;
     if items.len() != 6 {
         return Err(Error::arg(arg, shape()));
@@ -142,10 +151,16 @@ pub(super) fn bbox_value(v: &Value, arg: &str) -> Result<reader::BBox> {
             .parse()
             .map_err(|_| Error::arg(arg, shape()))?;
     }
+    if b.iter().any(|x| x.is_nan()) {
+        return Err(Error::arg(
+            arg,
+            format!("must not contain NaN, got {}", super::shown(v)),
+        ));
+    }
     if (0..3).any(|d| b[d] > b[d + 3]) {
         return Err(Error::arg(
             arg,
-            format!("has a minimum above its maximum: {v}"),
+            format!("has a minimum above its maximum: {}", super::shown(v)),
         ));
     }
     Ok(b)
@@ -212,8 +227,8 @@ impl VTab for Points {
         let (labels, with_label) =
             arg_labels(bind.get_parameter(1), "label").map_err(|e| err(F, e))?;
         let bbox = match bind.get_named_parameter("bbox") {
-            Some(v) if !v.is_null() => Some(bbox_value(&v, "bbox").map_err(|e| err(F, e))?),
-            _ => None,
+            Some(v) => Some(bbox_value(&v, "bbox").map_err(|e| err(F, e))?),
+            None => None,
         };
         bind_points(bind, F, Some(labels), with_label, bbox)
     }
@@ -483,7 +498,10 @@ fn named_bool(bind: &BindInfo, name: &str, default: bool) -> Result<bool> {
         None => Ok(default),
         Some(v) if v.is_null() => Err(Error::arg(name, "must not be NULL")),
         Some(v) if v.logical_type_id() == LogicalTypeId::Boolean => Ok(v.to_bool()),
-        Some(v) => Err(Error::arg(name, format!("must be BOOLEAN, got {v}"))),
+        Some(v) => Err(Error::arg(
+            name,
+            format!("must be BOOLEAN, got {}", super::shown(&v)),
+        )),
     }
 }
 
@@ -499,15 +517,17 @@ fn block_value(v: Option<Value>) -> Result<ArrayRef> {
     match v.logical_type_id() {
         LogicalTypeId::Varchar => Ok(Arc::new(StringArray::from(vec![v.to_string()]))),
         t if super::is_integer(t) => {
-            let n: i64 = v
-                .to_string()
-                .parse()
-                .map_err(|_| Error::arg("block", format!("must fit BIGINT, got {v}")))?;
+            let n: i64 = v.to_string().parse().map_err(|_| {
+                Error::arg(
+                    "block",
+                    format!("must fit BIGINT, got {}", super::shown(&v)),
+                )
+            })?;
             Ok(Arc::new(Int64Array::from(vec![n])))
         }
         _ => Err(Error::arg(
             "block",
-            format!("must be VARCHAR or an integer, got {v}"),
+            format!("must be VARCHAR or an integer, got {}", super::shown(&v)),
         )),
     }
 }
@@ -522,7 +542,10 @@ fn points_columns(v: Option<Value>, n_attrs: usize) -> Result<Vec<ArrayRef>> {
     let pts = v.to_list().ok_or_else(|| {
         Error::arg(
             arg,
-            format!("must be a LIST of points [[x, y, z, …], …], got {v}"),
+            format!(
+                "must be a LIST of points [[x, y, z, …], …], got {}",
+                super::shown(&v)
+            ),
         )
     })?;
     let width = 3 + n_attrs;
@@ -530,10 +553,16 @@ fn points_columns(v: Option<Value>, n_attrs: usize) -> Result<Vec<ArrayRef>> {
     let mut ints: Vec<Vec<i64>> = vec![Vec::with_capacity(pts.len()); width];
     let mut floats: Vec<Vec<f64>> = vec![Vec::with_capacity(pts.len()); width];
     for (i, p) in pts.iter().enumerate() {
+        if p.is_null() {
+            return Err(Error::arg(arg, format!("point {i} must not be NULL")));
+        }
         let vals = p.to_list().ok_or_else(|| {
             Error::arg(
                 arg,
-                format!("point {i} must be a LIST [x, y, z, …], got {p}"),
+                format!(
+                    "point {i} must be a LIST [x, y, z, …], got {}",
+                    super::shown(p)
+                ),
             )
         })?;
         if vals.len() != width {
@@ -552,10 +581,12 @@ fn points_columns(v: Option<Value>, n_attrs: usize) -> Result<Vec<ArrayRef>> {
             let t = x.logical_type_id();
             elem.get_or_insert(t);
             if super::is_integer(t) {
-                let n: i64 = x
-                    .to_string()
-                    .parse()
-                    .map_err(|_| Error::arg(arg, format!("value {x} does not fit BIGINT")))?;
+                let n: i64 = x.to_string().parse().map_err(|_| {
+                    Error::arg(
+                        arg,
+                        format!("value {} does not fit BIGINT", super::shown(x)),
+                    )
+                })?;
                 ints[j].push(n);
             } else if matches!(
                 t,
@@ -563,7 +594,10 @@ fn points_columns(v: Option<Value>, n_attrs: usize) -> Result<Vec<ArrayRef>> {
             ) {
                 floats[j].push(x.to_double());
             } else {
-                return Err(Error::arg(arg, format!("values must be numbers, got {x}")));
+                return Err(Error::arg(
+                    arg,
+                    format!("values must be numbers, got {}", super::shown(x)),
+                ));
             }
         }
     }
@@ -663,7 +697,17 @@ impl VTab for Write {
                 target_file_size: named_size(bind, "target_file_size", defaults.target_file_size)?,
                 buffer_size: named_size(bind, "buffer_size", defaults.buffer_size)?,
             };
-            opts.check()?;
+            let from = |name: &'static str, setting: &'static str| {
+                if bind.get_named_parameter(name).is_some() {
+                    name
+                } else {
+                    setting
+                }
+            };
+            opts.check_as(
+                from("target_file_size", super::SET_TARGET_FILE_SIZE),
+                from("buffer_size", super::SET_BUFFER_SIZE),
+            )?;
             let n = cols[0].len();
             let mut all: Vec<(String, ArrayRef)> = vec![
                 ("label".into(), Arc::new(UInt64Array::from(vec![label; n]))),

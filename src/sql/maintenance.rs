@@ -228,8 +228,8 @@ impl VTab for Explain {
             let store = arg_string(Some(bind.get_parameter(0)), "store")?;
             let (labels, _) = arg_labels(bind.get_parameter(1), "label")?;
             let bbox = match bind.get_named_parameter("bbox") {
-                Some(v) if !v.is_null() => Some(bbox_value(&v, "bbox")?),
-                _ => None,
+                Some(v) => Some(bbox_value(&v, "bbox")?),
+                None => None,
             };
             Ok(ExplainBind {
                 store,

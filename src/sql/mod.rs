@@ -56,6 +56,16 @@ pub fn c_string(s: &str) -> CString {
     CString::new(s.replace('\0', "\\0")).unwrap_or_default()
 }
 
+/// A value for an error message. `Value`'s own `Display` must not be used on a NULL: DuckDB throws
+/// a C++ exception there, which aborts the process when it unwinds into Rust.
+pub fn shown(v: &Value) -> String {
+    if v.is_null() {
+        "NULL".to_string()
+    } else {
+        v.to_string()
+    }
+}
+
 /// Describes a value's type for error messages.
 fn type_name(v: &Value) -> String {
     format!("{:?}", v.logical_type_id()).to_uppercase()
@@ -70,10 +80,14 @@ pub fn arg_string(v: Option<Value>, arg: &str) -> Result<String> {
     if v.logical_type_id() != LogicalTypeId::Varchar {
         return Err(Error::arg(
             arg,
-            format!("must be VARCHAR, got {} {v}", type_name(&v)),
+            format!("must be VARCHAR, got {} {}", type_name(&v), shown(&v)),
         ));
     }
-    Ok(v.to_string())
+    let s = v.to_string();
+    if s.contains('\0') {
+        return Err(Error::arg(arg, "must not contain a NUL character"));
+    }
+    Ok(s)
 }
 
 pub(crate) fn is_integer(t: LogicalTypeId) -> bool {
@@ -102,7 +116,11 @@ pub fn value_label(v: &Value, arg: &str) -> Result<u64> {
     if !is_integer(v.logical_type_id()) {
         return Err(Error::arg(
             arg,
-            format!("must be an integer (UBIGINT), got {} {v}", type_name(v)),
+            format!(
+                "must be an integer (UBIGINT), got {} {}",
+                type_name(v),
+                shown(v)
+            ),
         ));
     }
     let s = v.to_string();
@@ -143,8 +161,14 @@ pub fn attribute_names(v: &Value, arg: &str) -> Result<Vec<String>> {
             .to_list()
             .unwrap_or_default()
             .iter()
-            .map(|x| x.to_string())
-            .collect(),
+            .map(|x| {
+                if x.is_null() {
+                    Err(Error::arg(arg, "must not contain NULL"))
+                } else {
+                    Ok(x.to_string())
+                }
+            })
+            .collect::<Result<_>>()?,
         LogicalTypeId::Varchar => {
             let s = v.to_string();
             if s.trim().is_empty() {
@@ -156,7 +180,10 @@ pub fn attribute_names(v: &Value, arg: &str) -> Result<Vec<String>> {
         _ => {
             return Err(Error::arg(
                 arg,
-                format!("must be a list of names or a comma-separated VARCHAR, got {v}"),
+                format!(
+                    "must be a list of names or a comma-separated VARCHAR, got {}",
+                    shown(v)
+                ),
             ))
         }
     };
@@ -174,7 +201,7 @@ pub fn parse_size(v: &Value, arg: &str) -> Result<u64> {
         let n: i128 = v
             .to_string()
             .parse()
-            .map_err(|_| Error::arg(arg, format!("must be a size, got {v}")))?;
+            .map_err(|_| Error::arg(arg, format!("must be a size, got {}", shown(v))))?;
         return u64::try_from(n)
             .map_err(|_| Error::arg(arg, format!("must be a positive size in bytes, got {n}")));
     }
@@ -184,8 +211,9 @@ pub fn parse_size(v: &Value, arg: &str) -> Result<u64> {
     Err(Error::arg(
         arg,
         format!(
-            "must be a size in bytes (integer or a string like '64MB'), got {} {v}",
-            type_name(v)
+            "must be a size in bytes (integer or a string like '64MB'), got {} {}",
+            type_name(v),
+            shown(v)
         ),
     ))
 }
@@ -195,9 +223,13 @@ pub fn parse_size_str(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("must be a size like '64MB', got '{s}'"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        if !num.is_empty() {
+            format!("is too large: '{s}'")
+        } else {
+            format!("must be a size like '64MB', got '{s}'")
+        }
+    })?;
     let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1,
         "KB" => 1000,
@@ -246,12 +278,14 @@ impl ClientContext {
         parse_size(&v, name)
     }
 
-    /// Writer options from the `SET` settings.
+    /// Writer options from the `SET` settings (unchecked: the caller checks them with
+    /// [`WriterOptions::check_as`], naming each by where it came from).
     pub fn writer_options(&self) -> Result<WriterOptions> {
-        Ok(WriterOptions {
+        let opts = WriterOptions {
             target_file_size: self.setting_size(SET_TARGET_FILE_SIZE, DEFAULT_TARGET_FILE_SIZE)?,
             buffer_size: self.setting_size(SET_BUFFER_SIZE, DEFAULT_BUFFER_SIZE)?,
-        })
+        };
+        Ok(opts)
     }
 }
 
