@@ -21,7 +21,7 @@ echo "== SQL logic tests: duckdb 2.0.0 (Python)"
 echo "== LOAD pocaduck by name in the DuckDB CLI 1.5.6"
 out=$(.venv/py15/bin/duckdb -unsigned -c "LOAD pocaduck; SELECT count(*) FROM duckdb_functions() WHERE function_name LIKE 'pocaduck_%';")
 echo "$out"
-echo "$out" | grep -q "│ *10 *│" || { echo "CLI did not load pocaduck by name"; exit 1; }
+echo "$out" | grep -q "│ *11 *│" || { echo "CLI did not load pocaduck by name"; exit 1; }
 
 echo "== pytest: duckdb 1.5.6"
 .venv/py15/bin/python -m pytest -q -rs test/python

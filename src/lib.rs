@@ -9,6 +9,7 @@
 //! [`sql`] adapts DuckDB callbacks to the core and holds all `unsafe` code.
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod consolidate;
 pub mod error;
 pub mod index;

@@ -25,17 +25,17 @@ use crate::index::{BlockId, IndexCodec};
 use crate::schema::StoreSchema;
 use crate::storage::{block_on, OpenMode, Store};
 
-struct Part {
-    path: Path,
+pub(crate) struct Part {
+    pub(crate) path: Path,
     meta: OnceLock<(ArrowReaderMetadata, u64)>,
 }
 
 /// Where a label's rows are.
 #[derive(Clone, Debug)]
-struct ReadEntry {
-    part: u32,
-    row_start: u64,
-    row_count: u64,
+pub(crate) struct ReadEntry {
+    pub(crate) part: u32,
+    pub(crate) row_start: u64,
+    pub(crate) row_count: u64,
     block: BlockId,
     bbox: [f64; 6],
 }
@@ -111,10 +111,10 @@ pub struct LoadedIndex {
     stamp: (u64, i64),
     /// The store schema.
     pub schema: StoreSchema,
-    parts: Vec<Part>,
+    pub(crate) parts: Vec<Part>,
     labels: Vec<u64>,
     offsets: Vec<usize>,
-    entries: Vec<ReadEntry>,
+    pub(crate) entries: Vec<ReadEntry>,
     stats: Vec<(u64, u64, u64)>,
 }
 
@@ -245,6 +245,15 @@ impl LoadedIndex {
     /// Number of points of `label` (0 if unknown), from the index alone.
     pub fn point_count(&self, label: u64) -> u64 {
         self.label_entries(label).iter().map(|e| e.row_count).sum()
+    }
+
+    /// Rows and Arrow schema of part `p`, from its (cached) footer.
+    pub(crate) fn part_info(&self, p: u32) -> Result<(u64, arrow::datatypes::SchemaRef)> {
+        let (meta, _) = block_on(self.part_meta(&self.parts[p as usize]))?;
+        Ok((
+            meta.metadata().file_metadata().num_rows() as u64,
+            meta.schema().clone(),
+        ))
     }
 
     async fn part_meta(&self, part: &Part) -> Result<(ArrowReaderMetadata, u64)> {

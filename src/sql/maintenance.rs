@@ -1,11 +1,11 @@
 //! Table functions that look after a store: `pocaduck_optimize`, `pocaduck_stats`,
-//! `pocaduck_explain`.
+//! `pocaduck_explain`, `pocaduck_check`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Float64Array, UInt64Array};
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray, UInt64Array};
 use duckdb::core::{DataChunkHandle, LogicalTypeHandle, LogicalTypeId};
 use duckdb::vtab::{BindInfo, InitInfo, TableFunctionInfo, VTab};
 use duckdb::Connection;
@@ -303,10 +303,78 @@ impl VTab for Explain {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// pocaduck_check(store)
+
+/// `pocaduck_check(store)`: one row per problem found (`ok = false`, the file, what is wrong),
+/// then a summary row (`ok` true when nothing was found, `file` NULL).
+pub struct Check;
+
+impl VTab for Check {
+    type BindData = String;
+    type InitData = Emitter;
+
+    fn bind(bind: &BindInfo) -> std::result::Result<String, BoxErr> {
+        const F: &str = "pocaduck_check";
+        let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
+        run(F, || Store::open(&store, OpenMode::Existing).map(|_| ()))?;
+        add_columns(
+            bind,
+            &[
+                ("ok", LogicalTypeId::Boolean),
+                ("file", LogicalTypeId::Varchar),
+                ("message", LogicalTypeId::Varchar),
+            ],
+        );
+        Ok(store)
+    }
+
+    fn init(init: &InitInfo) -> std::result::Result<Emitter, BoxErr> {
+        let name = unsafe { &*init.get_bind_data::<String>() };
+        let rb = run("pocaduck_check", || {
+            let store = Store::open(name, OpenMode::Existing)?;
+            let r = crate::check::check(&store, &DuckDbCodec)?;
+            let mut ok: Vec<bool> = r.problems.iter().map(|_| false).collect();
+            let mut file: Vec<Option<String>> =
+                r.problems.iter().map(|p| Some(p.file.clone())).collect();
+            let mut msg: Vec<String> = r.problems.iter().map(|p| p.msg.clone()).collect();
+            ok.push(r.problems.is_empty());
+            file.push(None);
+            msg.push(format!(
+                "generation {}: {} commit segments, {} parts, {} entries, {} points checked; {} problem(s)",
+                r.generation,
+                r.commits,
+                r.parts,
+                r.entries,
+                r.points,
+                r.problems.len()
+            ));
+            batch(vec![
+                ("ok", Arc::new(BooleanArray::from(ok)) as ArrayRef),
+                ("file", Arc::new(StringArray::from(file)) as ArrayRef),
+                ("message", Arc::new(StringArray::from(msg)) as ArrayRef),
+            ])
+        })?;
+        Ok(Emitter::new(vec![rb]))
+    }
+
+    fn func(
+        func: &TableFunctionInfo<Self>,
+        output: &mut DataChunkHandle,
+    ) -> std::result::Result<(), BoxErr> {
+        func.get_init_data().emit(output)
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![ty(LogicalTypeId::Varchar)])
+    }
+}
+
 /// Registers the maintenance table functions.
 pub fn register(con: &Connection) -> duckdb::Result<()> {
     con.register_table_function::<Optimize>("pocaduck_optimize")?;
     con.register_table_function::<Stats>("pocaduck_stats")?;
     con.register_table_function::<Explain>("pocaduck_explain")?;
+    con.register_table_function::<Check>("pocaduck_check")?;
     Ok(())
 }

@@ -1,0 +1,432 @@
+//! `pocaduck_check`: verify that a store holds what its index says.
+//!
+//! Checks, reporting every problem with the file it is in (never stopping at the first):
+//! - the schema file parses;
+//! - every commit segment of every worker decodes, and the parts it references exist;
+//! - the current index generation loads;
+//! - every part the index references opens, has the store's columns, and has the rows the index
+//!   points at;
+//! - every indexed row range reads back, holding only its entry's label and block, with
+//!   coordinates inside the entry's bounds (so counts agree with `pocaduck_labels`).
+
+use std::collections::HashSet;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float64Type};
+
+use crate::consolidate::{latest_index, load_generation};
+use crate::error::{Error, Result};
+use crate::index::{block_ids, decode_segment, IndexCodec, UnifiedIndex};
+use crate::layout;
+use crate::reader::LoadedIndex;
+use crate::storage::Store;
+
+/// One thing found wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The file (relative to the store root) the problem is in.
+    pub file: String,
+    /// What is wrong.
+    pub msg: String,
+}
+
+/// What `check` looked at and found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Index generation checked (0: none).
+    pub generation: u64,
+    /// Commit segments decoded.
+    pub commits: u64,
+    /// Part files opened.
+    pub parts: u64,
+    /// Index entries read back.
+    pub entries: u64,
+    /// Points read back.
+    pub points: u64,
+    /// Everything wrong.
+    pub problems: Vec<Problem>,
+}
+
+/// Rows read at once when reading entries back.
+const CHUNK_ROWS: u64 = 1 << 20;
+
+/// Checks `store`. Errors only if it is not a store at all; everything else is a [`Problem`].
+pub fn check(store: &Store, codec: &dyn IndexCodec) -> Result<CheckReport> {
+    let mut r = CheckReport::default();
+    let schema = match crate::writer::read_schema(store) {
+        Ok(s) => s,
+        Err(e) => {
+            r.problems.push(problem(layout::schema_file().as_ref(), &e));
+            None
+        }
+    };
+    let latest = latest_index(store)?;
+    if schema.is_none() && latest.is_none() && r.problems.is_empty() {
+        return Err(Error::store(
+            &store.name,
+            "is not a pocaduck store (no _pocaduck.json and no index)",
+        ));
+    }
+    let existing: HashSet<String> = store
+        .list(&layout::workers_dir())?
+        .into_iter()
+        .chain(store.list(&layout::optimized_dir())?)
+        .map(|m| m.location.to_string())
+        .collect();
+    // Commit segments.
+    let mut commit_files: Vec<&String> = existing
+        .iter()
+        .filter(|p| {
+            p.contains("/commits/") && layout::parse_commit_seq(&p.as_str().into()).is_some()
+        })
+        .collect();
+    commit_files.sort();
+    for f in commit_files {
+        r.commits += 1;
+        let decoded = store
+            .get(&f.as_str().into())
+            .and_then(|b| decode_segment(b, &store.name, f));
+        match decoded {
+            Err(e) => r.problems.push(problem(f, &e)),
+            Ok(entries) => {
+                let mut missing: Vec<&str> = entries
+                    .iter()
+                    .map(|e| e.part.as_str())
+                    .filter(|p| !existing.contains(*p))
+                    .collect();
+                missing.sort_unstable();
+                missing.dedup();
+                for m in missing {
+                    r.problems.push(Problem {
+                        file: f.clone(),
+                        msg: format!("references part '{m}', which is missing"),
+                    });
+                }
+            }
+        }
+    }
+    // The index and what it references.
+    let Some((gen, meta)) = latest else {
+        return Ok(r);
+    };
+    r.generation = gen;
+    let mut u: UnifiedIndex = match load_generation(store, gen, codec) {
+        Ok(u) => u,
+        Err(e) => {
+            r.problems
+                .push(problem(layout::index_file(gen).as_ref(), &e));
+            return Ok(r);
+        }
+    };
+    u.sort();
+    let stamp = (
+        meta.size,
+        meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
+    );
+    let idx = LoadedIndex::from_unified(store.clone(), gen, stamp, u.clone());
+    let ncols = u.schema.columns.len() + 1;
+    let want_schema = u.schema.arrow();
+    let mut part_ok = vec![false; idx.parts.len()];
+    let mut max_row = vec![0u64; idx.parts.len()];
+    for e in &idx.entries {
+        let m = &mut max_row[e.part as usize];
+        *m = (*m).max(e.row_start + e.row_count);
+    }
+    for (p, ok) in part_ok.iter_mut().enumerate() {
+        let name = idx.parts[p].path.to_string();
+        r.parts += 1;
+        match idx.part_info(p as u32) {
+            Err(e) => r.problems.push(problem(&name, &e)),
+            Ok((rows, schema)) => {
+                let cols = |s: &arrow::datatypes::Schema| -> Vec<String> {
+                    s.fields()
+                        .iter()
+                        .map(|f| format!("{} {}", f.name(), f.data_type()))
+                        .collect()
+                };
+                let (names, want) = (cols(&schema), cols(&want_schema));
+                if names != want {
+                    r.problems.push(Problem {
+                        file: name,
+                        msg: format!("has columns {names:?}, the store has {want:?}"),
+                    });
+                } else if rows < max_row[p] {
+                    r.problems.push(Problem {
+                        file: name,
+                        msg: format!(
+                            "has {rows} rows but the index references rows up to {}",
+                            max_row[p]
+                        ),
+                    });
+                } else {
+                    *ok = true;
+                }
+            }
+        }
+    }
+    // Read every entry of a readable part back, in chunks of whole entries.
+    let cols: Vec<usize> = (0..ncols).collect();
+    let mut i = 0;
+    while i < u.entries.len() {
+        if !part_ok[idx.entries[i].part as usize] {
+            i += 1;
+            continue;
+        }
+        let mut end = i + 1;
+        let mut rows = u.entries[i].e.row_count;
+        while end < u.entries.len()
+            && part_ok[idx.entries[end].part as usize]
+            && rows + u.entries[end].e.row_count <= CHUNK_ROWS
+        {
+            rows += u.entries[end].e.row_count;
+            end += 1;
+        }
+        match idx.read_entries(i..end, &cols) {
+            Err(e) => {
+                let file = match &e {
+                    Error::File { file, .. } => file.clone(),
+                    _ => u.entries[i].e.part.clone(),
+                };
+                r.problems.push(problem(&file, &e));
+            }
+            Ok(batch) => {
+                let mut off = 0usize;
+                for ue in &u.entries[i..end] {
+                    let n = ue.e.row_count as usize;
+                    if off + n > batch.num_rows() {
+                        r.problems.push(Problem {
+                            file: ue.e.part.clone(),
+                            msg: format!(
+                                "rows {}..{} could not all be read",
+                                ue.e.row_start,
+                                ue.e.row_start + ue.e.row_count
+                            ),
+                        });
+                        break;
+                    }
+                    if let Err(msg) = verify(&batch.slice(off, n), ue) {
+                        r.problems.push(Problem {
+                            file: ue.e.part.clone(),
+                            msg,
+                        });
+                    }
+                    off += n;
+                    r.entries += 1;
+                    r.points += ue.e.row_count;
+                }
+            }
+        }
+        i = end;
+    }
+    Ok(r)
+}
+
+fn problem(file: &str, e: &Error) -> Problem {
+    Problem {
+        file: file.to_string(),
+        msg: e.to_string(),
+    }
+}
+
+/// Checks one entry's rows: its label and block only, coordinates inside its bounds.
+fn verify(
+    b: &arrow::array::RecordBatch,
+    ue: &crate::index::UnifiedEntry,
+) -> std::result::Result<(), String> {
+    let e = &ue.e;
+    let at = |r: usize| {
+        format!(
+            "row {} (entry of label {}, block {})",
+            e.row_start + r as u64,
+            e.label,
+            e.block
+        )
+    };
+    let labels = crate::schema::labels(b);
+    if let Some(r) = (0..b.num_rows()).find(|&r| labels.is_null(r) || labels.value(r) != e.label) {
+        return Err(format!("{} holds label {}", at(r), labels.value(r)));
+    }
+    let blocks = block_ids(b.column(1)).map_err(|x| x.to_string())?;
+    if let Some(r) = blocks.iter().position(|x| *x != e.block) {
+        return Err(format!("{} holds block {}", at(r), blocks[r]));
+    }
+    for d in 0..3 {
+        let c =
+            arrow::compute::cast(b.column(2 + d), &DataType::Float64).map_err(|x| x.to_string())?;
+        let v = c.as_primitive::<Float64Type>();
+        if let Some(r) = (0..v.len())
+            .find(|&r| v.is_null(r) || v.value(r) < e.bbox[d] || v.value(r) > e.bbox[d + 3])
+        {
+            return Err(format!(
+                "{}: {} = {} is outside the indexed bounds {}..{}",
+                at(r),
+                ["x", "y", "z"][d],
+                v.value(r),
+                e.bbox[d],
+                e.bbox[d + 3]
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consolidate::consolidate;
+    use crate::consolidate::tests::{write, JsonCodec};
+    use crate::storage::OpenMode;
+    use crate::writer::tests::rows;
+    use std::path::{Path as FsPath, PathBuf};
+
+    /// A store of two workers, consolidated; returns (dir, part files sorted).
+    fn store() -> (tempfile::TempDir, Vec<PathBuf>) {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let pts: Vec<[i32; 3]> = (0..500).map(|i| [i, i % 7, 3]).collect();
+        let la: Vec<u64> = (0..500).map(|i| (i % 5) as u64).collect();
+        write(name, "w1", &[rows(&la, "a", &pts)]);
+        write(name, "w2", &[rows(&la, "b", &pts)]);
+        consolidate(&Store::open(name, OpenMode::Existing).unwrap(), &JsonCodec).unwrap();
+        let mut parts: Vec<PathBuf> = ["w1", "w2"]
+            .iter()
+            .flat_map(|w| std::fs::read_dir(dir.path().join(format!("workers/{w}/parts"))).unwrap())
+            .map(|f| f.unwrap().path())
+            .collect();
+        parts.sort();
+        (dir, parts)
+    }
+
+    fn run(dir: &FsPath) -> CheckReport {
+        let store = Store::open(dir.to_str().unwrap(), OpenMode::Existing).unwrap();
+        check(&store, &JsonCodec).unwrap()
+    }
+
+    fn rel(dir: &FsPath, p: &FsPath) -> String {
+        p.strip_prefix(dir).unwrap().to_str().unwrap().to_string()
+    }
+
+    /// The problems' files, and that reading label 1 fails naming one of them (never panics).
+    fn assert_found(dir: &FsPath, file: &str) {
+        let r = run(dir);
+        assert!(
+            r.problems.iter().any(|p| p.file == file),
+            "no problem reported for {file}: {:?}",
+            r.problems
+        );
+        let res = std::panic::catch_unwind(|| {
+            let name = dir.to_str().unwrap();
+            crate::reader::open(name, &JsonCodec).and_then(|i| i.points(&[1], &[0, 1, 2, 3, 4]))
+        });
+        let res = res.expect("reading a corrupt store panicked");
+        if file.ends_with(".parquet") && file.contains("/parts/") {
+            let e = res
+                .expect_err("reading a corrupt part succeeded")
+                .to_string();
+            assert!(e.contains(file), "{e}");
+        }
+    }
+
+    #[test]
+    fn healthy_store_has_no_problems() {
+        let (dir, _) = store();
+        let r = run(dir.path());
+        assert_eq!(r.problems, vec![]);
+        assert_eq!(
+            (r.generation, r.commits, r.parts, r.entries, r.points),
+            (1, 2, 2, 10, 1000)
+        );
+    }
+
+    #[test]
+    fn truncated_part_is_reported_with_its_name() {
+        let (dir, parts) = store();
+        let len = std::fs::metadata(&parts[0]).unwrap().len();
+        for cut in [len / 2, len - 3, 10] {
+            let bytes = std::fs::read(&parts[0]).unwrap();
+            std::fs::write(&parts[0], &bytes[..cut as usize]).unwrap();
+            assert_found(dir.path(), &rel(dir.path(), &parts[0]));
+            std::fs::write(&parts[0], &bytes).unwrap();
+            assert_eq!(run(dir.path()).problems, vec![]);
+        }
+    }
+
+    #[test]
+    fn garbled_part_is_reported_and_never_panics() {
+        let (dir, parts) = store();
+        let bytes = std::fs::read(&parts[1]).unwrap();
+        let file = rel(dir.path(), &parts[1]);
+        // Flip bytes at many places: footer, page headers, page data.
+        let mut caught = 0;
+        for pos in (4..bytes.len() - 4).step_by(bytes.len() / 40 + 1) {
+            let mut b = bytes.clone();
+            for x in &mut b[pos..(pos + 3).min(bytes.len() - 4)] {
+                *x ^= 0x5a;
+            }
+            std::fs::write(&parts[1], &b).unwrap();
+            let r = std::panic::catch_unwind(|| run(dir.path())).expect("check panicked");
+            let res = std::panic::catch_unwind(|| {
+                crate::reader::open(dir.path().to_str().unwrap(), &JsonCodec)
+                    .and_then(|i| i.points(&[0, 1, 2, 3, 4], &[0, 1, 2, 3, 4]))
+                    .map(|b| b.iter().map(|x| x.num_rows()).sum::<usize>())
+            })
+            .expect("read panicked");
+            if !r.problems.is_empty() {
+                caught += 1;
+                assert!(
+                    r.problems.iter().all(|p| p.file == file),
+                    "{:?}",
+                    r.problems
+                );
+            } else {
+                // Undetected flips must not change what is read (e.g. in unused statistics).
+                assert_eq!(res.unwrap(), 1000);
+            }
+        }
+        std::fs::write(&parts[1], &bytes).unwrap();
+        assert!(caught > 10, "only {caught} corruptions detected");
+    }
+
+    #[test]
+    fn missing_part_and_garbled_segment_and_index_are_reported() {
+        let (dir, parts) = store();
+        let part = rel(dir.path(), &parts[0]);
+        std::fs::remove_file(&parts[0]).unwrap();
+        let r = run(dir.path());
+        assert!(
+            r.problems.iter().any(|p| p.file == part),
+            "{:?}",
+            r.problems
+        );
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.file == "workers/w1/commits/0000000001.parquet"
+                    && p.msg.contains("which is missing")),
+            "{:?}",
+            r.problems
+        );
+        let seg = dir.path().join("workers/w2/commits/0000000001.parquet");
+        std::fs::write(&seg, b"not parquet").unwrap();
+        assert_found(dir.path(), "workers/w2/commits/0000000001.parquet");
+        std::fs::write(dir.path().join("index/0000000001.duckdb"), b"{garbage").unwrap();
+        assert_found(dir.path(), "index/0000000001.duckdb");
+    }
+
+    #[test]
+    fn swapped_parts_are_caught_by_content_checks() {
+        // Both parts are valid Parquet of the right shape; w2's holds block "b" where the index
+        // expects "a".
+        let (dir, parts) = store();
+        std::fs::copy(&parts[1], &parts[0]).unwrap();
+        let r = run(dir.path());
+        let file = rel(dir.path(), &parts[0]);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.file == file && p.msg.contains("holds block b")),
+            "{:?}",
+            r.problems
+        );
+    }
+}
