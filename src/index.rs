@@ -153,6 +153,17 @@ pub fn encode_segment(
 
 /// Decodes a commit segment. `file` is used in error messages.
 pub fn decode_segment(bytes: Bytes, store: &str, file: &str) -> Result<Vec<SegmentEntry>> {
+    // The Parquet decoder can panic on corrupt input: report it as this file's error.
+    std::panic::catch_unwind(|| decode_segment_inner(bytes, store, file)).unwrap_or_else(|_| {
+        Err(Error::file(
+            store,
+            file,
+            "corrupt commit segment: the Parquet decoder failed",
+        ))
+    })
+}
+
+fn decode_segment_inner(bytes: Bytes, store: &str, file: &str) -> Result<Vec<SegmentEntry>> {
     let bad = |e: &dyn std::fmt::Display| {
         Error::file(store, file, format!("corrupt commit segment: {e}"))
     };

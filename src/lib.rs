@@ -12,6 +12,8 @@
 pub mod check;
 pub mod consolidate;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod layout;
 pub mod optimize;

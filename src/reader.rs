@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::RecordBatch;
-use futures::TryStreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::{
@@ -264,12 +266,14 @@ impl LoadedIndex {
         let head = self.store.os.head(&part.path).await.map_err(|e| err(&e))?;
         let mut reader = ParquetObjectReader::new(self.store.os.clone(), part.path.clone())
             .with_file_size(head.size);
-        let meta = ArrowReaderMetadata::load_async(
+        let meta = AssertUnwindSafe(ArrowReaderMetadata::load_async(
             &mut reader,
             ArrowReaderOptions::new()
                 .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
-        )
+        ))
+        .catch_unwind()
         .await
+        .map_err(|p| err(&panic_message(p)))?
         .map_err(|e| err(&e))?;
         let _ = part.meta.set((meta.clone(), head.size));
         Ok((meta, head.size))
@@ -450,7 +454,12 @@ impl LoadedIndex {
             .with_batch_size(8192)
             .build()
             .map_err(|e| err(&e))?;
-        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| err(&e))?;
+        // The Parquet decoder can panic on corrupt pages: report that as this file's error.
+        let batches: Vec<RecordBatch> = AssertUnwindSafe(stream.try_collect::<Vec<_>>())
+            .catch_unwind()
+            .await
+            .map_err(|p| err(&panic_message(p)))?
+            .map_err(|e| err(&e))?;
         let order: Vec<usize> = cols
             .iter()
             .map(|c| sorted_cols.binary_search(c).unwrap_or(0))
@@ -460,6 +469,16 @@ impl LoadedIndex {
             .map(|b| Ok(b.project(&order)?))
             .collect()
     }
+}
+
+/// Describes a panic caught while decoding a file (a corrupt file can make the decoder panic).
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    let m = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    format!("corrupt file: the Parquet decoder failed ({m})")
 }
 
 /// Keeps the rows of `batch` whose last three columns (x, y, z) lie in `b`, and its first `keep`

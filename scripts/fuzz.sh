@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Fuzzes the commit-segment and part readers with cargo fuzz (libFuzzer), each for a bounded time.
+#   bash scripts/fuzz.sh [seconds per target, default 60]
+# Needs the extension's Python env (scripts/setup.sh) to make seed files. The fuzz targets need
+# nightly features; on the stable toolchain RUSTC_BOOTSTRAP=1 enables them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-60}"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+export RUSTC_BOOTSTRAP=1
+corpus=build/fuzz-corpus
+rm -rf "$corpus" && mkdir -p "$corpus/segment" "$corpus/part"
+# Seeds: a real commit segment and part file, written by the extension through DuckDB.
+.venv/py15/bin/python - "$corpus" <<'PY'
+import sys, pathlib, shutil, duckdb
+out = pathlib.Path(sys.argv[1]); store = out / "store"
+con = duckdb.connect(config={"allow_unsigned_extensions": True})
+con.execute("LOAD 'build/pocaduck.duckdb_extension'")
+con.execute(f"COPY (SELECT (i % 3)::UBIGINT, 0::BIGINT, i::BIGINT, (2 * i)::BIGINT, 3::BIGINT FROM range(300) t(i)) TO '{store}' (FORMAT pocaduck, WORKER 'w')")
+shutil.copy(store / "workers/w/commits/0000000001.parquet", out / "segment/seed.parquet")
+part = next((store / "workers/w/parts").glob("*.parquet"))
+(out / "part/seed").write_bytes(bytes([14]) + part.read_bytes())  # 14 * 7 = 98 rows claimed
+shutil.rmtree(store)
+PY
+for t in segment part; do
+  echo "== fuzz $t for ${secs}s"
+  cargo fuzz run -O --fuzz-dir fuzz "$t" "$corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=4096 2>&1 \
+    | tee "build/fuzz-$t.log" | grep -E "^(#[0-9]+ +(INITED|DONE)|Done|==|SUMMARY|thread)" || true
+  grep -q "^Done " "build/fuzz-$t.log" || { echo "fuzz target $t failed"; tail -30 "build/fuzz-$t.log"; exit 1; }
+done
+echo "== fuzzing found nothing"

@@ -1,0 +1,113 @@
+//! Entry points for the fuzz targets in `fuzz/` (and their smoke test): each feeds arbitrary
+//! bytes to a reader and must return (an error is fine) without panicking.
+
+use crate::error::Result;
+use crate::index::{
+    decode_segment, BlockId, SegmentEntry, UnifiedEntry, UnifiedIndex, WorkerState,
+};
+use crate::reader::LoadedIndex;
+use crate::storage::{OpenMode, Store};
+
+/// Decodes `data` as a commit segment.
+pub fn segment(data: &[u8]) -> Result<usize> {
+    decode_segment(
+        bytes::Bytes::copy_from_slice(data),
+        "fuzz",
+        "segment.parquet",
+    )
+    .map(|e| e.len())
+}
+
+/// Writes `data` as the only part of a store in `dir` whose index claims rows `0..rows` of it
+/// for label 1 in block 0, then reads them back (all columns) and runs `pocaduck_check`'s
+/// verification.
+pub fn part(dir: &std::path::Path, data: &[u8], rows: u64) -> Result<usize> {
+    std::fs::write(dir.join("p.parquet"), data)
+        .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+    let store = Store::open(dir.to_str().unwrap_or_default(), OpenMode::Existing)?;
+    let schema =
+        crate::schema::schema_for_input(&[const { arrow::datatypes::DataType::Int64 }; 5], &[])?;
+    let u = UnifiedIndex {
+        generation: 1,
+        schema,
+        workers: vec![WorkerState {
+            worker: "w".into(),
+            last_commit: 1,
+        }],
+        entries: vec![UnifiedEntry {
+            worker: 0,
+            commit: 1,
+            e: SegmentEntry {
+                label: 1,
+                block: BlockId::Int(0),
+                part: "p.parquet".into(),
+                row_start: 0,
+                row_count: rows,
+                bbox: [f64::MIN, f64::MIN, f64::MIN, f64::MAX, f64::MAX, f64::MAX],
+            },
+        }],
+    };
+    let idx = LoadedIndex::from_unified(store, 1, (0, 0), u);
+    let got = idx.points(&[1], &[0, 1, 2, 3, 4])?;
+    Ok(got.iter().map(|b| b.num_rows()).sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic mutation smoke test of the fuzz entry points (the real fuzzing runs with
+    /// `cargo fuzz`, see `scripts/fuzz.sh`).
+    #[test]
+    fn mutated_inputs_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().join("s");
+        let name = name.to_str().unwrap();
+        let pts: Vec<[i32; 3]> = (0..300).map(|i| [i, 2 * i, 3]).collect();
+        crate::consolidate::tests::write(
+            name,
+            "w",
+            &[crate::writer::tests::rows(&[1; 300], "0", &pts)],
+        );
+        let seg = std::fs::read(dir.path().join("s/workers/w/commits/0000000001.parquet")).unwrap();
+        let part_path = std::fs::read_dir(dir.path().join("s/workers/w/parts"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let part_bytes = std::fs::read(part_path).unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..400 {
+            let (src, is_part) = if i % 2 == 0 {
+                (&seg, false)
+            } else {
+                (&part_bytes, true)
+            };
+            let mut b = src.clone();
+            for _ in 0..1 + next() % 4 {
+                let pos = (next() % b.len() as u64) as usize;
+                match next() % 3 {
+                    0 => b[pos] ^= 1 << (next() % 8),
+                    1 => b.truncate(pos.max(1)),
+                    _ => b[pos] = next() as u8,
+                }
+            }
+            let r = std::panic::catch_unwind(|| {
+                if is_part {
+                    let _ = part(work.path(), &b, 300);
+                } else {
+                    let _ = segment(&b);
+                }
+            });
+            assert!(r.is_ok(), "panic on mutation {i}");
+        }
+    }
+}
