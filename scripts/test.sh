@@ -3,6 +3,7 @@
 #   1. cargo fmt --check, clippy -D warnings, cargo test (the core, plain Rust)
 #   2. SQL logic tests (test/sql) against DuckDB 1.5.6 and 2.0.0 (Python), and the DuckDB CLI 1.5.6
 #   3. pytest (test/python) with duckdb 1.5.6 and 2.0.0; the real-data end-to-end test with 1.5.6
+#   4. cargo fuzz on the segment and part readers, 60 s per target
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -27,4 +28,6 @@ echo "== pytest: duckdb 1.5.6"
 .venv/py15/bin/python -m pytest -q -rs test/python
 echo "== pytest: duckdb 2.0.0 (real-data test runs once, above)"
 .venv/py20/bin/python -m pytest -q -rs test/python --ignore=test/python/test_real_data.py
+echo "== fuzzing: cargo fuzz, 60 s per target"
+bash scripts/fuzz.sh 60
 echo "== all tests passed"

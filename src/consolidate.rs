@@ -158,6 +158,7 @@ pub(crate) fn publish(store: &Store, index: &UnifiedIndex, codec: &dyn IndexCode
 
 fn tempdir_for(store: &Store) -> Result<std::path::PathBuf> {
     use std::hash::{BuildHasher, RandomState};
+    sweep_dead_tempdirs();
     let r = RandomState::new().hash_one(std::process::id());
     let dir = std::env::temp_dir().join(format!("pocaduck-{}-{r:016x}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| {
@@ -167,6 +168,31 @@ fn tempdir_for(store: &Store) -> Result<std::path::PathBuf> {
         )
     })?;
     Ok(dir)
+}
+
+/// Removes the temporary directories of consolidate/optimize runs whose process is gone (killed
+/// before it could clean up). Linux: a process is alive if `/proc/<pid>` exists.
+fn sweep_dead_tempdirs() {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for d in dir.flatten() {
+        let name = d.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("pocaduck-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(d.path());
+        }
+    }
 }
 
 #[cfg(test)]

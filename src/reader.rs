@@ -417,6 +417,15 @@ impl LoadedIndex {
         let (meta, size) = self.part_meta(p).await?;
         let err = |e: &dyn std::fmt::Display| Error::file(&self.store.name, p.path.as_ref(), e);
         ranges.sort_unstable();
+        if let Some(w) = ranges.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err(err(&format!(
+                "the index references overlapping rows {}..{} and {}..{} (a corrupt index)",
+                w[0].0,
+                w[0].0 + w[0].1,
+                w[1].0,
+                w[1].0 + w[1].1
+            )));
+        }
         // Row groups touched, and the selection relative to them.
         let md = meta.metadata();
         let mut rg_start = Vec::with_capacity(md.num_row_groups() + 1);
