@@ -40,6 +40,7 @@ STATS = {
     "worker crashes (COPY)": 0,
     "worker crashes (pocaduck_write)": 0,
     "consolidate crashes": 0,
+    "optimize crashes": 0,
     "kills leaving orphan parts": 0,
     "kills leaving a schema but no commit": 0,
     "kills between a commit and its report": 0,
@@ -588,6 +589,55 @@ def test_consolidate_crash(tmp_path, base_store):
         assert generations(store) == [1, 2]
         assert_same(read_rows(con, store), b, f"{what}: after the rerun")
         assert_index(con, store, b, f"{what}: after the rerun")
+
+
+def test_optimize_crash(tmp_path, base_store):
+    """kill -9 during pocaduck_optimize: the previous generation stays current and complete until
+    the new one is published whole; a rerun completes; the content never changes."""
+    rng = rng_for("optimize")
+    con = connect()
+    b = content_b()
+
+    def consolidated(dst):
+        store = fresh_copy(base_store, dst)
+        con.execute("FROM pocaduck_consolidate(?)", [store]).fetchall()
+        assert generations(store) == [1, 2]
+        return store
+
+    cal = consolidated(tmp_path / "calibrate")
+    c = Child([f"SELECT generation, labels_rewritten FROM pocaduck_optimize('{cal}')"])
+    ready = c.wait_line("ready")
+    done = c.wait_line("done 0")
+    c.check_ok()
+    gen, rewritten = c.result(0)[0][:2]
+    assert gen == 3 and rewritten > 0, c.result(0)
+    assert_same(read_rows(con, cal), b, "calibration optimize")
+    span = done - ready
+    print(f"optimize crash: optimize takes {span:.3f}s after ready")
+    for it, delay in enumerate(spread(rng, 6, 0.0, span * 1.2)):
+        store = consolidated(tmp_path / f"o{it}")
+        tmp = tmp_path / f"otmp{it}"
+        tmp.mkdir()
+        c = Child([f"FROM pocaduck_optimize('{store}')"], env={"TMPDIR": str(tmp)})
+        try:
+            c.wait_line("ready")
+            time.sleep(delay)
+            if c.kill():
+                STATS["crashes injected"] += 1
+                STATS["optimize crashes"] += 1
+        finally:
+            c.ensure_dead()
+        what = f"optimize iteration {it} (killed {delay:.3f}s after ready of {span:.3f}s)"
+        gens = generations(store)
+        assert gens in ([1, 2], [1, 2, 3]), f"{what}: generations {gens}"
+        if c.done():
+            assert gens == [1, 2, 3], f"{what}: optimize reported success, generations {gens}"
+        assert_same(read_rows(con, store), b, f"{what}, generation {gens[-1]}")
+        r = con.execute("SELECT generation, labels_rewritten > 0 FROM pocaduck_optimize(?)", [store]).fetchone()
+        assert r == ((3, True) if gens == [1, 2] else (3, False)), f"{what}: rerun gave {r}"
+        assert_same(read_rows(con, store), b, f"{what}: after the rerun")
+        ok = con.execute("SELECT bool_and(ok) FROM pocaduck_check(?)", [store]).fetchone()
+        assert ok == (True,), f"{what}: pocaduck_check found problems"
 
 
 # --- 3. concurrency -------------------------------------------------------------------------------
