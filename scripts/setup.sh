@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-COMMON="numpy pandas pyarrow pytest crackle-codec"
+COMMON="numpy pandas pyarrow pytest crackle-codec moto[server] boto3"
 make_env() {
   local dir=$1; shift
-  if [ ! -x "$dir/bin/python" ] || ! "$dir/bin/python" -c "import duckdb, numpy, pandas, pyarrow, pytest, crackle" 2>/dev/null; then
+  if [ ! -x "$dir/bin/python" ] || ! "$dir/bin/python" -c "import duckdb, numpy, pandas, pyarrow, pytest, crackle, moto, boto3" 2>/dev/null; then
     echo "setting up $dir"
     "$PY" -m venv "$dir"
     "$dir/bin/pip" install --quiet --disable-pip-version-check "$@" $COMMON

@@ -50,12 +50,38 @@ pub fn load_generation(store: &Store, gen: u64, codec: &dyn IndexCodec) -> Resul
     let file = layout::index_file(gen);
     let local = match &store.local_dir {
         Some(dir) => dir.join(file.as_ref()),
-        None => return Err(Error::store(&store.name, "only local stores are supported")),
+        None => cached_index_file(store, gen)?,
     };
     codec.read(&local).map_err(|e| match e {
         Error::Internal(m) => Error::file(&store.name, file.as_ref(), m),
         other => other,
     })
+}
+
+/// A local copy of generation `gen` of a remote store's index (generations are immutable, so a
+/// copy that exists is current). Downloaded to a temporary name, then renamed into place.
+fn cached_index_file(store: &Store, gen: u64) -> Result<std::path::PathBuf> {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(&store.name);
+    let dir = std::env::temp_dir()
+        .join("pocaduck-index-cache")
+        .join(format!("{h:016x}"));
+    let path = dir.join(format!("{gen:010}.duckdb"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let cache_err = |e: std::io::Error| {
+        Error::store(
+            &store.name,
+            format!("cannot cache the index in {}: {e}", dir.display()),
+        )
+    };
+    std::fs::create_dir_all(&dir).map_err(cache_err)?;
+    let bytes = store.get(&layout::index_file(gen))?;
+    let tmp = dir.join(format!("{gen:010}.duckdb.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, &bytes).map_err(cache_err)?;
+    std::fs::rename(&tmp, &path).map_err(cache_err)?;
+    Ok(path)
 }
 
 fn summarize(u: &UnifiedIndex, new_commits: u64) -> ConsolidateSummary {

@@ -128,7 +128,7 @@ fn cache() -> &'static Mutex<HashMap<std::path::PathBuf, Arc<LoadedIndex>>> {
 /// Opens the current unified index of `store_name`, from the process cache when it is current.
 pub fn open(store_name: &str, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>> {
     let store = Store::open(store_name, OpenMode::Existing)?;
-    let key = store.local_dir.clone().unwrap_or_default();
+    let key = store.cache_key();
     let latest = latest_index(&store)?;
     let Some((gen, meta)) = latest else {
         let msg = if crate::writer::read_schema(&store)?.is_some() {

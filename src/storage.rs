@@ -1,6 +1,7 @@
 //! Storage I/O: every byte pocaduck reads or writes goes through [`object_store`].
 //!
-//! A [`Store`] is a store root (a local directory for now) plus the `ObjectStore` that serves it.
+//! A [`Store`] is a store root (a local directory or a bucket prefix) plus the `ObjectStore` that
+//! serves it.
 //! Paths handed to a `Store` are relative to its root, so a store can be moved or copied into a
 //! bucket unchanged. Guarantees relied on elsewhere:
 //! - Puts and completed multipart uploads are atomic: a reader sees the whole object or nothing
@@ -8,7 +9,8 @@
 //! - [`Store::put_if_absent`] creates an object only if it does not exist yet; this is how commits
 //!   and index generations are numbered without a lock.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -68,20 +70,166 @@ pub enum OpenMode {
     Create,
 }
 
+/// Options for object stores set with `SET pocaduck_storage_options`, process-wide.
+fn storage_options() -> &'static RwLock<Vec<(String, String)>> {
+    static O: OnceLock<RwLock<Vec<(String, String)>>> = OnceLock::new();
+    O.get_or_init(Default::default)
+}
+
+/// Parses `key=value` pairs separated by commas, semicolons or newlines (`object_store` config
+/// keys such as `aws_endpoint`, `aws_region`, `aws_allow_http`, `google_service_account`,
+/// `azure_storage_account_name`; see the README).
+pub fn parse_storage_options(s: &str, arg: &str) -> Result<Vec<(String, String)>> {
+    s.split([',', ';', '\n'])
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                Error::arg(
+                    arg,
+                    format!("must be key=value pairs separated by commas, got '{kv}'"),
+                )
+            })?;
+            Ok((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Sets the object-store options used by every store opened from now on in this process.
+pub fn set_storage_options(opts: Vec<(String, String)>) {
+    if let Ok(mut o) = storage_options().write() {
+        *o = opts;
+    }
+}
+
+/// Requests and bytes moved through object stores by this process (all stores), for
+/// `pocaduck_explain` and the benchmark.
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    /// GET / range requests.
+    pub gets: AtomicU64,
+    /// Bytes received by GETs.
+    pub bytes_read: AtomicU64,
+    /// PUT requests and multipart uploads.
+    pub puts: AtomicU64,
+    /// LIST requests.
+    pub lists: AtomicU64,
+}
+
+/// The process-wide [`IoCounters`].
+pub fn io_counters() -> &'static IoCounters {
+    static C: OnceLock<IoCounters> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+/// An `ObjectStore` that counts requests and bytes into [`io_counters`].
+#[derive(Debug)]
+struct Counted(Arc<dyn ObjectStore>);
+
+impl std::fmt::Display for Counted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Counted({})", self.0)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Counted {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        io_counters().puts.fetch_add(1, Relaxed);
+        self.0.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        io_counters().puts.fetch_add(1, Relaxed);
+        self.0.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        let c = io_counters();
+        c.gets.fetch_add(1, Relaxed);
+        let r = self.0.get_opts(location, options).await?;
+        if !r.range.is_empty() {
+            c.bytes_read.fetch_add(r.range.end - r.range.start, Relaxed);
+        }
+        Ok(r)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+        self.0.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        io_counters().lists.fetch_add(1, Relaxed);
+        self.0.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        io_counters().lists.fetch_add(1, Relaxed);
+        self.0.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        io_counters().lists.fetch_add(1, Relaxed);
+        self.0.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.0.copy_opts(from, to, options).await
+    }
+}
+
+/// URL schemes served by object stores.
+const REMOTE_SCHEMES: [&str; 8] = ["s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss"];
+
 impl Store {
-    /// Opens the store named `name`: a local path or a `file://` URL.
+    /// Opens the store named `name`: a local path, a `file://` URL, or an object-store URL
+    /// (`s3://bucket/prefix`, `gs://…`, `az://…`). Object-store settings come from the
+    /// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`), overridden by `pocaduck_storage_options`.
     pub fn open(name: &str, mode: OpenMode) -> Result<Store> {
         if name.is_empty() {
             return Err(Error::arg("store", "must not be empty"));
         }
         let local = if let Some(rest) = name.strip_prefix("file://") {
             rest.to_string()
-        } else if name.contains("://") {
-            let scheme = name.split("://").next().unwrap_or_default();
+        } else if let Some((scheme, _)) = name.split_once("://") {
+            if REMOTE_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+                return Store::open_remote(name, mode);
+            }
             return Err(Error::store(
                 name,
                 format!(
-                    "URL scheme '{scheme}://' is not supported yet (local paths and file:// only)"
+                    "URL scheme '{scheme}://' is not supported (local paths, file://, s3://, gs://, az://)"
                 ),
             ));
         } else {
@@ -105,9 +253,54 @@ impl Store {
             .map_err(|e| Error::store(name, format!("cannot open: {e}")))?;
         Ok(Store {
             name: name.to_string(),
-            os: Arc::new(os),
+            os: Arc::new(Counted(Arc::new(os))),
             local_dir: Some(abs),
         })
+    }
+
+    fn open_remote(name: &str, mode: OpenMode) -> Result<Store> {
+        let url = url::Url::parse(name.trim_end_matches('/'))
+            .map_err(|e| Error::store(name, format!("is not a valid URL: {e}")))?;
+        // Environment first, then the SET options; deliberate timeouts so that a wrong endpoint
+        // or credentials fail promptly instead of hanging.
+        let mut opts: Vec<(String, String)> = vec![
+            ("timeout".into(), "30s".into()),
+            ("connect_timeout".into(), "5s".into()),
+        ];
+        for (k, v) in std::env::vars() {
+            if k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_") {
+                opts.push((k.to_ascii_lowercase(), v));
+            }
+        }
+        if let Ok(o) = storage_options().read() {
+            opts.extend(o.iter().cloned());
+        }
+        let (os, prefix) = object_store::parse_url_opts(&url, opts)
+            .map_err(|e| Error::store(name, format!("cannot open: {e}")))?;
+        let os: Arc<dyn ObjectStore> = Arc::new(Counted(Arc::new(
+            object_store::prefix::PrefixStore::new(Arc::<dyn ObjectStore>::from(os), prefix),
+        )));
+        let store = Store {
+            name: name.to_string(),
+            os,
+            local_dir: None,
+        };
+        // One listing proves the bucket and the credentials (fails fast, naming the store).
+        block_on(store.os.list_with_delimiter(None)).map_err(|e| {
+            Error::store(
+                name,
+                format!("cannot be listed (bucket, endpoint or credentials?): {e}"),
+            )
+        })?;
+        let _ = mode;
+        Ok(store)
+    }
+
+    /// A key identifying the store in process caches.
+    pub fn cache_key(&self) -> std::path::PathBuf {
+        self.local_dir
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(&self.name))
     }
 
     fn err(&self, file: &Path, e: impl std::fmt::Display) -> Error {

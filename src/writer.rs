@@ -816,10 +816,7 @@ fn sessions() -> &'static Mutex<HashMap<Key, Slot>> {
 pub fn session_slot(store_name: &str, worker: &str, mode: OpenMode) -> Result<Slot> {
     layout::check_worker_id(worker, "WORKER")?;
     let store = Store::open(store_name, mode)?;
-    let key = (
-        store.local_dir.clone().unwrap_or_default(),
-        worker.to_string(),
-    );
+    let key = (store.cache_key(), worker.to_string());
     let mut map = sessions()
         .lock()
         .map_err(|_| Error::Internal("session registry poisoned".into()))?;

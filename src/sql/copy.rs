@@ -95,6 +95,7 @@ unsafe fn parse_options(
     let mut commit = true;
     let ctx =
         ClientContext::new(unsafe { ffi::duckdb_copy_function_bind_get_client_context(info) });
+    ctx.apply_storage_options()?;
     let mut opts = ctx.writer_options()?;
     // Sizes are named in errors by where they came from: the option, or the SET setting.
     let mut target_arg = super::SET_TARGET_FILE_SIZE;

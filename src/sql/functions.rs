@@ -224,6 +224,9 @@ impl VTab for Points {
 
     fn bind(bind: &BindInfo) -> std::result::Result<PointsBind, BoxErr> {
         const F: &str = "pocaduck_points";
+        client_context(bind)
+            .apply_storage_options()
+            .map_err(|e| err(F, e))?;
         let (labels, with_label) =
             arg_labels(bind.get_parameter(1), "label").map_err(|e| err(F, e))?;
         let bbox = match bind.get_named_parameter("bbox") {
@@ -263,6 +266,9 @@ impl VTab for PointsInBox {
 
     fn bind(bind: &BindInfo) -> std::result::Result<PointsBind, BoxErr> {
         const F: &str = "pocaduck_points_in_box";
+        client_context(bind)
+            .apply_storage_options()
+            .map_err(|e| err(F, e))?;
         let v = bind.get_parameter(1);
         if v.is_null() {
             return Err(err(F, Error::arg("bbox", "must not be NULL")));
@@ -303,6 +309,9 @@ impl VTab for Labels {
 
     fn bind(bind: &BindInfo) -> std::result::Result<String, BoxErr> {
         const F: &str = "pocaduck_labels";
+        client_context(bind)
+            .apply_storage_options()
+            .map_err(|e| err(F, e))?;
         let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
         let index = run(F, || reader::open(&store, &DuckDbCodec))?;
         add_columns(
@@ -362,6 +371,9 @@ impl VTab for Blocks {
 
     fn bind(bind: &BindInfo) -> std::result::Result<(String, u64), BoxErr> {
         const F: &str = "pocaduck_blocks";
+        client_context(bind)
+            .apply_storage_options()
+            .map_err(|e| err(F, e))?;
         let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
         let label = value_label(&bind.get_parameter(1), "label").map_err(|e| err(F, e))?;
         let index = run(F, || reader::open(&store, &DuckDbCodec))?;
@@ -425,6 +437,9 @@ impl VTab for Consolidate {
 
     fn bind(bind: &BindInfo) -> std::result::Result<OneShot<String>, BoxErr> {
         const F: &str = "pocaduck_consolidate";
+        client_context(bind)
+            .apply_storage_options()
+            .map_err(|e| err(F, e))?;
         let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
         run(F, || Store::open(&store, OpenMode::Existing).map(|_| ()))?;
         add_columns(
@@ -678,6 +693,9 @@ impl VTab for Write {
 
     fn bind(bind: &BindInfo) -> std::result::Result<OneShot<WriteArgs>, BoxErr> {
         const F: &str = "pocaduck_write";
+        client_context(bind)
+            .apply_storage_options()
+            .map_err(|e| err(F, e))?;
         let ctx = client_context(bind);
         let args = (|| -> Result<WriteArgs> {
             let store = arg_string(Some(bind.get_parameter(0)), "store")?;
@@ -830,6 +848,9 @@ impl VTab for Commit {
 
     fn bind(bind: &BindInfo) -> std::result::Result<Self::BindData, BoxErr> {
         const F: &str = "pocaduck_commit";
+        client_context(bind)
+            .apply_storage_options()
+            .map_err(|e| err(F, e))?;
         let args = (|| -> Result<(String, String)> {
             let store = arg_string(Some(bind.get_parameter(0)), "store")?;
             let worker = arg_string(bind.get_named_parameter("worker"), "worker")?;

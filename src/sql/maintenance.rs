@@ -58,6 +58,9 @@ impl VTab for Optimize {
 
     fn bind(bind: &BindInfo) -> std::result::Result<Self::BindData, BoxErr> {
         const F: &str = "pocaduck_optimize";
+        client_context(bind)
+            .apply_storage_options()
+            .map_err(|e| err(F, e))?;
         let ctx = client_context(bind);
         let args = (|| -> Result<(String, OptimizeOptions)> {
             let store = arg_string(Some(bind.get_parameter(0)), "store")?;
@@ -148,6 +151,9 @@ impl VTab for Stats {
 
     fn bind(bind: &BindInfo) -> std::result::Result<String, BoxErr> {
         const F: &str = "pocaduck_stats";
+        client_context(bind)
+            .apply_storage_options()
+            .map_err(|e| err(F, e))?;
         let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
         run(F, || Store::open(&store, OpenMode::Existing).map(|_| ()))?;
         ubigint_columns(bind, &STATS_COLUMNS);
@@ -205,7 +211,7 @@ pub struct ExplainBind {
     bbox: Option<BBox>,
 }
 
-const EXPLAIN_COUNTS: [&str; 9] = [
+const EXPLAIN_COUNTS: [&str; 12] = [
     "generation",
     "points",
     "blocks",
@@ -215,6 +221,9 @@ const EXPLAIN_COUNTS: [&str; 9] = [
     "pages",
     "page_bytes",
     "rows_returned",
+    "list_requests",
+    "get_requests",
+    "bytes_fetched",
 ];
 const EXPLAIN_TIMES: [&str; 3] = ["index_ms", "read_ms", "total_ms"];
 
@@ -224,6 +233,9 @@ impl VTab for Explain {
 
     fn bind(bind: &BindInfo) -> std::result::Result<ExplainBind, BoxErr> {
         const F: &str = "pocaduck_explain";
+        client_context(bind)
+            .apply_storage_options()
+            .map_err(|e| err(F, e))?;
         let b = (|| -> Result<ExplainBind> {
             let store = arg_string(Some(bind.get_parameter(0)), "store")?;
             let (labels, _) = arg_labels(bind.get_parameter(1), "label")?;
@@ -247,6 +259,9 @@ impl VTab for Explain {
     fn init(init: &InitInfo) -> std::result::Result<Emitter, BoxErr> {
         let b = unsafe { &*init.get_bind_data::<ExplainBind>() };
         let rb = run("pocaduck_explain", || {
+            let io = crate::storage::io_counters();
+            let ld = |f: &std::sync::atomic::AtomicU64| f.load(Ordering::Relaxed);
+            let before = [ld(&io.lists), ld(&io.gets), ld(&io.bytes_read)];
             let t0 = Instant::now();
             let index = reader::open(&b.store, &DuckDbCodec)?;
             let t1 = Instant::now();
@@ -257,7 +272,6 @@ impl VTab for Explain {
             let mut labels = b.labels.clone();
             labels.sort_unstable();
             labels.dedup();
-            let ld = |f: &std::sync::atomic::AtomicU64| f.load(Ordering::Relaxed);
             let counts = [
                 index.generation,
                 labels.iter().map(|l| index.point_count(*l)).sum(),
@@ -268,6 +282,9 @@ impl VTab for Explain {
                 ld(&trace.pages),
                 ld(&trace.page_bytes),
                 got.iter().map(|r| r.num_rows() as u64).sum(),
+                ld(&io.lists) - before[0],
+                ld(&io.gets) - before[1],
+                ld(&io.bytes_read) - before[2],
             ];
             let ms = |a: Instant, z: Instant| (z - a).as_secs_f64() * 1e3;
             let times = [ms(t0, t1), ms(t1, t2), ms(t0, t2)];
@@ -316,6 +333,9 @@ impl VTab for Check {
 
     fn bind(bind: &BindInfo) -> std::result::Result<String, BoxErr> {
         const F: &str = "pocaduck_check";
+        client_context(bind)
+            .apply_storage_options()
+            .map_err(|e| err(F, e))?;
         let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
         run(F, || Store::open(&store, OpenMode::Existing).map(|_| ()))?;
         add_columns(

@@ -27,6 +27,8 @@ use crate::writer::{WriterOptions, DEFAULT_BUFFER_SIZE, DEFAULT_TARGET_FILE_SIZE
 
 /// Name of the target part size setting.
 pub const SET_TARGET_FILE_SIZE: &str = "pocaduck_target_file_size";
+/// Name of the object-store options setting.
+pub const SET_STORAGE_OPTIONS: &str = "pocaduck_storage_options";
 /// Name of the writer buffer setting.
 pub const SET_BUFFER_SIZE: &str = "pocaduck_buffer_size";
 
@@ -278,6 +280,32 @@ impl ClientContext {
         parse_size(&v, name)
     }
 
+    /// Applies `SET pocaduck_storage_options` to the stores opened from now on (process-wide:
+    /// the latest statement's value wins).
+    pub fn apply_storage_options(&self) -> Result<()> {
+        if self.0.is_null() {
+            return Ok(());
+        }
+        let cname = c_string(SET_STORAGE_OPTIONS);
+        let mut scope: ffi::duckdb_config_option_scope = 0;
+        // SAFETY: self.0 is a live context; the returned value is owned and destroyed by Value.
+        let raw = unsafe {
+            ffi::duckdb_client_context_get_config_option(self.0, cname.as_ptr(), &mut scope)
+        };
+        if raw.is_null() {
+            return Ok(());
+        }
+        let v = Value::from(raw);
+        let text = if v.is_null() {
+            String::new()
+        } else {
+            v.to_string()
+        };
+        let opts = crate::storage::parse_storage_options(&text, SET_STORAGE_OPTIONS)?;
+        crate::storage::set_storage_options(opts);
+        Ok(())
+    }
+
     /// Writer options from the `SET` settings (unchecked: the caller checks them with
     /// [`WriterOptions::check_as`], naming each by where it came from).
     pub fn writer_options(&self) -> Result<WriterOptions> {
@@ -298,20 +326,37 @@ impl Drop for ClientContext {
     }
 }
 
+/// The default (and so the type) of a setting.
+enum SettingDefault<'a> {
+    Size(u64),
+    Text(&'a str),
+}
+
 unsafe fn register_setting(
     con: ffi::duckdb_connection,
     name: &str,
-    default: u64,
+    default: SettingDefault,
     description: &str,
 ) -> Result<()> {
     unsafe {
         let mut opt = ffi::duckdb_create_config_option();
         let cname = c_string(name);
         ffi::duckdb_config_option_set_name(opt, cname.as_ptr());
-        let mut ty = ffi::duckdb_create_logical_type(ffi::DUCKDB_TYPE_DUCKDB_TYPE_UBIGINT);
+        let (mut ty, mut dv) = match default {
+            SettingDefault::Size(n) => (
+                ffi::duckdb_create_logical_type(ffi::DUCKDB_TYPE_DUCKDB_TYPE_UBIGINT),
+                ffi::duckdb_create_uint64(n),
+            ),
+            SettingDefault::Text(t) => {
+                let c = c_string(t);
+                (
+                    ffi::duckdb_create_logical_type(ffi::DUCKDB_TYPE_DUCKDB_TYPE_VARCHAR),
+                    ffi::duckdb_create_varchar(c.as_ptr()),
+                )
+            }
+        };
         ffi::duckdb_config_option_set_type(opt, ty);
         ffi::duckdb_destroy_logical_type(&mut ty);
-        let mut dv = ffi::duckdb_create_uint64(default);
         ffi::duckdb_config_option_set_default_value(opt, dv);
         ffi::duckdb_destroy_value(&mut dv);
         let cdesc = c_string(description);
@@ -351,14 +396,20 @@ unsafe fn init(
             register_setting(
                 raw,
                 SET_TARGET_FILE_SIZE,
-                DEFAULT_TARGET_FILE_SIZE,
+                SettingDefault::Size(DEFAULT_TARGET_FILE_SIZE),
                 "pocaduck: a part file is closed once it reaches this many bytes",
             )?;
             register_setting(
                 raw,
                 SET_BUFFER_SIZE,
-                DEFAULT_BUFFER_SIZE,
+                SettingDefault::Size(DEFAULT_BUFFER_SIZE),
                 "pocaduck: memory a writer session buffers before encoding (bounds ingest memory)",
+            )?;
+            register_setting(
+                raw,
+                SET_STORAGE_OPTIONS,
+                SettingDefault::Text(""),
+                "pocaduck: object-store options as key=value pairs (aws_endpoint=…, aws_region=…, aws_allow_http=true, …); process-wide",
             )?;
             copy::register(raw)
         })();
