@@ -10,6 +10,7 @@ Usage: python scripts/sqllogictest.py [--extension PATH] [--verbose] FILE_OR_DIR
 
 import argparse
 import os
+import uuid
 import shutil
 import sys
 import tempfile
@@ -133,9 +134,10 @@ def show(rows):
 class FileRunner:
     """Executes the records of one test file on its own connection."""
 
-    def __init__(self, path, extension, verbose):
+    def __init__(self, path, extension, verbose, store_root=None):
         """Remember settings; the connection is opened in :meth:`run`."""
         self.path, self.extension, self.verbose = path, extension, verbose
+        self.store_root = store_root
         self.loads, self.env, self.con, self.test_dir = [], {}, None, None
 
     def connect(self):
@@ -158,11 +160,21 @@ class FileRunner:
 
     def run(self):
         """Run the whole file; raises Skip or Failure, returns None on success."""
+        text = Path(self.path).read_text()
+        if self.store_root:
+            # Stores under an object-store URL instead of a local directory. Files that look at
+            # store files with local-only SQL (glob, ATTACH) say so with a "# local-only:" line.
+            for line in text.splitlines():
+                if line.startswith("# local-only:"):
+                    raise Skip(line[len("# local-only:"):].strip())
         self.test_dir = tempfile.mkdtemp(prefix="slt_")
+        local_dir = self.test_dir
+        if self.store_root:
+            self.test_dir = f"{self.store_root.rstrip('/')}/{uuid.uuid4().hex}"
         try:
             self.connect()
             skipping = False
-            for rec in expand(parse(Path(self.path).read_text())):
+            for rec in expand(parse(text)):
                 if rec.words == ["mode", "unskip"]:
                     skipping = False
                 elif skipping:
@@ -178,7 +190,7 @@ class FileRunner:
         finally:
             if self.con is not None:
                 self.con.close()
-            shutil.rmtree(self.test_dir, ignore_errors=True)
+            shutil.rmtree(local_dir, ignore_errors=True)
 
     def record(self, rec):
         """Dispatch one record to its handler."""
@@ -270,13 +282,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extension", help="path of the pocaduck extension to LOAD")
     parser.add_argument("--verbose", action="store_true", help="print every record")
+    parser.add_argument("--store-root", help="put __TEST_DIR__ under this URL (e.g. s3://bucket/run) instead of a local temporary directory")
     parser.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
     opts = parser.parse_args()
     files = collect(opts.paths)
     passed = failed = 0
     for path in files:
         try:
-            FileRunner(str(path), opts.extension, opts.verbose).run()
+            FileRunner(str(path), opts.extension, opts.verbose, opts.store_root).run()
             print(f"PASS {path}")
             passed += 1
         except Skip as exc:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's second command: runs every test. Exits non-zero if any fails.
 #   1. cargo fmt --check, clippy -D warnings, cargo test (the core, plain Rust)
-#   2. SQL logic tests (test/sql) against DuckDB 1.5.6 and 2.0.0 (Python), and the DuckDB CLI 1.5.6
+#   2. SQL logic tests (test/sql) against DuckDB 1.5.6 and 2.0.0 (Python), again with every store in
+#      S3 (a local moto_server), and the DuckDB CLI 1.5.6
 #   3. pytest (test/python) with duckdb 1.5.6 and 2.0.0; the real-data end-to-end test with 1.5.6
 #   4. cargo fuzz on the segment and part readers, 60 s per target
 set -euo pipefail
@@ -19,11 +20,15 @@ echo "== SQL logic tests: duckdb 1.5.6 (Python)"
 .venv/py15/bin/python scripts/sqllogictest.py test/sql
 echo "== SQL logic tests: duckdb 2.0.0 (Python)"
 .venv/py20/bin/python scripts/sqllogictest.py test/sql
+echo "== SQL logic tests with every store in S3 (moto_server on loopback), duckdb 1.5.6"
+.venv/py15/bin/python scripts/with_s3.py .venv/py15/bin/python scripts/sqllogictest.py --store-root s3://pocaduck-test/slt test/sql
 echo "== LOAD pocaduck by name in the DuckDB CLI 1.5.6"
 out=$(.venv/py15/bin/duckdb -unsigned -c "LOAD pocaduck; SELECT count(*) FROM duckdb_functions() WHERE function_name LIKE 'pocaduck_%';")
 echo "$out"
 echo "$out" | grep -q "│ *11 *│" || { echo "CLI did not load pocaduck by name"; exit 1; }
 
+# test/python/test_s3.py starts its own S3 server; this enables it.
+export POCADUCK_TEST_S3=1
 echo "== pytest: duckdb 1.5.6"
 .venv/py15/bin/python -m pytest -q -rs test/python
 echo "== pytest: duckdb 2.0.0 (real-data test runs once, above)"

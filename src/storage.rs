@@ -9,8 +9,9 @@
 //! - [`Store::put_if_absent`] creates an object only if it does not exist yet; this is how commits
 //!   and index generations are numbered without a lock.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -275,6 +276,15 @@ impl Store {
         if let Ok(o) = storage_options().read() {
             opts.extend(o.iter().cloned());
         }
+        // One client per (store, options) per process: connections are reused across queries,
+        // and the existence probe below runs once.
+        type Key = (String, Vec<(String, String)>);
+        static CLIENTS: OnceLock<Mutex<HashMap<Key, Store>>> = OnceLock::new();
+        let clients = CLIENTS.get_or_init(Default::default);
+        let key = (name.to_string(), opts.clone());
+        if let Some(s) = clients.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(s);
+        }
         let (os, prefix) = object_store::parse_url_opts(&url, opts)
             .map_err(|e| Error::store(name, format!("cannot open: {e}")))?;
         let os: Arc<dyn ObjectStore> = Arc::new(Counted(Arc::new(
@@ -286,13 +296,18 @@ impl Store {
             local_dir: None,
         };
         // One listing proves the bucket and the credentials (fails fast, naming the store).
-        block_on(store.os.list_with_delimiter(None)).map_err(|e| {
+        let top = block_on(store.os.list_with_delimiter(None)).map_err(|e| {
             Error::store(
                 name,
                 format!("cannot be listed (bucket, endpoint or credentials?): {e}"),
             )
         })?;
-        let _ = mode;
+        if mode == OpenMode::Existing && top.objects.is_empty() && top.common_prefixes.is_empty() {
+            return Err(Error::store(name, "does not exist"));
+        }
+        if let Ok(mut c) = clients.lock() {
+            c.insert(key, store.clone());
+        }
         Ok(store)
     }
 
