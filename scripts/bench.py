@@ -2,7 +2,9 @@
 """Benchmark: pocaduck against plain DuckDB on the same rows, in one run.
 
 Workloads: real (the 512^3 segmentation, every voxel, 64^3 blocks), synth (>= 20 M points,
->= 100 k labels, heavy tail), synth_small (10x fewer points). For each:
+>= 100 k labels, heavy tail), synth_small (10x fewer points); s3 (synth_small's rows in a local
+S3 server, moto, against the same on the local disk: ingest, latency, requests and bytes per
+query). For each of the first three:
 - ingest: pocaduck with 1 and 2 worker processes (COPY from staged Parquet), plain DuckDB
   `COPY (… ORDER BY label) TO (FORMAT parquet, zstd)` as one file and as 256 files; points/s and
   peak RSS of each ingest process;
@@ -207,9 +209,61 @@ def run_workload(name: str, table: pa.Table, n_queries: int, reps: int) -> dict:
     return res
 
 
+def run_s3(table: pa.Table, n_queries: int, reps: int) -> dict:
+    """Ingest and per-label queries against a local S3 server (moto_server): latency, requests
+    and bytes per query (from pocaduck_explain), next to the same store on the local disk."""
+    import duckdb
+
+    sys.path.insert(0, str(REPO / "test" / "python"))
+    from s3server import S3Server
+
+    srv = S3Server()
+    os.environ.update(srv.env)
+    srv.bucket("pocaduck-bench")
+    wd = WORK / "s3"
+    shutil.rmtree(wd, ignore_errors=True)
+    wd.mkdir(parents=True)
+    staged = wd / "in.parquet"
+    pq.write_table(table, staged, compression="none")
+    n = table.num_rows
+    labels, counts = np.unique(table.column("label").to_numpy(), return_counts=True)
+    res = {"points": n}
+    try:
+        stores = {"local": str(wd / "store"), "s3": "s3://pocaduck-bench/store"}
+        for kind, store in stores.items():
+            dt, rss = ingest_pocaduck([staged], store)
+            res[f"ingest_{kind}_pts_s"] = n / dt
+            print(f"  {kind:5s} ingest: {n / dt / 1e6:.2f} M pts/s", flush=True)
+        con = duckdb.connect(config={"allow_unsigned_extensions": True})
+        con.execute(f"LOAD '{EXT}'")
+        rng = np.random.default_rng(2)
+        small = rng.choice(labels[counts <= np.percentile(counts, 50)], n_queries, replace=False)
+        large = labels[np.argsort(counts)[-n_queries:]]
+        for kind, store in stores.items():
+            con.execute(f"FROM pocaduck_consolidate('{store}')").fetchall()
+            con.execute(f"SELECT x, y, z FROM pocaduck_points('{store}', {int(small[0])})").fetchnumpy()
+            for size, ls in (("small", small), ("large", large)):
+                lat, ex = [], []
+                for lbl in ls:
+                    lat += timed(con, f"SELECT x, y, z FROM pocaduck_points('{store}', {int(lbl)})", reps)
+                    ex.append(con.execute(f"SELECT list_requests, get_requests, bytes_fetched, rows_returned FROM pocaduck_explain('{store}', {int(lbl)})").fetchone())
+                ex = np.array(ex, dtype=float)
+                q = {"median_ms": statistics.median(lat) * 1e3, "p95_ms": p95(lat) * 1e3,
+                     "lists_per_query": ex[:, 0].mean(), "gets_per_query": ex[:, 1].mean(),
+                     "bytes_per_query": ex[:, 2].mean(), "points_per_query": ex[:, 3].mean()}
+                res[f"{kind}_{size}"] = q
+                print(f"  {kind:5s} {size:5s} labels (mean {q['points_per_query']:,.0f} points): median {q['median_ms']:.2f} ms, p95 {q['p95_ms']:.2f} ms, "
+                      f"{q['lists_per_query']:.1f} LIST + {q['gets_per_query']:.1f} GET, {q['bytes_per_query'] / 1024:,.1f} KiB per query", flush=True)
+    finally:
+        srv.stop()
+    return res
+
+
 def targets(results: dict) -> list[tuple[str, float, str, bool]]:
     rows = []
     for name, r in results.items():
+        if name == "s3":
+            continue
         ing = r["ingest"]
         ratio = ing["pocaduck_1w_pts_s"] / ing["plain_sorted_1file_pts_s"]
         rows.append((f"{name}: ingest 1 worker / plain sorted COPY", ratio, ">= 2", ratio >= 2))
@@ -240,7 +294,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller synthetic stores and fewer queries")
     ap.add_argument("--out", default=str(REPO / "build/bench.json"))
-    ap.add_argument("--workloads", default="real,synth,synth_small")
+    ap.add_argument("--workloads", default="real,synth,synth_small,s3")
     a = ap.parse_args()
     scale = 10 if a.quick else 1
     nq, reps = (10, 3) if a.quick else (30, 5)
@@ -252,6 +306,10 @@ def main() -> None:
             table = synth(20_000_000 // scale, 100_000 // scale)
         elif w == "synth_small":
             table = synth(2_000_000 // scale, 10_000 // scale)
+        elif w == "s3":
+            print("\n== s3: synthetic 2 M points in a local S3 server (moto) vs the local disk", flush=True)
+            results[w] = run_s3(synth(2_000_000 // scale, 10_000 // scale), nq, reps)
+            continue
         else:
             raise SystemExit(f"unknown workload {w}")
         results[w] = run_workload(w, table, nq, reps)
