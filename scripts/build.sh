@@ -10,6 +10,10 @@ python3 scripts/package.py target/release/libpocaduck.so build/pocaduck.duckdb_e
 ext_root=${DUCKDB_EXTENSION_DIRECTORY:-$HOME/.duckdb/extensions}
 for v in v1.5.6 v2.0.0; do
   mkdir -p "$ext_root/$v/linux_amd64"
-  cp build/pocaduck.duckdb_extension "$ext_root/$v/linux_amd64/pocaduck.duckdb_extension"
+  # Copy, then rename into place: overwriting the file in place would change the code under any
+  # running process that has it loaded (and crash it).
+  dst="$ext_root/$v/linux_amd64/pocaduck.duckdb_extension"
+  cp build/pocaduck.duckdb_extension "$dst.tmp.$$"
+  mv -f "$dst.tmp.$$" "$dst"
 done
 echo "installed into $ext_root/{v1.5.6,v2.0.0}/linux_amd64"
