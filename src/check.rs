@@ -119,10 +119,7 @@ pub fn check(store: &Store, codec: &dyn IndexCodec) -> Result<CheckReport> {
         }
     };
     u.sort();
-    let stamp = (
-        meta.size,
-        meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
-    );
+    let stamp = crate::storage::object_stamp(&meta);
     let idx = LoadedIndex::from_unified(store.clone(), gen, stamp, u.clone());
     let ncols = u.schema.columns.len() + 1;
     let want_schema = u.schema.arrow();

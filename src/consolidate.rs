@@ -60,7 +60,7 @@ pub fn load_generation(store: &Store, gen: u64, codec: &dyn IndexCodec) -> Resul
 
 /// A local copy of generation `gen` of a remote store's index. Generations are immutable, but a
 /// store can be deleted and written again under the same URL: the copy's name carries the
-/// object's size and modification time, so only an identical object reuses it. Downloaded to a
+/// object's size, modification time and ETag, so only the same object reuses it. Downloaded to a
 /// temporary name, then renamed into place.
 fn cached_index_file(store: &Store, gen: u64) -> Result<std::path::PathBuf> {
     use object_store::ObjectStoreExt;
@@ -72,11 +72,8 @@ fn cached_index_file(store: &Store, gen: u64) -> Result<std::path::PathBuf> {
     let file = layout::index_file(gen);
     let meta = crate::storage::block_on(store.os.head(&file))
         .map_err(|e| Error::file(&store.name, file.as_ref(), e))?;
-    let path = dir.join(format!(
-        "{gen:010}-{}-{}.duckdb",
-        meta.size,
-        meta.last_modified.timestamp_nanos_opt().unwrap_or(0)
-    ));
+    let (size, version) = crate::storage::object_stamp(&meta);
+    let path = dir.join(format!("{gen:010}-{size}-{version:016x}.duckdb"));
     if path.exists() {
         return Ok(path);
     }

@@ -185,10 +185,7 @@ pub fn optimize(
     if fragmented.is_empty() {
         return Ok(summary);
     }
-    let stamp = (
-        meta.size,
-        meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
-    );
+    let stamp = crate::storage::object_stamp(&meta);
     let reader = LoadedIndex::from_unified(store.clone(), gen, stamp, u.clone());
     let mut out = Output {
         store,

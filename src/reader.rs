@@ -140,10 +140,7 @@ pub fn open(store_name: &str, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>
         };
         return Err(Error::store(store_name, msg));
     };
-    let stamp = (
-        meta.size,
-        meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
-    );
+    let stamp = crate::storage::object_stamp(&meta);
     if let Some(hit) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
         if hit.generation == gen && hit.stamp == stamp {
             return Ok(hit);

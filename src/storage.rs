@@ -235,6 +235,17 @@ impl ObjectStore for Counted {
     }
 }
 
+/// Identifies one version of an object: its size, and a hash of its modification time and ETag
+/// (object stores may keep whole-second times; the ETag tells same-second rewrites apart).
+pub fn object_stamp(meta: &object_store::ObjectMeta) -> (u64, i64) {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one((
+        meta.last_modified.timestamp_nanos_opt().unwrap_or(0),
+        &meta.e_tag,
+    ));
+    (meta.size, h as i64)
+}
+
 /// URL schemes served by object stores.
 const REMOTE_SCHEMES: [&str; 8] = ["s3", "s3a", "gs", "az", "adl", "azure", "abfs", "abfss"];
 

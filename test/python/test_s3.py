@@ -180,3 +180,17 @@ def test_missing_bucket_and_dead_endpoint_fail_fast_naming_the_store(s3):
     assert time.time() - t < 60, time.time() - t
     con.execute("SET pocaduck_storage_options = ''")
     con.execute("FROM pocaduck_labels('s3://no-such-bucket/x')").fetchall() if False else None
+
+
+def test_store_rewritten_under_the_same_url_is_not_read_from_stale_caches(s3):
+    """Delete a store and write another one at the same URL, within the same second: readers (in
+    this process and the on-disk index cache) must see the new content."""
+    store = url()
+    prefix = store.split("pocaduck-test/")[1] + "/"
+    con = connect()
+    for round_, n in enumerate([5, 7]):
+        for k in s3.keys("pocaduck-test", prefix):
+            s3.client.delete_object(Bucket="pocaduck-test", Key=k)
+        con.execute(f"COPY (SELECT 1::UBIGINT, 0, i::INT, {round_}, 0 FROM range({n}) t(i)) TO '{store}' (FORMAT pocaduck, WORKER 'w1')")
+        assert con.execute(f"SELECT generation FROM pocaduck_consolidate('{store}')").fetchone() == (1,)
+        assert con.execute(f"SELECT count(*), max(y) FROM pocaduck_points('{store}', 1)").fetchone() == (n, round_)
