@@ -640,6 +640,42 @@ def test_optimize_crash(tmp_path, base_store):
         assert ok == (True,), f"{what}: pocaduck_check found problems"
 
 
+def test_readers_during_optimize(tmp_path, base_store):
+    """Reader threads query every label in a loop while pocaduck_optimize rewrites the store and
+    publishes a new generation: every answer is the full content, never an error or a mixture."""
+    con = connect()
+    b = content_b()
+    store = fresh_copy(base_store, tmp_path / "store")
+    con.execute("FROM pocaduck_consolidate(?)", [store]).fetchall()
+    want = digest(b)
+    stop = threading.Event()
+    seen, errors = [], []
+
+    def reader():
+        rc = connect()
+        while not stop.is_set():
+            try:
+                seen.append(digest(read_rows(rc, store)) == want)
+            except Exception as e:  # noqa: BLE001 - any error is a failure
+                errors.append(str(e))
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.2)
+        gen, rewritten = con.execute("SELECT generation, labels_rewritten FROM pocaduck_optimize(?)", [store]).fetchone()
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert (gen, rewritten > 0) == (3, True)
+    assert errors == [], errors[:3]
+    assert seen and all(seen), f"{seen.count(False)} of {len(seen)} answers differed"
+    STATS["reader queries"] += len(seen)
+
+
 # --- 3. concurrency -------------------------------------------------------------------------------
 PROBE = [1, 2, 30, 61]
 
