@@ -65,7 +65,7 @@ pub fn load_generation(store: &Store, gen: u64, codec: &dyn IndexCodec) -> Resul
 fn cached_index_file(store: &Store, gen: u64) -> Result<std::path::PathBuf> {
     use object_store::ObjectStoreExt;
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(&store.name);
+    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(store.cache_key());
     let dir = std::env::temp_dir()
         .join("pocaduck-index-cache")
         .join(format!("{h:016x}"));

@@ -349,9 +349,15 @@ impl Store {
 
     /// A key identifying the store in process caches.
     pub fn cache_key(&self) -> std::path::PathBuf {
-        self.local_dir
-            .clone()
-            .unwrap_or_else(|| std::path::PathBuf::from(&self.name))
+        self.local_dir.clone().unwrap_or_else(|| {
+            // `S3://b/p` and `s3://b/p` are the same store.
+            let (scheme, rest) = self.name.split_once("://").unwrap_or(("", &self.name));
+            std::path::PathBuf::from(format!(
+                "{}://{}",
+                scheme.to_ascii_lowercase(),
+                rest.trim_end_matches('/')
+            ))
+        })
     }
 
     fn err(&self, file: &Path, e: impl std::fmt::Display) -> Error {

@@ -37,7 +37,8 @@ def s3():
 
 
 def url():
-    return f"s3://pocaduck-test/{uuid.uuid4().hex}/store"
+    # Capital scheme: DuckDB 2.0 routes lower-case s3:// COPY targets through httpfs (see README).
+    return f"S3://pocaduck-test/{uuid.uuid4().hex}/store"
 
 
 WORKLOAD = [
@@ -175,11 +176,10 @@ def test_missing_bucket_and_dead_endpoint_fail_fast_naming_the_store(s3):
     con.execute("SET pocaduck_storage_options = 'aws_endpoint=http://127.0.0.1:9, aws_allow_http=true'")
     t = time.time()
     with pytest.raises(Exception) as e:
-        con.execute("COPY (SELECT 1::UBIGINT, 1, 2, 3, 4) TO 's3://pocaduck-test/dead' (FORMAT pocaduck, WORKER 'w1')")
-    assert "store 's3://pocaduck-test/dead': cannot be listed" in str(e.value)
+        con.execute("COPY (SELECT 1::UBIGINT, 1, 2, 3, 4) TO 'S3://pocaduck-test/dead' (FORMAT pocaduck, WORKER 'w1')")
+    assert "store 'S3://pocaduck-test/dead': cannot be listed" in str(e.value)
     assert time.time() - t < 60, time.time() - t
     con.execute("SET pocaduck_storage_options = ''")
-    con.execute("FROM pocaduck_labels('s3://no-such-bucket/x')").fetchall() if False else None
 
 
 def test_store_rewritten_under_the_same_url_is_not_read_from_stale_caches(s3):
