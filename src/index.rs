@@ -90,6 +90,26 @@ pub struct SegmentEntry {
     pub bbox: [f64; 6],
 }
 
+impl SegmentEntry {
+    /// Extends `self` by `next` if `next` is the same (label, block) in the same part and starts
+    /// where `self` ends (the bounding boxes are merged). Returns whether it did.
+    pub fn absorb(&mut self, next: &SegmentEntry) -> bool {
+        if self.label != next.label
+            || self.block != next.block
+            || self.part != next.part
+            || self.row_start + self.row_count != next.row_start
+        {
+            return false;
+        }
+        self.row_count += next.row_count;
+        for d in 0..3 {
+            self.bbox[d] = self.bbox[d].min(next.bbox[d]);
+            self.bbox[d + 3] = self.bbox[d + 3].max(next.bbox[d + 3]);
+        }
+        true
+    }
+}
+
 const BBOX: [&str; 6] = ["min_x", "min_y", "min_z", "max_x", "max_y", "max_z"];
 
 fn segment_schema(block: ColumnType) -> Arc<Schema> {

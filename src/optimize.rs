@@ -280,26 +280,15 @@ fn rewrite(
                     ..old.e.clone()
                 };
                 off += old.e.row_count;
-                match entries.last_mut() {
-                    Some(l)
-                        if l.worker == old.worker
-                            && l.commit == old.commit
-                            && l.e.label == e.label
-                            && l.e.block == e.block
-                            && l.e.part == e.part
-                            && l.e.row_start + l.e.row_count == e.row_start =>
-                    {
-                        l.e.row_count += e.row_count;
-                        for d in 0..3 {
-                            l.e.bbox[d] = l.e.bbox[d].min(e.bbox[d]);
-                            l.e.bbox[d + 3] = l.e.bbox[d + 3].max(e.bbox[d + 3]);
-                        }
-                    }
-                    _ => entries.push(UnifiedEntry {
+                let merged = entries.last_mut().is_some_and(|l| {
+                    l.worker == old.worker && l.commit == old.commit && l.e.absorb(&e)
+                });
+                if !merged {
+                    entries.push(UnifiedEntry {
                         worker: old.worker,
                         commit: old.commit,
                         e,
-                    }),
+                    });
                 }
             }
             summary.points_rewritten += rows;

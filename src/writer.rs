@@ -205,20 +205,8 @@ impl PartWriter {
         for mut r in runs {
             r.part = part_name.clone();
             r.row_start += base;
-            match self.entries.last_mut() {
-                Some(l)
-                    if l.label == r.label
-                        && l.block == r.block
-                        && l.part == r.part
-                        && l.row_start + l.row_count == r.row_start =>
-                {
-                    l.row_count += r.row_count;
-                    for i in 0..3 {
-                        l.bbox[i] = l.bbox[i].min(r.bbox[i]);
-                        l.bbox[i + 3] = l.bbox[i + 3].max(r.bbox[i + 3]);
-                    }
-                }
-                _ => self.entries.push(r),
+            if !self.entries.last_mut().is_some_and(|l| l.absorb(&r)) {
+                self.entries.push(r);
             }
         }
         if full {
