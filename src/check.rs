@@ -9,15 +9,15 @@
 //! - every indexed row range reads back, holding only its entry's label and block, with
 //!   coordinates inside the entry's bounds (so counts agree with `pocaduck_labels`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type};
 
-use crate::consolidate::{latest_index, load_generation};
 use crate::error::{Error, Result};
-use crate::index::{block_ids, decode_segment, IndexCodec, UnifiedIndex};
+use crate::index::{block_ids, decode_segment, IndexCodec, UnifiedEntry};
 use crate::layout;
+use crate::log;
 use crate::reader::LoadedIndex;
 use crate::storage::Store;
 
@@ -60,7 +60,7 @@ pub fn check(store: &Store, codec: &dyn IndexCodec) -> Result<CheckReport> {
             None
         }
     };
-    let latest = latest_index(store)?;
+    let latest = log::latest(store)?;
     if schema.is_none() && latest.is_none() && r.problems.is_empty() {
         return Err(Error::store(
             &store.name,
@@ -73,7 +73,27 @@ pub fn check(store: &Store, codec: &dyn IndexCodec) -> Result<CheckReport> {
         .chain(store.list(&layout::optimized_dir())?)
         .map(|m| m.location.to_string())
         .collect();
-    // Commit segments.
+    check_commits(store, &existing, &mut r);
+    // The index and what it references.
+    let Some(g) = latest else {
+        return Ok(r);
+    };
+    r.generation = g.generation;
+    let gen_file = g.meta.location.to_string();
+    let gen = match log::load(store, &g, codec) {
+        Ok(x) => x,
+        Err(e) => {
+            r.problems.push(problem(&gen_file, &e));
+            return Ok(r);
+        }
+    };
+    let idx = LoadedIndex::from_generation(store.clone(), gen);
+    check_entries(&idx, &mut r);
+    Ok(r)
+}
+
+/// Every commit segment of every worker decodes, and the parts it references exist.
+fn check_commits(store: &Store, existing: &HashSet<String>, r: &mut CheckReport) {
     let mut commit_files: Vec<&String> = existing
         .iter()
         .filter(|p| {
@@ -105,117 +125,137 @@ pub fn check(store: &Store, codec: &dyn IndexCodec) -> Result<CheckReport> {
             }
         }
     }
-    // The index and what it references.
-    let Some((gen, meta)) = latest else {
-        return Ok(r);
-    };
-    r.generation = gen;
-    let mut u: UnifiedIndex = match load_generation(store, gen, codec) {
-        Ok(u) => u,
-        Err(e) => {
-            r.problems
-                .push(problem(layout::index_file(gen).as_ref(), &e));
-            return Ok(r);
-        }
-    };
-    u.sort();
-    let stamp = crate::storage::object_stamp(&meta);
-    let idx = LoadedIndex::from_unified(store.clone(), gen, stamp, u.clone());
-    let ncols = u.schema.columns.len() + 1;
-    let want_schema = u.schema.arrow();
-    let mut part_ok = vec![false; idx.parts.len()];
-    let mut max_row = vec![0u64; idx.parts.len()];
-    for e in &idx.entries {
-        let m = &mut max_row[e.part as usize];
-        *m = (*m).max(e.row_start + e.row_count);
-    }
-    for (p, ok) in part_ok.iter_mut().enumerate() {
-        let name = idx.parts[p].path.to_string();
-        r.parts += 1;
-        match idx.part_info(p as u32) {
-            Err(e) => r.problems.push(problem(&name, &e)),
-            Ok((rows, schema)) => {
-                let cols = |s: &arrow::datatypes::Schema| -> Vec<String> {
-                    s.fields()
-                        .iter()
-                        .map(|f| format!("{} {}", f.name(), f.data_type()))
-                        .collect()
-                };
-                let (names, want) = (cols(&schema), cols(&want_schema));
-                if names != want {
-                    r.problems.push(Problem {
-                        file: name,
-                        msg: format!("has columns {names:?}, the store has {want:?}"),
-                    });
-                } else if rows < max_row[p] {
-                    r.problems.push(Problem {
-                        file: name,
-                        msg: format!(
-                            "has {rows} rows but the index references rows up to {}",
-                            max_row[p]
-                        ),
-                    });
-                } else {
-                    *ok = true;
-                }
-            }
-        }
-    }
-    // Read every entry of a readable part back, in chunks of whole entries.
-    let cols: Vec<usize> = (0..ncols).collect();
-    let mut i = 0;
-    while i < u.entries.len() {
-        if !part_ok[idx.entries[i].part as usize] {
-            i += 1;
-            continue;
-        }
-        let mut end = i + 1;
-        let mut rows = u.entries[i].e.row_count;
-        while end < u.entries.len()
-            && part_ok[idx.entries[end].part as usize]
-            && rows + u.entries[end].e.row_count <= CHUNK_ROWS
-        {
-            rows += u.entries[end].e.row_count;
-            end += 1;
-        }
-        match idx.read_entries(i..end, &cols) {
-            Err(e) => {
+}
+
+/// Streams the index: every part it references opens with the store's columns and enough rows,
+/// and every entry's rows read back as its label and block, inside its bounds.
+fn check_entries(idx: &LoadedIndex, r: &mut CheckReport) {
+    let want_schema = idx.schema.arrow();
+    let cols: Vec<usize> = (0..idx.schema.columns.len() + 1).collect();
+    // Per part: its row count, or None when it cannot be read.
+    let mut parts: HashMap<String, Option<u64>> = HashMap::new();
+    let mut chunk: Vec<UnifiedEntry> = Vec::new();
+    let mut rows = 0u64;
+    let mut scan = idx.view.scan();
+    loop {
+        let next = match scan.next() {
+            None => None,
+            Some(Ok((_, v))) => Some(v),
+            Some(Err(e)) => {
                 let file = match &e {
                     Error::File { file, .. } => file.clone(),
-                    _ => u.entries[i].e.part.clone(),
+                    _ => "index".to_string(),
                 };
                 r.problems.push(problem(&file, &e));
+                None
             }
-            Ok(batch) => {
-                let mut off = 0usize;
-                for ue in &u.entries[i..end] {
-                    let n = ue.e.row_count as usize;
-                    if off + n > batch.num_rows() {
-                        r.problems.push(Problem {
-                            file: ue.e.part.clone(),
-                            msg: format!(
-                                "rows {}..{} could not all be read",
-                                ue.e.row_start,
-                                ue.e.row_start + ue.e.row_count
-                            ),
-                        });
-                        break;
-                    }
-                    if let Err(msg) = verify(&batch.slice(off, n), ue) {
-                        r.problems.push(Problem {
-                            file: ue.e.part.clone(),
-                            msg,
-                        });
-                    }
-                    off += n;
-                    r.entries += 1;
-                    r.points += ue.e.row_count;
-                }
+        };
+        let done = next.is_none();
+        for e in next.into_iter().flatten() {
+            let info = parts.entry(e.e.part.clone()).or_insert_with(|| {
+                r.parts += 1;
+                part_rows(idx, &e.e.part, &want_schema, r)
+            });
+            let Some(n) = *info else { continue };
+            if e.e.row_start + e.e.row_count > n {
+                r.problems.push(Problem {
+                    file: e.e.part.clone(),
+                    msg: format!(
+                        "has {n} rows but the index references rows up to {}",
+                        e.e.row_start + e.e.row_count
+                    ),
+                });
+                parts.insert(e.e.part.clone(), None);
+                continue;
             }
+            rows += e.e.row_count;
+            chunk.push(e);
         }
-        i = end;
+        if rows >= CHUNK_ROWS || (done && !chunk.is_empty()) {
+            read_back(idx, &std::mem::take(&mut chunk), &cols, r);
+            rows = 0;
+        }
+        if done {
+            return;
+        }
     }
-    Ok(r)
+}
+
+/// Rows of a part, or `None` (and a problem) when it cannot be opened or has other columns.
+fn part_rows(
+    idx: &LoadedIndex,
+    part: &str,
+    want_schema: &arrow::datatypes::Schema,
+    r: &mut CheckReport,
+) -> Option<u64> {
+    match idx.part_info(part) {
+        Err(e) => {
+            r.problems.push(problem(part, &e));
+            None
+        }
+        Ok((rows, schema)) => {
+            let cols = |s: &arrow::datatypes::Schema| -> Vec<String> {
+                s.fields()
+                    .iter()
+                    .map(|f| format!("{} {}", f.name(), f.data_type()))
+                    .collect()
+            };
+            let (names, want) = (cols(&schema), cols(want_schema));
+            if names != want {
+                r.problems.push(Problem {
+                    file: part.to_string(),
+                    msg: format!("has columns {names:?}, the store has {want:?}"),
+                });
+                return None;
+            }
+            Some(rows)
+        }
+    }
+}
+
+/// Reads `entries` back and verifies each.
+fn read_back(idx: &LoadedIndex, entries: &[UnifiedEntry], cols: &[usize], r: &mut CheckReport) {
+    let batch = idx.read_entries(entries, cols).and_then(|b| {
+        Ok(arrow::compute::concat_batches(
+            &idx.projected(cols),
+            &b,
+        )?)
+    });
+    let batch = match batch {
+        Ok(b) => b,
+        Err(e) => {
+            let file = match &e {
+                Error::File { file, .. } => file.clone(),
+                _ => entries[0].e.part.clone(),
+            };
+            r.problems.push(problem(&file, &e));
+            return;
+        }
+    };
+    let mut off = 0usize;
+    for ue in entries {
+        let n = ue.e.row_count as usize;
+        if off + n > batch.num_rows() {
+            r.problems.push(Problem {
+                file: ue.e.part.clone(),
+                msg: format!(
+                    "rows {}..{} could not all be read",
+                    ue.e.row_start,
+                    ue.e.row_start + ue.e.row_count
+                ),
+            });
+            break;
+        }
+        if let Err(msg) = verify(&batch.slice(off, n), ue) {
+            r.problems.push(Problem {
+                file: ue.e.part.clone(),
+                msg,
+            });
+        }
+        off += n;
+        r.entries += 1;
+        r.points += ue.e.row_count;
+    }
 }
 
 fn problem(file: &str, e: &Error) -> Problem {
@@ -406,8 +446,30 @@ mod tests {
         let seg = dir.path().join("workers/w2/commits/0000000001.parquet");
         std::fs::write(&seg, b"not parquet").unwrap();
         assert_found(dir.path(), "workers/w2/commits/0000000001.parquet");
-        std::fs::write(dir.path().join("index/0000000001.duckdb"), b"{garbage").unwrap();
-        assert_found(dir.path(), "index/0000000001.duckdb");
+        // A garbled index segment, then a garbled manifest.
+        let segs: Vec<_> = std::fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .collect();
+        let good = std::fs::read(&segs[0]).unwrap();
+        let mut bad = good.clone();
+        let mid = bad.len() / 3;
+        bad[mid..mid + 64].fill(0x55);
+        std::fs::write(&segs[0], &bad).unwrap();
+        crate::segment::clear_caches();
+        let seg_name = rel(dir.path(), &segs[0]);
+        let r = run(dir.path());
+        assert!(
+            r.problems.iter().any(|p| p.file == seg_name),
+            "{:?}",
+            r.problems
+        );
+        std::fs::write(&segs[0], b"short").unwrap();
+        crate::segment::clear_caches();
+        assert_found(dir.path(), &seg_name);
+        std::fs::write(&segs[0], &good).unwrap();
+        std::fs::write(dir.path().join("index/0000000001.json"), b"{garbage").unwrap();
+        assert_found(dir.path(), "index/0000000001.json");
     }
 
     #[test]

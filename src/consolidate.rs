@@ -1,61 +1,60 @@
-//! `pocaduck_consolidate`: merge every worker's commits into a new unified index generation.
+//! `pocaduck_consolidate`: merge every worker's new commits into a new index generation.
 //!
+//! - Cost follows the new work: the new commits' entries become one new run of index segments
+//!   (module [`crate::segment`]); the previous generation's segments are referenced, not
+//!   rewritten. To keep lookups to a few segments, runs of one size tier are merged when
+//!   [`crate::segment::FANOUT`] of them accumulate (each entry is rewritten O(log N) times over
+//!   the store's life). No part file is read.
 //! - Incremental: the previous generation records, per worker, the last commit merged; only newer
-//!   commit segments are read. No part file is read.
-//! - Idempotent: with no new commits nothing is written and the current generation is reported.
-//! - Atomic: the new generation is built in a local temporary file and published with
-//!   put-if-absent under the next generation number. Readers keep using the previous generation
-//!   until the new one exists in full. Two consolidates racing for the same number: one wins, the
-//!   other fails with a conflict error and changes nothing.
+//!   commit segments are read. Idempotent: with no new commits nothing is written.
+//! - Atomic: segments are written first (immutable, unreferenced until published), then the
+//!   manifest is published with put-if-absent under the next generation number (module
+//!   [`crate::log`]). Two consolidates racing: one wins, the other deletes its segments and fails
+//!   with a conflict error.
+//! - Upgrades a format-1 store (a DuckDB index generation) to manifests and segments.
+
+use object_store::path::Path;
 
 use crate::error::{Error, Result};
-use crate::index::{decode_segment, IndexCodec, UnifiedIndex};
+use crate::index::{decode_segment, IndexCodec, UnifiedEntry, UnifiedIndex, WorkerState};
 use crate::layout;
+use crate::log::{self, Manifest};
+use crate::segment::{supersede, IndexView, RunWriter, FANOUT};
 use crate::storage::Store;
 use crate::writer::read_schema;
 
 /// What consolidate did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConsolidateSummary {
-    /// Generation of the unified index now current.
+    /// Generation of the index now current.
     pub generation: u64,
     /// Workers in the index.
     pub workers: u64,
     /// Commits merged by this call (0 when nothing was new).
     pub new_commits: u64,
-    /// Part files referenced.
-    pub files: u64,
-    /// Distinct labels.
-    pub labels: u64,
-    /// Points.
-    pub points: u64,
+    /// Part files the merged commits added.
+    pub new_files: u64,
+    /// Points the merged commits added (rows they supersede are not subtracted).
+    pub new_points: u64,
+    /// Index entries the merged commits added.
+    pub new_entries: u64,
+    /// Index segment files of the generation now current.
+    pub segments: u64,
 }
 
-/// Latest unified index generation of a store (0 if never consolidated).
-pub fn latest_generation(store: &Store) -> Result<u64> {
-    Ok(latest_index(store)?.map(|(g, _)| g).unwrap_or(0))
-}
-
-/// The newest unified index generation and its object metadata (`None` if never consolidated).
-pub fn latest_index(store: &Store) -> Result<Option<(u64, object_store::ObjectMeta)>> {
-    Ok(store
-        .list(&layout::index_dir())?
-        .into_iter()
-        .filter_map(|m| layout::parse_index_gen(&m.location).map(|g| (g, m)))
-        .max_by_key(|(g, _)| *g))
-}
-
-/// Loads generation `gen` of the unified index through `codec`.
-pub fn load_generation(store: &Store, gen: u64, codec: &dyn IndexCodec) -> Result<UnifiedIndex> {
+/// Loads format-1 generation `gen` (a DuckDB database) whole through `codec`.
+pub fn load_legacy(store: &Store, gen: u64, codec: &dyn IndexCodec) -> Result<UnifiedIndex> {
     let file = layout::index_file(gen);
     let local = match &store.local_dir {
         Some(dir) => dir.join(file.as_ref()),
         None => cached_index_file(store, gen)?,
     };
-    codec.read(&local).map_err(|e| match e {
+    let mut u = codec.read(&local).map_err(|e| match e {
         Error::Internal(m) => Error::file(&store.name, file.as_ref(), m),
         other => other,
-    })
+    })?;
+    u.sort();
+    Ok(u)
 }
 
 /// A local copy of generation `gen` of a remote store's index. Generations are immutable, but a
@@ -74,7 +73,8 @@ fn cached_index_file(store: &Store, gen: u64) -> Result<std::path::PathBuf> {
         .map_err(|e| Error::file(&store.name, file.as_ref(), e))?;
     let (size, version) = crate::storage::object_stamp(&meta);
     let path = dir.join(format!("{gen:010}-{size}-{version:016x}.duckdb"));
-    if path.exists() {
+    // A copy of another size is a truncated download: fetch it again.
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == size) {
         return Ok(path);
     }
     let cache_err = |e: std::io::Error| {
@@ -85,24 +85,17 @@ fn cached_index_file(store: &Store, gen: u64) -> Result<std::path::PathBuf> {
     };
     std::fs::create_dir_all(&dir).map_err(cache_err)?;
     let bytes = store.get(&layout::index_file(gen))?;
-    let tmp = dir.join(format!("{gen:010}.duckdb.{}.tmp", std::process::id()));
+    // A name per download: threads and processes sharing the cache never write one file.
+    let tmp = dir.join(format!(
+        "{gen:010}.duckdb.{}.tmp",
+        crate::writer::new_session_id()
+    ));
     std::fs::write(&tmp, &bytes).map_err(cache_err)?;
     std::fs::rename(&tmp, &path).map_err(cache_err)?;
     Ok(path)
 }
 
-fn summarize(u: &UnifiedIndex, new_commits: u64) -> ConsolidateSummary {
-    ConsolidateSummary {
-        generation: u.generation,
-        workers: u.workers.len() as u64,
-        new_commits,
-        files: u.part_count() as u64,
-        labels: u.label_stats().len() as u64,
-        points: u.entries.iter().map(|e| e.e.row_count).sum(),
-    }
-}
-
-/// Consolidates `store`.
+/// Consolidates `store`. `codec` reads format-1 generations (a store being upgraded).
 pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateSummary> {
     let schema = read_schema(store)?.ok_or_else(|| {
         Error::store(
@@ -110,18 +103,19 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
             "is not a pocaduck store (no _pocaduck.json): nothing was ever committed to it",
         )
     })?;
-    let gen = latest_generation(store)?;
-    let mut index = if gen == 0 {
-        UnifiedIndex {
-            generation: 0,
-            schema: schema.clone(),
-            workers: vec![],
-            entries: vec![],
-        }
-    } else {
-        load_generation(store, gen, codec)?
+    let base = match log::latest(store)? {
+        Some(g) => log::load(store, &g, codec)?,
+        None => log::Generation {
+            manifest: Manifest::empty(schema.clone()),
+            legacy: None,
+        },
     };
-    let mut new_commits = 0;
+    let mut m = base.manifest.clone();
+    m.format = log::MANIFEST_FORMAT;
+    m.schema = schema;
+    let mut summary = ConsolidateSummary::default();
+    let mut new: Vec<UnifiedEntry> = Vec::new();
+    let mut new_parts: std::collections::HashSet<String> = Default::default();
     let mut workers: Vec<String> = store
         .list_dirs(&layout::workers_dir())?
         .iter()
@@ -129,102 +123,158 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
         .collect();
     workers.sort();
     for w in workers {
-        let done = index
-            .workers
-            .iter()
-            .find(|s| s.worker == w)
-            .map(|s| s.last_commit)
-            .unwrap_or(0);
+        let done = m.last_commit(&w);
         let mut seqs: Vec<u64> = store
             .list(&layout::commits_dir(&w))?
             .iter()
-            .filter_map(|m| layout::parse_commit_seq(&m.location))
+            .filter_map(|x| layout::parse_commit_seq(&x.location))
             .filter(|s| *s > done)
             .collect();
         if seqs.is_empty() {
             continue;
         }
         seqs.sort_unstable();
-        let mut commits = Vec::with_capacity(seqs.len());
-        for seq in seqs {
+        let wi = match m.workers.iter().position(|x| x.worker == w) {
+            Some(i) => i,
+            None => {
+                m.workers.push(WorkerState {
+                    worker: w.clone(),
+                    last_commit: 0,
+                });
+                m.workers.len() - 1
+            }
+        };
+        for &seq in &seqs {
             let file = layout::commit_file(&w, seq);
             let bytes = store.get(&file)?;
-            commits.push((seq, decode_segment(bytes, &store.name, file.as_ref())?));
+            for e in decode_segment(bytes, &store.name, file.as_ref())? {
+                summary.new_points += e.row_count;
+                new_parts.insert(e.part.clone());
+                new.push(UnifiedEntry {
+                    worker: wi as u32,
+                    commit: seq,
+                    e,
+                });
+            }
         }
-        new_commits += commits.len() as u64;
-        index.merge_commits(&w, commits);
+        summary.new_commits += seqs.len() as u64;
+        m.workers[wi].last_commit = seqs[seqs.len() - 1];
     }
-    if new_commits == 0 {
-        return Ok(summarize(&index, 0));
+    let upgrading = base.legacy.is_some();
+    if summary.new_commits == 0 && !upgrading {
+        summary.generation = m.generation;
+        summary.workers = m.workers.len() as u64;
+        summary.segments = m.segments.len() as u64;
+        return Ok(summary);
     }
-    index.generation = gen + 1;
-    index.schema = schema;
-    publish(store, &index, codec)?;
-    Ok(summarize(&index, new_commits))
+    summary.new_entries = new.len() as u64;
+    summary.new_files = new_parts.len() as u64;
+    let mut written: Vec<Path> = Vec::new();
+    let res = (|| {
+        if let Some(old) = base.legacy {
+            // Upgrade: the format-1 generation's entries become the first run.
+            let run = m.next_run;
+            m.next_run += 1;
+            let refs = write_run(store, &m, run, grouped(old), &mut written)?;
+            m.segments.extend(refs);
+        }
+        let run = m.next_run;
+        m.next_run += 1;
+        new.sort_by_key(|e| e.e.label);
+        let refs = write_run(store, &m, run, grouped(new), &mut written)?;
+        m.segments.extend(refs);
+        merge_tiers(store, &mut m, &mut written)?;
+        m.generation += 1;
+        m.created_ms = log::now_ms();
+        log::publish(store, &m)
+    })();
+    if let Err(e) = res {
+        for p in &written {
+            let _ = store.delete(p);
+        }
+        return Err(e);
+    }
+    summary.generation = m.generation;
+    summary.workers = m.workers.len() as u64;
+    summary.segments = m.segments.len() as u64;
+    Ok(summary)
 }
 
-pub(crate) fn publish(store: &Store, index: &UnifiedIndex, codec: &dyn IndexCodec) -> Result<()> {
-    let tmp = tempdir_for(store)?;
-    let local = tmp.join("index.duckdb");
-    let res = (|| {
-        codec.write(index, &local)?;
-        let bytes = std::fs::read(&local).map_err(|e| {
-            Error::Internal(format!("reading built index {}: {e}", local.display()))
-        })?;
-        let file = layout::index_file(index.generation);
-        if store.put_if_absent(&file, bytes.into())? {
-            store.sync(&[file])?;
-        } else {
-            return Err(Error::Conflict {
-                store: store.name.clone(),
-                msg: format!(
-                    "another consolidate or optimize published generation {} first; nothing was changed, run it again",
-                    index.generation
-                ),
-            });
+/// Entries sorted by label → one superseded, index-ordered vector per label.
+fn grouped(entries: Vec<UnifiedEntry>) -> impl Iterator<Item = Result<Vec<UnifiedEntry>>> {
+    let mut it = entries.into_iter().peekable();
+    std::iter::from_fn(move || {
+        let first = it.next()?;
+        let mut v = vec![first];
+        while let Some(e) = it.next_if(|e| e.e.label == v[0].e.label) {
+            v.push(e);
+        }
+        supersede(&mut v);
+        Some(Ok(v))
+    })
+}
+
+/// Writes one run from per-label entry vectors (in label order); records its files in
+/// `written`.
+pub(crate) fn write_run(
+    store: &Store,
+    m: &Manifest,
+    run: u64,
+    labels: impl Iterator<Item = Result<Vec<UnifiedEntry>>>,
+    written: &mut Vec<Path>,
+) -> Result<Vec<crate::log::SegmentRef>> {
+    let mut w = RunWriter::new(store, m, run, false);
+    let res: Result<()> = (|| {
+        for l in labels {
+            w.push_label(l?)?;
         }
         Ok(())
     })();
-    let _ = std::fs::remove_dir_all(&tmp);
-    res
+    written.extend(w.written());
+    res?;
+    let refs = w.finish()?;
+    written.extend(refs.iter().map(|r| Path::from(r.file.as_str())));
+    Ok(refs)
 }
 
-fn tempdir_for(store: &Store) -> Result<std::path::PathBuf> {
-    use std::hash::{BuildHasher, RandomState};
-    sweep_dead_tempdirs();
-    let r = RandomState::new().hash_one(std::process::id());
-    let dir = std::env::temp_dir().join(format!("pocaduck-{}-{r:016x}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        Error::store(
-            &store.name,
-            format!("cannot create temporary directory {}: {e}", dir.display()),
-        )
-    })?;
-    Ok(dir)
-}
-
-/// Removes the temporary directories of consolidate/optimize runs whose process is gone (killed
-/// before it could clean up). Linux: a process is alive if `/proc/<pid>` exists.
-fn sweep_dead_tempdirs() {
-    if !std::path::Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for d in dir.flatten() {
-        let name = d.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("pocaduck-"))
-            .and_then(|n| n.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(d.path());
+/// Merges runs while some size tier holds [`FANOUT`] or more of them: every run of that tier or
+/// below becomes one run (superseded entries dropped).
+fn merge_tiers(store: &Store, m: &mut Manifest, written: &mut Vec<Path>) -> Result<()> {
+    loop {
+        let mut runs: Vec<(u64, u32)> = m.segments.iter().map(|r| (r.run, r.tier)).collect();
+        runs.sort_unstable();
+        runs.dedup();
+        let mut per_tier: std::collections::BTreeMap<u32, usize> = Default::default();
+        for (_, t) in &runs {
+            *per_tier.entry(*t).or_default() += 1;
         }
+        let Some((&tier, _)) = per_tier.iter().find(|(_, n)| **n >= FANOUT) else {
+            return Ok(());
+        };
+        let chosen: Vec<u64> = runs
+            .iter()
+            .filter(|(_, t)| *t <= tier)
+            .map(|(r, _)| *r)
+            .collect();
+        let (sources, kept): (Vec<_>, Vec<_>) = m
+            .segments
+            .iter()
+            .cloned()
+            .partition(|r| chosen.contains(&r.run));
+        let mut part = m.clone();
+        part.segments = sources;
+        let view = IndexView::new(
+            store.clone(),
+            log::Generation {
+                manifest: part,
+                legacy: None,
+            },
+        );
+        let run = m.next_run;
+        m.next_run += 1;
+        let refs = write_run(store, m, run, view.scan().map(|r| r.map(|x| x.1)), written)?;
+        m.segments = kept;
+        m.segments.extend(refs);
     }
 }
 
@@ -277,9 +327,10 @@ pub(crate) mod tests {
                 generation: 1,
                 workers: 2,
                 new_commits: 2,
-                files: 2,
-                labels: 2,
-                points: 3
+                new_files: 2,
+                new_points: 3,
+                new_entries: 3,
+                segments: 1,
             }
         );
         // Twice: nothing changes, no new generation.
@@ -287,26 +338,158 @@ pub(crate) mod tests {
         assert_eq!(
             s2,
             ConsolidateSummary {
-                new_commits: 0,
-                ..s1.clone()
+                generation: 1,
+                workers: 2,
+                segments: 1,
+                ..Default::default()
             }
         );
-        assert_eq!(latest_generation(&store).unwrap(), 1);
+        assert_eq!(log::latest_generation(&store).unwrap(), 1);
         // A worker finishing later is merged; the others' segments are not read again: delete
         // them to prove it.
         write(name, "w3", &[rows(&[9], "c", &[[9, 9, 9]])]);
         std::fs::remove_file(dir.path().join("workers/w1/commits/0000000001.parquet")).unwrap();
         let s3 = consolidate(&store, &JsonCodec).unwrap();
         assert_eq!(
-            (
-                s3.generation,
-                s3.workers,
-                s3.new_commits,
-                s3.labels,
-                s3.points
-            ),
-            (2, 3, 1, 3, 4)
+            (s3.generation, s3.workers, s3.new_commits, s3.new_points, s3.segments),
+            (2, 3, 1, 1, 2)
         );
+        // The first generation's segment is referenced, not rewritten.
+        let m1 = log::load(&store, &log::all(&store).unwrap()[0], &JsonCodec).unwrap();
+        let m2 = log::load(&store, &log::all(&store).unwrap()[1], &JsonCodec).unwrap();
+        assert_eq!(m2.manifest.segments[0], m1.manifest.segments[0]);
+        let idx = crate::reader::open(name, &JsonCodec).unwrap();
+        let stats: Vec<_> = idx.label_stats().map(|r| r.unwrap()).collect();
+        assert_eq!(stats, vec![(1, 1, 1), (2, 2, 2), (9, 1, 1)]);
+    }
+
+    #[test]
+    fn a_rerun_in_a_later_generation_supersedes_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let rows = crate::writer::tests::rows;
+        write(name, "w1", &[rows(&[7, 7, 8], "a", &[[1, 0, 0], [2, 0, 0], [3, 0, 0]])]);
+        write(name, "w2", &[rows(&[7], "a", &[[4, 0, 0]])]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        // w1 reruns block a with only label 7 (one point): its (7, a) is replaced, its (8, a)
+        // stays (it is another (label, block)), w2's (7, a) stays.
+        write(name, "w1", &[rows(&[7], "a", &[[9, 0, 0]])]);
+        let s = consolidate(&store, &JsonCodec).unwrap();
+        assert_eq!((s.generation, s.segments), (2, 2));
+        let idx = crate::reader::open(name, &JsonCodec).unwrap();
+        let xs = |l: u64| -> Vec<i32> {
+            let mut v: Vec<i32> = idx
+                .points(&[l], &[2])
+                .unwrap()
+                .iter()
+                .flat_map(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<arrow::array::Int32Array>()
+                        .unwrap()
+                        .values()
+                        .to_vec()
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(xs(7), vec![4, 9]);
+        assert_eq!(xs(8), vec![3]);
+        assert_eq!(idx.point_count(&[7, 8]).unwrap(), 3);
+    }
+
+    #[test]
+    fn runs_merge_by_tier_and_answers_stay_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let rows = crate::writer::tests::rows;
+        let store = || Store::open(name, OpenMode::Existing).unwrap();
+        // 3 * FANOUT consolidates of one small commit each: runs of tier 0 merge whenever
+        // FANOUT of them accumulate, so the generation never holds FANOUT or more of them.
+        for i in 0..3 * FANOUT as i32 {
+            write(name, &format!("w{i}"), &[rows(&[5, 6 + i as u64], "a", &[[i, 0, 0], [i, 1, 0]])]);
+            let s = consolidate(&store(), &JsonCodec).unwrap();
+            assert!(s.segments < FANOUT as u64, "{s:?}");
+        }
+        let idx = crate::reader::open(name, &JsonCodec).unwrap();
+        assert_eq!(idx.point_count(&[5]).unwrap(), 3 * FANOUT as u64);
+        let stats: Vec<_> = idx.label_stats().map(|r| r.unwrap()).collect();
+        assert_eq!(stats.len(), 1 + 3 * FANOUT);
+        assert_eq!(stats[0], (5, 3 * FANOUT as u64, 1));
+        // Merged-away segment files are no longer referenced (they stay on disk for readers of
+        // older generations).
+        let on_disk = std::fs::read_dir(dir.path().join("segments")).unwrap().count();
+        assert!(on_disk > idx.view.manifest.segments.len());
+    }
+
+    /// Builds a format-1 generation (as the previous release wrote it) from the commits on disk.
+    fn write_legacy(store: &Store, codec: &dyn IndexCodec) {
+        let mut u = UnifiedIndex {
+            generation: 1,
+            schema: read_schema(store).unwrap().unwrap(),
+            workers: vec![],
+            entries: vec![],
+        };
+        let mut ws: Vec<String> = store
+            .list_dirs(&layout::workers_dir())
+            .unwrap()
+            .iter()
+            .map(|p| p.filename().unwrap().to_string())
+            .collect();
+        ws.sort();
+        for w in ws {
+            u.workers.push(WorkerState {
+                worker: w.clone(),
+                last_commit: 1,
+            });
+            let f = layout::commit_file(&w, 1);
+            for e in decode_segment(store.get(&f).unwrap(), "s", "f").unwrap() {
+                u.entries.push(UnifiedEntry {
+                    worker: (u.workers.len() - 1) as u32,
+                    commit: 1,
+                    e,
+                });
+            }
+        }
+        u.sort();
+        let dir = store.local_dir.as_ref().unwrap().join("index");
+        std::fs::create_dir_all(&dir).unwrap();
+        codec.write(&u, &dir.join("0000000001.duckdb")).unwrap();
+    }
+
+    #[test]
+    fn a_format_1_store_is_read_then_upgraded_by_consolidate() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let rows = crate::writer::tests::rows;
+        write(name, "w1", &[rows(&[1, 2], "a", &[[0, 0, 0], [1, 1, 1]])]);
+        write(name, "w2", &[rows(&[2], "b", &[[2, 2, 2]])]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        write_legacy(&store, &JsonCodec);
+        let old = crate::reader::open(name, &JsonCodec).unwrap();
+        assert_eq!(old.generation, 1);
+        let before: Vec<_> = old.label_stats().map(|r| r.unwrap()).collect();
+        assert_eq!(before, vec![(1, 1, 1), (2, 2, 2)]);
+        assert_eq!(old.point_count(&[2]).unwrap(), 2);
+        // Nothing new to merge, but the index is upgraded to format 2.
+        let s = consolidate(&store, &JsonCodec).unwrap();
+        assert_eq!((s.generation, s.new_commits, s.segments), (2, 0, 1));
+        assert!(dir.path().join("index/0000000002.json").exists());
+        assert!(dir.path().join("index/0000000001.duckdb").exists());
+        let new = crate::reader::open(name, &JsonCodec).unwrap();
+        assert!(new.view.manifest.segments.len() == 1);
+        let after: Vec<_> = new.label_stats().map(|r| r.unwrap()).collect();
+        assert_eq!(after, before);
+        assert_eq!(
+            new.points(&[2], &[2]).unwrap()[0].num_rows(),
+            old.points(&[2], &[2]).unwrap()[0].num_rows()
+        );
+        // And it goes on incrementally.
+        write(name, "w1", &[rows(&[3], "c", &[[3, 3, 3]])]);
+        let s = consolidate(&store, &JsonCodec).unwrap();
+        assert_eq!((s.generation, s.new_commits, s.segments), (3, 1, 2));
     }
 
     #[test]
@@ -332,19 +515,19 @@ pub(crate) mod tests {
             &[crate::writer::tests::rows(&[1], "a", &[[0, 0, 0]])],
         );
         let store = Store::open(name, OpenMode::Existing).unwrap();
-        // Someone else publishes generation 1 between our read and our publish.
-        std::fs::create_dir_all(dir.path().join("index")).unwrap();
-        let u = UnifiedIndex {
-            generation: 1,
-            schema: read_schema(&store).unwrap().unwrap(),
-            workers: vec![],
-            entries: vec![],
-        };
-        publish(&store, &u, &JsonCodec).unwrap();
-        let e = publish(&store, &u, &JsonCodec).unwrap_err().to_string();
+        let mut m = Manifest::empty(read_schema(&store).unwrap().unwrap());
+        m.generation = 1;
+        log::publish(&store, &m).unwrap();
+        let e = log::publish(&store, &m).unwrap_err().to_string();
         assert!(
             e.contains("another consolidate or optimize published generation 1 first"),
             "{e}"
+        );
+        assert_eq!(
+            log::load(&store, &log::latest(&store).unwrap().unwrap(), &JsonCodec)
+                .unwrap()
+                .manifest,
+            m
         );
     }
 }

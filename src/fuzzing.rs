@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use crate::index::{
-    decode_segment, BlockId, SegmentEntry, UnifiedEntry, UnifiedIndex, WorkerState,
+    decode_segment, BlockId, SegmentEntry, UnifiedEntry, WorkerState,
 };
 use crate::reader::LoadedIndex;
 use crate::storage::{OpenMode, Store};
@@ -27,14 +27,15 @@ pub fn part(dir: &std::path::Path, data: &[u8], rows: u64) -> Result<usize> {
     let store = Store::open(dir.to_str().unwrap_or_default(), OpenMode::Existing)?;
     let schema =
         crate::schema::schema_for_input(&[const { arrow::datatypes::DataType::Int64 }; 5], &[])?;
-    let u = UnifiedIndex {
-        generation: 1,
-        schema,
-        workers: vec![WorkerState {
-            worker: "w".into(),
-            last_commit: 1,
-        }],
-        entries: vec![UnifiedEntry {
+    let mut m = crate::log::Manifest::empty(schema);
+    m.generation = 1;
+    m.workers = vec![WorkerState {
+        worker: "w".into(),
+        last_commit: 1,
+    }];
+    let gen = crate::log::Generation {
+        manifest: m,
+        legacy: Some(vec![UnifiedEntry {
             worker: 0,
             commit: 1,
             e: SegmentEntry {
@@ -45,9 +46,9 @@ pub fn part(dir: &std::path::Path, data: &[u8], rows: u64) -> Result<usize> {
                 row_count: rows,
                 bbox: [f64::MIN, f64::MIN, f64::MIN, f64::MAX, f64::MAX, f64::MAX],
             },
-        }],
+        }]),
     };
-    let idx = LoadedIndex::from_unified(store, 1, (0, 0), u);
+    let idx = LoadedIndex::from_generation(store, gen);
     let got = idx.points(&[1], &[0, 1, 2, 3, 4])?;
     Ok(got.iter().map(|b| b.num_rows()).sum())
 }

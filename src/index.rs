@@ -4,13 +4,14 @@
 //! - a **commit segment** per worker commit (`workers/<w>/commits/<seq>.parquet`): the entries of
 //!   the parts that commit made complete. A segment is created with put-if-absent after all its
 //!   parts are complete, so it never references a half-written part.
-//! - the **unified index** ([`UnifiedIndex`]), built by consolidate from all segments, persisted by
-//!   an [`IndexCodec`] (a DuckDB database file in the extension).
+//! - the **unified index**: built by consolidate from the commit segments, as index segments named
+//!   by a generation manifest (modules [`crate::segment`], [`crate::log`]). [`UnifiedEntry`] is
+//!   its entry; [`UnifiedIndex`] is the whole-index form of format 1 (read through an
+//!   [`IndexCodec`] when a store of the previous release is read or upgraded).
 //!
 //! An entry says: rows `row_start .. row_start + row_count` of `part` hold points of `label` in
 //! `block`, with bounding box `bbox` (min x, y, z, max x, y, z).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -282,79 +283,11 @@ impl UnifiedIndex {
             ))
         });
     }
-
-    /// Number of distinct part files referenced.
-    pub fn part_count(&self) -> usize {
-        let mut parts: Vec<&str> = self.entries.iter().map(|e| e.e.part.as_str()).collect();
-        parts.sort_unstable();
-        parts.dedup();
-        parts.len()
-    }
-
-    /// Per-label (label, points, blocks), in label order.
-    pub fn label_stats(&self) -> Vec<(u64, u64, u64)> {
-        let mut out: Vec<(u64, u64, u64)> = Vec::new();
-        let mut last_block: Option<&BlockId> = None;
-        for u in &self.entries {
-            match out.last_mut() {
-                Some(l) if l.0 == u.e.label => {
-                    l.1 += u.e.row_count;
-                    if last_block != Some(&u.e.block) {
-                        l.2 += 1;
-                    }
-                }
-                _ => out.push((u.e.label, u.e.row_count, 1)),
-            }
-            last_block = Some(&u.e.block);
-        }
-        out
-    }
-
-    /// Index of a worker, adding it if new.
-    pub fn worker_index(&mut self, worker: &str) -> u32 {
-        if let Some(i) = self.workers.iter().position(|w| w.worker == worker) {
-            return i as u32;
-        }
-        self.workers.push(WorkerState {
-            worker: worker.to_string(),
-            last_commit: 0,
-        });
-        (self.workers.len() - 1) as u32
-    }
-
-    /// Merges a worker's new commits (in ascending sequence). A (label, block) written by a later
-    /// commit of the same worker replaces what earlier commits of that worker wrote for it.
-    pub fn merge_commits(&mut self, worker: &str, commits: Vec<(u64, Vec<SegmentEntry>)>) {
-        let w = self.worker_index(worker);
-        let mut latest: HashMap<(u64, BlockId), u64> = HashMap::new();
-        for (seq, entries) in &commits {
-            for e in entries {
-                latest.insert((e.label, e.block.clone()), *seq);
-            }
-        }
-        self.entries
-            .retain(|u| u.worker != w || !latest.contains_key(&(u.e.label, u.e.block.clone())));
-        let mut last = self.workers[w as usize].last_commit;
-        for (seq, entries) in commits {
-            last = last.max(seq);
-            for e in entries {
-                if latest.get(&(e.label, e.block.clone())) == Some(&seq) {
-                    self.entries.push(UnifiedEntry {
-                        worker: w,
-                        commit: seq,
-                        e,
-                    });
-                }
-            }
-        }
-        self.workers[w as usize].last_commit = last;
-        self.sort();
-    }
 }
 
-/// Persists a unified index as a file on the local file system.
-///
-/// The extension stores it as a DuckDB database; the core only needs the round trip.
+/// Reads (and, for tests and migrations, writes) a format-1 unified index: one file holding every
+/// entry. The extension's is a DuckDB database; format 2 replaced it by manifests and segments
+/// (module [`crate::log`]).
 pub trait IndexCodec: Send + Sync {
     /// Writes `index` to a new file at `path`.
     fn write(&self, index: &UnifiedIndex, path: &std::path::Path) -> Result<()>;
@@ -401,47 +334,38 @@ mod tests {
         );
     }
 
-    fn empty() -> UnifiedIndex {
-        UnifiedIndex {
-            generation: 0,
-            schema: crate::schema::schema_for_input(&[const { DataType::Int64 }; 5], &[]).unwrap(),
-            workers: vec![],
-            entries: vec![],
+    fn u(worker: u32, commit: u64, x: SegmentEntry) -> UnifiedEntry {
+        UnifiedEntry {
+            worker,
+            commit,
+            e: x,
         }
     }
 
     #[test]
     fn later_commit_replaces_same_label_block_of_same_worker_only() {
-        let mut u = empty();
-        u.merge_commits(
-            "w1",
-            vec![(1, vec![e(7, 1, "a", 0, 10), e(7, 2, "a", 10, 3)])],
-        );
-        u.merge_commits("w2", vec![(1, vec![e(7, 1, "b", 0, 4)])]);
-        // w1 reruns block 1 of label 7: replaces its own (7, 1), keeps (7, 2) and w2's (7, 1).
-        u.merge_commits("w1", vec![(2, vec![e(7, 1, "c", 0, 9)])]);
-        let got: Vec<(&str, u64)> = u
-            .entries
-            .iter()
-            .map(|x| (x.e.part.as_str(), x.e.row_count))
-            .collect();
-        // Sorted by (label, block, worker): w1 (index 0) before w2 within block 1.
+        // Worker 0 wrote (7, 1) and (7, 2) in commit 1; worker 1 wrote (7, 1); worker 0 reruns
+        // block 1 in commit 2: it replaces its own (7, 1) only.
+        let mut v = vec![
+            u(0, 2, e(7, 1, "c", 0, 9)),
+            u(0, 1, e(7, 1, "a", 0, 10)),
+            u(1, 1, e(7, 1, "b", 0, 4)),
+            u(0, 1, e(7, 2, "a", 10, 3)),
+        ];
+        crate::segment::supersede(&mut v);
+        let got: Vec<(&str, u64)> = v.iter().map(|x| (x.e.part.as_str(), x.e.row_count)).collect();
+        // Index order (block, worker): w0 before w1 within block 1.
         assert_eq!(got, vec![("c", 9), ("b", 4), ("a", 3)]);
-        assert_eq!(u.label_stats(), vec![(7, 16, 2)]);
-        assert_eq!(u.workers[0].last_commit, 2);
     }
 
     #[test]
     fn entries_of_one_commit_accumulate() {
-        let mut u = empty();
-        u.merge_commits(
-            "w1",
-            vec![
-                (1, vec![e(7, 1, "a", 0, 10), e(7, 1, "a", 20, 5)]),
-                (2, vec![e(8, 1, "b", 0, 1)]),
-            ],
-        );
-        assert_eq!(u.label_stats(), vec![(7, 15, 1), (8, 1, 1)]);
-        assert_eq!(u.part_count(), 2);
+        let mut v = vec![
+            u(0, 1, e(7, 1, "a", 20, 5)),
+            u(0, 1, e(7, 1, "a", 0, 10)),
+        ];
+        crate::segment::supersede(&mut v);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].e.row_start, 0);
     }
 }

@@ -5,7 +5,9 @@
 //! <store>/workers/<worker>/parts/<session>-<n>.parquet   immutable part files
 //! <store>/workers/<worker>/commits/<seq>.parquet  worker index segments, one per commit
 //! <store>/optimized/<session>-<n>.parquet         parts rewritten by pocaduck_optimize
-//! <store>/index/<generation>.duckdb               unified index generations (immutable)
+//! <store>/index/<generation>.json                 generation manifests (immutable)
+//! <store>/index/<generation>.duckdb               generations of format 1 (read, never written)
+//! <store>/segments/<run>-<session>-<k>.parquet    index segments (immutable)
 //! ```
 //! All paths are relative to the store root, so a store can be moved or copied into a bucket.
 
@@ -58,12 +60,32 @@ pub fn index_dir() -> Path {
     Path::from("index")
 }
 
-/// Unified index generation `gen`.
+/// Format-1 unified index generation `gen` (a DuckDB database).
 pub fn index_file(gen: u64) -> Path {
     Path::from(format!("index/{gen:010}.duckdb"))
 }
 
-/// Parses the generation out of a unified index path.
+/// Generation manifest `gen`.
+pub fn manifest_file(gen: u64) -> Path {
+    Path::from(format!("index/{gen:010}.json"))
+}
+
+/// Parses the generation out of a manifest path.
+pub fn parse_manifest_gen(p: &Path) -> Option<u64> {
+    p.filename()?.strip_suffix(".json")?.parse().ok()
+}
+
+/// Directory of index segments.
+pub fn segments_dir() -> Path {
+    Path::from("segments")
+}
+
+/// Index segment file `k` of run `run` written by writer `session`.
+pub fn segment_file(run: u64, session: &str, k: u32) -> Path {
+    Path::from(format!("segments/{run:010}-{session}-{k:04}.parquet"))
+}
+
+/// Parses the generation out of a format-1 unified index path.
 pub fn parse_index_gen(p: &Path) -> Option<u64> {
     p.filename()?.strip_suffix(".duckdb")?.parse().ok()
 }

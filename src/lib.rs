@@ -2,7 +2,8 @@
 //!
 //! The core (everything but [`sql`]) is plain Rust with no DuckDB types:
 //! - [`storage`]: object-store I/O; [`layout`]: where files live in a store;
-//! - [`schema`]: store schema and input validation; [`index`]: commit segments, unified index;
+//! - [`schema`]: store schema and input validation; [`index`]: index entries, commit segments;
+//! - [`log`]: generations (manifests) and publishing; [`segment`]: index segments and lookups;
 //! - [`writer`]: ingest sessions; [`consolidate`]: building the unified index;
 //! - [`optimize`]: rewriting fragmented labels; [`reader`]: points, labels and blocks queries.
 //!
@@ -16,9 +17,11 @@ pub mod error;
 pub mod fuzzing;
 pub mod index;
 pub mod layout;
+pub mod log;
 pub mod optimize;
 pub mod reader;
 pub mod schema;
+pub mod segment;
 pub mod sql;
 pub mod stats;
 pub mod storage;

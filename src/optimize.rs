@@ -1,33 +1,41 @@
-//! `pocaduck_optimize`: rewrite fragmented labels so each is one contiguous row range.
+//! `pocaduck_optimize`: rewrite fragmented labels so each is one contiguous row range, and
+//! compact the index into one run of non-overlapping segments.
 //!
 //! A label written by several workers, or by several buffer flushes of one worker, is spread over
 //! many row ranges in many parts; a query then opens each part and decodes a page or more per
-//! range. Optimize copies such labels, in label order and within a label in index order (block,
-//! then worker), into new parts under `optimized/`, and publishes a new index generation whose
-//! entries point there.
+//! range. Optimize streams the index in label order and copies such labels, in label order and
+//! within a label in index order (block, then worker), into new parts under `optimized/`, and
+//! publishes a new generation whose single run of segments points there.
 //!
+//! - Each page is decoded about once: fragmented labels are gathered into windows of up to
+//!   `chunk_rows` rows, and each source part is read once per window (one row selection for
+//!   all of the window's ranges in it), whatever the number of labels.
 //! - Block ids, workers and commit numbers are kept: each old entry becomes one new entry (adjacent
-//!   entries of the same (label, block, worker) are merged), so supersession by a later commit of
-//!   the same worker works exactly as before, and `pocaduck_blocks` is unchanged.
-//! - Incremental: a label already stored as one contiguous range of one part is left where it is;
-//!   a second run with nothing new rewrites nothing and publishes nothing.
-//! - Bounded memory: a label is copied in chunks of at most `chunk_rows` rows (split between
-//!   entries; an entry is never split), whatever the label's size.
-//! - Safe to interrupt: new parts are complete before the new generation is published with
-//!   put-if-absent; until then readers use the previous generation. An interrupted run leaves only
-//!   unreferenced files under `optimized/`. If a consolidate publishes first, optimize deletes its
-//!   new parts and fails with a conflict error, changing nothing.
+//!   entries of the same (label, block, worker, commit) are merged), so supersession by a later
+//!   commit of the same worker works exactly as before, and `pocaduck_blocks` is unchanged.
+//! - Incremental: a label already stored as one contiguous range is left where it is; a run
+//!   with nothing to do publishes nothing.
+//! - Splittable: `labels: Some((lo, hi))` optimizes only labels `lo ..= hi`; the rest of the
+//!   index is kept by reference. Several processes can optimize disjoint ranges at once: one
+//!   that loses the publish race re-bases onto the winner's generation when the segments it
+//!   replaced are unchanged there, and fails with a conflict error otherwise.
+//! - Bounded memory: one window of rows, one row group per index segment, one index row group
+//!   being written.
+//! - Safe to interrupt: new parts and segments are complete before the new generation is
+//!   published with put-if-absent; until then readers use the previous generation. A run that
+//!   fails deletes what it wrote.
 //! - Old parts are not deleted (readers may hold older generations); see `pocaduck_stats`'
 //!   `unreferenced_bytes`.
 
 use object_store::path::Path;
 use parquet::arrow::async_writer::{AsyncArrowWriter, ParquetObjectWriter};
 
-use crate::consolidate::{latest_index, load_generation, publish};
 use crate::error::{Error, Result};
-use crate::index::{IndexCodec, SegmentEntry, UnifiedEntry, UnifiedIndex};
+use crate::index::{IndexCodec, SegmentEntry, UnifiedEntry};
 use crate::layout;
+use crate::log::{self, Manifest, SegmentRef};
 use crate::reader::LoadedIndex;
+use crate::segment::RunWriter;
 use crate::storage::{block_on, Store};
 use crate::writer::{new_session_id, part_props};
 
@@ -35,10 +43,12 @@ use crate::writer::{new_session_id, part_props};
 #[derive(Clone, Debug)]
 pub struct OptimizeOptions {
     /// A new part is started once the current one reaches this many bytes (checked between
-    /// chunks).
+    /// windows).
     pub target_file_size: u64,
-    /// Most rows copied at once.
+    /// Most rows copied at once (a window).
     pub chunk_rows: u64,
+    /// Only labels `lo ..= hi` (`None`: all).
+    pub labels: Option<(u64, u64)>,
 }
 
 impl Default for OptimizeOptions {
@@ -46,6 +56,7 @@ impl Default for OptimizeOptions {
         OptimizeOptions {
             target_file_size: crate::writer::WriterOptions::default().target_file_size,
             chunk_rows: 1 << 20,
+            labels: None,
         }
     }
 }
@@ -55,7 +66,7 @@ impl Default for OptimizeOptions {
 pub struct OptimizeSummary {
     /// Generation now current (unchanged when nothing was rewritten).
     pub generation: u64,
-    /// Labels in the index.
+    /// Labels in the index (in the range optimized).
     pub labels: u64,
     /// Labels rewritten by this run.
     pub labels_rewritten: u64,
@@ -84,24 +95,13 @@ pub(crate) fn is_contiguous(entries: &[UnifiedEntry]) -> bool {
     })
 }
 
-/// Start offsets of each label's entries in `entries` (sorted by label), plus the end.
-pub(crate) fn label_bounds(entries: &[UnifiedEntry]) -> Vec<usize> {
-    let mut b: Vec<usize> = Vec::new();
-    for (i, u) in entries.iter().enumerate() {
-        if i == 0 || entries[i - 1].e.label != u.e.label {
-            b.push(i);
-        }
-    }
-    b.push(entries.len());
-    b
-}
-
 struct OutPart {
     path: Path,
     writer: AsyncArrowWriter<ParquetObjectWriter>,
     rows: u64,
 }
 
+/// The optimized parts being written.
 struct Output<'a> {
     store: &'a Store,
     session: String,
@@ -146,7 +146,8 @@ impl Output<'_> {
     }
 }
 
-/// Optimizes the current index generation of `store`.
+/// Optimizes `store` (its newest generation). `codec` reads format-1 generations, which must be
+/// upgraded by `pocaduck_consolidate` first.
 pub fn optimize(
     store: &Store,
     codec: &dyn IndexCodec,
@@ -158,7 +159,8 @@ pub fn optimize(
             format!("must be at least 1KB, got {} bytes", opts.target_file_size),
         ));
     }
-    let Some((gen, meta)) = latest_index(store)? else {
+    let (lo, hi) = opts.labels.unwrap_or((0, u64::MAX));
+    let Some(g) = log::latest(store)? else {
         return Err(Error::store(
             &store.name,
             format!(
@@ -167,147 +169,308 @@ pub fn optimize(
             ),
         ));
     };
-    let mut u = load_generation(store, gen, codec)?;
-    u.sort();
-    let bounds = label_bounds(&u.entries);
-    let fragmented: Vec<(usize, usize)> = bounds
-        .windows(2)
-        .map(|w| (w[0], w[1]))
-        .filter(|&(a, b)| !is_contiguous(&u.entries[a..b]))
-        .collect();
+    let gen = log::load(store, &g, codec)?;
+    if gen.legacy.is_some() {
+        return Err(Error::store(
+            &store.name,
+            format!(
+                "has an index of format 1: run pocaduck_consolidate('{}') once to upgrade it, then optimize",
+                store.name
+            ),
+        ));
+    }
+    let base = gen.manifest.clone();
+    let idx = LoadedIndex::from_generation(store.clone(), gen);
     let mut summary = OptimizeSummary {
-        generation: gen,
-        labels: (bounds.len() - 1) as u64,
-        entries_before: u.entries.len() as u64,
-        entries_after: u.entries.len() as u64,
+        generation: base.generation,
         ..Default::default()
     };
-    if fragmented.is_empty() {
-        return Ok(summary);
+    // Nothing to do: the range is one optimized run already and no label in it is fragmented.
+    let in_range: Vec<&SegmentRef> = base
+        .segments
+        .iter()
+        .filter(|r| r.lo <= hi && r.hi >= lo)
+        .collect();
+    let one_run = in_range.windows(2).all(|w| w[0].run == w[1].run)
+        && in_range.iter().all(|r| r.optimized);
+    if one_run {
+        let mut fragmented = false;
+        for r in idx.view.scan_range(lo, hi) {
+            let (_, v) = r?;
+            summary.labels += 1;
+            summary.entries_before += v.len() as u64;
+            fragmented |= !is_contiguous(&v);
+        }
+        if !fragmented {
+            summary.entries_after = summary.entries_before;
+            return Ok(summary);
+        }
+        summary = OptimizeSummary {
+            generation: base.generation,
+            ..Default::default()
+        };
     }
-    let stamp = crate::storage::object_stamp(&meta);
-    let reader = LoadedIndex::from_unified(store.clone(), gen, stamp, u.clone());
     let mut out = Output {
         store,
         session: new_session_id(),
-        schema: u.schema.arrow(),
+        schema: idx.schema.arrow(),
         part: None,
         done: Vec::new(),
     };
-    let res = rewrite(&u, &reader, &fragmented, &mut out, opts, &mut summary);
-    let new_entries = match res {
-        Ok(e) => e,
+    let mut written: Vec<Path> = Vec::new();
+    let res = (|| {
+        let run = base.next_run;
+        let mut w = RunWriter::new(store, &base, run, true);
+        let r = rewrite(&idx, lo, hi, &mut out, &mut w, opts, &mut summary);
+        written.extend(w.written());
+        r?;
+        let refs = w.finish()?;
+        written.extend(refs.iter().map(|r| Path::from(r.file.as_str())));
+        out.close()?;
+        store.sync(&out.done)?;
+        publish_rebased(store, codec, &base, lo, hi, refs)
+    })();
+    match res {
+        Ok(g) => {
+            summary.generation = g;
+            summary.files_written = out.done.len() as u64;
+            Ok(summary)
+        }
         Err(e) => {
             out.discard();
-            return Err(e);
+            for p in &written {
+                let _ = store.delete(p);
+            }
+            Err(e)
         }
-    };
-    let next = UnifiedIndex {
-        generation: gen + 1,
-        schema: u.schema.clone(),
-        workers: u.workers.clone(),
-        entries: new_entries,
-    };
-    let published = store
-        .sync(&out.done)
-        .and_then(|_| publish(store, &next, codec));
-    if let Err(e) = published {
-        out.discard();
-        return Err(e);
     }
-    summary.generation = next.generation;
-    summary.entries_after = next.entries.len() as u64;
-    summary.files_written = out.done.len() as u64;
-    Ok(summary)
 }
 
-/// Copies the `fragmented` labels (entry ranges of `u`) into `out`; returns every entry of the new
-/// generation, sorted.
+/// `base`'s segments without labels `lo ..= hi`.
+fn clip(segments: &[SegmentRef], lo: u64, hi: u64, only: impl Fn(&str) -> bool) -> Vec<SegmentRef> {
+    let mut out = Vec::new();
+    for r in segments {
+        if !only(&r.file) || r.hi < lo || r.lo > hi {
+            out.push(r.clone());
+            continue;
+        }
+        if r.lo < lo {
+            out.push(SegmentRef {
+                hi: lo - 1,
+                ..r.clone()
+            });
+        }
+        if r.hi > hi {
+            out.push(SegmentRef {
+                lo: hi + 1,
+                ..r.clone()
+            });
+        }
+    }
+    out
+}
+
+/// The label ranges of `file` within `lo ..= hi` in `m`.
+fn coverage(m: &Manifest, file: &str, lo: u64, hi: u64) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = m
+        .segments
+        .iter()
+        .filter(|r| r.file == file && r.lo <= hi && r.hi >= lo)
+        .map(|r| (r.lo.max(lo), r.hi.min(hi)))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Publishes `base` with labels `lo ..= hi` replaced by `refs`. If another generation was
+/// published meanwhile and the segments this run replaced are unchanged in it (a consolidate
+/// added a run, or an optimize of another range ran), the replacement is applied to that
+/// generation instead; otherwise a conflict error.
+fn publish_rebased(
+    store: &Store,
+    codec: &dyn IndexCodec,
+    base: &Manifest,
+    lo: u64,
+    hi: u64,
+    refs: Vec<SegmentRef>,
+) -> Result<u64> {
+    let replaced: Vec<&str> = base
+        .segments
+        .iter()
+        .filter(|r| r.lo <= hi && r.hi >= lo)
+        .map(|r| r.file.as_str())
+        .collect();
+    let mut on = base.clone();
+    for _ in 0..16 {
+        let mut m = on.clone();
+        let run = m.next_run;
+        m.segments = clip(&on.segments, lo, hi, |f| replaced.contains(&f));
+        m.segments.extend(refs.iter().map(|r| SegmentRef { run, ..r.clone() }));
+        m.next_run = run + 1;
+        m.generation = on.generation + 1;
+        m.created_ms = log::now_ms();
+        match log::publish(store, &m) {
+            Ok(()) => return Ok(m.generation),
+            Err(Error::Conflict { store: s, msg }) => {
+                let Some(g) = log::latest(store)? else {
+                    return Err(Error::Conflict { store: s, msg });
+                };
+                let latest = log::load(store, &g, codec)?.manifest;
+                let unchanged = replaced.iter().all(|f| {
+                    coverage(&latest, f, lo, hi) == coverage(base, f, lo, hi)
+                });
+                if !unchanged || latest.format != log::MANIFEST_FORMAT {
+                    return Err(Error::Conflict { store: s, msg });
+                }
+                on = latest;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Conflict {
+        store: store.name.clone(),
+        msg: "could not publish after 16 tries (other writers keep publishing)".into(),
+    })
+}
+
+/// Streams labels `lo ..= hi` of `idx` into `w`, copying fragmented labels into `out` window by
+/// window.
 fn rewrite(
-    u: &UnifiedIndex,
-    reader: &LoadedIndex,
-    fragmented: &[(usize, usize)],
+    idx: &LoadedIndex,
+    lo: u64,
+    hi: u64,
     out: &mut Output,
+    w: &mut RunWriter,
     opts: &OptimizeOptions,
     summary: &mut OptimizeSummary,
-) -> Result<Vec<UnifiedEntry>> {
-    let ncols = u.schema.columns.len() + 1;
-    let cols: Vec<usize> = (0..ncols).collect();
-    let mut entries: Vec<UnifiedEntry> = Vec::with_capacity(u.entries.len());
-    let mut next_frag = fragmented.iter().peekable();
-    let mut i = 0;
-    while i < u.entries.len() {
-        let Some(&&(a, b)) = next_frag.peek().filter(|f| f.0 == i) else {
-            // A contiguous label (or the rest of one): kept as it is.
-            let end = next_frag.peek().map(|f| f.0).unwrap_or(u.entries.len());
-            entries.extend_from_slice(&u.entries[i..end]);
-            i = end;
+) -> Result<()> {
+    let cols: Vec<usize> = (0..idx.schema.columns.len() + 1).collect();
+    // Labels waiting for their window to be copied, in label order: (entries, fragmented).
+    let mut window: Vec<(Vec<UnifiedEntry>, bool)> = Vec::new();
+    let mut rows = 0u64;
+    for r in idx.view.scan_range(lo, hi) {
+        let (_, v) = r?;
+        summary.labels += 1;
+        summary.entries_before += v.len() as u64;
+        let frag = !is_contiguous(&v);
+        let n: u64 = v.iter().map(|e| e.e.row_count).sum();
+        // A window closes before it would exceed chunk_rows fragmented rows, or holds too many
+        // labels that stay where they are (memory).
+        if (frag && rows > 0 && rows + n > opts.chunk_rows) || window.len() >= 1 << 16 {
+            copy_window(idx, std::mem::take(&mut window), &cols, out, w, opts, summary)?;
+            rows = 0;
+        }
+        if frag {
+            rows += n;
+            summary.labels_rewritten += 1;
+        }
+        window.push((v, frag));
+    }
+    copy_window(idx, window, &cols, out, w, opts, summary)
+}
+
+/// Copies the fragmented labels of `window` (one read per source part; a label bigger than a
+/// window in chunks of whole entries) and passes every label's entries to `w`.
+fn copy_window(
+    idx: &LoadedIndex,
+    window: Vec<(Vec<UnifiedEntry>, bool)>,
+    cols: &[usize],
+    out: &mut Output,
+    w: &mut RunWriter,
+    opts: &OptimizeOptions,
+    summary: &mut OptimizeSummary,
+) -> Result<()> {
+    // Chunks of whole entries of the fragmented labels, at most chunk_rows rows each (a chunk
+    // is never empty).
+    let frag: Vec<&UnifiedEntry> = window
+        .iter()
+        .filter(|x| x.1)
+        .flat_map(|x| x.0.iter())
+        .collect();
+    let mut batches: Vec<arrow::array::RecordBatch> = Vec::new();
+    let mut c = 0;
+    while c < frag.len() {
+        let mut end = c + 1;
+        let mut rows = frag[c].e.row_count;
+        while end < frag.len() && rows + frag[end].e.row_count <= opts.chunk_rows {
+            rows += frag[end].e.row_count;
+            end += 1;
+        }
+        let chunk: Vec<UnifiedEntry> = frag[c..end].iter().map(|e| (*e).clone()).collect();
+        let got = idx.read_entries(&chunk, cols)?;
+        let n: usize = got.iter().map(|b| b.num_rows()).sum();
+        if n as u64 != rows {
+            return Err(Error::Internal(format!(
+                "optimize read {n} rows for labels {}..={}, the index says {rows}",
+                chunk[0].e.label,
+                chunk[chunk.len() - 1].e.label
+            )));
+        }
+        batches.extend(got);
+        c = end;
+    }
+    // Write the rows in entry order; entries follow.
+    let mut rows_iter = batches.into_iter();
+    let mut cur: Option<(arrow::array::RecordBatch, usize)> = None;
+    for (entries, frag) in window {
+        summary.entries_after += if frag { 0 } else { entries.len() as u64 };
+        if !frag {
+            w.push_label(entries)?;
             continue;
-        };
-        next_frag.next();
-        summary.labels_rewritten += 1;
-        let mut c = a;
-        while c < b {
-            // A chunk: whole entries, at most chunk_rows rows (at least one entry).
-            let mut end = c + 1;
-            let mut rows = u.entries[c].e.row_count;
-            while end < b && rows + u.entries[end].e.row_count <= opts.chunk_rows {
-                rows += u.entries[end].e.row_count;
-                end += 1;
-            }
-            let batch = reader.read_entries(c..end, &cols)?;
-            if batch.num_rows() as u64 != rows {
-                return Err(Error::Internal(format!(
-                    "optimize read {} rows for label {}, the index says {rows}",
-                    batch.num_rows(),
-                    u.entries[c].e.label
-                )));
-            }
-            let store_name = out.store.name.clone();
-            let part = out.open()?;
-            let base = part.rows;
-            let part_name = part.path.to_string();
-            block_on(part.writer.write(&batch))
-                .map_err(|e| Error::file(&store_name, &part_name, e))?;
-            part.rows += rows;
-            let full = (part.writer.bytes_written() + part.writer.in_progress_size()) as u64
-                >= opts.target_file_size;
-            let mut off = base;
-            for old in &u.entries[c..end] {
+        }
+        let mut new: Vec<UnifiedEntry> = Vec::new();
+        for old in entries {
+            let mut need = old.e.row_count as usize;
+            while need > 0 {
+                if cur.as_ref().is_none_or(|(b, off)| *off >= b.num_rows()) {
+                    let b = rows_iter
+                        .next()
+                        .ok_or_else(|| Error::Internal("optimize: rows ran out".into()))?;
+                    cur = Some((b, 0));
+                    continue;
+                }
+                let Some((b, off)) = cur.as_mut() else { break };
+                let n = need.min(b.num_rows() - *off);
+                let slice = b.slice(*off, n);
+                *off += n;
+                need -= n;
+                let store_name = out.store.name.clone();
+                let part = out.open()?;
+                let start = part.rows;
+                let part_name = part.path.to_string();
+                block_on(part.writer.write(&slice))
+                    .map_err(|e| Error::file(&store_name, &part_name, e))?;
+                part.rows += n as u64;
                 let e = SegmentEntry {
-                    part: part_name.clone(),
-                    row_start: off,
+                    part: part_name,
+                    row_start: start,
+                    row_count: n as u64,
                     ..old.e.clone()
                 };
-                off += old.e.row_count;
-                let merged = entries.last_mut().is_some_and(|l| {
+                let merged = new.last_mut().is_some_and(|l| {
                     l.worker == old.worker && l.commit == old.commit && l.e.absorb(&e)
                 });
                 if !merged {
-                    entries.push(UnifiedEntry {
+                    new.push(UnifiedEntry {
                         worker: old.worker,
                         commit: old.commit,
                         e,
                     });
                 }
+                summary.points_rewritten += n as u64;
             }
-            summary.points_rewritten += rows;
+            let full = out.part.as_ref().is_some_and(|p| {
+                (p.writer.bytes_written() + p.writer.in_progress_size()) as u64
+                    >= opts.target_file_size
+            });
             if full {
                 out.close()?;
             }
-            c = end;
         }
-        i = b;
+        summary.entries_after += new.len() as u64;
+        w.push_label(new)?;
     }
-    out.close()?;
-    let mut next = UnifiedIndex {
-        generation: 0,
-        schema: u.schema.clone(),
-        workers: vec![],
-        entries,
-    };
-    next.sort();
-    Ok(next.entries)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -318,7 +481,7 @@ mod tests {
     use crate::index::BlockId;
     use crate::storage::OpenMode;
     use crate::writer::tests::rows;
-    use arrow::array::{Array, AsArray};
+    use arrow::array::AsArray;
     use arrow::datatypes::Int32Type;
     use std::collections::BTreeMap;
 
@@ -327,7 +490,7 @@ mod tests {
     /// Every label's points as sorted (block, x, y, z), read through the index.
     fn read_all(name: &str) -> Points {
         let idx = crate::reader::open(name, &JsonCodec).unwrap();
-        let labels: Vec<u64> = idx.label_stats().iter().map(|s| s.0).collect();
+        let labels: Vec<u64> = idx.label_stats().map(|s| s.unwrap().0).collect();
         let mut out = Points::new();
         for l in labels {
             let mut v = Vec::new();
@@ -368,20 +531,15 @@ mod tests {
         OptimizeOptions {
             target_file_size: 1024,
             chunk_rows: 7,
+            labels: None,
         }
     }
 
     fn contiguous_labels(name: &str) -> (usize, usize) {
-        let store = Store::open(name, OpenMode::Existing).unwrap();
-        let g = crate::consolidate::latest_generation(&store).unwrap();
-        let u = load_generation(&store, g, &JsonCodec).unwrap();
-        let b = label_bounds(&u.entries);
-        let n = b.len() - 1;
-        let ok = b
-            .windows(2)
-            .filter(|w| is_contiguous(&u.entries[w[0]..w[1]]))
-            .count();
-        (ok, n)
+        let idx = crate::reader::open(name, &JsonCodec).unwrap();
+        let labels: Vec<Vec<UnifiedEntry>> = idx.view.scan().map(|r| r.unwrap().1).collect();
+        let ok = labels.iter().filter(|v| is_contiguous(v)).count();
+        (ok, labels.len())
     }
 
     #[test]
@@ -414,7 +572,7 @@ mod tests {
         assert_eq!(read_all(name), expect);
         let blocks_before: Vec<_> = {
             let idx = crate::reader::open(name, &JsonCodec).unwrap();
-            (1..6).map(|l| idx.blocks(l)).collect()
+            (1..6).map(|l| idx.blocks(l).unwrap()).collect()
         };
         let (ok, n) = contiguous_labels(name);
         assert!(ok < n, "the test needs fragmented labels: {ok} of {n}");
@@ -428,7 +586,7 @@ mod tests {
         assert!(s.entries_after <= s.entries_before, "{s:?}");
         assert_eq!(read_all(name), expect);
         let idx = crate::reader::open(name, &JsonCodec).unwrap();
-        let blocks_after: Vec<_> = (1..6).map(|l| idx.blocks(l)).collect();
+        let blocks_after: Vec<_> = (1..6).map(|l| idx.blocks(l).unwrap()).collect();
         assert_eq!(blocks_after, blocks_before);
         assert_eq!(
             blocks_after[0]
@@ -462,41 +620,76 @@ mod tests {
         assert_eq!(ok, n);
     }
 
-    /// A codec that lets a "concurrent consolidate" publish the next generation right after
-    /// optimize has read the current one.
-    struct RacingCodec(std::path::PathBuf);
-    impl IndexCodec for RacingCodec {
-        fn write(&self, index: &UnifiedIndex, path: &std::path::Path) -> Result<()> {
-            JsonCodec.write(index, path)
+    #[test]
+    fn label_ranges_optimize_separately_and_compose() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let mut expect = Points::new();
+        for (w, blk) in [("w1", 0u32), ("w2", 1)] {
+            let mut ls = Vec::new();
+            let mut ps = Vec::new();
+            for l in 1..=6u64 {
+                let p = pts(l, blk, 4, 0);
+                add(&mut expect, l, blk, &p);
+                ls.extend(std::iter::repeat_n(l, p.len()));
+                ps.extend(p);
+            }
+            write(name, w, &[rows(&ls, &format!("b{blk}"), &ps)]);
         }
-        fn read(&self, path: &std::path::Path) -> Result<UnifiedIndex> {
-            let u = JsonCodec.read(path)?;
-            let next = self
-                .0
-                .join(format!("index/{:010}.duckdb", u.generation + 1));
-            std::fs::copy(path, next).unwrap();
-            Ok(u)
-        }
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        let (ok, n) = contiguous_labels(name);
+        assert_eq!((ok, n), (0, 6));
+        let range = |lo, hi| OptimizeOptions {
+            labels: Some((lo, hi)),
+            ..small()
+        };
+        let a = optimize(&store, &JsonCodec, &range(1, 3)).unwrap();
+        assert_eq!((a.generation, a.labels, a.labels_rewritten), (2, 3, 3));
+        assert_eq!(read_all(name), expect);
+        assert_eq!(contiguous_labels(name), (3, 6));
+        // A consolidate in between adds a run; the next range still composes.
+        let p = pts(9, 5, 2, 0);
+        add(&mut expect, 9, 5, &p);
+        write(name, "w3", &[rows(&[9, 9], "b5", &p)]);
+        consolidate(&store, &JsonCodec).unwrap();
+        let b = optimize(&store, &JsonCodec, &range(4, 6)).unwrap();
+        assert_eq!((b.generation, b.labels_rewritten), (4, 3));
+        assert_eq!(read_all(name), expect);
+        assert_eq!(contiguous_labels(name), (7, 7));
     }
 
     #[test]
-    fn losing_the_publish_race_leaves_no_new_files() {
+    fn losing_the_publish_race_to_a_consolidate_rebases() {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
         write(name, "w1", &[rows(&[1; 3], "b0", &pts(1, 0, 3, 0))]);
         write(name, "w2", &[rows(&[1; 3], "b1", &pts(1, 1, 3, 0))]);
         let store = Store::open(name, OpenMode::Existing).unwrap();
         consolidate(&store, &JsonCodec).unwrap();
-        let racing = RacingCodec(dir.path().to_path_buf());
-        let e = optimize(&store, &racing, &small()).unwrap_err().to_string();
-        assert!(
-            e.contains("another consolidate or optimize published generation 2 first"),
-            "{e}"
-        );
-        let left: Vec<_> = std::fs::read_dir(dir.path().join("optimized"))
-            .map(|d| d.map(|f| f.unwrap().path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "{left:?}");
+        let base = crate::log::load(&store, &crate::log::latest(&store).unwrap().unwrap(), &JsonCodec)
+            .unwrap()
+            .manifest;
+        // A consolidate publishes generation 2 (a new run) after optimize read generation 1.
+        write(name, "w3", &[rows(&[1; 2], "b2", &pts(1, 2, 2, 0))]);
+        consolidate(&store, &JsonCodec).unwrap();
+        let refs = vec![];
+        let g = publish_rebased(&store, &JsonCodec, &base, 1, 1, refs).unwrap();
+        assert_eq!(g, 3);
+        let m = crate::log::load(&store, &crate::log::latest(&store).unwrap().unwrap(), &JsonCodec)
+            .unwrap()
+            .manifest;
+        // Label 1 of the first run was clipped away; the consolidate's run is kept.
+        assert_eq!(m.segments.len(), 1);
+        // A merge that rewrote the replaced segments is a conflict.
+        let mut merged = m.clone();
+        merged.generation = 4;
+        merged.segments.clear();
+        crate::log::publish(&store, &merged).unwrap();
+        let e = publish_rebased(&store, &JsonCodec, &m, 0, 5, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("published generation"), "{e}");
     }
 
     #[test]
@@ -521,6 +714,5 @@ mod tests {
             e,
             "argument 'target_file_size' must be at least 1KB, got 10 bytes"
         );
-        let _ = Array::len(&arrow::array::Int32Array::from(vec![1]));
     }
 }

@@ -1,18 +1,24 @@
 //! Reading: `pocaduck_points`, `pocaduck_labels`, `pocaduck_blocks`.
 //!
-//! A [`LoadedIndex`] is the unified index of one generation held in memory, with per-part Parquet
-//! metadata (including the page index) cached as parts are first read. It is cached per process
-//! and per store, and replaced as soon as a newer generation is published, so a query pays one
-//! directory listing to check freshness and then reads only the pages holding its label's rows.
+//! A [`LoadedIndex`] is one generation of a store's index ready for queries: its manifest and an
+//! [`IndexView`] over its segments (a label's entries are fetched per query from the one or few
+//! segment row groups that hold it; segment footers are cached per process). It is cached per
+//! process and per store and replaced as soon as a newer generation is published, so a query
+//! pays one listing of new generation names, the segment row groups of its labels, and the pages
+//! holding its rows. Part footers (with the offset index) are cached per process.
+//!
+//! Results stream: [`PointStream`] reads a label's entries in windows of at most
+//! [`WINDOW_ROWS`] rows (the first window is smaller, so `LIMIT` queries return early), with at
+//! most [`PARTS_IN_FLIGHT`] part reads at a time (bounded open files and requests).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::RecordBatch;
 use std::panic::AssertUnwindSafe;
 
-use futures::{FutureExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::{
@@ -21,26 +27,21 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
 use parquet::arrow::ProjectionMask;
 
-use crate::consolidate::{latest_index, load_generation};
 use crate::error::{Error, Result};
-use crate::index::{BlockId, IndexCodec};
+use crate::index::{BlockId, IndexCodec, UnifiedEntry};
+use crate::log;
 use crate::schema::StoreSchema;
+use crate::segment::IndexView;
 use crate::storage::{block_on, OpenMode, Store};
 
-pub(crate) struct Part {
-    pub(crate) path: Path,
-    meta: OnceLock<(ArrowReaderMetadata, u64)>,
-}
+/// Most rows a [`PointStream`] reads at once.
+pub const WINDOW_ROWS: u64 = 1 << 20;
 
-/// Where a label's rows are.
-#[derive(Clone, Debug)]
-pub(crate) struct ReadEntry {
-    pub(crate) part: u32,
-    pub(crate) row_start: u64,
-    pub(crate) row_count: u64,
-    block: BlockId,
-    bbox: [f64; 6],
-}
+/// Rows of a stream's first window.
+const FIRST_WINDOW_ROWS: u64 = 1 << 16;
+
+/// Most part files read at once by one query.
+pub const PARTS_IN_FLIGHT: usize = 16;
 
 /// An axis-aligned box, inclusive: min x, y, z, max x, y, z.
 pub type BBox = [f64; 6];
@@ -102,7 +103,7 @@ impl ReadTrace {
     }
 }
 
-/// One generation of a store's unified index, ready to answer queries.
+/// One generation of a store's index, ready to answer queries.
 pub struct LoadedIndex {
     /// The store.
     pub store: Store,
@@ -113,11 +114,8 @@ pub struct LoadedIndex {
     stamp: (u64, i64),
     /// The store schema.
     pub schema: StoreSchema,
-    pub(crate) parts: Vec<Part>,
-    labels: Vec<u64>,
-    offsets: Vec<usize>,
-    pub(crate) entries: Vec<ReadEntry>,
-    stats: Vec<(u64, u64, u64)>,
+    /// The index of this generation.
+    pub view: Arc<IndexView>,
 }
 
 fn cache() -> &'static Mutex<HashMap<std::path::PathBuf, Arc<LoadedIndex>>> {
@@ -125,356 +123,493 @@ fn cache() -> &'static Mutex<HashMap<std::path::PathBuf, Arc<LoadedIndex>>> {
     C.get_or_init(Default::default)
 }
 
-/// Opens the current unified index of `store_name`, from the process cache when it is current.
+fn no_index(store: &Store) -> Result<Error> {
+    let msg = if crate::writer::read_schema(store)?.is_some() {
+        format!(
+            "has no unified index yet: commit the workers' writes, then run pocaduck_consolidate('{}')",
+            store.name
+        )
+    } else {
+        "is not a pocaduck store (no _pocaduck.json and no index)".to_string()
+    };
+    Ok(Error::store(&store.name, msg))
+}
+
+/// Opens the current index generation of `store_name`, from the process cache when it is
+/// current. `codec` reads format-1 generations.
 pub fn open(store_name: &str, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>> {
     let store = Store::open(store_name, OpenMode::Existing)?;
     let key = store.cache_key();
-    let latest = latest_index(&store)?;
-    let Some((gen, meta)) = latest else {
-        let msg = if crate::writer::read_schema(&store)?.is_some() {
-            format!(
-                "has no unified index yet: commit the workers' writes, then run pocaduck_consolidate('{store_name}')"
-            )
-        } else {
-            "is not a pocaduck store (no _pocaduck.json and no index)".to_string()
-        };
-        return Err(Error::store(store_name, msg));
+    let hit = cache().lock().ok().and_then(|c| c.get(&key).cloned());
+    let latest = match &hit {
+        // Only names from the cached generation on are listed.
+        Some(h) => match log::latest_since(&store, h.generation)? {
+            Some(g) => Some(g),
+            None => log::latest(&store)?,
+        },
+        None => log::latest(&store)?,
     };
-    let stamp = crate::storage::object_stamp(&meta);
-    if let Some(hit) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
-        if hit.generation == gen && hit.stamp == stamp {
+    let Some(g) = latest else {
+        return Err(no_index(&store)?);
+    };
+    let stamp = crate::storage::object_stamp(&g.meta);
+    if let Some(hit) = hit {
+        if hit.generation == g.generation && hit.stamp == stamp {
             return Ok(hit);
         }
     }
-    let loaded = Arc::new(LoadedIndex::load(store, gen, stamp, codec)?);
+    let gen = log::load(&store, &g, codec)?;
+    let loaded = Arc::new(LoadedIndex {
+        generation: g.generation,
+        stamp,
+        schema: gen.manifest.schema.clone(),
+        view: Arc::new(IndexView::new(store.clone(), gen)),
+        store,
+    });
     if let Ok(mut c) = cache().lock() {
         c.insert(key, loaded.clone());
     }
     Ok(loaded)
 }
 
+/// Where rows of a query are, in output order.
+#[derive(Clone, Debug)]
+struct ReadEntry {
+    part: Arc<str>,
+    row_start: u64,
+    row_count: u64,
+}
+
+fn part_cache() -> &'static Mutex<HashMap<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, u64)>>
+{
+    type C = Mutex<HashMap<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, u64)>>;
+    static C: OnceLock<C> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+/// Part footers kept per process; beyond this the cache is emptied.
+const PART_CACHE: usize = 4096;
+
 impl LoadedIndex {
-    fn load(
-        store: Store,
-        gen: u64,
-        stamp: (u64, i64),
-        codec: &dyn IndexCodec,
-    ) -> Result<LoadedIndex> {
-        let u = load_generation(&store, gen, codec)?;
-        Ok(LoadedIndex::from_unified(store, gen, stamp, u))
+    /// The entries of `label` (superseded entries dropped), in index order.
+    pub fn entries(&self, label: u64) -> Result<Vec<UnifiedEntry>> {
+        self.view.entries(label)
     }
 
-    /// Holds `u` (sorted by label) ready for queries, without caching it.
-    pub(crate) fn from_unified(
-        store: Store,
-        gen: u64,
-        stamp: (u64, i64),
-        u: crate::index::UnifiedIndex,
-    ) -> LoadedIndex {
-        let stats = u.label_stats();
-        let mut part_ids: HashMap<String, u32> = HashMap::new();
-        let mut parts = Vec::new();
-        let mut labels = Vec::with_capacity(stats.len());
-        let mut offsets = Vec::with_capacity(stats.len() + 1);
-        let mut entries = Vec::with_capacity(u.entries.len());
-        for (i, ue) in u.entries.into_iter().enumerate() {
-            if labels.last() != Some(&ue.e.label) {
-                labels.push(ue.e.label);
-                offsets.push(i);
-            }
-            let next = part_ids.len() as u32;
-            let part = *part_ids.entry(ue.e.part.clone()).or_insert_with(|| {
-                parts.push(Part {
-                    path: Path::from(ue.e.part.as_str()),
-                    meta: OnceLock::new(),
-                });
-                next
-            });
-            entries.push(ReadEntry {
-                part,
-                row_start: ue.e.row_start,
-                row_count: ue.e.row_count,
-                block: ue.e.block,
-                bbox: ue.e.bbox,
-            });
-        }
-        offsets.push(entries.len());
-        LoadedIndex {
-            store,
-            generation: gen,
-            stamp,
-            schema: u.schema,
-            parts,
-            labels,
-            offsets,
-            entries,
-            stats,
-        }
-    }
-
-    fn label_entries(&self, label: u64) -> &[ReadEntry] {
-        match self.labels.binary_search(&label) {
-            Ok(i) => &self.entries[self.offsets[i]..self.offsets[i + 1]],
-            Err(_) => &[],
-        }
-    }
-
-    /// (label, points, blocks) of every label, in label order.
-    pub fn label_stats(&self) -> &[(u64, u64, u64)] {
-        &self.stats
+    /// (label, points, blocks) of every label, in label order, streamed over the segments.
+    pub fn label_stats(&self) -> impl Iterator<Item = Result<(u64, u64, u64)>> + Send + 'static {
+        self.view.scan_shared().map(|r| {
+            r.map(|(l, v)| {
+                let points = v.iter().map(|e| e.e.row_count).sum();
+                (l, points, blocks_of(&v).len() as u64)
+            })
+        })
     }
 
     /// (block, points) of one label, in block order. Empty for an unknown label.
-    pub fn blocks(&self, label: u64) -> Vec<(BlockId, u64)> {
-        let mut out: Vec<(BlockId, u64)> = Vec::new();
-        for e in self.label_entries(label) {
-            match out.last_mut() {
-                Some(l) if l.0 == e.block => l.1 += e.row_count,
-                _ => out.push((e.block.clone(), e.row_count)),
-            }
+    pub fn blocks(&self, label: u64) -> Result<Vec<(BlockId, u64)>> {
+        Ok(blocks_of(&self.entries(label)?))
+    }
+
+    /// Number of points of each label of `labels` (0 if unknown), from the index alone.
+    pub fn point_count(&self, labels: &[u64]) -> Result<u64> {
+        Ok(self
+            .view
+            .entries_of(labels)?
+            .iter()
+            .flat_map(|x| x.1.iter())
+            .map(|e| e.e.row_count)
+            .sum())
+    }
+
+    /// Rows and Arrow schema of `part`, from its footer read afresh (for `pocaduck_check`: the
+    /// process cache is refreshed with it).
+    pub(crate) fn part_info(&self, part: &str) -> Result<(u64, arrow::datatypes::SchemaRef)> {
+        let part: Arc<str> = Arc::from(part);
+        if let Ok(mut c) = part_cache().lock() {
+            c.remove(&(self.store.cache_key(), part.clone()));
         }
-        out
-    }
-
-    /// Number of index entries (row ranges) of `label`.
-    pub fn entry_count(&self, label: u64) -> usize {
-        self.label_entries(label).len()
-    }
-
-    /// Number of points of `label` (0 if unknown), from the index alone.
-    pub fn point_count(&self, label: u64) -> u64 {
-        self.label_entries(label).iter().map(|e| e.row_count).sum()
-    }
-
-    /// Rows and Arrow schema of part `p`, from its (cached) footer.
-    pub(crate) fn part_info(&self, p: u32) -> Result<(u64, arrow::datatypes::SchemaRef)> {
-        let (meta, _) = block_on(self.part_meta(&self.parts[p as usize]))?;
+        let (meta, _) = block_on(part_meta(&self.store, &part))?;
         Ok((
             meta.metadata().file_metadata().num_rows() as u64,
             meta.schema().clone(),
         ))
     }
 
-    async fn part_meta(&self, part: &Part) -> Result<(ArrowReaderMetadata, u64)> {
-        if let Some(m) = part.meta.get() {
-            return Ok(m.clone());
+    /// Reads the rows of `labels`, returning the part-file columns `cols` (0 = label, 1 = block,
+    /// 2.. = x, y, z, attributes) in that order, as one vector of batches.
+    pub fn points(&self, labels: &[u64], cols: &[usize]) -> Result<Vec<RecordBatch>> {
+        ScanRequest::labels(labels.to_vec())
+            .columns(cols.to_vec())
+            .collect(self)
+    }
+
+    /// Reads the rows of `entries` (in that order), returning the part-file columns `cols`.
+    pub(crate) fn read_entries(
+        &self,
+        entries: &[UnifiedEntry],
+        cols: &[usize],
+    ) -> Result<Vec<RecordBatch>> {
+        let es = entries
+            .iter()
+            .map(|e| ReadEntry {
+                part: Arc::from(e.e.part.as_str()),
+                row_start: e.e.row_start,
+                row_count: e.e.row_count,
+            })
+            .collect();
+        let schema = self.projected(cols);
+        block_on(read_window(&self.store, es, cols, &schema, None))
+    }
+
+    /// A generation loaded by the caller (not cached).
+    pub fn from_generation(store: Store, gen: log::Generation) -> LoadedIndex {
+        LoadedIndex {
+            generation: gen.manifest.generation,
+            stamp: (0, 0),
+            schema: gen.manifest.schema.clone(),
+            view: Arc::new(IndexView::new(store.clone(), gen)),
+            store,
         }
-        let err = |e: &dyn std::fmt::Display| Error::file(&self.store.name, part.path.as_ref(), e);
-        let head = self.store.os.head(&part.path).await.map_err(|e| err(&e))?;
-        let mut reader = ParquetObjectReader::new(self.store.os.clone(), part.path.clone())
-            .with_file_size(head.size);
-        let meta = AssertUnwindSafe(ArrowReaderMetadata::load_async(
-            &mut reader,
-            ArrowReaderOptions::new()
-                .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
+    }
+
+    /// Schema of the part-file columns `cols`.
+    pub(crate) fn projected(&self, cols: &[usize]) -> arrow::datatypes::SchemaRef {
+        Arc::new(arrow::datatypes::Schema::new(
+            cols.iter()
+                .map(|&c| self.schema.arrow().field(c).clone())
+                .collect::<Vec<_>>(),
         ))
+    }
+}
+
+fn blocks_of(v: &[UnifiedEntry]) -> Vec<(BlockId, u64)> {
+    let mut out: Vec<(BlockId, u64)> = Vec::new();
+    for e in v {
+        match out.last_mut() {
+            Some(l) if l.0 == e.e.block => l.1 += e.e.row_count,
+            _ => out.push((e.e.block.clone(), e.e.row_count)),
+        }
+    }
+    out
+}
+
+/// What to read: labels (or every label), an optional box, the columns, an optional trace.
+#[derive(Clone, Default)]
+pub struct ScanRequest {
+    labels: Option<Vec<u64>>,
+    bbox: Option<BBox>,
+    cols: Vec<usize>,
+    trace: Option<Arc<ReadTrace>>,
+}
+
+impl ScanRequest {
+    /// The points of `labels` (each label once, whatever the repeats).
+    pub fn labels(labels: Vec<u64>) -> ScanRequest {
+        ScanRequest {
+            labels: Some(labels),
+            ..Default::default()
+        }
+    }
+
+    /// The points of every label (with a box: the points inside it).
+    pub fn all() -> ScanRequest {
+        ScanRequest::default()
+    }
+
+    /// Only points whose x, y, z lie inside `bbox` (inclusive). Entries whose (label, block)
+    /// bounds miss the box are skipped without reading; the rows of the others are filtered
+    /// exactly.
+    pub fn bbox(mut self, bbox: Option<BBox>) -> ScanRequest {
+        self.bbox = bbox;
+        self
+    }
+
+    /// The part-file columns to return (0 = label, 1 = block, 2.. = x, y, z, attributes), in
+    /// that order.
+    pub fn columns(mut self, cols: Vec<usize>) -> ScanRequest {
+        self.cols = cols;
+        self
+    }
+
+    /// Records what the read touched.
+    pub fn trace(mut self, trace: Arc<ReadTrace>) -> ScanRequest {
+        self.trace = Some(trace);
+        self
+    }
+
+    /// Plans the read: finds the entries (index reads happen here) and returns a stream.
+    pub fn stream(self, index: &LoadedIndex) -> Result<PointStream> {
+        let keep = |e: &UnifiedEntry| self.bbox.is_none_or(|b| overlaps(&b, &e.e.bbox));
+        let mut entries: Vec<ReadEntry> = Vec::new();
+        let mut parts: HashMap<String, Arc<str>> = HashMap::new();
+        let mut add = |e: UnifiedEntry| {
+            let part = parts
+                .entry(e.e.part.clone())
+                .or_insert_with(|| Arc::from(e.e.part.as_str()))
+                .clone();
+            entries.push(ReadEntry {
+                part,
+                row_start: e.e.row_start,
+                row_count: e.e.row_count,
+            });
+        };
+        match &self.labels {
+            Some(labels) => {
+                for (_, v) in index.view.entries_of(labels)? {
+                    v.into_iter().filter(|e| keep(e)).for_each(&mut add);
+                }
+            }
+            None => {
+                for r in index.view.scan() {
+                    r?.1.into_iter().filter(|e| keep(e)).for_each(&mut add);
+                }
+            }
+        }
+        // The box filter needs x, y, z: read them after the requested columns.
+        let mut cols = self.cols.clone();
+        if self.bbox.is_some() {
+            cols.extend([2, 3, 4]);
+        }
+        let schema = index.projected(&cols);
+        let out_schema = index.projected(&self.cols);
+        Ok(PointStream {
+            store: index.store.clone(),
+            entries: entries.into(),
+            cols,
+            keep: self.cols.len(),
+            schema,
+            out_schema,
+            bbox: self.bbox,
+            trace: self.trace,
+            window: FIRST_WINDOW_ROWS,
+            ready: VecDeque::new(),
+        })
+    }
+
+    /// Reads everything into memory (for callers that want all of it).
+    pub fn collect(self, index: &LoadedIndex) -> Result<Vec<RecordBatch>> {
+        self.stream(index)?.collect()
+    }
+}
+
+/// Rows of a query, read window by window; see [`ScanRequest::stream`].
+pub struct PointStream {
+    store: Store,
+    entries: VecDeque<ReadEntry>,
+    cols: Vec<usize>,
+    keep: usize,
+    schema: arrow::datatypes::SchemaRef,
+    out_schema: arrow::datatypes::SchemaRef,
+    bbox: Option<BBox>,
+    trace: Option<Arc<ReadTrace>>,
+    window: u64,
+    ready: VecDeque<RecordBatch>,
+}
+
+impl PointStream {
+    /// Schema of the batches returned.
+    pub fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.out_schema.clone()
+    }
+
+    fn next_window(&mut self) -> Result<()> {
+        let mut rows = 0;
+        let mut take = Vec::new();
+        let mut parts = std::collections::HashSet::new();
+        while let Some(e) = self.entries.front() {
+            if !take.is_empty()
+                && (rows + e.row_count > self.window || parts.len() >= 4 * PARTS_IN_FLIGHT)
+            {
+                break;
+            }
+            rows += e.row_count;
+            parts.insert(e.part.clone());
+            take.extend(self.entries.pop_front());
+        }
+        self.window = (self.window * 4).min(WINDOW_ROWS);
+        let batches = block_on(read_window(
+            &self.store,
+            take,
+            &self.cols,
+            &self.schema,
+            self.trace.as_deref(),
+        ))?;
+        for b in batches {
+            let b = match self.bbox {
+                Some(bx) => filter_box(&b, &bx, self.keep)?,
+                None => b,
+            };
+            if b.num_rows() > 0 {
+                self.ready.push_back(b);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for PointStream {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Result<RecordBatch>> {
+        while self.ready.is_empty() && !self.entries.is_empty() {
+            if let Err(e) = self.next_window() {
+                self.entries.clear();
+                return Some(Err(e));
+            }
+        }
+        self.ready.pop_front().map(Ok)
+    }
+}
+
+/// Reads `entries` (rows of parts), returning their rows in entry order as batches of the
+/// projected `schema`. Parts are read concurrently, at most [`PARTS_IN_FLIGHT`] at a time.
+async fn read_window(
+    store: &Store,
+    entries: Vec<ReadEntry>,
+    cols: &[usize],
+    schema: &arrow::datatypes::SchemaRef,
+    trace: Option<&ReadTrace>,
+) -> Result<Vec<RecordBatch>> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Group by part; remember where each entry's rows land in its part's output.
+    let mut by_part: BTreeMap<Arc<str>, Vec<(u64, u64, usize)>> = BTreeMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        by_part
+            .entry(e.part.clone())
+            .or_default()
+            .push((e.row_start, e.row_count, i));
+    }
+    let mut placed = vec![(0usize, 0usize, 0u64); entries.len()];
+    let mut jobs = Vec::with_capacity(by_part.len());
+    for (k, (p, mut rs)) in by_part.into_iter().enumerate() {
+        rs.sort_unstable();
+        if let Some(w) = rs.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err(Error::file(
+                &store.name,
+                p.as_ref(),
+                format!(
+                    "the index references overlapping rows {}..{} and {}..{}",
+                    w[0].0,
+                    w[0].0 + w[0].1,
+                    w[1].0,
+                    w[1].0 + w[1].1
+                ),
+            ));
+        }
+        let mut off = 0u64;
+        for &(_, n, i) in &rs {
+            placed[i] = (k, off as usize, n);
+            off += n;
+        }
+        let ranges: Vec<(u64, u64)> = rs.iter().map(|&(s, n, _)| (s, n)).collect();
+        jobs.push(read_part(store, p, ranges, cols, trace));
+    }
+    let per_part: Vec<Vec<RecordBatch>> = futures::stream::iter(jobs)
+        .buffered(PARTS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let per_part: Vec<RecordBatch> = per_part
+        .iter()
+        .map(|b| arrow::compute::concat_batches(schema, b))
+        .collect::<std::result::Result<_, _>>()?;
+    let pieces: Vec<RecordBatch> = placed
+        .iter()
+        .map(|&(k, off, n)| per_part[k].slice(off, n as usize))
+        .collect();
+    Ok(vec![arrow::compute::concat_batches(schema, &pieces)?])
+}
+
+async fn part_meta(store: &Store, part: &Arc<str>) -> Result<(ArrowReaderMetadata, u64)> {
+    let key = (store.cache_key(), part.clone());
+    if let Some(m) = part_cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(m);
+    }
+    let path = Path::from(part.as_ref());
+    let err = |e: &dyn std::fmt::Display| Error::file(&store.name, part.as_ref(), e);
+    let head = store.os.head(&path).await.map_err(|e| err(&e))?;
+    let mut reader = ParquetObjectReader::new(store.os.clone(), path).with_file_size(head.size);
+    let meta = AssertUnwindSafe(ArrowReaderMetadata::load_async(
+        &mut reader,
+        ArrowReaderOptions::new()
+            .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
+    ))
+    .catch_unwind()
+    .await
+    .map_err(|p| err(&panic_message(p)))?
+    .map_err(|e| err(&e))?;
+    if let Ok(mut c) = part_cache().lock() {
+        if c.len() >= PART_CACHE {
+            c.clear();
+        }
+        c.insert(key, (meta.clone(), head.size));
+    }
+    Ok((meta, head.size))
+}
+
+async fn read_part(
+    store: &Store,
+    part: Arc<str>,
+    mut ranges: Vec<(u64, u64)>,
+    cols: &[usize],
+    trace: Option<&ReadTrace>,
+) -> Result<Vec<RecordBatch>> {
+    let (meta, size) = part_meta(store, &part).await?;
+    let err = |e: &dyn std::fmt::Display| Error::file(&store.name, part.as_ref(), e);
+    ranges.sort_unstable();
+    // Row groups touched, and the selection relative to them.
+    let md = meta.metadata();
+    let mut rg_start = Vec::with_capacity(md.num_row_groups() + 1);
+    let mut acc = 0u64;
+    for rg in md.row_groups() {
+        rg_start.push(acc);
+        acc += rg.num_rows() as u64;
+    }
+    rg_start.push(acc);
+    if let Some(&(s, n)) = ranges.last() {
+        if s + n > acc {
+            return Err(err(&format!(
+                "index references rows {s}..{} but the part has {acc} rows",
+                s + n
+            )));
+        }
+    }
+    let (groups, selectors) = plan_selection(&rg_start, &ranges);
+    if let Some(t) = trace {
+        t.record(md, &rg_start, &groups, &ranges, cols);
+    }
+    let reader = ParquetObjectReader::new(store.os.clone(), Path::from(part.as_ref()))
+        .with_file_size(size);
+    let mut sorted_cols: Vec<usize> = cols.to_vec();
+    sorted_cols.sort_unstable();
+    sorted_cols.dedup();
+    let mask = ProjectionMask::roots(
+        md.file_metadata().schema_descr(),
+        sorted_cols.iter().copied(),
+    );
+    let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta.clone())
+        .with_row_groups(groups)
+        .with_row_selection(RowSelection::from(selectors))
+        .with_projection(mask)
+        .with_batch_size(8192)
+        .build()
+        .map_err(|e| err(&e))?;
+    // The Parquet decoder can panic on corrupt pages: report that as this file's error.
+    let batches: Vec<RecordBatch> = AssertUnwindSafe(stream.try_collect::<Vec<_>>())
         .catch_unwind()
         .await
         .map_err(|p| err(&panic_message(p)))?
         .map_err(|e| err(&e))?;
-        let _ = part.meta.set((meta.clone(), head.size));
-        Ok((meta, head.size))
-    }
-
-    /// Reads the rows of `labels`, returning the part-file columns `cols` (0 = label, 1 = block,
-    /// 2.. = x, y, z, attributes) in that order.
-    pub fn points(&self, labels: &[u64], cols: &[usize]) -> Result<Vec<RecordBatch>> {
-        self.points_in(Some(labels), None, cols)
-    }
-
-    /// Reads the rows of `labels` (every label if `None`) whose x, y, z lie inside `bbox`
-    /// (inclusive; no filter if `None`), returning the part-file columns `cols` in that order.
-    ///
-    /// Entries whose (label, block) bounds miss the box are skipped without reading; the rows
-    /// of the others are filtered exactly.
-    pub fn points_in(
-        &self,
-        labels: Option<&[u64]>,
-        bbox: Option<BBox>,
-        cols: &[usize],
-    ) -> Result<Vec<RecordBatch>> {
-        self.points_traced(labels, bbox, cols, None)
-    }
-
-    /// [`LoadedIndex::points_in`], recording what the read touched in `trace`.
-    pub fn points_traced(
-        &self,
-        labels: Option<&[u64]>,
-        bbox: Option<BBox>,
-        cols: &[usize],
-        trace: Option<&ReadTrace>,
-    ) -> Result<Vec<RecordBatch>> {
-        let mut by_part: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
-        let mut add = |e: &ReadEntry| {
-            if bbox.is_none_or(|b| overlaps(&b, &e.bbox)) {
-                by_part
-                    .entry(e.part)
-                    .or_default()
-                    .push((e.row_start, e.row_count));
-            }
-        };
-        match labels {
-            Some(labels) => {
-                let mut labels = labels.to_vec();
-                labels.sort_unstable();
-                labels.dedup();
-                for &l in &labels {
-                    self.label_entries(l).iter().for_each(&mut add);
-                }
-            }
-            None => self.entries.iter().for_each(&mut add),
-        }
-        // With a box, read x, y, z too (to filter), then keep only the asked-for columns.
-        let mut read_cols = cols.to_vec();
-        if bbox.is_some() {
-            read_cols.extend([2, 3, 4]);
-        }
-        let jobs = by_part
-            .into_iter()
-            .map(|(p, ranges)| self.read_part(p, ranges, &read_cols, trace));
-        let per_part = block_on(futures::future::try_join_all(jobs))?;
-        let batches = per_part.into_iter().flatten();
-        match bbox {
-            None => Ok(batches.collect()),
-            Some(b) => batches
-                .map(|batch| filter_box(&batch, &b, cols.len()))
-                .collect(),
-        }
-    }
-
-    /// Reads the rows of the entries at positions `range` (in the index's entry order) with the
-    /// part-file columns `cols`, as one batch in entry order: entry `i`'s rows follow entry
-    /// `i - 1`'s.
-    pub(crate) fn read_entries(
-        &self,
-        range: std::ops::Range<usize>,
-        cols: &[usize],
-    ) -> Result<RecordBatch> {
-        let entries = &self.entries[range];
-        // Per part: the entries' ranges in row order, remembering each entry's position.
-        let mut by_part: BTreeMap<u32, Vec<(u64, u64, usize)>> = BTreeMap::new();
-        for (i, e) in entries.iter().enumerate() {
-            by_part
-                .entry(e.part)
-                .or_default()
-                .push((e.row_start, e.row_count, i));
-        }
-        let mut jobs = Vec::with_capacity(by_part.len());
-        let mut placed: Vec<(usize, usize, u64)> = vec![(0, 0, 0); entries.len()];
-        for (k, (p, mut rs)) in by_part.into_iter().enumerate() {
-            rs.sort_unstable();
-            let mut off = 0u64;
-            for w in rs.windows(2) {
-                if w[0].0 + w[0].1 > w[1].0 {
-                    return Err(Error::file(
-                        &self.store.name,
-                        self.parts[p as usize].path.as_ref(),
-                        format!(
-                            "the index references overlapping rows {}..{} and {}..{}",
-                            w[0].0,
-                            w[0].0 + w[0].1,
-                            w[1].0,
-                            w[1].0 + w[1].1
-                        ),
-                    ));
-                }
-            }
-            for &(_, n, i) in &rs {
-                placed[i] = (k, off as usize, n);
-                off += n;
-            }
-            jobs.push(self.read_part(p, rs.iter().map(|&(s, n, _)| (s, n)).collect(), cols, None));
-        }
-        let per_part = block_on(futures::future::try_join_all(jobs))?;
-        let schema = arrow::datatypes::Schema::new(
-            cols.iter()
-                .map(|&c| self.schema.arrow().field(c).clone())
-                .collect::<Vec<_>>(),
-        );
-        let schema = Arc::new(schema);
-        let per_part: Vec<RecordBatch> = per_part
-            .iter()
-            .map(|b| arrow::compute::concat_batches(&schema, b))
-            .collect::<std::result::Result<_, _>>()?;
-        let pieces: Vec<RecordBatch> = placed
-            .iter()
-            .map(|&(k, off, n)| per_part[k].slice(off, n as usize))
-            .collect();
-        Ok(arrow::compute::concat_batches(&schema, &pieces)?)
-    }
-
-    async fn read_part(
-        &self,
-        part: u32,
-        mut ranges: Vec<(u64, u64)>,
-        cols: &[usize],
-        trace: Option<&ReadTrace>,
-    ) -> Result<Vec<RecordBatch>> {
-        let p = &self.parts[part as usize];
-        let (meta, size) = self.part_meta(p).await?;
-        let err = |e: &dyn std::fmt::Display| Error::file(&self.store.name, p.path.as_ref(), e);
-        ranges.sort_unstable();
-        if let Some(w) = ranges.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
-            return Err(err(&format!(
-                "the index references overlapping rows {}..{} and {}..{} (a corrupt index)",
-                w[0].0,
-                w[0].0 + w[0].1,
-                w[1].0,
-                w[1].0 + w[1].1
-            )));
-        }
-        // Row groups touched, and the selection relative to them.
-        let md = meta.metadata();
-        let mut rg_start = Vec::with_capacity(md.num_row_groups() + 1);
-        let mut acc = 0u64;
-        for rg in md.row_groups() {
-            rg_start.push(acc);
-            acc += rg.num_rows() as u64;
-        }
-        rg_start.push(acc);
-        if let Some(&(s, n)) = ranges.last() {
-            if s + n > acc {
-                return Err(err(&format!(
-                    "index references rows {s}..{} but the part has {acc} rows",
-                    s + n
-                )));
-            }
-        }
-        let (groups, selectors) = plan_selection(&rg_start, &ranges);
-        if let Some(t) = trace {
-            t.record(md, &rg_start, &groups, &ranges, cols);
-        }
-        let reader =
-            ParquetObjectReader::new(self.store.os.clone(), p.path.clone()).with_file_size(size);
-        let mut sorted_cols: Vec<usize> = cols.to_vec();
-        sorted_cols.sort_unstable();
-        sorted_cols.dedup();
-        let mask = ProjectionMask::roots(
-            md.file_metadata().schema_descr(),
-            sorted_cols.iter().copied(),
-        );
-        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta.clone())
-            .with_row_groups(groups)
-            .with_row_selection(RowSelection::from(selectors))
-            .with_projection(mask)
-            .with_batch_size(8192)
-            .build()
-            .map_err(|e| err(&e))?;
-        // The Parquet decoder can panic on corrupt pages: report that as this file's error.
-        let batches: Vec<RecordBatch> = AssertUnwindSafe(stream.try_collect::<Vec<_>>())
-            .catch_unwind()
-            .await
-            .map_err(|p| err(&panic_message(p)))?
-            .map_err(|e| err(&e))?;
-        let order: Vec<usize> = cols
-            .iter()
-            .map(|c| sorted_cols.binary_search(c).unwrap_or(0))
-            .collect();
-        batches
-            .into_iter()
-            .map(|b| Ok(b.project(&order)?))
-            .collect()
-    }
+    let order: Vec<usize> = cols
+        .iter()
+        .map(|c| sorted_cols.binary_search(c).unwrap_or(0))
+        .collect();
+    batches
+        .into_iter()
+        .map(|b| Ok(b.project(&order)?))
+        .collect()
 }
 
 /// Describes a panic caught while decoding a file (a corrupt file can make the decoder panic).
@@ -556,7 +691,7 @@ mod tests {
     use crate::consolidate::consolidate;
     use crate::consolidate::tests::{write, JsonCodec};
     use crate::writer::tests::rows;
-    use arrow::array::{Array, Int32Array};
+    use arrow::array::Int32Array;
 
     fn xs(batches: &[RecordBatch]) -> Vec<i32> {
         let mut v: Vec<i32> = batches
@@ -600,14 +735,15 @@ mod tests {
             .iter()
             .all(|b| b.num_rows() == 0));
         assert_eq!(
-            idx.blocks(5),
+            idx.blocks(5).unwrap(),
             vec![
                 (BlockId::Str("a".into()), 2),
                 (BlockId::Str("b".into()), 1),
                 (BlockId::Str("c".into()), 1)
             ]
         );
-        assert_eq!(idx.label_stats(), &[(5, 4, 3), (6, 1, 1), (7, 1, 1)]);
+        let stats: Vec<_> = idx.label_stats().map(|r| r.unwrap()).collect();
+        assert_eq!(stats, vec![(5, 4, 3), (6, 1, 1), (7, 1, 1)]);
     }
 
     #[test]
@@ -640,7 +776,7 @@ mod tests {
             want.sort();
             let got = idx.points(&[l], &[2]).unwrap();
             assert_eq!(xs(&got), want, "label {l}");
-            assert_eq!(idx.point_count(l), want.len() as u64);
+            assert_eq!(idx.point_count(&[l]).unwrap(), want.len() as u64);
         }
     }
 
@@ -725,20 +861,20 @@ mod tests {
             v.sort();
             v
         };
-        assert_eq!(
-            xs(&idx.points_in(Some(&[1]), Some(bx), &[2]).unwrap()),
-            want(Some(1))
-        );
-        assert_eq!(
-            xs(&idx.points_in(None, Some(bx), &[2]).unwrap()),
-            want(None)
-        );
+        let boxed = |labels: Option<Vec<u64>>, b: BBox| {
+            labels
+                .map(ScanRequest::labels)
+                .unwrap_or_else(ScanRequest::all)
+                .bbox(Some(b))
+                .columns(vec![2])
+                .collect(&idx)
+                .unwrap()
+        };
+        assert_eq!(xs(&boxed(Some(vec![1]), bx)), want(Some(1)));
+        assert_eq!(xs(&boxed(None, bx)), want(None));
         assert_eq!(want(None).len(), 5);
         // A box that misses everything reads nothing.
-        assert!(idx
-            .points_in(None, Some([5000.0, 0.0, 0.0, 6000.0, 1.0, 1.0]), &[2])
-            .unwrap()
-            .is_empty());
+        assert!(boxed(None, [5000.0, 0.0, 0.0, 6000.0, 1.0, 1.0]).is_empty());
     }
 
     #[test]
@@ -754,6 +890,54 @@ mod tests {
         let idx = open(name, &JsonCodec).unwrap();
         let e = idx.points(&[5], &[2]).unwrap_err().to_string();
         assert!(e.contains("file 'workers/w1/parts/"), "{e}");
-        let _ = Array::len(&Int32Array::from(vec![1]));
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use crate::consolidate::consolidate;
+    use crate::consolidate::tests::{write, JsonCodec};
+    use crate::writer::tests::rows;
+
+    /// A label spread over many parts streams window by window, in index order, and LIMIT-like
+    /// consumers stop early: the first batch comes from the first window only.
+    #[test]
+    fn a_big_label_streams_in_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let n = 40_000i32;
+        let mut want = Vec::new();
+        for w in 0..5 {
+            let pts: Vec<[i32; 3]> = (0..n).map(|i| [w * n + i, 0, 0]).collect();
+            want.extend(pts.iter().map(|p| p[0]));
+            write(name, &format!("w{w}"), &[rows(&vec![3; n as usize], "a", &pts)]);
+        }
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        let idx = open(name, &JsonCodec).unwrap();
+        let mut s = ScanRequest::labels(vec![3]).columns(vec![2]).stream(&idx).unwrap();
+        let first = s.next().unwrap().unwrap();
+        assert!(first.num_rows() as u64 <= FIRST_WINDOW_ROWS, "{}", first.num_rows());
+        let mut got: Vec<i32> = first
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int32Array>()
+            .unwrap()
+            .values()
+            .to_vec();
+        for b in s {
+            let b = b.unwrap();
+            got.extend(
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int32Array>()
+                    .unwrap()
+                    .values()
+                    .iter(),
+            );
+        }
+        // Index order: workers in order, rows in order within a part.
+        assert_eq!(got, want);
     }
 }

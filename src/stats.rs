@@ -2,11 +2,12 @@
 
 use std::collections::HashSet;
 
-use crate::consolidate::{latest_index, load_generation};
 use crate::error::{Error, Result};
 use crate::index::IndexCodec;
 use crate::layout;
-use crate::optimize::{is_contiguous, label_bounds};
+use crate::log;
+use crate::optimize::is_contiguous;
+use crate::segment::IndexView;
 use crate::storage::Store;
 
 /// Figures about one store.
@@ -36,13 +37,17 @@ pub struct StoreStats {
     pub unreferenced_files: u64,
     /// Bytes of the unreferenced part files.
     pub unreferenced_bytes: u64,
-    /// Bytes of the current index generation file.
+    /// Bytes of the current index generation: its manifest and segment files.
     pub index_bytes: u64,
+    /// Index segment files of the current generation.
+    pub segments: u64,
 }
 
-/// Computes [`StoreStats`] for `store` (lists the store's files; reads no part).
+/// Computes [`StoreStats`] for `store`: lists the store's files and streams the index (reads no
+/// part; time is proportional to the index entries, memory to the part files).
 pub fn stats(store: &Store, codec: &dyn IndexCodec) -> Result<StoreStats> {
-    if crate::writer::read_schema(store)?.is_none() && latest_index(store)?.is_none() {
+    let latest = log::latest(store)?;
+    if crate::writer::read_schema(store)?.is_none() && latest.is_none() {
         return Err(Error::store(
             &store.name,
             "is not a pocaduck store (no _pocaduck.json and no index)",
@@ -51,27 +56,37 @@ pub fn stats(store: &Store, codec: &dyn IndexCodec) -> Result<StoreStats> {
     let mut s = StoreStats::default();
     let mut referenced: HashSet<String> = HashSet::new();
     let mut merged: Vec<(String, u64)> = Vec::new();
-    if let Some((gen, meta)) = latest_index(store)? {
-        let mut u = load_generation(store, gen, codec)?;
-        u.sort();
-        s.generation = gen;
-        s.index_bytes = meta.size;
-        s.workers = u.workers.len() as u64;
-        s.commits = u.workers.iter().map(|w| w.last_commit).sum();
-        merged = u
+    if let Some(g) = latest {
+        let gen = log::load(store, &g, codec)?;
+        let m = &gen.manifest;
+        s.generation = g.generation;
+        s.index_bytes = g.meta.size + m.segments.iter().map(|r| r.bytes).sum::<u64>();
+        let mut files: Vec<&str> = m.segments.iter().map(|r| r.file.as_str()).collect();
+        files.sort_unstable();
+        files.dedup();
+        s.segments = files.len() as u64;
+        s.workers = m.workers.len() as u64;
+        s.commits = m.workers.iter().map(|w| w.last_commit).sum();
+        merged = m
             .workers
             .iter()
             .map(|w| (w.worker.clone(), w.last_commit))
             .collect();
-        s.entries = u.entries.len() as u64;
-        s.points = u.entries.iter().map(|e| e.e.row_count).sum();
-        let b = label_bounds(&u.entries);
-        s.labels = (b.len() - 1) as u64;
-        s.fragmented_labels = b
-            .windows(2)
-            .filter(|w| !is_contiguous(&u.entries[w[0]..w[1]]))
-            .count() as u64;
-        referenced = u.entries.into_iter().map(|e| e.e.part).collect();
+        let view = IndexView::new(store.clone(), gen);
+        for r in view.scan() {
+            let (_, v) = r?;
+            s.labels += 1;
+            s.entries += v.len() as u64;
+            s.points += v.iter().map(|e| e.e.row_count).sum::<u64>();
+            if !is_contiguous(&v) {
+                s.fragmented_labels += 1;
+            }
+            for e in v {
+                if !referenced.contains(&e.e.part) {
+                    referenced.insert(e.e.part);
+                }
+            }
+        }
     }
     let mut files = store.list(&layout::workers_dir())?;
     files.extend(store.list(&layout::optimized_dir())?);

@@ -401,6 +401,16 @@ impl Store {
             .map_err(|e| self.err(prefix, e))
     }
 
+    /// Lists the objects below `prefix` whose paths sort after `offset`.
+    pub fn list_from(&self, prefix: &Path, offset: &Path) -> Result<Vec<object_store::ObjectMeta>> {
+        block_on(
+            self.os
+                .list_with_offset(Some(prefix), offset)
+                .try_collect::<Vec<_>>(),
+        )
+        .map_err(|e| self.err(prefix, e))
+    }
+
     /// Lists the immediate children "directories" of `prefix`.
     pub fn list_dirs(&self, prefix: &Path) -> Result<Vec<Path>> {
         block_on(self.os.list_with_delimiter(Some(prefix)))

@@ -677,23 +677,18 @@ impl Session {
             ],
         )?;
         let first = latest_commit(&self.store, &self.worker)? + 1;
-        for seq in first..first + 1000 {
-            let file = layout::commit_file(&self.worker, seq);
-            if self.store.put_if_absent(&file, seg.clone())? {
-                self.store.sync(&[file])?;
-                summary.commit = seq;
-                self.entries.clear();
-                self.parts_done.clear();
-                return Ok(summary);
-            }
-        }
-        Err(Error::Conflict {
-            store: self.store.name.clone(),
-            msg: format!(
-                "could not number a commit for worker '{}' after 1000 tries",
-                self.worker
-            ),
-        })
+        let worker = self.worker.clone();
+        let seq = crate::log::create_numbered(
+            &self.store,
+            first,
+            |n| layout::commit_file(&worker, n),
+            seg,
+            &format!("a commit for worker '{worker}'"),
+        )?;
+        summary.commit = seq;
+        self.entries.clear();
+        self.parts_done.clear();
+        Ok(summary)
     }
 
     /// Discards everything uncommitted: buffered rows, the open part, completed parts.

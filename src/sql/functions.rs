@@ -52,38 +52,54 @@ pub(super) fn ty(id: LogicalTypeId) -> LogicalTypeHandle {
     LogicalTypeHandle::from(id)
 }
 
-/// Rows ready to be handed to DuckDB in chunks.
+/// A source of result batches.
+pub type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+/// Rows handed to DuckDB in chunks of at most 2048 as they are produced (a stream is pulled
+/// only as far as DuckDB asks: `LIMIT` stops reading).
 pub struct Emitter {
-    batches: Vec<RecordBatch>,
-    pos: Mutex<(usize, usize)>,
+    func: &'static str,
+    state: Mutex<(BatchIter, Option<RecordBatch>, usize)>,
 }
 
 impl Emitter {
     pub(super) fn new(batches: Vec<RecordBatch>) -> Self {
+        Emitter::stream("pocaduck", Box::new(batches.into_iter().map(Ok)))
+    }
+
+    /// Emits what `iter` yields; its errors are reported as errors of `func`.
+    pub(super) fn stream(func: &'static str, iter: BatchIter) -> Self {
         Emitter {
-            batches,
-            pos: Mutex::new((0, 0)),
+            func,
+            state: Mutex::new((iter, None, 0)),
         }
     }
 
     pub(super) fn emit(&self, output: &mut DataChunkHandle) -> std::result::Result<(), BoxErr> {
-        let mut pos = self
-            .pos
+        let mut st = self
+            .state
             .lock()
             .map_err(|_| "pocaduck: emitter lock poisoned")?;
-        while pos.0 < self.batches.len() && pos.1 >= self.batches[pos.0].num_rows() {
-            *pos = (pos.0 + 1, 0);
+        let (iter, cur, pos) = &mut *st;
+        loop {
+            if let Some(b) = cur.as_ref().filter(|b| *pos < b.num_rows()) {
+                let n = (b.num_rows() - *pos).min(2048);
+                record_batch_to_duckdb_data_chunk(&b.slice(*pos, n), output)?;
+                output.set_len(n);
+                *pos += n;
+                return Ok(());
+            }
+            match run(self.func, || iter.next().transpose())? {
+                Some(b) => {
+                    *cur = Some(b);
+                    *pos = 0;
+                }
+                None => {
+                    output.set_len(0);
+                    return Ok(());
+                }
+            }
         }
-        if pos.0 >= self.batches.len() {
-            output.set_len(0);
-            return Ok(());
-        }
-        let b = &self.batches[pos.0];
-        let n = (b.num_rows() - pos.1).min(2048);
-        record_batch_to_duckdb_data_chunk(&b.slice(pos.1, n), output)?;
-        output.set_len(n);
-        pos.1 += n;
-        Ok(())
     }
 }
 
@@ -188,10 +204,6 @@ fn bind_points(
     let b = &index.schema.columns[0];
     bind.add_result_column(&b.name, to_duckdb_logical_type(&b.ty.arrow())?);
     part_cols.push(1);
-    if let (Some(ls), None) = (&labels, bbox) {
-        let total: u64 = ls.iter().map(|l| index.point_count(*l)).sum();
-        bind.set_cardinality(total, true);
-    }
     Ok(PointsBind {
         store,
         labels,
@@ -200,7 +212,7 @@ fn bind_points(
     })
 }
 
-fn init_points(init: &InitInfo, f: &str) -> std::result::Result<Emitter, BoxErr> {
+fn init_points(init: &InitInfo, f: &'static str) -> std::result::Result<Emitter, BoxErr> {
     let bind = unsafe { &*init.get_bind_data::<PointsBind>() };
     let wanted: Vec<usize> = init
         .get_column_indices()
@@ -208,14 +220,15 @@ fn init_points(init: &InitInfo, f: &str) -> std::result::Result<Emitter, BoxErr>
         .filter_map(|i| bind.part_cols.get(i as usize).copied())
         .collect();
     // Opened again per execution: a prepared statement sees the newest generation.
-    let batches = run(f, || {
-        reader::open(&bind.store, &DuckDbCodec)?.points_in(
-            bind.labels.as_deref(),
-            bind.bbox,
-            &wanted,
-        )
+    let stream = run(f, || {
+        let index = reader::open(&bind.store, &DuckDbCodec)?;
+        let req = match &bind.labels {
+            Some(ls) => reader::ScanRequest::labels(ls.clone()),
+            None => reader::ScanRequest::all(),
+        };
+        req.bbox(bind.bbox).columns(wanted).stream(&index)
     })?;
-    Ok(Emitter::new(batches))
+    Ok(Emitter::stream(f, Box::new(stream)))
 }
 
 impl VTab for Points {
@@ -313,7 +326,7 @@ impl VTab for Labels {
             .apply_storage_options()
             .map_err(|e| err(F, e))?;
         let store = arg_string(Some(bind.get_parameter(0)), "store").map_err(|e| err(F, e))?;
-        let index = run(F, || reader::open(&store, &DuckDbCodec))?;
+        run(F, || reader::open(&store, &DuckDbCodec))?;
         add_columns(
             bind,
             &[
@@ -322,7 +335,6 @@ impl VTab for Labels {
                 ("block_count", LogicalTypeId::UBigint),
             ],
         );
-        bind.set_cardinality(index.label_stats().len() as u64, false);
         Ok(store)
     }
 
@@ -330,24 +342,38 @@ impl VTab for Labels {
         const F: &str = "pocaduck_labels";
         let store = unsafe { &*init.get_bind_data::<String>() };
         let index = run(F, || reader::open(store, &DuckDbCodec))?;
-        let s = index.label_stats();
-        let b = run(F, || {
-            batch(vec![
+        // Streamed over the index segments, a batch of labels at a time.
+        let mut stats = index.label_stats();
+        let iter = std::iter::from_fn(move || {
+            let mut v: Vec<(u64, u64, u64)> = Vec::with_capacity(2048);
+            for r in stats.by_ref() {
+                match r {
+                    Ok(x) => v.push(x),
+                    Err(e) => return Some(Err(e)),
+                }
+                if v.len() == 2048 {
+                    break;
+                }
+            }
+            if v.is_empty() {
+                return None;
+            }
+            Some(batch(vec![
                 (
                     "label",
-                    Arc::new(UInt64Array::from_iter_values(s.iter().map(|x| x.0))),
+                    Arc::new(UInt64Array::from_iter_values(v.iter().map(|x| x.0))),
                 ),
                 (
                     "point_count",
-                    Arc::new(UInt64Array::from_iter_values(s.iter().map(|x| x.1))),
+                    Arc::new(UInt64Array::from_iter_values(v.iter().map(|x| x.1))),
                 ),
                 (
                     "block_count",
-                    Arc::new(UInt64Array::from_iter_values(s.iter().map(|x| x.2))),
+                    Arc::new(UInt64Array::from_iter_values(v.iter().map(|x| x.2))),
                 ),
-            ])
-        })?;
-        Ok(Emitter::new(vec![b]))
+            ]))
+        });
+        Ok(Emitter::stream(F, Box::new(iter)))
     }
 
     fn func(
@@ -387,7 +413,7 @@ impl VTab for Blocks {
         const F: &str = "pocaduck_blocks";
         let (store, label) = unsafe { &*init.get_bind_data::<(String, u64)>() };
         let index = run(F, || reader::open(store, &DuckDbCodec))?;
-        let blocks: Vec<(BlockId, u64)> = index.blocks(*label);
+        let blocks: Vec<(BlockId, u64)> = run(F, || index.blocks(*label))?;
         let bt = index.schema.block_type();
         let b = run(F, || {
             batch(vec![
@@ -448,9 +474,10 @@ impl VTab for Consolidate {
                 ("generation", LogicalTypeId::UBigint),
                 ("workers", LogicalTypeId::UBigint),
                 ("new_commits", LogicalTypeId::UBigint),
-                ("files", LogicalTypeId::UBigint),
-                ("labels", LogicalTypeId::UBigint),
-                ("points", LogicalTypeId::UBigint),
+                ("new_files", LogicalTypeId::UBigint),
+                ("new_points", LogicalTypeId::UBigint),
+                ("new_entries", LogicalTypeId::UBigint),
+                ("segments", LogicalTypeId::UBigint),
             ],
         );
         Ok(OneShot { args: store })
@@ -479,9 +506,10 @@ impl VTab for Consolidate {
                 ("generation", u(s.generation)),
                 ("workers", u(s.workers)),
                 ("new_commits", u(s.new_commits)),
-                ("files", u(s.files)),
-                ("labels", u(s.labels)),
-                ("points", u(s.points)),
+                ("new_files", u(s.new_files)),
+                ("new_points", u(s.new_points)),
+                ("new_entries", u(s.new_entries)),
+                ("segments", u(s.segments)),
             ])
         })?;
         Emitter::new(vec![rb]).emit(output)

@@ -16,9 +16,9 @@ use super::functions::{
 };
 use super::index_db::DuckDbCodec;
 use super::{arg_labels, arg_string, SET_TARGET_FILE_SIZE};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::optimize::{optimize, OptimizeOptions};
-use crate::reader::{self, BBox, ReadTrace};
+use crate::reader::{self, BBox, ReadTrace, ScanRequest};
 use crate::stats::stats;
 use crate::storage::{OpenMode, Store};
 
@@ -68,8 +68,26 @@ impl VTab for Optimize {
                 SET_TARGET_FILE_SIZE,
                 OptimizeOptions::default().target_file_size,
             )?;
+            let labels = match bind.get_named_parameter("labels") {
+                None => None,
+                Some(v) => {
+                    let (ls, list) = arg_labels(v, "labels")?;
+                    match ls[..] {
+                        [lo, hi] if list && lo < hi => Some((lo, hi - 1)),
+                        _ => {
+                            return Err(Error::arg(
+                                "labels",
+                                format!(
+                                    "must be a range [lo, hi) of two labels with lo < hi, got {ls:?}"
+                                ),
+                            ))
+                        }
+                    }
+                }
+            };
             let opts = OptimizeOptions {
                 target_file_size: named_size(bind, "target_file_size", default)?,
+                labels,
                 ..Default::default()
             };
             Store::open(&store, OpenMode::Existing)?;
@@ -116,10 +134,10 @@ impl VTab for Optimize {
     }
 
     fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
-        Some(vec![(
-            "target_file_size".to_string(),
-            ty(LogicalTypeId::Any),
-        )])
+        Some(vec![
+            ("target_file_size".to_string(), ty(LogicalTypeId::Any)),
+            ("labels".to_string(), ty(LogicalTypeId::Any)),
+        ])
     }
 }
 
@@ -129,7 +147,7 @@ impl VTab for Optimize {
 /// `pocaduck_stats(store)`: one row of figures about a store (see [`crate::stats`]).
 pub struct Stats;
 
-const STATS_COLUMNS: [&str; 13] = [
+const STATS_COLUMNS: [&str; 14] = [
     "generation",
     "workers",
     "commits",
@@ -143,6 +161,7 @@ const STATS_COLUMNS: [&str; 13] = [
     "unreferenced_files",
     "unreferenced_bytes",
     "index_bytes",
+    "segments",
 ];
 
 impl VTab for Stats {
@@ -179,6 +198,7 @@ impl VTab for Stats {
                 s.unreferenced_files,
                 s.unreferenced_bytes,
                 s.index_bytes,
+                s.segments,
             ];
             one_row(STATS_COLUMNS.iter().copied().zip(v).collect())
         })?;
@@ -265,23 +285,33 @@ impl VTab for Explain {
             let t0 = Instant::now();
             let index = reader::open(&b.store, &DuckDbCodec)?;
             let t1 = Instant::now();
-            let trace = ReadTrace::default();
+            let trace = Arc::new(ReadTrace::default());
             let cols: Vec<usize> = (0..index.schema.columns.len() + 1).collect();
-            let got = index.points_traced(Some(&b.labels), b.bbox, &cols, Some(&trace))?;
+            let mut rows = 0u64;
+            for r in ScanRequest::labels(b.labels.clone())
+                .bbox(b.bbox)
+                .columns(cols)
+                .trace(trace.clone())
+                .stream(&index)?
+            {
+                rows += r?.num_rows() as u64;
+            }
             let t2 = Instant::now();
-            let mut labels = b.labels.clone();
-            labels.sort_unstable();
-            labels.dedup();
+            let entries = index.view.entries_of(&b.labels)?;
+            let all = || entries.iter().flat_map(|x| x.1.iter());
+            let mut blocks: Vec<(u64, &crate::index::BlockId)> =
+                all().map(|e| (e.e.label, &e.e.block)).collect();
+            blocks.dedup();
             let counts = [
                 index.generation,
-                labels.iter().map(|l| index.point_count(*l)).sum(),
-                labels.iter().map(|l| index.blocks(*l).len() as u64).sum(),
-                labels.iter().map(|l| index.entry_count(*l) as u64).sum(),
+                all().map(|e| e.e.row_count).sum(),
+                blocks.len() as u64,
+                all().count() as u64,
                 ld(&trace.parts),
                 ld(&trace.row_groups),
                 ld(&trace.pages),
                 ld(&trace.page_bytes),
-                got.iter().map(|r| r.num_rows() as u64).sum(),
+                rows,
                 ld(&io.lists) - before[0],
                 ld(&io.gets) - before[1],
                 ld(&io.bytes_read) - before[2],

@@ -1,0 +1,275 @@
+//! The store's log of generations: which index generation is current, what it holds, and the
+//! one create-if-absent protocol that publishes commits and generations.
+//!
+//! A generation is a small JSON **manifest** (`index/<generation>.json`, [`Manifest`]) naming
+//! immutable, label-sorted index segments (`segments/…parquet`, module [`crate::segment`]) and
+//! recording, per worker, the last commit merged. Generations are published with
+//! put-if-absent under the next number, so a generation is complete or absent, and two writers
+//! racing for the same number cannot both win. Stores written before format 2 hold generations
+//! as DuckDB databases (`index/<generation>.duckdb`); they are read whole through an
+//! [`IndexCodec`] and upgraded to a manifest by the next consolidate.
+//!
+//! Guarantees relied on: `put_if_absent` is atomic (local: hard-link/rename; object stores:
+//! `If-None-Match: *`), and a listing shows every object whose creation completed before it.
+
+use bytes::Bytes;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::index::{IndexCodec, UnifiedIndex, WorkerState};
+use crate::layout;
+use crate::schema::StoreSchema;
+use crate::storage::Store;
+
+/// Format version of generation manifests written by this release.
+pub const MANIFEST_FORMAT: u32 = 2;
+
+/// One index segment file of a generation, restricted to the labels `lo ..= hi`.
+///
+/// A file may appear more than once with disjoint ranges (after a label-range optimize clipped
+/// it); entries of the file outside the range are not part of the generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentRef {
+    /// Path relative to the store root (`segments/….parquet`).
+    pub file: String,
+    /// Size of the file in bytes (readers fetch its footer without a HEAD request).
+    pub bytes: u64,
+    /// Entries in the file (all of it, whatever the range).
+    pub entries: u64,
+    /// Smallest label of the generation's part of the file.
+    pub lo: u64,
+    /// Largest label of the generation's part of the file.
+    pub hi: u64,
+    /// Files written together (one consolidate, one merge, one optimize) share a run number;
+    /// the files of a run have disjoint label ranges.
+    pub run: u64,
+    /// Size tier of the run, for merging (see [`crate::segment::tier_of`]).
+    pub tier: u32,
+    /// Written by `pocaduck_optimize` (its entries point at label-contiguous parts).
+    #[serde(default)]
+    pub optimized: bool,
+}
+
+/// A generation manifest (`index/<generation>.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`MANIFEST_FORMAT`] when written by this release; readers refuse newer formats.
+    pub format: u32,
+    /// Generation number (1 for the first consolidate).
+    pub generation: u64,
+    /// Milliseconds since the Unix epoch when it was built.
+    pub created_ms: u64,
+    /// The store schema.
+    pub schema: StoreSchema,
+    /// Per worker, the highest commit merged.
+    pub workers: Vec<WorkerState>,
+    /// The index segments (newest runs last).
+    pub segments: Vec<SegmentRef>,
+    /// Next run number to hand out.
+    pub next_run: u64,
+}
+
+impl Manifest {
+    /// An empty manifest of generation 0.
+    pub fn empty(schema: StoreSchema) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            generation: 0,
+            created_ms: 0,
+            schema,
+            workers: Vec::new(),
+            segments: Vec::new(),
+            next_run: 1,
+        }
+    }
+
+    /// Last commit merged for `worker` (0 if none).
+    pub fn last_commit(&self, worker: &str) -> u64 {
+        self.workers
+            .iter()
+            .find(|w| w.worker == worker)
+            .map(|w| w.last_commit)
+            .unwrap_or(0)
+    }
+
+    /// Parses a manifest; `file` names it in errors.
+    pub fn from_json(bytes: &[u8], store: &str, file: &str) -> Result<Manifest> {
+        #[derive(Deserialize)]
+        struct Probe {
+            format: u32,
+        }
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::file(store, file, format!("corrupt generation manifest: {e}"))
+        };
+        let p: Probe = serde_json::from_slice(bytes).map_err(|e| bad(&e))?;
+        if p.format > MANIFEST_FORMAT {
+            return Err(Error::file(
+                store,
+                file,
+                format!(
+                    "index format {} is newer than this pocaduck supports ({MANIFEST_FORMAT}): upgrade pocaduck",
+                    p.format
+                ),
+            ));
+        }
+        serde_json::from_slice(bytes).map_err(|e| bad(&e))
+    }
+}
+
+/// Where a generation lives.
+#[derive(Clone, Debug)]
+pub struct GenerationFile {
+    /// Generation number.
+    pub generation: u64,
+    /// `false`: a format-2 manifest; `true`: a format-1 DuckDB database.
+    pub legacy: bool,
+    /// Object metadata from the listing (size, modification time, ETag).
+    pub meta: object_store::ObjectMeta,
+}
+
+fn parse(m: object_store::ObjectMeta) -> Option<GenerationFile> {
+    if let Some(g) = layout::parse_manifest_gen(&m.location) {
+        return Some(GenerationFile {
+            generation: g,
+            legacy: false,
+            meta: m,
+        });
+    }
+    layout::parse_index_gen(&m.location).map(|g| GenerationFile {
+        generation: g,
+        legacy: true,
+        meta: m,
+    })
+}
+
+/// The newest generation of `store` (`None`: never consolidated). One listing of `index/`.
+pub fn latest(store: &Store) -> Result<Option<GenerationFile>> {
+    Ok(store
+        .list(&layout::index_dir())?
+        .into_iter()
+        .filter_map(parse)
+        .max_by_key(|g| (g.generation, !g.legacy)))
+}
+
+/// Every generation file of `store`, oldest first.
+pub fn all(store: &Store) -> Result<Vec<GenerationFile>> {
+    let mut v: Vec<GenerationFile> = store
+        .list(&layout::index_dir())?
+        .into_iter()
+        .filter_map(parse)
+        .collect();
+    v.sort_by_key(|g| (g.generation, !g.legacy));
+    Ok(v)
+}
+
+/// Like [`latest`], but lists only names from generation `known` on (`known` itself included),
+/// so a reader that holds generation `known` pays for new generations only. `None` when
+/// `known` is gone too (the store was rewritten: call [`latest`]).
+pub fn latest_since(store: &Store, known: u64) -> Result<Option<GenerationFile>> {
+    let offset = Path::from(format!("{}/{known:010}", layout::index_dir()));
+    Ok(store
+        .list_from(&layout::index_dir(), &offset)?
+        .into_iter()
+        .filter_map(parse)
+        .max_by_key(|g| (g.generation, !g.legacy)))
+}
+
+/// Latest generation number (0 if never consolidated).
+pub fn latest_generation(store: &Store) -> Result<u64> {
+    Ok(latest(store)?.map(|g| g.generation).unwrap_or(0))
+}
+
+/// A loaded generation: its manifest, plus, for a format-1 generation, all of its entries.
+pub struct Generation {
+    /// The manifest (for a format-1 generation: its workers and schema, no segments).
+    pub manifest: Manifest,
+    /// Entries of a format-1 generation, sorted by label (read whole, once).
+    pub legacy: Option<Vec<crate::index::UnifiedEntry>>,
+}
+
+/// Loads generation `g`. A format-1 generation is read whole through `codec`.
+pub fn load(store: &Store, g: &GenerationFile, codec: &dyn IndexCodec) -> Result<Generation> {
+    if !g.legacy {
+        let file = layout::manifest_file(g.generation);
+        let bytes = store.get(&file)?;
+        let manifest = Manifest::from_json(&bytes, &store.name, file.as_ref())?;
+        if manifest.generation != g.generation {
+            return Err(Error::file(
+                &store.name,
+                file.as_ref(),
+                format!(
+                    "corrupt generation manifest: it says generation {}",
+                    manifest.generation
+                ),
+            ));
+        }
+        return Ok(Generation {
+            manifest,
+            legacy: None,
+        });
+    }
+    let u: UnifiedIndex = crate::consolidate::load_legacy(store, g.generation, codec)?;
+    let mut m = Manifest::empty(u.schema.clone());
+    m.format = 1;
+    m.generation = u.generation;
+    m.workers = u.workers.clone();
+    Ok(Generation {
+        manifest: m,
+        legacy: Some(u.entries),
+    })
+}
+
+/// Creates `file` with `bytes` if absent, then makes it durable. `false`: it already existed.
+pub fn create(store: &Store, file: &Path, bytes: Bytes) -> Result<bool> {
+    if !store.put_if_absent(file, bytes)? {
+        return Ok(false);
+    }
+    store.sync(std::slice::from_ref(file))?;
+    Ok(true)
+}
+
+/// Publishes `m` as generation `m.generation` (create-if-absent). Losing the race is a
+/// [`Error::Conflict`] naming the generation.
+pub fn publish(store: &Store, m: &Manifest) -> Result<()> {
+    let bytes = serde_json::to_vec(m)
+        .map_err(|e| Error::Internal(format!("manifest encode: {e}")))?;
+    if create(store, &layout::manifest_file(m.generation), bytes.into())? {
+        return Ok(());
+    }
+    Err(Error::Conflict {
+        store: store.name.clone(),
+        msg: format!(
+            "another consolidate or optimize published generation {} first; nothing was changed, run it again",
+            m.generation
+        ),
+    })
+}
+
+/// Publishes `bytes` as the first free file of a numbered sequence at or after `first`
+/// (`file_of(n)` names number `n`): the protocol of commit segments. Returns the number taken.
+pub fn create_numbered(
+    store: &Store,
+    first: u64,
+    file_of: impl Fn(u64) -> Path,
+    bytes: Bytes,
+    what: &str,
+) -> Result<u64> {
+    for n in first..first + 1000 {
+        if create(store, &file_of(n), bytes.clone())? {
+            return Ok(n);
+        }
+    }
+    Err(Error::Conflict {
+        store: store.name.clone(),
+        msg: format!("could not number {what} after 1000 tries"),
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

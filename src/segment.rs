@@ -1,0 +1,764 @@
+//! Index segments: immutable, label-sorted Parquet files of index entries, and the reads over a
+//! generation's segments (one label, many labels, or every label in order).
+//!
+//! A segment file has the columns `label UBIGINT, block, worker VARCHAR, commit_seq UBIGINT,
+//! part VARCHAR, row_start UBIGINT, row_count UBIGINT, min_x … max_z DOUBLE`, sorted by
+//! (label, block, worker, part, row_start), in row groups of [`ROW_GROUP_ENTRIES`] entries, and
+//! the key-value metadata `pocaduck.format` ([`SEGMENT_FORMAT`]) and `pocaduck.fences` (the
+//! first label of every row group, then the last label of the file). A lookup reads the footer
+//! once per process (it is cached), picks the row groups whose fences enclose the label, and
+//! fetches just those (one ranged GET per row group: its column chunks are contiguous).
+//!
+//! **Supersession** is applied when entries are read: of the entries of one (label, block,
+//! worker), only those of the highest commit count. Commits of a worker are numbered in order,
+//! so this gives the same answer whichever segments hold the entries, and a merge may drop
+//! superseded entries of the segments it merges.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arrow::array::{
+    Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use futures::{FutureExt, StreamExt};
+use object_store::path::Path;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use crate::error::{Error, Result};
+use crate::index::{block_array, block_ids, SegmentEntry, UnifiedEntry};
+use crate::log::{Manifest, SegmentRef};
+use crate::schema::ColumnType;
+use crate::storage::{block_on, Store};
+
+/// Format version of segment files written by this release.
+pub const SEGMENT_FORMAT: u32 = 2;
+
+/// Entries per row group: the unit a lookup fetches and decodes.
+pub const ROW_GROUP_ENTRIES: usize = 8192;
+
+/// A run's file is closed at the first label boundary after this many entries, so that a
+/// footer stays small (~250 row groups) and a lookup touches one file of a run.
+pub const FILE_ENTRIES: u64 = 2 << 20;
+
+/// Runs merge when a tier holds this many.
+pub const FANOUT: usize = 8;
+
+const BBOX: [&str; 6] = ["min_x", "min_y", "min_z", "max_x", "max_y", "max_z"];
+
+/// The size tier of a run of `entries` entries: runs of one tier are within a factor
+/// [`FANOUT`] of each other, so merging [`FANOUT`] of them rewrites each entry O(log N) times.
+pub fn tier_of(entries: u64) -> u32 {
+    let mut t = 0;
+    let mut n = entries.max(1) / ROW_GROUP_ENTRIES as u64;
+    while n > 0 {
+        n /= FANOUT as u64;
+        t += 1;
+    }
+    t
+}
+
+fn arrow_schema(block: ColumnType) -> SchemaRef {
+    let mut f = vec![
+        Field::new("label", DataType::UInt64, false),
+        Field::new("block", block.arrow(), false),
+        Field::new("worker", DataType::Utf8, false),
+        Field::new("commit_seq", DataType::UInt64, false),
+        Field::new("part", DataType::Utf8, false),
+        Field::new("row_start", DataType::UInt64, false),
+        Field::new("row_count", DataType::UInt64, false),
+    ];
+    f.extend(BBOX.iter().map(|n| Field::new(*n, DataType::Float64, false)));
+    Arc::new(Schema::new(f))
+}
+
+fn props() -> WriterProperties {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ENTRIES))
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_column_statistics_enabled(ColumnPath::from("label"), EnabledStatistics::Chunk);
+    for c in ["row_start", "row_count"] {
+        b = b
+            .set_column_dictionary_enabled(ColumnPath::from(c), false)
+            .set_column_encoding(ColumnPath::from(c), parquet::basic::Encoding::DELTA_BINARY_PACKED);
+    }
+    for c in BBOX {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(c), false);
+    }
+    b.build()
+}
+
+fn entries_batch(
+    chunk: &[UnifiedEntry],
+    workers: &[String],
+    schema: &SchemaRef,
+    block: ColumnType,
+) -> Result<RecordBatch> {
+    let u = |f: &dyn Fn(&UnifiedEntry) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from_iter_values(chunk.iter().map(f)))
+    };
+    let mut cols: Vec<ArrayRef> = vec![
+        u(&|e| e.e.label),
+        block_array(block, chunk.iter().map(|e| e.e.block.clone())),
+        Arc::new(StringArray::from_iter_values(
+            chunk.iter().map(|e| workers[e.worker as usize].as_str()),
+        )),
+        u(&|e| e.commit),
+        Arc::new(StringArray::from_iter_values(
+            chunk.iter().map(|e| e.e.part.as_str()),
+        )),
+        u(&|e| e.e.row_start),
+        u(&|e| e.e.row_count),
+    ];
+    for i in 0..6 {
+        cols.push(Arc::new(Float64Array::from_iter_values(
+            chunk.iter().map(|e| e.e.bbox[i]),
+        )));
+    }
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+/// Writes one run of segment files from entries given in label order.
+pub struct RunWriter<'a> {
+    store: &'a Store,
+    block: ColumnType,
+    schema: SchemaRef,
+    workers: Vec<String>,
+    run: u64,
+    session: String,
+    optimized: bool,
+    pending: Vec<UnifiedEntry>,
+    file: Option<OpenFile>,
+    done: Vec<SegmentRef>,
+    total: u64,
+}
+
+struct OpenFile {
+    writer: ArrowWriter<Vec<u8>>,
+    fences: Vec<u64>,
+    entries: u64,
+    lo: u64,
+    last: u64,
+}
+
+impl<'a> RunWriter<'a> {
+    /// A writer of run `run`; `workers` names the worker indexes of the entries.
+    pub fn new(store: &'a Store, m: &Manifest, run: u64, optimized: bool) -> RunWriter<'a> {
+        RunWriter {
+            store,
+            block: m.schema.block_type(),
+            schema: arrow_schema(m.schema.block_type()),
+            workers: m.workers.iter().map(|w| w.worker.clone()).collect(),
+            run,
+            session: crate::writer::new_session_id(),
+            optimized,
+            pending: Vec::new(),
+            file: None,
+            done: Vec::new(),
+            total: 0,
+        }
+    }
+
+    /// Appends the entries of one label (all of them: a label never spans two files of a run).
+    pub fn push_label(&mut self, entries: Vec<UnifiedEntry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if self
+            .file
+            .as_ref()
+            .is_some_and(|f| f.entries + self.pending.len() as u64 >= FILE_ENTRIES)
+        {
+            self.flush_pending(true)?;
+            self.close_file()?;
+        }
+        self.pending.extend(entries);
+        if self.pending.len() >= ROW_GROUP_ENTRIES {
+            self.flush_pending(false)?;
+        }
+        Ok(())
+    }
+
+    fn flush_pending(&mut self, all: bool) -> Result<()> {
+        let enc = |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
+        while self.pending.len() >= ROW_GROUP_ENTRIES || (all && !self.pending.is_empty()) {
+            let n = self.pending.len().min(ROW_GROUP_ENTRIES);
+            let chunk: Vec<UnifiedEntry> = self.pending.drain(..n).collect();
+            if self.file.is_none() {
+                let writer = ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(props()))
+                    .map_err(enc)?;
+                self.file = Some(OpenFile {
+                    writer,
+                    fences: Vec::new(),
+                    entries: 0,
+                    lo: chunk[0].e.label,
+                    last: 0,
+                });
+            }
+            let batch = entries_batch(&chunk, &self.workers, &self.schema, self.block)?;
+            let f = self.file.as_mut().ok_or_else(|| Error::Internal("no file".into()))?;
+            f.fences.push(chunk[0].e.label);
+            f.last = chunk[n - 1].e.label;
+            f.entries += n as u64;
+            f.writer.write(&batch).map_err(enc)?;
+            f.writer.flush().map_err(enc)?;
+        }
+        Ok(())
+    }
+
+    fn close_file(&mut self) -> Result<()> {
+        let Some(mut f) = self.file.take() else {
+            return Ok(());
+        };
+        let enc = |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
+        let mut fences = f.fences.clone();
+        fences.push(f.last);
+        let fences: Vec<String> = fences.iter().map(|x| x.to_string()).collect();
+        f.writer.append_key_value_metadata(KeyValue::new(
+            "pocaduck.format".into(),
+            SEGMENT_FORMAT.to_string(),
+        ));
+        f.writer
+            .append_key_value_metadata(KeyValue::new("pocaduck.fences".into(), fences.join(",")));
+        let bytes = f.writer.into_inner().map_err(enc)?;
+        let path = crate::layout::segment_file(self.run, &self.session, self.done.len() as u32);
+        let size = bytes.len() as u64;
+        if !crate::log::create(self.store, &path, bytes.into())? {
+            return Err(Error::Internal(format!("segment {path} exists already")));
+        }
+        self.total += f.entries;
+        self.done.push(SegmentRef {
+            file: path.to_string(),
+            bytes: size,
+            entries: f.entries,
+            lo: f.lo,
+            hi: f.last,
+            run: self.run,
+            tier: 0,
+            optimized: self.optimized,
+        });
+        Ok(())
+    }
+
+    /// Writes what is left and returns the run's files (none if no entry was pushed).
+    pub fn finish(mut self) -> Result<Vec<SegmentRef>> {
+        self.flush_pending(true)?;
+        self.close_file()?;
+        let tier = tier_of(self.total);
+        for r in &mut self.done {
+            r.tier = tier;
+        }
+        Ok(std::mem::take(&mut self.done))
+    }
+
+    /// Files written so far (to delete them when the run is abandoned).
+    pub fn written(&self) -> Vec<Path> {
+        self.done.iter().map(|r| Path::from(r.file.as_str())).collect()
+    }
+}
+
+/// Keeps, for every (block, worker), only the entries of its highest commit, and sorts the
+/// result into index order (block, worker, part, row_start). All entries are of one label.
+pub fn supersede(entries: &mut Vec<UnifiedEntry>) {
+    let mut top: HashMap<(&crate::index::BlockId, u32), u64> = HashMap::new();
+    for e in entries.iter() {
+        let t = top.entry((&e.e.block, e.worker)).or_insert(e.commit);
+        *t = (*t).max(e.commit);
+    }
+    let keep: Vec<bool> = entries
+        .iter()
+        .map(|e| top[&(&e.e.block, e.worker)] == e.commit)
+        .collect();
+    let mut i = 0;
+    entries.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+    entries.sort_by(|a, b| {
+        (&a.e.block, a.worker, &a.e.part, a.e.row_start).cmp(&(
+            &b.e.block,
+            b.worker,
+            &b.e.part,
+            b.e.row_start,
+        ))
+    });
+}
+
+/// A segment file's footer, parsed once per process.
+struct Footer {
+    meta: ArrowReaderMetadata,
+    fences: Vec<u64>,
+}
+
+fn footer_cache() -> &'static Mutex<HashMap<(std::path::PathBuf, String), Arc<Footer>>> {
+    static C: OnceLock<Mutex<HashMap<(std::path::PathBuf, String), Arc<Footer>>>> =
+        OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+/// Footers kept per process; beyond this the cache is emptied (footers are ~100 KB).
+const FOOTER_CACHE: usize = 512;
+
+async fn footer(store: &Store, r: &SegmentRef) -> Result<Arc<Footer>> {
+    let key = (store.cache_key(), r.file.clone());
+    if let Some(f) = footer_cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(f);
+    }
+    let err = |e: &dyn std::fmt::Display| {
+        Error::file(&store.name, r.file.as_str(), format!("index segment: {e}"))
+    };
+    let mut reader = ParquetObjectReader::new(store.os.clone(), Path::from(r.file.as_str()))
+        .with_file_size(r.bytes)
+        .with_footer_size_hint(256 << 10);
+    let meta = AssertUnwindSafe(ArrowReaderMetadata::load_async(
+        &mut reader,
+        ArrowReaderOptions::new(),
+    ))
+    .catch_unwind()
+    .await
+    .map_err(|_| err(&"corrupt file: the Parquet decoder failed"))?
+    .map_err(|e| err(&e))?;
+    let kv = meta.metadata().file_metadata().key_value_metadata();
+    let get = |k: &str| {
+        kv.and_then(|kv| kv.iter().find(|x| x.key == k))
+            .and_then(|x| x.value.clone())
+    };
+    let format: u32 = get("pocaduck.format")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| err(&"not a pocaduck index segment (no pocaduck.format)"))?;
+    if format > SEGMENT_FORMAT {
+        return Err(err(&format!(
+            "segment format {format} is newer than this pocaduck supports ({SEGMENT_FORMAT})"
+        )));
+    }
+    let fences: Vec<u64> = get("pocaduck.fences")
+        .unwrap_or_default()
+        .split(',')
+        .map(|x| x.parse::<u64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| err(&format!("bad fences: {e}")))?;
+    if fences.len() != meta.metadata().num_row_groups() + 1 {
+        return Err(err(&format!(
+            "{} fences for {} row groups",
+            fences.len(),
+            meta.metadata().num_row_groups()
+        )));
+    }
+    let f = Arc::new(Footer { meta, fences });
+    if let Ok(mut c) = footer_cache().lock() {
+        if c.len() >= FOOTER_CACHE {
+            c.clear();
+        }
+        c.insert(key, f.clone());
+    }
+    Ok(f)
+}
+
+/// Empties the per-process footer cache (tests that rewrite files in place).
+pub fn clear_caches() {
+    if let Ok(mut c) = footer_cache().lock() {
+        c.clear();
+    }
+}
+
+/// Row groups of a file that may hold labels in `lo ..= hi`.
+fn groups_for(f: &Footer, lo: u64, hi: u64) -> Vec<usize> {
+    let n = f.fences.len() - 1;
+    (0..n)
+        .filter(|&g| f.fences[g] <= hi && f.fences[g + 1] >= lo)
+        .collect()
+}
+
+/// Worker names → indexes of a manifest.
+pub type WorkerIds = HashMap<String, u32>;
+
+/// Worker ids of `m`.
+pub fn worker_ids(m: &Manifest) -> WorkerIds {
+    m.workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.worker.clone(), i as u32))
+        .collect()
+}
+
+fn decode(
+    b: &RecordBatch,
+    ids: &WorkerIds,
+    lo: u64,
+    hi: u64,
+    store: &str,
+    file: &str,
+    out: &mut Vec<UnifiedEntry>,
+) -> Result<()> {
+    let bad = |m: &str| Error::file(store, file, format!("corrupt index segment: {m}"));
+    if b.num_columns() != 13 {
+        return Err(bad("expected 13 columns"));
+    }
+    let u = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .ok_or_else(|| bad("a UBIGINT column has another type"))
+    };
+    let s = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| bad("a VARCHAR column has another type"))
+    };
+    let (label, commit, start, count) = (u(0)?, u(3)?, u(5)?, u(6)?);
+    let (worker, part) = (s(2)?, s(4)?);
+    let bbox: Vec<&Float64Array> = (7..13)
+        .map(|i| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .ok_or_else(|| bad("a bbox column is not DOUBLE"))
+        })
+        .collect::<Result<_>>()?;
+    let first = label.values().partition_point(|&l| l < lo);
+    let last = label.values().partition_point(|&l| l <= hi);
+    if first >= last {
+        return Ok(());
+    }
+    let blocks = block_ids(&b.column(1).slice(first, last - first)).map_err(|e| bad(&e.to_string()))?;
+    for (k, block) in blocks.into_iter().enumerate() {
+        let r = first + k;
+        let w = *ids
+            .get(worker.value(r))
+            .ok_or_else(|| bad(&format!("entry of unknown worker '{}'", worker.value(r))))?;
+        out.push(UnifiedEntry {
+            worker: w,
+            commit: commit.value(r),
+            e: SegmentEntry {
+                label: label.value(r),
+                block,
+                part: part.value(r).to_string(),
+                row_start: start.value(r),
+                row_count: count.value(r),
+                bbox: std::array::from_fn(|i| bbox[i].value(r)),
+            },
+        });
+    }
+    Ok(())
+}
+
+/// Streams the row groups `groups` of a segment, decoding the entries with labels in
+/// `lo ..= hi`; `each` receives every decoded batch of entries (in file order).
+async fn read_groups(
+    store: &Store,
+    r: &SegmentRef,
+    f: &Footer,
+    groups: Vec<usize>,
+    ids: &WorkerIds,
+    lo: u64,
+    hi: u64,
+    mut each: impl FnMut(Vec<UnifiedEntry>) -> Result<bool>,
+) -> Result<()> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let err = |e: &dyn std::fmt::Display| {
+        Error::file(&store.name, r.file.as_str(), format!("index segment: {e}"))
+    };
+    let reader = ParquetObjectReader::new(store.os.clone(), Path::from(r.file.as_str()))
+        .with_file_size(r.bytes);
+    let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, f.meta.clone())
+        .with_row_groups(groups)
+        .with_batch_size(ROW_GROUP_ENTRIES)
+        .build()
+        .map_err(|e| err(&e))?;
+    loop {
+        let next = AssertUnwindSafe(stream.next())
+            .catch_unwind()
+            .await
+            .map_err(|_| err(&"corrupt file: the Parquet decoder failed"))?;
+        let Some(b) = next else { break };
+        let b = b.map_err(|e| err(&e))?;
+        let mut out = Vec::new();
+        decode(&b, ids, lo, hi, &store.name, &r.file, &mut out)?;
+        if !each(out)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A generation ready for index reads: its manifest, worker ids and (format 1) entries.
+pub struct IndexView {
+    /// The store.
+    pub store: Store,
+    /// The generation's manifest.
+    pub manifest: Manifest,
+    ids: WorkerIds,
+    legacy: Option<Vec<UnifiedEntry>>,
+}
+
+impl IndexView {
+    /// Wraps a loaded generation.
+    pub fn new(store: Store, g: crate::log::Generation) -> IndexView {
+        let ids = worker_ids(&g.manifest);
+        IndexView {
+            store,
+            manifest: g.manifest,
+            ids,
+            legacy: g.legacy,
+        }
+    }
+
+    /// Generation number.
+    pub fn generation(&self) -> u64 {
+        self.manifest.generation
+    }
+
+    /// Worker name of a worker index.
+    pub fn worker_name(&self, w: u32) -> &str {
+        self.manifest
+            .workers
+            .get(w as usize)
+            .map(|w| w.worker.as_str())
+            .unwrap_or("")
+    }
+
+    /// The entries of `label` (superseded ones dropped), in index order.
+    pub fn entries(&self, label: u64) -> Result<Vec<UnifiedEntry>> {
+        Ok(self
+            .entries_of(&[label])?
+            .into_iter()
+            .next()
+            .map(|x| x.1)
+            .unwrap_or_default())
+    }
+
+    /// The entries of each of `labels` present in the index (sorted, deduplicated labels;
+    /// labels without entries are left out), superseded entries dropped. Each row group of
+    /// each segment is fetched at most once.
+    pub fn entries_of(&self, labels: &[u64]) -> Result<Vec<(u64, Vec<UnifiedEntry>)>> {
+        let mut labels = labels.to_vec();
+        labels.sort_unstable();
+        labels.dedup();
+        let mut all: Vec<UnifiedEntry> = Vec::new();
+        if let Some(l) = &self.legacy {
+            for &x in &labels {
+                let a = l.partition_point(|e| e.e.label < x);
+                let b = l.partition_point(|e| e.e.label <= x);
+                all.extend_from_slice(&l[a..b]);
+            }
+        }
+        let jobs = self
+            .manifest
+            .segments
+            .iter()
+            .filter(|r| {
+                let i = labels.partition_point(|&x| x < r.lo);
+                i < labels.len() && labels[i] <= r.hi
+            })
+            .map(|r| self.lookup_segment(r, &labels));
+        let found = block_on(
+            futures::stream::iter(jobs)
+                .buffer_unordered(16)
+                .collect::<Vec<_>>(),
+        );
+        for f in found {
+            all.extend(f?);
+        }
+        all.sort_by_key(|e| e.e.label);
+        let mut out: Vec<(u64, Vec<UnifiedEntry>)> = Vec::new();
+        for e in all {
+            match out.last_mut() {
+                Some((l, v)) if *l == e.e.label => v.push(e),
+                _ => out.push((e.e.label, vec![e])),
+            }
+        }
+        for (_, v) in &mut out {
+            supersede(v);
+        }
+        out.retain(|(_, v)| !v.is_empty());
+        Ok(out)
+    }
+
+    async fn lookup_segment(&self, r: &SegmentRef, labels: &[u64]) -> Result<Vec<UnifiedEntry>> {
+        let f = footer(&self.store, r).await?;
+        let n = f.fences.len() - 1;
+        let groups: Vec<usize> = (0..n)
+            .filter(|&g| {
+                let (a, b) = (f.fences[g].max(r.lo), f.fences[g + 1].min(r.hi));
+                let i = labels.partition_point(|&x| x < a);
+                a <= b && i < labels.len() && labels[i] <= b
+            })
+            .collect();
+        let mut out = Vec::new();
+        read_groups(&self.store, r, &f, groups, &self.ids, r.lo, r.hi, |v| {
+            out.extend(
+                v.into_iter()
+                    .filter(|e| labels.binary_search(&e.e.label).is_ok()),
+            );
+            Ok(true)
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Every label's entries (superseded ones dropped), in label order, streamed: memory holds
+    /// one row group per segment file at a time.
+    pub fn scan(&self) -> Scan<&IndexView> {
+        Scan::new(self, 0, u64::MAX)
+    }
+
+    /// Like [`IndexView::scan`], for labels `lo ..= hi`.
+    pub fn scan_range(&self, lo: u64, hi: u64) -> Scan<&IndexView> {
+        Scan::new(self, lo, hi)
+    }
+
+    /// Like [`IndexView::scan`], owning a reference to the view.
+    pub fn scan_shared(self: &Arc<Self>) -> Scan<Arc<IndexView>> {
+        Scan::new(self.clone(), 0, u64::MAX)
+    }
+}
+
+enum Source {
+    /// Entries `.0 .. .1` of the legacy vector.
+    Legacy(usize, usize),
+    Segment {
+        /// Index into the manifest's segments.
+        seg: usize,
+        lo: u64,
+        hi: u64,
+        /// Row groups still to read (filled on first use).
+        groups: Option<std::collections::VecDeque<usize>>,
+    },
+}
+
+struct Cursor {
+    src: Source,
+    buf: Vec<UnifiedEntry>,
+    pos: usize,
+}
+
+impl Cursor {
+    /// Makes sure the cursor has a head entry, reading on; `false` when exhausted.
+    fn fill(&mut self, view: &IndexView) -> Result<bool> {
+        while self.pos >= self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            match &mut self.src {
+                Source::Legacy(a, b) => {
+                    let l = view.legacy.as_deref().unwrap_or_default();
+                    if *a >= *b {
+                        return Ok(false);
+                    }
+                    let n = (*b - *a).min(ROW_GROUP_ENTRIES);
+                    self.buf.extend_from_slice(&l[*a..*a + n]);
+                    *a += n;
+                }
+                Source::Segment {
+                    seg,
+                    lo,
+                    hi,
+                    groups,
+                } => {
+                    let (r, lo, hi) = (&view.manifest.segments[*seg], *lo, *hi);
+                    let f = block_on(footer(&view.store, r))?;
+                    if groups.is_none() {
+                        *groups = Some(groups_for(&f, lo, hi).into());
+                    }
+                    let Some(g) = groups.as_mut().and_then(|g| g.pop_front()) else {
+                        return Ok(false);
+                    };
+                    let buf = &mut self.buf;
+                    block_on(read_groups(&view.store, r, &f, vec![g], &view.ids, lo, hi, |v| {
+                        buf.extend(v);
+                        Ok(true)
+                    }))?;
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Iterator of (label, entries) over a generation in label order; see [`IndexView::scan`].
+pub struct Scan<V: std::ops::Deref<Target = IndexView>> {
+    view: V,
+    cursors: Vec<Cursor>,
+}
+
+impl<V: std::ops::Deref<Target = IndexView>> Scan<V> {
+    fn new(view: V, lo: u64, hi: u64) -> Scan<V> {
+        let mut cursors = Vec::new();
+        if let Some(l) = &view.legacy {
+            let a = l.partition_point(|e| e.e.label < lo);
+            let b = l.partition_point(|e| e.e.label <= hi);
+            cursors.push(Cursor {
+                src: Source::Legacy(a, b),
+                buf: Vec::new(),
+                pos: 0,
+            });
+        }
+        for (seg, r) in view.manifest.segments.iter().enumerate() {
+            let (a, b) = (r.lo.max(lo), r.hi.min(hi));
+            if a <= b {
+                cursors.push(Cursor {
+                    src: Source::Segment {
+                        seg,
+                        lo: a,
+                        hi: b,
+                        groups: None,
+                    },
+                    buf: Vec::new(),
+                    pos: 0,
+                });
+            }
+        }
+        Scan { view, cursors }
+    }
+
+    fn next_label(&mut self) -> Result<Option<(u64, Vec<UnifiedEntry>)>> {
+        let view: &IndexView = &self.view;
+        let mut label: Option<u64> = None;
+        for c in &mut self.cursors {
+            if c.fill(view)? {
+                let l = c.buf[c.pos].e.label;
+                label = Some(label.map_or(l, |x: u64| x.min(l)));
+            }
+        }
+        let Some(label) = label else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for c in &mut self.cursors {
+            while c.fill(view)? && c.buf[c.pos].e.label == label {
+                out.push(c.buf[c.pos].clone());
+                c.pos += 1;
+            }
+        }
+        supersede(&mut out);
+        Ok(Some((label, out)))
+    }
+}
+
+impl<V: std::ops::Deref<Target = IndexView>> Iterator for Scan<V> {
+    type Item = Result<(u64, Vec<UnifiedEntry>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.next_label() {
+                Ok(Some((_, v))) if v.is_empty() => continue,
+                Ok(Some(x)) => return Some(Ok(x)),
+                Ok(None) => return None,
+                Err(e) => {
+                    self.cursors.clear();
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
