@@ -215,12 +215,9 @@ fn part_rows(
 
 /// Reads `entries` back and verifies each.
 fn read_back(idx: &LoadedIndex, entries: &[UnifiedEntry], cols: &[usize], r: &mut CheckReport) {
-    let batch = idx.read_entries(entries, cols).and_then(|b| {
-        Ok(arrow::compute::concat_batches(
-            &idx.projected(cols),
-            &b,
-        )?)
-    });
+    let batch = idx
+        .read_entries(entries, cols)
+        .and_then(|b| Ok(arrow::compute::concat_batches(&idx.projected(cols), &b)?));
     let batch = match batch {
         Ok(b) => b,
         Err(e) => {

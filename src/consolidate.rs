@@ -351,7 +351,13 @@ pub(crate) mod tests {
         std::fs::remove_file(dir.path().join("workers/w1/commits/0000000001.parquet")).unwrap();
         let s3 = consolidate(&store, &JsonCodec).unwrap();
         assert_eq!(
-            (s3.generation, s3.workers, s3.new_commits, s3.new_points, s3.segments),
+            (
+                s3.generation,
+                s3.workers,
+                s3.new_commits,
+                s3.new_points,
+                s3.segments
+            ),
             (2, 3, 1, 1, 2)
         );
         // The first generation's segment is referenced, not rewritten.
@@ -368,7 +374,11 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
         let rows = crate::writer::tests::rows;
-        write(name, "w1", &[rows(&[7, 7, 8], "a", &[[1, 0, 0], [2, 0, 0], [3, 0, 0]])]);
+        write(
+            name,
+            "w1",
+            &[rows(&[7, 7, 8], "a", &[[1, 0, 0], [2, 0, 0], [3, 0, 0]])],
+        );
         write(name, "w2", &[rows(&[7], "a", &[[4, 0, 0]])]);
         let store = Store::open(name, OpenMode::Existing).unwrap();
         consolidate(&store, &JsonCodec).unwrap();
@@ -409,7 +419,11 @@ pub(crate) mod tests {
         // 3 * FANOUT consolidates of one small commit each: runs of tier 0 merge whenever
         // FANOUT of them accumulate, so the generation never holds FANOUT or more of them.
         for i in 0..3 * FANOUT as i32 {
-            write(name, &format!("w{i}"), &[rows(&[5, 6 + i as u64], "a", &[[i, 0, 0], [i, 1, 0]])]);
+            write(
+                name,
+                &format!("w{i}"),
+                &[rows(&[5, 6 + i as u64], "a", &[[i, 0, 0], [i, 1, 0]])],
+            );
             let s = consolidate(&store(), &JsonCodec).unwrap();
             assert!(s.segments < FANOUT as u64, "{s:?}");
         }
@@ -420,7 +434,9 @@ pub(crate) mod tests {
         assert_eq!(stats[0], (5, 3 * FANOUT as u64, 1));
         // Merged-away segment files are no longer referenced (they stay on disk for readers of
         // older generations).
-        let on_disk = std::fs::read_dir(dir.path().join("segments")).unwrap().count();
+        let on_disk = std::fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .count();
         assert!(on_disk > idx.view.manifest.segments.len());
     }
 

@@ -2,9 +2,7 @@
 //! bytes to a reader and must return (an error is fine) without panicking.
 
 use crate::error::Result;
-use crate::index::{
-    decode_segment, BlockId, SegmentEntry, UnifiedEntry, WorkerState,
-};
+use crate::index::{decode_segment, BlockId, SegmentEntry, UnifiedEntry, WorkerState};
 use crate::reader::LoadedIndex;
 use crate::storage::{OpenMode, Store};
 

@@ -353,17 +353,17 @@ mod tests {
             u(0, 1, e(7, 2, "a", 10, 3)),
         ];
         crate::segment::supersede(&mut v);
-        let got: Vec<(&str, u64)> = v.iter().map(|x| (x.e.part.as_str(), x.e.row_count)).collect();
+        let got: Vec<(&str, u64)> = v
+            .iter()
+            .map(|x| (x.e.part.as_str(), x.e.row_count))
+            .collect();
         // Index order (block, worker): w0 before w1 within block 1.
         assert_eq!(got, vec![("c", 9), ("b", 4), ("a", 3)]);
     }
 
     #[test]
     fn entries_of_one_commit_accumulate() {
-        let mut v = vec![
-            u(0, 1, e(7, 1, "a", 20, 5)),
-            u(0, 1, e(7, 1, "a", 0, 10)),
-        ];
+        let mut v = vec![u(0, 1, e(7, 1, "a", 20, 5)), u(0, 1, e(7, 1, "a", 0, 10))];
         crate::segment::supersede(&mut v);
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].e.row_start, 0);

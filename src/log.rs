@@ -232,8 +232,8 @@ pub fn create(store: &Store, file: &Path, bytes: Bytes) -> Result<bool> {
 /// Publishes `m` as generation `m.generation` (create-if-absent). Losing the race is a
 /// [`Error::Conflict`] naming the generation.
 pub fn publish(store: &Store, m: &Manifest) -> Result<()> {
-    let bytes = serde_json::to_vec(m)
-        .map_err(|e| Error::Internal(format!("manifest encode: {e}")))?;
+    let bytes =
+        serde_json::to_vec(m).map_err(|e| Error::Internal(format!("manifest encode: {e}")))?;
     if create(store, &layout::manifest_file(m.generation), bytes.into())? {
         return Ok(());
     }

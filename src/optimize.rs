@@ -138,6 +138,16 @@ impl Output<'_> {
         Ok(())
     }
 
+    fn close_if_full(&mut self, target: u64) -> Result<()> {
+        let full = self.part.as_ref().is_some_and(|p| {
+            (p.writer.bytes_written() + p.writer.in_progress_size()) as u64 >= target
+        });
+        if full {
+            self.close()?;
+        }
+        Ok(())
+    }
+
     fn discard(&mut self) {
         drop(self.part.take());
         for p in self.done.drain(..) {
@@ -191,8 +201,8 @@ pub fn optimize(
         .iter()
         .filter(|r| r.lo <= hi && r.hi >= lo)
         .collect();
-    let one_run = in_range.windows(2).all(|w| w[0].run == w[1].run)
-        && in_range.iter().all(|r| r.optimized);
+    let one_run =
+        in_range.windows(2).all(|w| w[0].run == w[1].run) && in_range.iter().all(|r| r.optimized);
     if one_run {
         let mut fragmented = false;
         for r in idx.view.scan_range(lo, hi) {
@@ -305,7 +315,8 @@ fn publish_rebased(
         let mut m = on.clone();
         let run = m.next_run;
         m.segments = clip(&on.segments, lo, hi, |f| replaced.contains(&f));
-        m.segments.extend(refs.iter().map(|r| SegmentRef { run, ..r.clone() }));
+        m.segments
+            .extend(refs.iter().map(|r| SegmentRef { run, ..r.clone() }));
         m.next_run = run + 1;
         m.generation = on.generation + 1;
         m.created_ms = log::now_ms();
@@ -316,9 +327,9 @@ fn publish_rebased(
                     return Err(Error::Conflict { store: s, msg });
                 };
                 let latest = log::load(store, &g, codec)?.manifest;
-                let unchanged = replaced.iter().all(|f| {
-                    coverage(&latest, f, lo, hi) == coverage(base, f, lo, hi)
-                });
+                let unchanged = replaced
+                    .iter()
+                    .all(|f| coverage(&latest, f, lo, hi) == coverage(base, f, lo, hi));
                 if !unchanged || latest.format != log::MANIFEST_FORMAT {
                     return Err(Error::Conflict { store: s, msg });
                 }
@@ -357,7 +368,15 @@ fn rewrite(
         // A window closes before it would exceed chunk_rows fragmented rows, or holds too many
         // labels that stay where they are (memory).
         if (frag && rows > 0 && rows + n > opts.chunk_rows) || window.len() >= 1 << 16 {
-            copy_window(idx, std::mem::take(&mut window), &cols, out, w, opts, summary)?;
+            copy_window(
+                idx,
+                std::mem::take(&mut window),
+                &cols,
+                out,
+                w,
+                opts,
+                summary,
+            )?;
             rows = 0;
         }
         if frag {
@@ -419,6 +438,9 @@ fn copy_window(
             continue;
         }
         let mut new: Vec<UnifiedEntry> = Vec::new();
+        // A part closes at the target size between labels, or within a label bigger than
+        // chunk_rows every chunk_rows rows (so a label is split only when it must be).
+        let mut since_check = 0u64;
         for old in entries {
             let mut need = old.e.row_count as usize;
             while need > 0 {
@@ -459,14 +481,13 @@ fn copy_window(
                 }
                 summary.points_rewritten += n as u64;
             }
-            let full = out.part.as_ref().is_some_and(|p| {
-                (p.writer.bytes_written() + p.writer.in_progress_size()) as u64
-                    >= opts.target_file_size
-            });
-            if full {
-                out.close()?;
+            since_check += old.e.row_count;
+            if since_check >= opts.chunk_rows {
+                since_check = 0;
+                out.close_if_full(opts.target_file_size)?;
             }
         }
+        out.close_if_full(opts.target_file_size)?;
         summary.entries_after += new.len() as u64;
         w.push_label(new)?;
     }
@@ -667,18 +688,26 @@ mod tests {
         write(name, "w2", &[rows(&[1; 3], "b1", &pts(1, 1, 3, 0))]);
         let store = Store::open(name, OpenMode::Existing).unwrap();
         consolidate(&store, &JsonCodec).unwrap();
-        let base = crate::log::load(&store, &crate::log::latest(&store).unwrap().unwrap(), &JsonCodec)
-            .unwrap()
-            .manifest;
+        let base = crate::log::load(
+            &store,
+            &crate::log::latest(&store).unwrap().unwrap(),
+            &JsonCodec,
+        )
+        .unwrap()
+        .manifest;
         // A consolidate publishes generation 2 (a new run) after optimize read generation 1.
         write(name, "w3", &[rows(&[1; 2], "b2", &pts(1, 2, 2, 0))]);
         consolidate(&store, &JsonCodec).unwrap();
         let refs = vec![];
         let g = publish_rebased(&store, &JsonCodec, &base, 1, 1, refs).unwrap();
         assert_eq!(g, 3);
-        let m = crate::log::load(&store, &crate::log::latest(&store).unwrap().unwrap(), &JsonCodec)
-            .unwrap()
-            .manifest;
+        let m = crate::log::load(
+            &store,
+            &crate::log::latest(&store).unwrap().unwrap(),
+            &JsonCodec,
+        )
+        .unwrap()
+        .manifest;
         // Label 1 of the first run was clipped away; the consolidate's run is kept.
         assert_eq!(m.segments.len(), 1);
         // A merge that rewrote the replaced segments is a conflict.

@@ -180,8 +180,8 @@ struct ReadEntry {
     row_count: u64,
 }
 
-fn part_cache() -> &'static Mutex<HashMap<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, u64)>>
-{
+fn part_cache(
+) -> &'static Mutex<HashMap<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, u64)>> {
     type C = Mutex<HashMap<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, u64)>>;
     static C: OnceLock<C> = OnceLock::new();
     C.get_or_init(Default::default)
@@ -580,8 +580,8 @@ async fn read_part(
     if let Some(t) = trace {
         t.record(md, &rg_start, &groups, &ranges, cols);
     }
-    let reader = ParquetObjectReader::new(store.os.clone(), Path::from(part.as_ref()))
-        .with_file_size(size);
+    let reader =
+        ParquetObjectReader::new(store.os.clone(), Path::from(part.as_ref())).with_file_size(size);
     let mut sorted_cols: Vec<usize> = cols.to_vec();
     sorted_cols.sort_unstable();
     sorted_cols.dedup();
@@ -911,14 +911,25 @@ mod stream_tests {
         for w in 0..5 {
             let pts: Vec<[i32; 3]> = (0..n).map(|i| [w * n + i, 0, 0]).collect();
             want.extend(pts.iter().map(|p| p[0]));
-            write(name, &format!("w{w}"), &[rows(&vec![3; n as usize], "a", &pts)]);
+            write(
+                name,
+                &format!("w{w}"),
+                &[rows(&vec![3; n as usize], "a", &pts)],
+            );
         }
         let store = Store::open(name, OpenMode::Existing).unwrap();
         consolidate(&store, &JsonCodec).unwrap();
         let idx = open(name, &JsonCodec).unwrap();
-        let mut s = ScanRequest::labels(vec![3]).columns(vec![2]).stream(&idx).unwrap();
+        let mut s = ScanRequest::labels(vec![3])
+            .columns(vec![2])
+            .stream(&idx)
+            .unwrap();
         let first = s.next().unwrap().unwrap();
-        assert!(first.num_rows() as u64 <= FIRST_WINDOW_ROWS, "{}", first.num_rows());
+        assert!(
+            first.num_rows() as u64 <= FIRST_WINDOW_ROWS,
+            "{}",
+            first.num_rows()
+        );
         let mut got: Vec<i32> = first
             .column(0)
             .as_any()

@@ -18,9 +18,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use arrow::array::{
-    Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array,
-};
+use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
@@ -75,7 +73,10 @@ fn arrow_schema(block: ColumnType) -> SchemaRef {
         Field::new("row_start", DataType::UInt64, false),
         Field::new("row_count", DataType::UInt64, false),
     ];
-    f.extend(BBOX.iter().map(|n| Field::new(*n, DataType::Float64, false)));
+    f.extend(
+        BBOX.iter()
+            .map(|n| Field::new(*n, DataType::Float64, false)),
+    );
     Arc::new(Schema::new(f))
 }
 
@@ -88,7 +89,10 @@ fn props() -> WriterProperties {
     for c in ["row_start", "row_count"] {
         b = b
             .set_column_dictionary_enabled(ColumnPath::from(c), false)
-            .set_column_encoding(ColumnPath::from(c), parquet::basic::Encoding::DELTA_BINARY_PACKED);
+            .set_column_encoding(
+                ColumnPath::from(c),
+                parquet::basic::Encoding::DELTA_BINARY_PACKED,
+            );
     }
     for c in BBOX {
         b = b.set_column_dictionary_enabled(ColumnPath::from(c), false);
@@ -188,7 +192,8 @@ impl<'a> RunWriter<'a> {
     }
 
     fn flush_pending(&mut self, all: bool) -> Result<()> {
-        let enc = |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
+        let enc =
+            |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
         while self.pending.len() >= ROW_GROUP_ENTRIES || (all && !self.pending.is_empty()) {
             let n = self.pending.len().min(ROW_GROUP_ENTRIES);
             let chunk: Vec<UnifiedEntry> = self.pending.drain(..n).collect();
@@ -204,7 +209,10 @@ impl<'a> RunWriter<'a> {
                 });
             }
             let batch = entries_batch(&chunk, &self.workers, &self.schema, self.block)?;
-            let f = self.file.as_mut().ok_or_else(|| Error::Internal("no file".into()))?;
+            let f = self
+                .file
+                .as_mut()
+                .ok_or_else(|| Error::Internal("no file".into()))?;
             f.fences.push(chunk[0].e.label);
             f.last = chunk[n - 1].e.label;
             f.entries += n as u64;
@@ -218,7 +226,8 @@ impl<'a> RunWriter<'a> {
         let Some(mut f) = self.file.take() else {
             return Ok(());
         };
-        let enc = |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
+        let enc =
+            |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
         let mut fences = f.fences.clone();
         fences.push(f.last);
         let fences: Vec<String> = fences.iter().map(|x| x.to_string()).collect();
@@ -261,7 +270,10 @@ impl<'a> RunWriter<'a> {
 
     /// Files written so far (to delete them when the run is abandoned).
     pub fn written(&self) -> Vec<Path> {
-        self.done.iter().map(|r| Path::from(r.file.as_str())).collect()
+        self.done
+            .iter()
+            .map(|r| Path::from(r.file.as_str()))
+            .collect()
     }
 }
 
@@ -299,8 +311,7 @@ struct Footer {
 }
 
 fn footer_cache() -> &'static Mutex<HashMap<(std::path::PathBuf, String), Arc<Footer>>> {
-    static C: OnceLock<Mutex<HashMap<(std::path::PathBuf, String), Arc<Footer>>>> =
-        OnceLock::new();
+    static C: OnceLock<Mutex<HashMap<(std::path::PathBuf, String), Arc<Footer>>>> = OnceLock::new();
     C.get_or_init(Default::default)
 }
 
@@ -309,7 +320,11 @@ const FOOTER_CACHE: usize = 512;
 
 async fn footer(store: &Store, r: &SegmentRef) -> Result<Arc<Footer>> {
     let key = (store.cache_key(), r.file.clone());
-    if let Some(f) = footer_cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
+    if let Some(f) = footer_cache()
+        .lock()
+        .ok()
+        .and_then(|c| c.get(&key).cloned())
+    {
         return Ok(f);
     }
     let err = |e: &dyn std::fmt::Display| {
@@ -429,7 +444,8 @@ fn decode(
     if first >= last {
         return Ok(());
     }
-    let blocks = block_ids(&b.column(1).slice(first, last - first)).map_err(|e| bad(&e.to_string()))?;
+    let blocks =
+        block_ids(&b.column(1).slice(first, last - first)).map_err(|e| bad(&e.to_string()))?;
     for (k, block) in blocks.into_iter().enumerate() {
         let r = first + k;
         let w = *ids
@@ -674,10 +690,19 @@ impl Cursor {
                         return Ok(false);
                     };
                     let buf = &mut self.buf;
-                    block_on(read_groups(&view.store, r, &f, vec![g], &view.ids, lo, hi, |v| {
-                        buf.extend(v);
-                        Ok(true)
-                    }))?;
+                    block_on(read_groups(
+                        &view.store,
+                        r,
+                        &f,
+                        vec![g],
+                        &view.ids,
+                        lo,
+                        hi,
+                        |v| {
+                            buf.extend(v);
+                            Ok(true)
+                        },
+                    ))?;
                 }
             }
         }
