@@ -13,7 +13,11 @@ query). For each of the first three:
   median / p95 latency; then pocaduck_optimize (timed) and the same pocaduck queries again.
 Prints a table with ratios and pass/fail against the targets of issue 3 and writes JSON.
 
-Usage: bench.py [--quick] [--out build/bench.json] [--workloads real,synth,synth_small]
+scale (issue 9): stores of 1 M and 10 M index entries, a label over 3,000 parts, a 30 M-point
+label, the real data's largest label, the 10 M-entry store in S3; see scripts/bench_scale.py.
+The default runs every workload but scale; `--workloads scale` runs it alone (~25 minutes).
+
+Usage: bench.py [--quick] [--out build/bench.json] [--workloads real,synth,synth_small,s3,scale]
 """
 import argparse
 import json
@@ -262,7 +266,7 @@ def run_s3(table: pa.Table, n_queries: int, reps: int) -> dict:
 def targets(results: dict) -> list[tuple[str, float, str, bool]]:
     rows = []
     for name, r in results.items():
-        if name == "s3":
+        if name in ("s3", "scale"):
             continue
         ing = r["ingest"]
         ratio = ing["pocaduck_1w_pts_s"] / ing["plain_sorted_1file_pts_s"]
@@ -306,6 +310,13 @@ def main() -> None:
             table = synth(20_000_000 // scale, 100_000 // scale)
         elif w == "synth_small":
             table = synth(2_000_000 // scale, 10_000 // scale)
+        elif w == "scale":
+            import bench_scale
+
+            sys.path.insert(0, str(REPO / "test" / "python"))
+            print("\n== scale: the index and the read path at 10^7 entries (issue 9)", flush=True)
+            results[w] = bench_scale.run()
+            continue
         elif w == "s3":
             print("\n== s3: synthetic 2 M points in a local S3 server (moto) vs the local disk", flush=True)
             results[w] = run_s3(synth(2_000_000 // scale, 10_000 // scale), nq, reps)
@@ -315,6 +326,10 @@ def main() -> None:
         results[w] = run_workload(w, table, nq, reps)
         del table
     rows = targets(results)
+    if "scale" in results:
+        import bench_scale
+
+        rows += bench_scale.targets(results["scale"])
     print("\n| check | value | target | result |\n|---|---|---|---|")
     for name, v, t, ok in rows:
         print(f"| {name} | {v:.2f} | {t} | {'PASS' if ok else 'FAIL'} |")

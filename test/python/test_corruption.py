@@ -1,7 +1,8 @@
 """Corrupt stores give errors naming the file, through a real DuckDB, and never kill the process.
 
 Each case corrupts a copy of one consolidated store (truncated part, garbled part, missing part,
-garbled commit segment, garbled index generation), then runs pocaduck_check and the readers.
+garbled commit segment, garbled generation manifest, garbled index segment), then runs
+pocaduck_check and the readers.
 """
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from conftest import connect
 
-CASES = ["truncate_part", "garble_part", "missing_part", "garble_segment", "garble_index"]
+CASES = ["truncate_part", "garble_part", "missing_part", "garble_segment", "garble_index", "garble_index_segment"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,8 @@ def healthy(tmp_path_factory):
 def corrupt(store: Path, case: str) -> str:
     part = sorted(store.glob("workers/w1/parts/*.parquet"))[0]
     seg = store / "workers/w1/commits/0000000001.parquet"
-    idx = store / "index/0000000001.duckdb"
+    idx = store / "index/0000000001.json"
+    idx_seg = sorted(store.glob("segments/*.parquet"))[0]
     if case == "truncate_part":
         b = part.read_bytes()
         part.write_bytes(b[: len(b) // 2])
@@ -48,9 +50,15 @@ def corrupt(store: Path, case: str) -> str:
         return str(seg.relative_to(store))
     if case == "garble_index":
         b = bytearray(idx.read_bytes())
-        b[:4096] = bytes(4096)
+        b[: len(b) // 2] = bytes(len(b) // 2)
         idx.write_bytes(bytes(b))
         return str(idx.relative_to(store))
+    if case == "garble_index_segment":
+        b = bytearray(idx_seg.read_bytes())
+        for i in range(len(b) - 40, len(b) - 8):  # the footer
+            b[i] ^= 0xA5
+        idx_seg.write_bytes(bytes(b))
+        return str(idx_seg.relative_to(store))
     raise AssertionError(case)
 
 
@@ -71,7 +79,7 @@ def test_corruption_is_reported_with_the_file(healthy, tmp_path, case):
         with pytest.raises(Exception) as e:
             con.execute(f"FROM pocaduck_points('{store}', 1)").fetchall()
         assert bad in str(e.value), str(e.value)
-    if case == "garble_index":
+    if case in ("garble_index", "garble_index_segment"):
         with pytest.raises(Exception) as e:
             con.execute(f"FROM pocaduck_points('{store}', 1)").fetchall()
         assert bad in str(e.value), str(e.value)
