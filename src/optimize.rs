@@ -98,8 +98,16 @@ pub(crate) fn is_contiguous(entries: &[UnifiedEntry]) -> bool {
 struct OutPart {
     path: Path,
     writer: AsyncArrowWriter<ParquetObjectWriter>,
+    /// Rows of the part, pending ones included.
     rows: u64,
+    /// Rows appended but not yet handed to the encoder (written in one batch).
+    pending: Vec<arrow::array::RecordBatch>,
+    pending_rows: usize,
+    pending_bytes: usize,
 }
+
+/// Pending rows are encoded once there are this many.
+const FLUSH_ROWS: usize = 1 << 16;
 
 /// The optimized parts being written.
 struct Output<'a> {
@@ -122,6 +130,9 @@ impl Output<'_> {
                 path,
                 writer,
                 rows: 0,
+                pending: Vec::new(),
+                pending_rows: 0,
+                pending_bytes: 0,
             });
         }
         self.part
@@ -129,7 +140,48 @@ impl Output<'_> {
             .ok_or_else(|| Error::Internal("no part".into()))
     }
 
+    /// Appends rows to the open part; returns the part's name and the first row's number.
+    fn append(&mut self, rows: arrow::array::RecordBatch) -> Result<(String, u64)> {
+        let part = self.open()?;
+        let start = part.rows;
+        part.rows += rows.num_rows() as u64;
+        part.pending_rows += rows.num_rows();
+        part.pending_bytes += rows.get_array_memory_size();
+        part.pending.push(rows);
+        Ok((part.path.to_string(), start))
+    }
+
+    /// Encodes the pending rows.
+    fn flush(&mut self) -> Result<()> {
+        let Some(p) = self.part.as_mut() else {
+            return Ok(());
+        };
+        if p.pending.is_empty() {
+            return Ok(());
+        }
+        let err = |e: &dyn std::fmt::Display| Error::file(&self.store.name, p.path.as_ref(), e);
+        let batch = arrow::compute::concat_batches(&self.schema, &p.pending)?;
+        p.pending.clear();
+        p.pending_rows = 0;
+        p.pending_bytes = 0;
+        block_on(p.writer.write(&batch)).map_err(|e| err(&e))
+    }
+
+    /// At a point where the part may close: encodes the pending rows once there are enough,
+    /// and closes the part once it reaches `target` bytes.
+    fn boundary(&mut self, target: u64) -> Result<()> {
+        let due = self.part.as_ref().is_some_and(|p| {
+            p.pending_rows >= FLUSH_ROWS || p.pending_bytes as u64 >= target / 2
+        });
+        if due {
+            self.flush()?;
+            self.close_if_full(target)?;
+        }
+        Ok(())
+    }
+
     fn close(&mut self) -> Result<()> {
+        self.flush()?;
         if let Some(p) = self.part.take() {
             block_on(p.writer.close())
                 .map_err(|e| Error::file(&self.store.name, p.path.as_ref(), e))?;
@@ -456,13 +508,7 @@ fn copy_window(
                 let slice = b.slice(*off, n);
                 *off += n;
                 need -= n;
-                let store_name = out.store.name.clone();
-                let part = out.open()?;
-                let start = part.rows;
-                let part_name = part.path.to_string();
-                block_on(part.writer.write(&slice))
-                    .map_err(|e| Error::file(&store_name, &part_name, e))?;
-                part.rows += n as u64;
+                let (part_name, start) = out.append(slice)?;
                 let e = SegmentEntry {
                     part: part_name,
                     row_start: start,
@@ -484,10 +530,10 @@ fn copy_window(
             since_check += old.e.row_count;
             if since_check >= opts.chunk_rows {
                 since_check = 0;
-                out.close_if_full(opts.target_file_size)?;
+                out.boundary(opts.target_file_size)?;
             }
         }
-        out.close_if_full(opts.target_file_size)?;
+        out.boundary(opts.target_file_size)?;
         summary.entries_after += new.len() as u64;
         w.push_label(new)?;
     }

@@ -280,6 +280,9 @@ impl<'a> RunWriter<'a> {
 /// Keeps, for every (block, worker), only the entries of its highest commit, and sorts the
 /// result into index order (block, worker, part, row_start). All entries are of one label.
 pub fn supersede(entries: &mut Vec<UnifiedEntry>) {
+    if entries.len() <= 1 {
+        return;
+    }
     let mut top: HashMap<(&crate::index::BlockId, u32), u64> = HashMap::new();
     for e in entries.iter() {
         let t = top.entry((&e.e.block, e.worker)).or_insert(e.commit);

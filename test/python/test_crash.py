@@ -170,21 +170,40 @@ def orphan_parts(con, store):
     committed = {r[0] for r in con.execute(f"SELECT DISTINCT part FROM read_parquet('{segs}')").fetchall()}
     gens = generations(store)
     if gens:
-        con.execute(f"ATTACH '{store}/index/{gens[-1]:010}.duckdb' AS orphan_idx (READ_ONLY)")
-        try:
-            used = {r[0] for r in con.execute("SELECT DISTINCT part FROM orphan_idx.entries").fetchall()}
-        finally:
-            con.execute("DETACH orphan_idx")
+        used = index_parts(con, store, gens[-1])
         assert used <= on_disk, f"the index references missing parts: {sorted(used - on_disk)[:3]}"
         assert used <= committed, f"the index references uncommitted parts: {sorted(used - committed)[:3]}"
     return len(on_disk - committed)
+
+
+def index_parts(con, store, gen):
+    """Parts referenced by generation `gen`, read with plain DuckDB (the README's SQL)."""
+    segs = con.execute(
+        "SELECT ? || '/' || s.file, s.lo, s.hi FROM (SELECT unnest(segments) AS s FROM read_json(?))",
+        [store, f"{store}/index/{gen:010}.json"],
+    ).fetchall()
+    if not segs:
+        return set()
+    files = sorted({f for f, _, _ in segs})
+    rows = con.execute(
+        "SELECT filename, label, block, worker, commit_seq, part FROM read_parquet(?, filename = true)", [files]
+    ).fetchall()
+    ranges = {}
+    for f, lo, hi in segs:
+        ranges.setdefault(f, []).append((lo, hi))
+    live = [r for r in rows if any(lo <= r[1] <= hi for lo, hi in ranges[r[0]])]
+    top = {}
+    for _, label, block, worker, commit, _ in live:
+        k = (label, block, worker)
+        top[k] = max(top.get(k, 0), commit)
+    return {r[5] for r in live if top[(r[1], r[2], r[3])] == r[4]}
 
 
 def generations(store):
     d = os.path.join(store, "index")
     if not os.path.isdir(d):
         return []
-    return sorted(int(f[:-7]) for f in os.listdir(d) if re.fullmatch(r"\d{10}\.duckdb", f))
+    return sorted(int(f[:10]) for f in os.listdir(d) if re.fullmatch(r"\d{10}\.(json|duckdb)", f))
 
 
 # --- child processes ------------------------------------------------------------------------------
