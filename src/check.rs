@@ -87,7 +87,8 @@ pub fn check(store: &Store, codec: &dyn IndexCodec) -> Result<CheckReport> {
             return Ok(r);
         }
     };
-    let idx = LoadedIndex::from_generation(store.clone(), gen);
+    // Segment footers are read afresh, not taken from the process cache.
+    let idx = LoadedIndex::from_view(crate::segment::IndexView::new(store.clone(), gen).uncached());
     check_entries(&idx, &mut r);
     Ok(r)
 }

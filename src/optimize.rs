@@ -170,9 +170,10 @@ impl Output<'_> {
     /// At a point where the part may close: encodes the pending rows once there are enough,
     /// and closes the part once it reaches `target` bytes.
     fn boundary(&mut self, target: u64) -> Result<()> {
-        let due = self.part.as_ref().is_some_and(|p| {
-            p.pending_rows >= FLUSH_ROWS || p.pending_bytes as u64 >= target / 2
-        });
+        let due = self
+            .part
+            .as_ref()
+            .is_some_and(|p| p.pending_rows >= FLUSH_ROWS || p.pending_bytes as u64 >= target / 2);
         if due {
             self.flush()?;
             self.close_if_full(target)?;

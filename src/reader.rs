@@ -264,12 +264,17 @@ impl LoadedIndex {
 
     /// A generation loaded by the caller (not cached).
     pub fn from_generation(store: Store, gen: log::Generation) -> LoadedIndex {
+        LoadedIndex::from_view(IndexView::new(store, gen))
+    }
+
+    /// A generation's view prepared by the caller (not cached).
+    pub fn from_view(view: IndexView) -> LoadedIndex {
         LoadedIndex {
-            generation: gen.manifest.generation,
+            generation: view.manifest.generation,
             stamp: (0, 0),
-            schema: gen.manifest.schema.clone(),
-            view: Arc::new(IndexView::new(store.clone(), gen)),
-            store,
+            schema: view.manifest.schema.clone(),
+            store: view.store.clone(),
+            view: Arc::new(view),
         }
     }
 

@@ -321,8 +321,13 @@ fn footer_cache() -> &'static Mutex<HashMap<(std::path::PathBuf, String), Arc<Fo
 /// Footers kept per process; beyond this the cache is emptied (footers are ~100 KB).
 const FOOTER_CACHE: usize = 512;
 
-async fn footer(store: &Store, r: &SegmentRef) -> Result<Arc<Footer>> {
+async fn footer(store: &Store, r: &SegmentRef, cached: bool) -> Result<Arc<Footer>> {
     let key = (store.cache_key(), r.file.clone());
+    if !cached {
+        if let Ok(mut c) = footer_cache().lock() {
+            c.remove(&key);
+        }
+    }
     if let Some(f) = footer_cache()
         .lock()
         .ok()
@@ -519,6 +524,9 @@ pub struct IndexView {
     pub manifest: Manifest,
     ids: WorkerIds,
     legacy: Option<Vec<UnifiedEntry>>,
+    /// Whether segment footers may come from the process cache (`pocaduck_check` reads them
+    /// afresh).
+    cached: bool,
 }
 
 impl IndexView {
@@ -530,7 +538,14 @@ impl IndexView {
             manifest: g.manifest,
             ids,
             legacy: g.legacy,
+            cached: true,
         }
+    }
+
+    /// Reads every segment footer afresh (for verification), refreshing the process cache.
+    pub fn uncached(mut self) -> IndexView {
+        self.cached = false;
+        self
     }
 
     /// Generation number.
@@ -605,7 +620,7 @@ impl IndexView {
     }
 
     async fn lookup_segment(&self, r: &SegmentRef, labels: &[u64]) -> Result<Vec<UnifiedEntry>> {
-        let f = footer(&self.store, r).await?;
+        let f = footer(&self.store, r, self.cached).await?;
         let n = f.fences.len() - 1;
         let groups: Vec<usize> = (0..n)
             .filter(|&g| {
@@ -615,7 +630,10 @@ impl IndexView {
             })
             .collect();
         let mut out = Vec::new();
-        read_groups(&self.store, r, &f, groups, &self.ids, r.lo, r.hi, |v| {
+        // Decode only rows inside the wanted labels' span (and the segment's range).
+        let lo = r.lo.max(labels[0]);
+        let hi = r.hi.min(labels[labels.len() - 1]);
+        read_groups(&self.store, r, &f, groups, &self.ids, lo, hi, |v| {
             out.extend(
                 v.into_iter()
                     .filter(|e| labels.binary_search(&e.e.label).is_ok()),
@@ -685,7 +703,7 @@ impl Cursor {
                     groups,
                 } => {
                     let (r, lo, hi) = (&view.manifest.segments[*seg], *lo, *hi);
-                    let f = block_on(footer(&view.store, r))?;
+                    let f = block_on(footer(&view.store, r, view.cached || groups.is_some()))?;
                     if groups.is_none() {
                         *groups = Some(groups_for(&f, lo, hi).into());
                     }

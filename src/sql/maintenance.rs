@@ -74,12 +74,14 @@ impl VTab for Optimize {
                     let (ls, list) = arg_labels(v, "labels")?;
                     match ls[..] {
                         [lo, hi] if list && lo < hi => Some((lo, hi - 1)),
-                        _ => return Err(Error::arg(
-                            "labels",
-                            format!(
+                        _ => {
+                            return Err(Error::arg(
+                                "labels",
+                                format!(
                                 "must be a range [lo, hi) of two labels with lo < hi, got {ls:?}"
                             ),
-                        )),
+                            ))
+                        }
                     }
                 }
             };

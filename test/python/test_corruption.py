@@ -55,7 +55,7 @@ def corrupt(store: Path, case: str) -> str:
         return str(idx.relative_to(store))
     if case == "garble_index_segment":
         b = bytearray(idx_seg.read_bytes())
-        for i in range(len(b) - 40, len(b) - 8):  # the footer
+        for i in range(4, len(b) - 8):  # pages and footer
             b[i] ^= 0xA5
         idx_seg.write_bytes(bytes(b))
         return str(idx_seg.relative_to(store))

@@ -870,7 +870,8 @@ def test_four_workers_at_once(tmp_path):
     finally:
         for c in children:
             c.ensure_dead()
-    r = con.execute("SELECT workers, points FROM pocaduck_consolidate(?)", [store]).fetchone()
+    con.execute("FROM pocaduck_consolidate(?)", [store]).fetchall()
+    r = con.execute("SELECT workers, points FROM pocaduck_stats(?)", [store]).fetchone()
     want = union(*(copy_rows(s, w=w) for w in range(4) for s in range(6)))
     assert r == (4, len(want))
     assert_same(read_rows(con, store), want, f"four workers ({consolidates} consolidates meanwhile)")

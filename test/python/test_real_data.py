@@ -50,7 +50,7 @@ def real_store(tmp_path_factory):
         p.join(timeout=60)
     assert errors == [None, None]
     con = connect()
-    summary = con.execute(f"SELECT workers, points FROM pocaduck_consolidate('{store}')").fetchone()
+    summary = con.execute(f"SELECT workers, new_points FROM pocaduck_consolidate('{store}')").fetchone()
     vol = segdata.load_volume()
     return store, con, vol, summary
 

@@ -78,7 +78,8 @@ def test_same_answers_local_and_s3(s3, tmp_path):
     # The store really is in the bucket: parts, commits, index generations.
     prefix = remote_url.split("pocaduck-test/")[1] + "/"
     keys = s3.keys("pocaduck-test", prefix)
-    assert any("/index/0000000002.duckdb" in k for k in keys), keys[:10]
+    assert any("/index/0000000002.json" in k for k in keys), keys[:10]
+    assert any("/segments/" in k for k in keys), keys[:10]
     assert any("/optimized/" in k for k in keys)
     assert sum("/commits/" in k for k in keys) == 4
 

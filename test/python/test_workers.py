@@ -34,7 +34,7 @@ def test_two_processes_one_store(con, store):
     for p in procs:
         p.join(timeout=120)
     assert results == [None, None]
-    s = con.execute(f"SELECT workers, new_commits, files, points FROM pocaduck_consolidate('{store}')").fetchone()
+    s = con.execute(f"SELECT workers, new_commits, new_files, new_points FROM pocaduck_consolidate('{store}')").fetchone()
     assert s == (2, 2, 2, 40 * 500)
     # Label counts agree with a direct computation.
     i = np.arange(500)

@@ -1,0 +1,98 @@
+"""Stores written by the previous release (index format 1: each generation a DuckDB database
+`index/<g>.duckdb`) keep working: pocaduck reads them as they are, and the next
+pocaduck_consolidate upgrades them to format 2 (manifests and index segments).
+
+The format-1 generation is written here with plain DuckDB exactly as the previous release's
+`sql::index_db` wrote it (same tables, same storage compatibility version), from the store's
+commit segments.
+"""
+import json
+
+import duckdb
+import numpy as np
+import pytest
+
+from conftest import connect
+
+LEGACY_SQL = """
+CREATE TABLE store_info(key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE workers(worker VARCHAR, last_commit UBIGINT);
+CREATE TABLE entries(label UBIGINT, block BIGINT, worker VARCHAR, commit_seq UBIGINT,
+    part VARCHAR, row_start UBIGINT, row_count UBIGINT,
+    min_x DOUBLE, min_y DOUBLE, min_z DOUBLE, max_x DOUBLE, max_y DOUBLE, max_z DOUBLE);
+CREATE VIEW labels AS SELECT label, sum(row_count)::UBIGINT AS point_count,
+    count(DISTINCT block)::UBIGINT AS block_count FROM entries GROUP BY label;
+"""
+
+
+def write_legacy_generation(store, gen=1):
+    """Builds index/<gen>.duckdb from every commit segment on disk (one commit per worker)."""
+    (store / "index").mkdir(exist_ok=True)
+    db = duckdb.connect(str(store / f"index/{gen:010}.duckdb"), config={"storage_compatibility_version": "v1.0.0"})
+    db.execute(LEGACY_SQL)
+    schema = (store / "_pocaduck.json").read_text()
+    db.execute("INSERT INTO store_info VALUES ('format', '1'), ('generation', ?), ('schema', ?)", [str(gen), schema])
+    seg = f"{store}/workers/*/commits/*.parquet"
+    db.execute(
+        f"""INSERT INTO entries SELECT label, block,
+              regexp_extract(filename, 'workers/([^/]+)/commits', 1),
+              regexp_extract(filename, '(\\d+)\\.parquet$', 1)::UBIGINT,
+              part, row_start, row_count, min_x, min_y, min_z, max_x, max_y, max_z
+            FROM read_parquet('{seg}', filename = true) ORDER BY label"""
+    )
+    db.execute("INSERT INTO workers SELECT worker, max(commit_seq) FROM entries GROUP BY worker")
+    db.execute("CHECKPOINT")
+    db.close()
+
+
+def points(con, store, label):
+    r = con.execute(f"SELECT block, x, y, z FROM pocaduck_points('{store}', {label}) ORDER BY ALL").fetchall()
+    return [tuple(x) for x in r]
+
+
+def expected(rows, label):
+    return sorted(tuple(int(v) for v in r[1:]) for r in rows if r[0] == label)
+
+
+def test_format_1_store_is_read_then_upgraded(tmp_path):
+    store = tmp_path / "old"
+    con = connect()
+    rows = []
+    for w in range(2):
+        i = np.arange(3000)
+        lab, blk, x = i % 30, 10 * w + i % 4, i + 100000 * w
+        rows += list(zip(lab, blk, x, 2 * i, np.full(i.size, w)))
+        con.execute(
+            f"COPY (SELECT (i % 30)::UBIGINT, 10 * {w} + i % 4, (i + 100000 * {w})::INT, (2 * i)::INT, {w}::INT "
+            f"FROM range(3000) t(i)) TO '{store}' (FORMAT pocaduck, WORKER 'w{w}')"
+        )
+    write_legacy_generation(store)
+    # Read as it is: points, labels, blocks, stats, check.
+    for label in (0, 7, 29):
+        assert points(con, store, label) == expected(rows, label)
+    labels = con.execute(f"SELECT label, point_count, block_count FROM pocaduck_labels('{store}') ORDER BY label").fetchall()
+    want = sorted({(int(r[0]), sum(1 for q in rows if q[0] == r[0]), len({q[1] for q in rows if q[0] == r[0]})) for r in rows})
+    assert labels == want
+    assert want[0] == (0, 200, 4)  # two blocks of each worker (i % 30 and i % 4 share parity)
+    assert con.execute(f"SELECT generation, labels, points FROM pocaduck_stats('{store}')").fetchone() == (1, 30, 6000)
+    assert con.execute(f"SELECT bool_and(ok) FROM pocaduck_check('{store}')").fetchone() == (True,)
+    with pytest.raises(duckdb.Error, match="has an index of format 1: run pocaduck_consolidate"):
+        con.execute(f"FROM pocaduck_optimize('{store}')").fetchall()
+    # A rerun of w0 (blocks 0-3 again, other points) is committed before the upgrade.
+    con.execute(
+        f"COPY (SELECT (i % 30)::UBIGINT, i % 4, (-1 - i)::INT, 0, 9 FROM range(600) t(i)) TO '{store}' (FORMAT pocaduck, WORKER 'w0')"
+    )
+    rows = [r for r in rows if r[4] != 0] + [(i % 30, i % 4, -1 - i, 0, 9) for i in range(600)]
+    c = con.execute(f"SELECT generation, workers, new_commits FROM pocaduck_consolidate('{store}')").fetchone()
+    assert c == (2, 2, 1)
+    manifest = json.loads((store / "index/0000000002.json").read_text())
+    assert manifest["format"] == 2 and len(manifest["segments"]) == 2
+    assert (store / "index/0000000001.duckdb").exists()  # kept for readers that hold it
+    for label in (0, 7, 29):
+        assert points(con, store, label) == expected(rows, label)
+    assert con.execute(f"SELECT generation, labels, points FROM pocaduck_stats('{store}')").fetchone() == (2, 30, 3600)
+    assert con.execute(f"SELECT bool_and(ok) FROM pocaduck_check('{store}')").fetchone() == (True,)
+    # Format 2 from here on: optimize works and keeps the answers.
+    assert con.execute(f"SELECT generation FROM pocaduck_optimize('{store}')").fetchone() == (3,)
+    for label in (0, 7, 29):
+        assert points(con, store, label) == expected(rows, label)
