@@ -315,7 +315,7 @@ def main() -> None:
 
             sys.path.insert(0, str(REPO / "test" / "python"))
             print("\n== scale: the index and the read path at 10^7 entries (issue 9)", flush=True)
-            results[w] = bench_scale.run()
+            results[w] = bench_scale.run(quick=a.quick)
             continue
         elif w == "s3":
             print("\n== s3: synthetic 2 M points in a local S3 server (moto) vs the local disk", flush=True)

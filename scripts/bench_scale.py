@@ -141,7 +141,9 @@ print(json.dumps({{'s': time.perf_counter() - t, 'labels': n[0], 'rss_mb': (hwm(
 """)
 
 
-def run(nq: int = 30) -> dict:
+def run(nq: int = 30, quick: bool = False) -> dict:
+    """`quick`: 10x smaller stores and 300 parts instead of 3,000 (a smoke run; targets are for the full run)."""
+    k = 10 if quick else 1
     from s3server import S3Server  # test/python
 
     shutil.rmtree(WORK, ignore_errors=True)
@@ -150,10 +152,11 @@ def run(nq: int = 30) -> dict:
     rng = np.random.default_rng(9)
 
     # 1-2. Stores of 1 M and 10 M entries; cold and warm reads.
-    for name, n_labels in (("s1m", 200_000), ("s10m", 2_000_000)):
+    for name, n_labels in (("s1m", 200_000 // k), ("s10m", 2_000_000 // k)):
         store = str(WORK / name)
         b = build_entries_store(store, n_labels)
         ls = [label_of(int(x)) for x in rng.integers(0, n_labels, nq)]
+        res[f"{name}_labels"] = n_labels
         cold = [cold_query(store, ls[i]) for i in range(3)]
         assert all(c["rows"] == 5 for c in cold), cold
         b["cold_ms"] = statistics.median(c["ms"] for c in cold)
@@ -218,7 +221,7 @@ print(json.dumps({{'labels': o[0], 'points': o[1]}}))
             env = s3env if kind == "s3" else None
             t = time.perf_counter()
             child(f"""
-for w in range(3000):
+for w in range({3000 // k}):
     con.execute(f"COPY (SELECT 7::UBIGINT, {{w}}::BIGINT, i::INTEGER, {{w}}::INTEGER, 0 FROM range(10) t(i)) TO '{many}' (FORMAT pocaduck, WORKER 'w{{w}}')")
 con.execute("FROM pocaduck_consolidate('{many.replace('S3://', 's3://')}')").fetchall()
 print(json.dumps({{}}))
@@ -229,15 +232,15 @@ t = time.perf_counter()
 n = con.execute("SELECT count(*), count(DISTINCT y) FROM pocaduck_points('{many.replace('S3://', 's3://')}', 7)").fetchone()
 print(json.dumps({{'s': time.perf_counter() - t, 'rows': n[0], 'blocks': n[1]}}))
 """, env, nofile=256)
-            ok = r["rows"] == 30_000 and r["blocks"] == 3000
+            ok = r["rows"] == 30_000 // k and r["blocks"] == 3000 // k
             res[f"many_parts_{kind}"] = {**r, "build_s": build, "ok": ok}
             print(f"  3,000 parts ({kind}), ulimit -n 256: {r['rows']:,} rows from {r['blocks']} blocks in {r['s']:.2f} s "
                   f"({'correct' if ok else 'WRONG'}); built in {build:.0f} s", flush=True)
 
         # 3. S3: the 10 M-entry store in moto; cold and warm requests per query.
         s3store = "s3://pocaduck-bench/s10m"
-        b = build_entries_store(s3store.replace("s3://", "S3://"), 2_000_000, s3env)
-        ls = [label_of(int(x)) for x in rng.integers(0, 2_000_000, 5)]
+        b = build_entries_store(s3store.replace("s3://", "S3://"), 2_000_000 // k, s3env)
+        ls = [label_of(int(x)) for x in rng.integers(0, 2_000_000 // k, 5)]
         cold = child(f"""
 out = []
 for i, l in enumerate({ls}):
@@ -257,7 +260,7 @@ print(json.dumps(out))
     # 7. Streaming: a 30 M-point label.
     big = WORK / "big"
     child(f"""
-con.execute("COPY (SELECT 1::UBIGINT, (i // 1000000)::BIGINT, (i % 1000)::INTEGER, (i // 1000 % 1000)::INTEGER, (i // 1000000)::INTEGER FROM range(30000000) t(i)) TO '{big}' (FORMAT pocaduck, WORKER 'w')")
+con.execute("COPY (SELECT 1::UBIGINT, (i // 1000000)::BIGINT, (i % 1000)::INTEGER, (i // 1000 % 1000)::INTEGER, (i // 1000000)::INTEGER FROM range({30_000_000 // k}) t(i)) TO '{big}' (FORMAT pocaduck, WORKER 'w')")
 con.execute("FROM pocaduck_consolidate('{big}')").fetchall()
 print(json.dumps({{}}))
 """)

@@ -180,10 +180,11 @@ struct ReadEntry {
     row_count: u64,
 }
 
-fn part_cache(
-) -> &'static Mutex<HashMap<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, u64)>> {
-    type C = Mutex<HashMap<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, u64)>>;
-    static C: OnceLock<C> = OnceLock::new();
+/// Part footers per (store, part).
+type PartCache = Mutex<HashMap<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, u64)>>;
+
+fn part_cache() -> &'static PartCache {
+    static C: OnceLock<PartCache> = OnceLock::new();
     C.get_or_init(Default::default)
 }
 

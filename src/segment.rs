@@ -313,8 +313,11 @@ struct Footer {
     fences: Vec<u64>,
 }
 
-fn footer_cache() -> &'static Mutex<HashMap<(std::path::PathBuf, String), Arc<Footer>>> {
-    static C: OnceLock<Mutex<HashMap<(std::path::PathBuf, String), Arc<Footer>>>> = OnceLock::new();
+/// Segment footers per (store, file).
+type FooterCache = Mutex<HashMap<(std::path::PathBuf, String), Arc<Footer>>>;
+
+fn footer_cache() -> &'static FooterCache {
+    static C: OnceLock<FooterCache> = OnceLock::new();
     C.get_or_init(Default::default)
 }
 
@@ -483,8 +486,7 @@ async fn read_groups(
     f: &Footer,
     groups: Vec<usize>,
     ids: &WorkerIds,
-    lo: u64,
-    hi: u64,
+    (lo, hi): (u64, u64),
     mut each: impl FnMut(Vec<UnifiedEntry>) -> Result<bool>,
 ) -> Result<()> {
     if groups.is_empty() {
@@ -633,7 +635,7 @@ impl IndexView {
         // Decode only rows inside the wanted labels' span (and the segment's range).
         let lo = r.lo.max(labels[0]);
         let hi = r.hi.min(labels[labels.len() - 1]);
-        read_groups(&self.store, r, &f, groups, &self.ids, lo, hi, |v| {
+        read_groups(&self.store, r, &f, groups, &self.ids, (lo, hi), |v| {
             out.extend(
                 v.into_iter()
                     .filter(|e| labels.binary_search(&e.e.label).is_ok()),
@@ -717,8 +719,7 @@ impl Cursor {
                         &f,
                         vec![g],
                         &view.ids,
-                        lo,
-                        hi,
+                        (lo, hi),
                         |v| {
                             buf.extend(v);
                             Ok(true)
