@@ -313,14 +313,27 @@ print(json.dumps({{'s': dt, 'rows': n[0], 'pts_s': n[0] / dt, 'rss_mb': (hwm() -
 import statistics
 con.execute("SET threads = {th}")
 con.execute("SELECT count(*) FROM pocaduck_points('{real}/store', {top})").fetchall()
-ts = []
+dec, fetch, floor = [], [], []
 for _ in range(3):
-    t = time.perf_counter(); n = con.execute("SELECT x, y, z FROM pocaduck_points('{real}/store', {top})").fetchnumpy(); ts.append(time.perf_counter() - t)
-print(json.dumps({{'s': statistics.median(ts), 'rows': len(n['x']), 'pts_s': len(n['x']) / statistics.median(ts)}}))
+    t = time.perf_counter(); n = con.execute("SELECT count(*), sum(x), sum(y), sum(z) FROM pocaduck_points('{real}/store', {top})").fetchone(); dec.append(time.perf_counter() - t)
+    t = time.perf_counter(); a = con.execute("SELECT x, y, z FROM pocaduck_points('{real}/store', {top})").fetchnumpy(); fetch.append(time.perf_counter() - t)
+    t = time.perf_counter(); con.execute("SELECT (range % 7)::INTEGER AS x, (range % 5)::INTEGER AS y, (range % 3)::INTEGER AS z FROM range({int(counts.max())})").fetchnumpy(); floor.append(time.perf_counter() - t)
+rows = n[0]
+print(json.dumps({{'rows': rows, 'pts_s': rows / statistics.median(dec), 'fetchnumpy_pts_s': rows / statistics.median(fetch),
+                  'floor_fetchnumpy_pts_s': rows / statistics.median(floor)}}))
+""")
+    opt = child(f"""
+t = time.perf_counter()
+o = con.execute("SELECT labels_rewritten, points_rewritten FROM pocaduck_optimize('{real}/store')").fetchone()
+print(json.dumps({{'s': time.perf_counter() - t, 'labels': o[0], 'points': o[1]}}))
 """)
     res["real_top_label"] = {"label": top, "points": int(counts.max()), "threads_1": rr[1], "threads_2": rr[2]}
-    print(f"  real label {top} ({int(counts.max()):,} points): {rr[1]['pts_s'] / 1e6:.1f} M pts/s (1 thread), "
-          f"{rr[2]['pts_s'] / 1e6:.1f} M pts/s (2 threads)", flush=True)
+    res["optimize_real"] = {**opt, "pts_s": opt["points"] / opt["s"]}
+    print(f"  real label {top} ({int(counts.max()):,} points): decode {rr[1]['pts_s'] / 1e6:.1f} M pts/s (1 thread), "
+          f"{rr[2]['pts_s'] / 1e6:.1f} M pts/s (2 threads); to numpy {rr[1]['fetchnumpy_pts_s'] / 1e6:.1f} M pts/s "
+          f"(DuckDB's floor for as many rows: {rr[1]['floor_fetchnumpy_pts_s'] / 1e6:.1f})", flush=True)
+    print(f"  optimize real data (2 workers): {opt['labels']:,} labels, {opt['points']:,} points in {opt['s']:.1f} s "
+          f"({opt['points'] / opt['s'] / 1e6:.2f} M pts/s)", flush=True)
     return res
 
 
@@ -340,7 +353,9 @@ def targets(r: dict) -> list[tuple[str, float, str, bool]]:
     rows.append(("scale: old design 1-row consolidate (5 M) / new", OLD["consolidate_1row_s_5m_entries"] / c["s"], "(quoted)", True))
     rows.append(("scale: bytes added by a 1-row consolidate (KiB)", c["bytes_added"] / 1024, "<= 64", c["bytes_added"] <= 64 << 10))
     o = r["optimize_10m"]
-    rows.append(("scale: optimize 2 M labels (M pts/s)", o["pts_s"] / 1e6, ">= 5", o["pts_s"] >= 5e6))
+    rows.append(("scale: optimize 2 M labels, 1 point per entry (M pts/s)", o["pts_s"] / 1e6, ">= 5", o["pts_s"] >= 5e6))
+    o = r["optimize_real"]
+    rows.append(("scale: optimize real data, 132 M points (M pts/s)", o["pts_s"] / 1e6, ">= 5", o["pts_s"] >= 5e6))
     sp = r["optimize_split_1m"]
     ok = all("error" not in x for x in sp["runs"]) and sp["fragmented_after"] == 0
     rows.append(("scale: optimize split over 2 processes leaves no fragmented label", sp["fragmented_after"], "= 0", ok))
@@ -356,6 +371,8 @@ def targets(r: dict) -> list[tuple[str, float, str, bool]]:
     rows.append(("scale: LIMIT 10 of a 30 M-point label, RSS (MB)", st["limit10"]["rss_mb"], "<= 50", st["limit10"]["rss_mb"] <= 50))
     rows.append(("scale: full scan of 30 M points, RSS over memory_limit 256 MB (MB)", st["full_1_thread"]["rss_mb"] - 256, "bounded", st["full_1_thread"]["rss_mb"] <= 256 + 256))
     rt = r["real_top_label"]
-    rows.append(("scale: real 36.8 M label, 1 thread (M pts/s)", rt["threads_1"]["pts_s"] / 1e6, "(report)", True))
+    rows.append(("scale: real 36.8 M label decode, 1 thread (M pts/s)", rt["threads_1"]["pts_s"] / 1e6, ">= 47 (old)", rt["threads_1"]["pts_s"] >= OLD["real_36m_label_pts_s"]))
+    f = rt["threads_1"]["fetchnumpy_pts_s"] / rt["threads_1"]["floor_fetchnumpy_pts_s"]
+    rows.append(("scale: real 36.8 M label to numpy / DuckDB floor", f, ">= 0.8", f >= 0.8))
     rows.append(("scale: real 36.8 M label, 2 threads / 1 thread", rt["threads_2"]["pts_s"] / rt["threads_1"]["pts_s"], "> 1 (parallel)", rt["threads_2"]["pts_s"] > 1.2 * rt["threads_1"]["pts_s"]))
     return rows

@@ -103,7 +103,6 @@ struct OutPart {
     /// Rows appended but not yet handed to the encoder (written in one batch).
     pending: Vec<arrow::array::RecordBatch>,
     pending_rows: usize,
-    pending_bytes: usize,
 }
 
 /// Pending rows are encoded once there are this many.
@@ -116,6 +115,8 @@ struct Output<'a> {
     schema: arrow::datatypes::SchemaRef,
     part: Option<OutPart>,
     done: Vec<Path>,
+    /// Estimated bytes of a row in memory (for deciding when to encode).
+    row_bytes: usize,
 }
 
 impl Output<'_> {
@@ -132,7 +133,6 @@ impl Output<'_> {
                 rows: 0,
                 pending: Vec::new(),
                 pending_rows: 0,
-                pending_bytes: 0,
             });
         }
         self.part
@@ -146,7 +146,6 @@ impl Output<'_> {
         let start = part.rows;
         part.rows += rows.num_rows() as u64;
         part.pending_rows += rows.num_rows();
-        part.pending_bytes += rows.get_array_memory_size();
         part.pending.push(rows);
         Ok((part.path.to_string(), start))
     }
@@ -163,18 +162,21 @@ impl Output<'_> {
         let batch = arrow::compute::concat_batches(&self.schema, &p.pending)?;
         p.pending.clear();
         p.pending_rows = 0;
-        p.pending_bytes = 0;
         block_on(p.writer.write(&batch)).map_err(|e| err(&e))
     }
 
-    /// At a point where the part may close: encodes the pending rows once there are enough,
-    /// and closes the part once it reaches `target` bytes.
-    fn boundary(&mut self, target: u64) -> Result<()> {
-        let due = self
-            .part
-            .as_ref()
-            .is_some_and(|p| p.pending_rows >= FLUSH_ROWS || p.pending_bytes as u64 >= target / 2);
-        if due {
+    /// The open part's name and its rows so far (appended ones), opening a part if needed.
+    fn current(&mut self) -> Result<(String, u64)> {
+        let p = self.open()?;
+        Ok((p.path.to_string(), p.rows))
+    }
+
+    /// At a point where the part may close: once enough rows are waiting (in `rows` and here),
+    /// encodes them, and closes the part once it reaches `target` bytes.
+    fn boundary(&mut self, rows: &mut RowCursor, target: u64) -> Result<()> {
+        let waiting = rows.pending() + self.part.as_ref().map_or(0, |p| p.pending_rows);
+        if waiting >= FLUSH_ROWS || (waiting * self.row_bytes) as u64 >= target / 2 {
+            rows.cut(self)?;
             self.flush()?;
             self.close_if_full(target)?;
         }
@@ -279,6 +281,7 @@ pub fn optimize(
         schema: idx.schema.arrow(),
         part: None,
         done: Vec::new(),
+        row_bytes: 8 * (idx.schema.columns.len() + 1),
     };
     let mut written: Vec<Path> = Vec::new();
     let res = (|| {
@@ -481,12 +484,17 @@ fn copy_window(
         batches.extend(got);
         c = end;
     }
-    // Write the rows in entry order; entries follow.
-    let mut rows_iter = batches.into_iter();
-    let mut cur: Option<(arrow::array::RecordBatch, usize)> = None;
+    // The rows are in entry order: append them in spans as long as possible (cut only where a
+    // part may close or a batch ends), and compute each new entry from its offset.
+    let mut rows = RowCursor {
+        batches: batches.into_iter(),
+        cur: None,
+        start: 0,
+        pos: 0,
+    };
     for (entries, frag) in window {
-        summary.entries_after += if frag { 0 } else { entries.len() as u64 };
         if !frag {
+            summary.entries_after += entries.len() as u64;
             w.push_label(entries)?;
             continue;
         }
@@ -495,50 +503,84 @@ fn copy_window(
         // chunk_rows every chunk_rows rows (so a label is split only when it must be).
         let mut since_check = 0u64;
         for old in entries {
-            let mut need = old.e.row_count as usize;
-            while need > 0 {
-                if cur.as_ref().is_none_or(|(b, off)| *off >= b.num_rows()) {
-                    let b = rows_iter
-                        .next()
-                        .ok_or_else(|| Error::Internal("optimize: rows ran out".into()))?;
-                    cur = Some((b, 0));
-                    continue;
-                }
-                let Some((b, off)) = cur.as_mut() else { break };
-                let n = need.min(b.num_rows() - *off);
-                let slice = b.slice(*off, n);
-                *off += n;
-                need -= n;
-                let (part_name, start) = out.append(slice)?;
-                let e = SegmentEntry {
-                    part: part_name,
-                    row_start: start,
-                    row_count: n as u64,
-                    ..old.e.clone()
-                };
-                let merged = new.last_mut().is_some_and(|l| {
-                    l.worker == old.worker && l.commit == old.commit && l.e.absorb(&e)
+            let (part_name, base) = out.current()?;
+            let e = SegmentEntry {
+                part: part_name,
+                row_start: base + rows.pending() as u64,
+                ..old.e.clone()
+            };
+            rows.advance(old.e.row_count as usize, out)?;
+            summary.points_rewritten += old.e.row_count;
+            let merged = new.last_mut().is_some_and(|l| {
+                l.worker == old.worker && l.commit == old.commit && l.e.absorb(&e)
+            });
+            if !merged {
+                new.push(UnifiedEntry {
+                    worker: old.worker,
+                    commit: old.commit,
+                    e,
                 });
-                if !merged {
-                    new.push(UnifiedEntry {
-                        worker: old.worker,
-                        commit: old.commit,
-                        e,
-                    });
-                }
-                summary.points_rewritten += n as u64;
             }
             since_check += old.e.row_count;
             if since_check >= opts.chunk_rows {
                 since_check = 0;
-                out.boundary(opts.target_file_size)?;
+                out.boundary(&mut rows, opts.target_file_size)?;
             }
         }
-        out.boundary(opts.target_file_size)?;
+        out.boundary(&mut rows, opts.target_file_size)?;
         summary.entries_after += new.len() as u64;
         w.push_label(new)?;
     }
-    Ok(())
+    rows.cut(out)
+}
+
+/// Rows read for a window, in entry order, consumed in spans.
+struct RowCursor {
+    batches: std::vec::IntoIter<arrow::array::RecordBatch>,
+    cur: Option<arrow::array::RecordBatch>,
+    /// Start of the span not yet appended to the output.
+    start: usize,
+    pos: usize,
+}
+
+impl RowCursor {
+    /// Rows consumed but not yet appended.
+    fn pending(&self) -> usize {
+        self.pos - self.start
+    }
+
+    /// Appends the pending span to `out`.
+    fn cut(&mut self, out: &mut Output) -> Result<()> {
+        if let Some(b) = &self.cur {
+            if self.pos > self.start {
+                out.append(b.slice(self.start, self.pos - self.start))?;
+            }
+        }
+        self.start = self.pos;
+        Ok(())
+    }
+
+    /// Consumes `n` rows (appending spans to `out` as batches end).
+    fn advance(&mut self, mut n: usize, out: &mut Output) -> Result<()> {
+        while n > 0 {
+            if self.cur.as_ref().is_none_or(|b| self.pos >= b.num_rows()) {
+                self.cut(out)?;
+                self.cur = Some(
+                    self.batches
+                        .next()
+                        .ok_or_else(|| Error::Internal("optimize: rows ran out".into()))?,
+                );
+                self.start = 0;
+                self.pos = 0;
+                continue;
+            }
+            let len = self.cur.as_ref().map(|b| b.num_rows()).unwrap_or(0);
+            let k = n.min(len - self.pos);
+            self.pos += k;
+            n -= k;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

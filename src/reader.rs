@@ -181,7 +181,8 @@ struct ReadEntry {
 }
 
 /// Part footers per (store, part).
-type PartCache = Mutex<HashMap<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, u64)>>;
+type PartCache =
+    Mutex<HashMap<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, Option<u64>)>>;
 
 fn part_cache() -> &'static PartCache {
     static C: OnceLock<PartCache> = OnceLock::new();
@@ -423,10 +424,19 @@ impl PointStream {
         let mut rows = 0;
         let mut take = Vec::new();
         let mut parts = std::collections::HashSet::new();
-        while let Some(e) = self.entries.front() {
-            if !take.is_empty()
-                && (rows + e.row_count > self.window || parts.len() >= 4 * PARTS_IN_FLIGHT)
-            {
+        while let Some(e) = self.entries.front_mut() {
+            if rows >= self.window || parts.len() >= 4 * PARTS_IN_FLIGHT {
+                break;
+            }
+            // An entry larger than what the window has left is split (row ranges split freely).
+            let room = self.window - rows;
+            if e.row_count > room {
+                take.push(ReadEntry {
+                    row_count: room,
+                    ..e.clone()
+                });
+                e.row_start += room;
+                e.row_count -= room;
                 break;
             }
             rows += e.row_count;
@@ -517,42 +527,186 @@ async fn read_window(
         .buffered(PARTS_IN_FLIGHT)
         .try_collect()
         .await?;
-    let per_part: Vec<RecordBatch> = per_part
+    // Entries' rows in entry order, as zero-copy slices of the decoded batches; runs of small
+    // slices are gathered into one batch (DuckDB takes chunks of up to 2,048 rows).
+    let starts: Vec<Vec<usize>> = per_part
         .iter()
-        .map(|b| arrow::compute::concat_batches(schema, b))
-        .collect::<std::result::Result<_, _>>()?;
-    let pieces: Vec<RecordBatch> = placed
-        .iter()
-        .map(|&(k, off, n)| per_part[k].slice(off, n as usize))
+        .map(|bs| {
+            let mut acc = 0;
+            let mut v: Vec<usize> = bs
+                .iter()
+                .map(|b| {
+                    let s = acc;
+                    acc += b.num_rows();
+                    s
+                })
+                .collect();
+            v.push(acc);
+            v
+        })
         .collect();
-    Ok(vec![arrow::compute::concat_batches(schema, &pieces)?])
+    let total: usize = placed.iter().map(|p| p.2 as usize).sum();
+    if placed.len() * 1024 > total {
+        // Many small entries: one gather per column instead of a slice per entry.
+        let flat: Vec<&RecordBatch> = per_part.iter().flatten().collect();
+        if flat.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first: Vec<usize> = per_part
+            .iter()
+            .scan(0, |acc, bs| {
+                let f = *acc;
+                *acc += bs.len();
+                Some(f)
+            })
+            .collect();
+        let mut idx: Vec<(usize, usize)> = Vec::with_capacity(total);
+        for &(k, off, n) in &placed {
+            let st = &starts[k];
+            let (mut pos, end) = (off, off + n as usize);
+            let mut i = st.partition_point(|&x| x <= pos).saturating_sub(1);
+            while pos < end {
+                let b1 = st[i + 1];
+                while pos < end.min(b1) {
+                    idx.push((first[k] + i, pos - st[i]));
+                    pos += 1;
+                }
+                i += 1;
+            }
+        }
+        let cols: Vec<arrow::array::ArrayRef> = (0..schema.fields().len())
+            .map(|c| {
+                let arrays: Vec<&dyn arrow::array::Array> =
+                    flat.iter().map(|b| b.column(c).as_ref()).collect();
+                arrow::compute::interleave(&arrays, &idx)
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        return Ok(vec![RecordBatch::try_new(schema.clone(), cols)?]);
+    }
+    let mut out: Vec<RecordBatch> = Vec::new();
+    let mut small: Vec<RecordBatch> = Vec::new();
+    let mut small_rows = 0;
+    let flush = |small: &mut Vec<RecordBatch>, out: &mut Vec<RecordBatch>| -> Result<()> {
+        match small.len() {
+            0 => {}
+            1 => out.extend(small.pop()),
+            _ => out.push(arrow::compute::concat_batches(schema, small.iter())?),
+        }
+        small.clear();
+        Ok(())
+    };
+    for &(k, off, n) in &placed {
+        let (bs, st) = (&per_part[k], &starts[k]);
+        let (mut pos, end) = (off, off + n as usize);
+        let mut i = st.partition_point(|&x| x <= pos).saturating_sub(1);
+        while pos < end {
+            let (b0, b1) = (st[i], st[i + 1]);
+            let take = end.min(b1) - pos;
+            let piece = bs[i].slice(pos - b0, take);
+            if take >= 2048 {
+                flush(&mut small, &mut out)?;
+                small_rows = 0;
+                out.push(piece);
+            } else {
+                small_rows += take;
+                small.push(piece);
+                if small_rows >= 8192 {
+                    flush(&mut small, &mut out)?;
+                    small_rows = 0;
+                }
+            }
+            pos += take;
+            i += 1;
+        }
+    }
+    flush(&mut small, &mut out)?;
+    Ok(out)
 }
 
-async fn part_meta(store: &Store, part: &Arc<str>) -> Result<(ArrowReaderMetadata, u64)> {
+/// Reads a part's footer and page index with suffix requests; returns them and the part's size.
+async fn suffix_meta(
+    store: &Store,
+    path: &Path,
+    opts: ArrowReaderOptions,
+) -> Result<(ArrowReaderMetadata, u64)> {
+    use parquet::errors::ParquetError;
+    use parquet::file::metadata::ParquetMetaDataReader;
+    let err = |e: &dyn std::fmt::Display| Error::file(&store.name, path.as_ref(), e);
+    let fetch = |n: u64| async move {
+        let r = store
+            .os
+            .get_opts(
+                path,
+                object_store::GetOptions {
+                    range: Some(object_store::GetRange::Suffix(n)),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let size = r.meta.size;
+        Ok::<_, object_store::Error>((r.bytes().await?, size))
+    };
+    let (mut bytes, size) = fetch(64 << 10).await.map_err(|e| err(&e))?;
+    let mut reader = ParquetMetaDataReader::new()
+        .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
+    loop {
+        match reader.try_parse_sized(&bytes, size) {
+            Ok(()) => break,
+            Err(ParquetError::NeedMoreData(needed)) if (needed as u64) > bytes.len() as u64 => {
+                bytes = fetch(needed as u64).await.map_err(|e| err(&e))?.0;
+                if reader.has_metadata() {
+                    reader
+                        .read_page_indexes_sized(&bytes, size)
+                        .map_err(|e| err(&e))?;
+                    break;
+                }
+            }
+            Err(e) => return Err(err(&e)),
+        }
+    }
+    let md = reader.finish().map_err(|e| err(&e))?;
+    let meta = ArrowReaderMetadata::try_new(Arc::new(md), opts).map_err(|e| err(&e))?;
+    Ok((meta, size))
+}
+
+/// A part's metadata (with its offset index) and its size.
+async fn part_meta(store: &Store, part: &Arc<str>) -> Result<(ArrowReaderMetadata, Option<u64>)> {
     let key = (store.cache_key(), part.clone());
     if let Some(m) = part_cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
         return Ok(m);
     }
     let path = Path::from(part.as_ref());
     let err = |e: &dyn std::fmt::Display| Error::file(&store.name, part.as_ref(), e);
-    let head = store.os.head(&path).await.map_err(|e| err(&e))?;
-    let mut reader = ParquetObjectReader::new(store.os.clone(), path).with_file_size(head.size);
-    let meta = AssertUnwindSafe(ArrowReaderMetadata::load_async(
-        &mut reader,
-        ArrowReaderOptions::new()
-            .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
-    ))
-    .catch_unwind()
-    .await
-    .map_err(|p| err(&panic_message(p)))?
-    .map_err(|e| err(&e))?;
+    let opts = ArrowReaderOptions::new()
+        .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
+    let (meta, size) = if store.suffix_ranges() {
+        // One suffix request fetches the footer and the page index, and tells the size (no
+        // HEAD); a second one only if they are larger than the first fetch.
+        AssertUnwindSafe(suffix_meta(store, &path, opts))
+            .catch_unwind()
+            .await
+            .map_err(|p| err(&panic_message(p)))??
+    } else {
+        // Azure serves no suffix ranges: HEAD for the size, then the footer.
+        let head = store.os.head(&path).await.map_err(|e| err(&e))?;
+        let mut reader = ParquetObjectReader::new(store.os.clone(), path.clone())
+            .with_file_size(head.size)
+            .with_footer_size_hint(64 << 10);
+        let meta = AssertUnwindSafe(ArrowReaderMetadata::load_async(&mut reader, opts))
+            .catch_unwind()
+            .await
+            .map_err(|p| err(&panic_message(p)))?
+            .map_err(|e| err(&e))?;
+        (meta, head.size)
+    };
+    let size = Some(size);
     if let Ok(mut c) = part_cache().lock() {
         if c.len() >= PART_CACHE {
             c.clear();
         }
-        c.insert(key, (meta.clone(), head.size));
+        c.insert(key, (meta.clone(), size));
     }
-    Ok((meta, head.size))
+    Ok((meta, size))
 }
 
 async fn read_part(
@@ -586,8 +740,10 @@ async fn read_part(
     if let Some(t) = trace {
         t.record(md, &rg_start, &groups, &ranges, cols);
     }
-    let reader =
-        ParquetObjectReader::new(store.os.clone(), Path::from(part.as_ref())).with_file_size(size);
+    let mut reader = ParquetObjectReader::new(store.os.clone(), Path::from(part.as_ref()));
+    if let Some(size) = size {
+        reader = reader.with_file_size(size);
+    }
     let mut sorted_cols: Vec<usize> = cols.to_vec();
     sorted_cols.sort_unstable();
     sorted_cols.dedup();

@@ -283,20 +283,6 @@ pub fn supersede(entries: &mut Vec<UnifiedEntry>) {
     if entries.len() <= 1 {
         return;
     }
-    let mut top: HashMap<(&crate::index::BlockId, u32), u64> = HashMap::new();
-    for e in entries.iter() {
-        let t = top.entry((&e.e.block, e.worker)).or_insert(e.commit);
-        *t = (*t).max(e.commit);
-    }
-    let keep: Vec<bool> = entries
-        .iter()
-        .map(|e| top[&(&e.e.block, e.worker)] == e.commit)
-        .collect();
-    let mut i = 0;
-    entries.retain(|_| {
-        i += 1;
-        keep[i - 1]
-    });
     entries.sort_by(|a, b| {
         (&a.e.block, a.worker, &a.e.part, a.e.row_start).cmp(&(
             &b.e.block,
@@ -304,6 +290,28 @@ pub fn supersede(entries: &mut Vec<UnifiedEntry>) {
             &b.e.part,
             b.e.row_start,
         ))
+    });
+    // Entries of one (block, worker) are adjacent now: keep those of the group's top commit.
+    let mut keep = vec![true; entries.len()];
+    let mut g = 0;
+    while g < entries.len() {
+        let mut end = g + 1;
+        while end < entries.len()
+            && entries[end].e.block == entries[g].e.block
+            && entries[end].worker == entries[g].worker
+        {
+            end += 1;
+        }
+        let top = entries[g..end].iter().map(|e| e.commit).max().unwrap_or(0);
+        for (k, e) in entries[g..end].iter().enumerate() {
+            keep[g + k] = e.commit == top;
+        }
+        g = end;
+    }
+    let mut i = 0;
+    entries.retain(|_| {
+        i += 1;
+        keep[i - 1]
     });
 }
 
@@ -783,7 +791,17 @@ impl<V: std::ops::Deref<Target = IndexView>> Scan<V> {
         let mut out = Vec::new();
         for c in &mut self.cursors {
             while c.fill(view)? && c.buf[c.pos].e.label == label {
-                out.push(c.buf[c.pos].clone());
+                // Moved out (the slot is dead once pos passes it): no clone of the part path.
+                let e = &mut c.buf[c.pos];
+                out.push(UnifiedEntry {
+                    worker: e.worker,
+                    commit: e.commit,
+                    e: SegmentEntry {
+                        part: std::mem::take(&mut e.e.part),
+                        block: e.e.block.clone(),
+                        ..e.e
+                    },
+                });
                 c.pos += 1;
             }
         }

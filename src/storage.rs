@@ -360,6 +360,16 @@ impl Store {
         })
     }
 
+    /// Whether the store serves suffix byte ranges (`bytes=-N`): local, S3 and GCS do, Azure
+    /// does not.
+    pub fn suffix_ranges(&self) -> bool {
+        let scheme = self.name.split_once("://").map(|x| x.0.to_ascii_lowercase());
+        !matches!(
+            scheme.as_deref(),
+            Some("az" | "adl" | "azure" | "abfs" | "abfss")
+        )
+    }
+
     fn err(&self, file: &Path, e: impl std::fmt::Display) -> Error {
         Error::file(&self.name, file.as_ref(), e)
     }
