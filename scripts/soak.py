@@ -132,7 +132,7 @@ def connect(extension):
 
 def has_index(store):
     d = os.path.join(store, "index")
-    return os.path.isdir(d) and any(f.endswith(".duckdb") for f in os.listdir(d))
+    return os.path.isdir(d) and any(f.endswith((".json", ".duckdb")) for f in os.listdir(d))
 
 
 def say(*x):
