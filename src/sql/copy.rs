@@ -25,7 +25,7 @@ use super::{c_string, from_c, guard, parse_size, ClientContext};
 use crate::error::{Error, Result};
 use crate::schema::schema_for_input;
 use crate::storage::OpenMode;
-use crate::writer::{lock_slot, session_slot, Session, Slot, WriterOptions};
+use crate::writer::{session_slot, Session, Slot, Statement, WriterOptions};
 
 const F: &str = "COPY TO (FORMAT pocaduck)";
 
@@ -38,11 +38,11 @@ struct BindData {
 }
 
 struct GlobalState {
-    slot: Slot,
+    /// The statement in the worker's session; taken by `finalize`. Dropped with the state while
+    /// still here (the statement failed), it rolls the statement back.
+    statement: Option<Statement<Slot>>,
     types: Vec<DataType>,
     commit: bool,
-    worker: String,
-    finished: bool,
 }
 
 unsafe extern "C" fn drop_box<T>(p: *mut c_void) {
@@ -235,39 +235,27 @@ unsafe extern "C" fn global_init(info: ffi::duckdb_copy_function_global_init_inf
         };
         let store = unsafe { from_c(ffi::duckdb_copy_function_global_init_get_file_path(info)) };
         let slot = session_slot(&store, &b.worker, OpenMode::Create)?;
-        {
-            let mut g = lock_slot(&slot);
-            let fresh = g.is_none();
-            if fresh {
-                *g = Some(Session::start(
+        let statement = Statement::begin(
+            slot,
+            || {
+                Session::start(
                     &store,
                     &b.worker,
                     b.attributes.clone(),
                     "ATTRIBUTES",
                     b.opts,
-                )?);
-            }
-            let s = g
-                .as_mut()
-                .ok_or_else(|| Error::Internal("no session".into()))?;
-            let started = s
-                .check_attributes(&b.attributes, "ATTRIBUTES")
-                .and_then(|_| s.set_options(b.opts))
-                .and_then(|_| s.check_input_types(&b.types))
-                .and_then(|_| s.begin_statement());
-            if let Err(e) = started {
-                if fresh {
-                    *g = None;
-                }
-                return Err(e);
-            }
-        }
+                )
+            },
+            |s| {
+                s.check_attributes(&b.attributes, "ATTRIBUTES")?;
+                s.set_options(b.opts)?;
+                s.check_input_types(&b.types)
+            },
+        )?;
         Ok(GlobalState {
-            slot,
+            statement: Some(statement),
             types: b.types.clone(),
             commit: b.commit,
-            worker: b.worker.clone(),
-            finished: false,
         })
     });
     match r {
@@ -290,16 +278,8 @@ unsafe extern "C" fn drop_global(p: *mut c_void) {
         return;
     }
     let g = unsafe { Box::from_raw(p as *mut GlobalState) };
-    if !g.finished {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut slot = lock_slot(&g.slot);
-            if let Some(s) = slot.as_mut() {
-                if !s.rollback_statement() || s.is_empty() {
-                    *slot = None;
-                }
-            }
-        }));
-    }
+    // An unfinished statement rolls back as it drops.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(g)));
 }
 
 /// Converts a flat DuckDB chunk to Arrow.
@@ -379,14 +359,10 @@ unsafe extern "C" fn sink(
             &mut *(ffi::duckdb_copy_function_sink_get_global_state(info) as *mut GlobalState)
         };
         let batch = unsafe { chunk_to_batch(chunk, &g.types)? };
-        let mut slot = lock_slot(&g.slot);
-        let s = slot.as_mut().ok_or_else(|| {
-            Error::Internal(format!(
-                "the session of worker '{}' was closed during the COPY",
-                g.worker
-            ))
-        })?;
-        s.append(&batch)
+        g.statement
+            .as_mut()
+            .ok_or_else(|| Error::Internal("the COPY statement has already finished".into()))?
+            .append(&batch)
     });
     if let Err(m) = r {
         unsafe { ffi::duckdb_copy_function_sink_set_error(info, c_string(&m).as_ptr()) };
@@ -398,17 +374,8 @@ unsafe extern "C" fn finalize(info: ffi::duckdb_copy_function_finalize_info) {
         let g = unsafe {
             &mut *(ffi::duckdb_copy_function_finalize_get_global_state(info) as *mut GlobalState)
         };
-        g.finished = true;
-        let mut slot = lock_slot(&g.slot);
-        if g.commit {
-            if let Some(s) = slot.take() {
-                s.commit()?;
-            }
-        } else if let Some(s) = slot.as_mut() {
-            s.end_statement();
-            if s.is_empty() {
-                *slot = None;
-            }
+        if let Some(statement) = g.statement.take() {
+            statement.finish(g.commit)?;
         }
         Ok(())
     });

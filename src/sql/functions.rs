@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::index::{block_array, BlockId};
 use crate::reader;
 use crate::storage::{OpenMode, Store};
-use crate::writer::{lock_slot, session_slot, Session, WriterOptions};
+use crate::writer::{lock_slot, session_slot, Session, Statement, WriterOptions};
 
 pub(super) type BoxErr = Box<dyn std::error::Error>;
 
@@ -768,49 +768,33 @@ impl VTab for Write {
         let a = &b.args;
         let rb = run("pocaduck_write", || {
             let slot = session_slot(&a.store, &a.worker, OpenMode::Create)?;
-            let mut guard = lock_slot(&slot);
-            if guard.is_none() {
-                *guard = Some(Session::start(
-                    &a.store,
-                    &a.worker,
-                    a.attributes.clone(),
-                    "attributes",
-                    a.opts,
-                )?);
-            }
-            let s = guard
-                .as_mut()
-                .ok_or_else(|| Error::Internal("no session".into()))?;
-            let started = s
-                .check_attributes(&a.attributes, "attributes")
-                .and_then(|_| s.set_options(a.opts))
-                .and_then(|_| s.begin_statement());
-            if let Err(e) = started {
-                if s.is_empty() && !s.in_statement() {
-                    *guard = None;
-                }
-                return Err(e);
-            }
-            if let Err(e) = s.append(&a.rows) {
-                if !s.rollback_statement() || s.is_empty() {
-                    *guard = None;
-                }
-                return Err(e);
-            }
-            s.end_statement();
+            // The slot stays locked for the whole statement.
+            let mut statement = Statement::begin(
+                lock_slot(&slot),
+                || {
+                    Session::start(
+                        &a.store,
+                        &a.worker,
+                        a.attributes.clone(),
+                        "attributes",
+                        a.opts,
+                    )
+                },
+                |s| {
+                    s.check_attributes(&a.attributes, "attributes")?;
+                    s.set_options(a.opts)
+                },
+            )?;
+            statement.append(&a.rows)?;
             let n = a.rows.num_rows() as u64;
+            let end = statement.finish(a.commit)?;
             if a.commit {
-                let s = guard
-                    .take()
+                let c = end
+                    .commit
                     .ok_or_else(|| Error::Internal("no session".into()))?;
-                let c = s.commit()?;
                 summary_batch(&a.worker, n, 0, Some(c))
             } else {
-                let pending = s.pending_points();
-                if s.is_empty() {
-                    *guard = None;
-                }
-                summary_batch(&a.worker, n, pending, None)
+                summary_batch(&a.worker, n, end.pending_points, None)
             }
         })?;
         Emitter::new(vec![rb]).emit(output)
