@@ -41,8 +41,8 @@ pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
 pub const DEFAULT_BUFFER_SIZE: u64 = 256 << 20;
 /// Smallest buffer bound.
 pub const MIN_BUFFER_SIZE: u64 = 1 << 20;
-/// Largest buffer bound: a third of it is sorted at once, with 32-bit row numbers and 32-bit
-/// string offsets, which stay far from overflowing below 4 GiB.
+/// Largest buffer bound: a quarter of it is sorted at once (see `Session::append`), with 32-bit
+/// row numbers and 32-bit string offsets, which stay far from overflowing below 4 GiB.
 pub const MAX_BUFFER_SIZE: u64 = 4 << 30;
 /// Rows per data page; small pages let readers fetch little more than a label's rows.
 const PAGE_ROWS: usize = 8192;
@@ -70,7 +70,8 @@ impl Default for WriterOptions {
 }
 
 impl WriterOptions {
-    /// Checks the bounds of the options (`arg_prefix` names them in errors).
+    /// Checks the bounds of the options; errors name them `target_file_size` and `buffer_size`
+    /// ([`WriterOptions::check_as`] names them as the user spelled them).
     pub fn check(&self) -> Result<()> {
         self.check_as("target_file_size", "buffer_size")
     }
