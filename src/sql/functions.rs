@@ -44,6 +44,8 @@ pub(super) fn client_context(bind: &BindInfo) -> ClientContext {
     let raw: ffi::duckdb_bind_info =
         unsafe { *(bind as *const BindInfo as *const ffi::duckdb_bind_info) };
     let mut ctx: ffi::duckdb_client_context = std::ptr::null_mut();
+    // SAFETY: `raw` is the live bind info of this bind; ClientContext owns (and destroys) the
+    // context written to `ctx`, and handles it staying null.
     unsafe { ffi::duckdb_table_function_get_client_context(raw, &mut ctx) };
     ClientContext::new(ctx)
 }
@@ -201,6 +203,8 @@ fn bind_points(
 }
 
 fn init_points(init: &InitInfo, f: &str) -> std::result::Result<Emitter, BoxErr> {
+    // SAFETY: the bind data of pocaduck_points and pocaduck_points_in_box is a `PointsBind`,
+    // alive (and not mutated) until the statement ends.
     let bind = unsafe { &*init.get_bind_data::<PointsBind>() };
     let wanted: Vec<usize> = init
         .get_column_indices()
@@ -328,6 +332,7 @@ impl VTab for Labels {
 
     fn init(init: &InitInfo) -> std::result::Result<Emitter, BoxErr> {
         const F: &str = "pocaduck_labels";
+        // SAFETY: this function's bind data is a `String`, alive until the statement ends.
         let store = unsafe { &*init.get_bind_data::<String>() };
         let index = run(F, || reader::open(store, &DuckDbCodec))?;
         let s = index.label_stats();
@@ -385,6 +390,7 @@ impl VTab for Blocks {
 
     fn init(init: &InitInfo) -> std::result::Result<Emitter, BoxErr> {
         const F: &str = "pocaduck_blocks";
+        // SAFETY: this function's bind data is a `(String, u64)`, alive until the statement ends.
         let (store, label) = unsafe { &*init.get_bind_data::<(String, u64)>() };
         let index = run(F, || reader::open(store, &DuckDbCodec))?;
         let blocks: Vec<(BlockId, u64)> = index.blocks(*label);
