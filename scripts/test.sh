@@ -23,7 +23,7 @@ echo "== SQL logic tests: duckdb 2.0.0 (Python)"
 echo "== SQL logic tests with every store in S3 (moto_server on loopback), duckdb 1.5.6"
 .venv/py15/bin/python scripts/with_s3.py .venv/py15/bin/python scripts/sqllogictest.py --store-root s3://pocaduck-test/slt test/sql
 echo "== LOAD pocaduck by name in the DuckDB CLI 1.5.6: the same functions as the built file"
-# (test/sql/load.test lists the functions by name; no count is written down here)
+# (test/sql/extension/load.test lists the functions by name; no count is written down here)
 functions="SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_name LIKE 'pocaduck_%' ORDER BY 1"
 out=$(.venv/py15/bin/duckdb -unsigned -noheader -list -c "LOAD pocaduck; $functions;")
 echo "$out"
