@@ -5,7 +5,12 @@ Runs every record against an in-memory DuckDB connection through the Python
 ``duckdb`` module.  Each file gets a fresh connection and a fresh temporary
 directory; execution of a file stops at its first failing record.
 
-Usage: python scripts/sqllogictest.py [--extension PATH] [--verbose] FILE_OR_DIR...
+Usage: python scripts/sqllogictest.py [--extension PATH] [--verbose] [--store-root URL] FILE_OR_DIR...
+
+Directories are searched recursively for ``*.test`` files (test/sql/<group>/<concern>.test).
+Besides DuckDB's records (``require``, ``require-env``, ``statement``, ``query``, ``loop``,
+``foreach``, ``mode skip``/``unskip``, ``halt``, ``restart``), one gate is understood:
+``require local-store`` skips the file when ``--store-root`` is given (stores in an object store).
 """
 
 import argparse
@@ -161,12 +166,6 @@ class FileRunner:
     def run(self):
         """Run the whole file; raises Skip or Failure, returns None on success."""
         text = Path(self.path).read_text()
-        if self.store_root:
-            # Stores under an object-store URL instead of a local directory. Files that look at
-            # store files with local-only SQL (glob, ATTACH) say so with a "# local-only:" line.
-            for line in text.splitlines():
-                if line.startswith("# local-only:"):
-                    raise Skip(line[len("# local-only:"):].strip())
         self.test_dir = tempfile.mkdtemp(prefix="slt_")
         local_dir = self.test_dir
         if self.store_root:
@@ -213,7 +212,17 @@ class FileRunner:
             raise Failure(f"{where}: unsupported record '{' '.join(rec.words)}'")
 
     def require(self, name, where):
-        """Load an extension: pocaduck must load, others skip the file if absent."""
+        """Load an extension: pocaduck must load, others skip the file if absent.
+
+        ``require local-store`` is a gate, not an extension: it skips the rest of the file when
+        ``--store-root`` is given (the stores are then under that URL, e.g. in S3, rather than in
+        a local temporary directory), for files that look at store files with local-only SQL
+        (glob, ATTACH, read_parquet) or write local files. Put it before the first statement.
+        """
+        if name == "local-store":
+            if self.store_root:
+                raise Skip(f"require local-store (stores under {self.store_root})")
+            return
         if name == "pocaduck":
             path = self.extension or os.environ.get("POCADUCK_EXTENSION")
             sql = "LOAD '%s'" % path.replace("'", "''") if path else "LOAD pocaduck"

@@ -181,8 +181,7 @@ struct ReadEntry {
 }
 
 /// Part footers per (store, part).
-type PartCache =
-    Mutex<HashMap<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, Option<u64>)>>;
+type PartCache = Mutex<HashMap<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, Option<u64>)>>;
 
 fn part_cache() -> &'static PartCache {
     static C: OnceLock<PartCache> = OnceLock::new();

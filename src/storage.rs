@@ -363,7 +363,10 @@ impl Store {
     /// Whether the store serves suffix byte ranges (`bytes=-N`): local, S3 and GCS do, Azure
     /// does not.
     pub fn suffix_ranges(&self) -> bool {
-        let scheme = self.name.split_once("://").map(|x| x.0.to_ascii_lowercase());
+        let scheme = self
+            .name
+            .split_once("://")
+            .map(|x| x.0.to_ascii_lowercase());
         !matches!(
             scheme.as_deref(),
             Some("az" | "adl" | "azure" | "abfs" | "abfss")

@@ -41,8 +41,8 @@ pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
 pub const DEFAULT_BUFFER_SIZE: u64 = 256 << 20;
 /// Smallest buffer bound.
 pub const MIN_BUFFER_SIZE: u64 = 1 << 20;
-/// Largest buffer bound: a third of it is sorted at once, with 32-bit row numbers and 32-bit
-/// string offsets, which stay far from overflowing below 4 GiB.
+/// Largest buffer bound: a quarter of it is sorted at once (see `Session::append`), with 32-bit
+/// row numbers and 32-bit string offsets, which stay far from overflowing below 4 GiB.
 pub const MAX_BUFFER_SIZE: u64 = 4 << 30;
 /// Rows per data page; small pages let readers fetch little more than a label's rows.
 const PAGE_ROWS: usize = 8192;
@@ -70,7 +70,8 @@ impl Default for WriterOptions {
 }
 
 impl WriterOptions {
-    /// Checks the bounds of the options (`arg_prefix` names them in errors).
+    /// Checks the bounds of the options; errors name them `target_file_size` and `buffer_size`
+    /// ([`WriterOptions::check_as`] names them as the user spelled them).
     pub fn check(&self) -> Result<()> {
         self.check_as("target_file_size", "buffer_size")
     }
@@ -340,9 +341,23 @@ pub struct Session {
     /// Incremented whenever buffered rows are encoded; a statement can be rolled back exactly only
     /// if no encode happened since it began.
     encodes: u64,
-    stmt_start: (usize, usize, u64, u64),
+    /// Where the current statement began, for [`Session::rollback_statement`].
+    stmt_start: StatementMark,
     /// A statement is writing into the session.
     in_statement: bool,
+}
+
+/// The session's state when a statement began: what [`Session::rollback_statement`] restores.
+#[derive(Clone, Copy, Debug, Default)]
+struct StatementMark {
+    /// Batches in the buffer.
+    buffered_batches: usize,
+    /// Bytes in the buffer.
+    buffered_bytes: usize,
+    /// [`Session::encodes`]: the rollback is exact only while it is unchanged.
+    encodes: u64,
+    /// Points written in the session.
+    points: u64,
 }
 
 pub(crate) fn new_session_id() -> String {
@@ -421,7 +436,7 @@ impl Session {
             entries: Vec::new(),
             points: 0,
             encodes: 0,
-            stmt_start: (0, 0, 0, 0),
+            stmt_start: StatementMark::default(),
             in_statement: false,
         })
     }
@@ -467,12 +482,12 @@ impl Session {
             });
         }
         self.in_statement = true;
-        self.stmt_start = (
-            self.buffer.len(),
-            self.buffered_bytes,
-            self.encodes,
-            self.points,
-        );
+        self.stmt_start = StatementMark {
+            buffered_batches: self.buffer.len(),
+            buffered_bytes: self.buffered_bytes,
+            encodes: self.encodes,
+            points: self.points,
+        };
         Ok(())
     }
 
@@ -491,13 +506,13 @@ impl Session {
     /// discards everything uncommitted).
     pub fn rollback_statement(&mut self) -> bool {
         self.in_statement = false;
-        let (len, bytes, encodes, points) = self.stmt_start;
-        if self.encodes != encodes {
+        let mark = self.stmt_start;
+        if self.encodes != mark.encodes {
             return false;
         }
-        self.buffer.truncate(len);
-        self.buffered_bytes = bytes;
-        self.points = points;
+        self.buffer.truncate(mark.buffered_batches);
+        self.buffered_bytes = mark.buffered_bytes;
+        self.points = mark.points;
         true
     }
 
@@ -571,7 +586,7 @@ impl Session {
             .as_ref()
             .ok_or_else(|| Error::Internal("no schema".into()))?;
         // Rows are numbered from the start of the statement (0 = its first input row).
-        let b = normalize(batch, schema, self.points - self.stmt_start.3)?;
+        let b = normalize(batch, schema, self.points - self.stmt_start.points)?;
         self.buffered_bytes += b.get_array_memory_size();
         self.points += b.num_rows() as u64;
         self.buffer.push(b);
@@ -818,6 +833,137 @@ pub fn lock_slot(slot: &Mutex<Option<Session>>) -> std::sync::MutexGuard<'_, Opt
     }
 }
 
+/// How a [`Statement`] reaches its session slot.
+///
+/// A held lock ([`std::sync::MutexGuard`]) keeps the slot locked for the whole statement (a
+/// statement that runs within one call, like `pocaduck_write`); the [`Slot`] itself is locked
+/// for each step (a statement that spans many callbacks, like COPY, where other statements must
+/// be refused rather than wait).
+pub trait SlotAccess {
+    /// Runs `f` on the content of the slot.
+    fn with_slot<T>(&mut self, f: impl FnOnce(&mut Option<Session>) -> T) -> T;
+}
+
+impl SlotAccess for Slot {
+    fn with_slot<T>(&mut self, f: impl FnOnce(&mut Option<Session>) -> T) -> T {
+        f(&mut lock_slot(self))
+    }
+}
+
+impl SlotAccess for std::sync::MutexGuard<'_, Option<Session>> {
+    fn with_slot<T>(&mut self, f: impl FnOnce(&mut Option<Session>) -> T) -> T {
+        f(self)
+    }
+}
+
+/// How a [`Statement`] ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatementEnd {
+    /// Points of the session not yet committed (0 after a commit).
+    pub pending_points: u64,
+    /// What the commit made durable, if the statement committed a session.
+    pub commit: Option<CommitSummary>,
+}
+
+/// One writing statement in a worker's session (rule 5 of ARCHITECTURE.md), as a guard.
+///
+/// [`Statement::begin`] opens the session if the slot is empty and marks the statement's start;
+/// [`Statement::finish`] ends it (commits, or keeps its rows in the session). Dropped unfinished
+/// (the statement failed), it rolls the statement's rows back, and drops the session if that was
+/// impossible (rows already encoded: the whole uncommitted session is discarded) or left it
+/// empty (so a failed first statement fixes no types). Every path also drops a session it leaves
+/// empty.
+pub struct Statement<A: SlotAccess> {
+    access: A,
+    worker: String,
+    finished: bool,
+}
+
+impl<A: SlotAccess> Statement<A> {
+    /// Begins a statement: starts a session with `start` if the slot has none, runs `prepare` on
+    /// it (checks against the statement), then [`Session::begin_statement`]. On an error the
+    /// session is dropped if it is empty and no other statement is in it.
+    pub fn begin(
+        mut access: A,
+        start: impl FnOnce() -> Result<Session>,
+        prepare: impl FnOnce(&mut Session) -> Result<()>,
+    ) -> Result<Statement<A>> {
+        let worker = access.with_slot(|slot| -> Result<String> {
+            if slot.is_none() {
+                *slot = Some(start()?);
+            }
+            let s = slot
+                .as_mut()
+                .ok_or_else(|| Error::Internal("no session".into()))?;
+            let started = prepare(s).and_then(|_| s.begin_statement());
+            if let Err(e) = started {
+                if s.is_empty() && !s.in_statement() {
+                    *slot = None;
+                }
+                return Err(e);
+            }
+            Ok(s.worker.clone())
+        })?;
+        Ok(Statement {
+            access,
+            worker,
+            finished: false,
+        })
+    }
+
+    /// Appends rows to the session ([`Session::append`]).
+    pub fn append(&mut self, batch: &RecordBatch) -> Result<()> {
+        let worker = &self.worker;
+        self.access.with_slot(|slot| match slot.as_mut() {
+            Some(s) => s.append(batch),
+            None => Err(Error::Internal(format!(
+                "the session of worker '{worker}' was closed during the statement"
+            ))),
+        })
+    }
+
+    /// Ends the statement: with `commit`, commits the session (and closes it); otherwise keeps
+    /// its rows in the session, which is dropped if empty.
+    pub fn finish(mut self, commit: bool) -> Result<StatementEnd> {
+        self.finished = true;
+        self.access.with_slot(|slot| {
+            if commit {
+                let summary = slot.take().map(Session::commit).transpose()?;
+                return Ok(StatementEnd {
+                    pending_points: 0,
+                    commit: summary,
+                });
+            }
+            let mut end = StatementEnd::default();
+            if let Some(s) = slot.as_mut() {
+                s.end_statement();
+                end.pending_points = s.pending_points();
+                if s.is_empty() {
+                    *slot = None;
+                }
+            }
+            Ok(end)
+        })
+    }
+}
+
+impl<A: SlotAccess> Drop for Statement<A> {
+    fn drop(&mut self) {
+        // During a panic the lock is poisoned, and the next `lock_slot` discards the session:
+        // nothing to do here (and nothing that could panic twice).
+        if self.finished || std::thread::panicking() {
+            return;
+        }
+        self.access.with_slot(|slot| {
+            if let Some(s) = slot.as_mut() {
+                if !s.rollback_statement() || s.is_empty() {
+                    *slot = None;
+                }
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -947,6 +1093,48 @@ pub(crate) mod tests {
             parts.len()
         );
         assert_eq!(c.points, 300_000);
+    }
+
+    #[test]
+    fn statement_guard_rolls_back_unless_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let slot: Slot = Default::default();
+        let start = || Session::start(name, "w1", vec![], "ATTRIBUTES", WriterOptions::default());
+        // A failed first statement leaves no session behind.
+        let mut st = Statement::begin(slot.clone(), start, |_| Ok(())).unwrap();
+        st.append(&rows(&[1], "b", &[[1, 1, 1]])).unwrap();
+        drop(st);
+        assert!(lock_slot(&slot).is_none());
+        // A finished statement keeps its rows; a second, failed one rolls back only its own.
+        let mut st = Statement::begin(slot.clone(), start, |_| Ok(())).unwrap();
+        st.append(&rows(&[1], "b", &[[1, 1, 1]])).unwrap();
+        assert_eq!(st.finish(false).unwrap().pending_points, 1);
+        let mut st = Statement::begin(slot.clone(), start, |_| Ok(())).unwrap();
+        st.append(&rows(&[2, 2], "b", &[[1, 1, 1], [2, 2, 2]]))
+            .unwrap();
+        // Another statement is refused while this one runs, and does not close the session.
+        let err = Statement::begin(slot.clone(), start, |_| Ok(()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("one writer at a time"), "{err}");
+        drop(st);
+        assert_eq!(lock_slot(&slot).as_ref().unwrap().pending_points(), 1);
+        // A refused statement (failed `prepare`) keeps a session that holds rows.
+        let err = Statement::begin(slot.clone(), start, |s| {
+            s.check_attributes(&["a".into()], "attributes")
+        });
+        assert!(err.is_err());
+        assert_eq!(lock_slot(&slot).as_ref().unwrap().pending_points(), 1);
+        // Committing closes the session.
+        let guard = lock_slot(&slot);
+        let end = Statement::begin(guard, start, |_| Ok(()))
+            .unwrap()
+            .finish(true)
+            .unwrap();
+        assert_eq!(end.commit.map(|c| (c.commit, c.points)), Some((1, 1)));
+        assert!(lock_slot(&slot).is_none());
     }
 
     #[test]

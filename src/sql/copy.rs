@@ -25,7 +25,7 @@ use super::{c_string, from_c, guard, parse_size, ClientContext};
 use crate::error::{Error, Result};
 use crate::schema::schema_for_input;
 use crate::storage::OpenMode;
-use crate::writer::{lock_slot, session_slot, Session, Slot, WriterOptions};
+use crate::writer::{session_slot, Session, Slot, Statement, WriterOptions};
 
 const F: &str = "COPY TO (FORMAT pocaduck)";
 
@@ -38,15 +38,21 @@ struct BindData {
 }
 
 struct GlobalState {
-    slot: Slot,
+    /// The statement in the worker's session; taken by `finalize`. Dropped with the state while
+    /// still here (the statement failed), it rolls the statement back.
+    statement: Option<Statement<Slot>>,
     types: Vec<DataType>,
     commit: bool,
-    worker: String,
-    finished: bool,
 }
 
+/// Frees bind data handed to DuckDB as a boxed `T`.
+///
+/// # Safety
+/// `p` must be null or come from `Box::<T>::into_raw`, and be freed only once (DuckDB calls this
+/// once per bind data).
 unsafe extern "C" fn drop_box<T>(p: *mut c_void) {
     if !p.is_null() {
+        // SAFETY: `p` is a `Box<T>` leaked by `bind` and freed only here (this function's contract).
         drop(unsafe { Box::from_raw(p as *mut T) });
     }
 }
@@ -79,13 +85,25 @@ fn column_name(i: usize, attrs: &[String]) -> String {
     }
 }
 
+/// Reads the COPY options and column types.
+///
+/// # Safety
+/// `info` must be the bind info of a running bind callback.
 unsafe fn bind_inner(info: ffi::duckdb_copy_function_bind_info) -> Result<BindData> {
+    // SAFETY: `info` is live (caller); the options value is owned by us and destroyed below.
     let mut opts_raw = unsafe { ffi::duckdb_copy_function_bind_get_options(info) };
+    // SAFETY: `info` is live and `opts_raw` is the options STRUCT value, destroyed only after.
     let res = unsafe { parse_options(info, opts_raw) };
+    // SAFETY: `opts_raw` was returned by DuckDB and is destroyed exactly once.
     unsafe { ffi::duckdb_destroy_value(&mut opts_raw) };
     res
 }
 
+/// Parses the options STRUCT and the column types of a COPY.
+///
+/// # Safety
+/// `info` must be the bind info of a running bind callback and `opts_raw` its options value
+/// (a STRUCT), alive for the whole call.
 unsafe fn parse_options(
     info: ffi::duckdb_copy_function_bind_info,
     opts_raw: ffi::duckdb_value,
@@ -93,6 +111,7 @@ unsafe fn parse_options(
     let mut worker = None;
     let mut attributes = Vec::new();
     let mut commit = true;
+    // SAFETY: `info` is live (caller); ClientContext owns the returned context and destroys it.
     let ctx =
         ClientContext::new(unsafe { ffi::duckdb_copy_function_bind_get_client_context(info) });
     ctx.apply_storage_options()?;
@@ -101,15 +120,20 @@ unsafe fn parse_options(
     let mut target_arg = super::SET_TARGET_FILE_SIZE;
     let mut buffer_arg = super::SET_BUFFER_SIZE;
     // Borrowed from the value: not destroyed here.
+    // SAFETY: `opts_raw` is a live value (caller).
     let stype = unsafe { ffi::duckdb_get_value_type(opts_raw) };
+    // SAFETY: `stype` is the STRUCT type of the live `opts_raw`.
     let n = unsafe { ffi::duckdb_struct_type_child_count(stype) };
     for i in 0..n {
+        // SAFETY: `i` is below the child count; the returned name is a NUL-terminated string that
+        // we own, copied by `from_c` before `duckdb_free` releases it.
         let name = unsafe {
             let p = ffi::duckdb_struct_type_child_name(stype, i);
             let s = from_c(p);
             ffi::duckdb_free(p as *mut c_void);
             s
         };
+        // SAFETY: `i` is below the child count; `Value` owns the returned value and destroys it.
         let v = Value::from(unsafe { ffi::duckdb_get_struct_child(opts_raw, i) });
         match name.to_ascii_uppercase().as_str() {
             "WORKER" => {
@@ -165,11 +189,15 @@ unsafe fn parse_options(
         )
     })?;
     opts.check_as(target_arg, buffer_arg)?;
+    // SAFETY: `info` is live (caller).
     let ncols = unsafe { ffi::duckdb_copy_function_bind_get_column_count(info) } as usize;
     let mut types = Vec::with_capacity(ncols);
     for i in 0..ncols {
+        // SAFETY: `info` is live and `i` is below the column count; we own the returned type.
         let mut lt = unsafe { ffi::duckdb_copy_function_bind_get_column_type(info, i as u64) };
+        // SAFETY: `lt` is a live logical type.
         let id = LogicalTypeId::from(unsafe { ffi::duckdb_get_type_id(lt) });
+        // SAFETY: `lt` is ours and destroyed exactly once, after its last use.
         unsafe { ffi::duckdb_destroy_logical_type(&mut lt) };
         let name = column_name(i, &attributes);
         if i == 0 && arrow_type(id).is_none() {
@@ -215,8 +243,15 @@ unsafe fn parse_options(
     })
 }
 
+/// COPY bind callback: validates options and column types before any row is read.
+///
+/// # Safety
+/// Called by DuckDB with a live bind info.
 unsafe extern "C" fn bind(info: ffi::duckdb_copy_function_bind_info) {
+    // SAFETY: DuckDB passes a live bind info for the duration of this callback.
     match guard(F, || unsafe { bind_inner(info) }) {
+        // SAFETY: `info` is live; DuckDB takes ownership of the leaked box and frees it once
+        // with `drop_box::<BindData>`, the matching type.
         Ok(b) => unsafe {
             ffi::duckdb_copy_function_bind_set_bind_data(
                 info,
@@ -224,53 +259,51 @@ unsafe extern "C" fn bind(info: ffi::duckdb_copy_function_bind_info) {
                 Some(drop_box::<BindData>),
             );
         },
+        // SAFETY: `info` is live; DuckDB copies the message before the CString is dropped.
         Err(m) => unsafe { ffi::duckdb_copy_function_bind_set_error(info, c_string(&m).as_ptr()) },
     }
 }
 
+/// COPY global init: begins the statement in the worker's session.
+///
+/// # Safety
+/// Called by DuckDB with a live global-init info, after `bind` succeeded.
 unsafe extern "C" fn global_init(info: ffi::duckdb_copy_function_global_init_info) {
     let r = guard(F, || {
+        // SAFETY: the bind data is the `BindData` set by `bind`, alive until the statement ends.
         let b = unsafe {
             &*(ffi::duckdb_copy_function_global_init_get_bind_data(info) as *const BindData)
         };
+        // SAFETY: `info` is live; the path is a NUL-terminated string owned by DuckDB, copied
+        // by `from_c`.
         let store = unsafe { from_c(ffi::duckdb_copy_function_global_init_get_file_path(info)) };
         let slot = session_slot(&store, &b.worker, OpenMode::Create)?;
-        {
-            let mut g = lock_slot(&slot);
-            let fresh = g.is_none();
-            if fresh {
-                *g = Some(Session::start(
+        let statement = Statement::begin(
+            slot,
+            || {
+                Session::start(
                     &store,
                     &b.worker,
                     b.attributes.clone(),
                     "ATTRIBUTES",
                     b.opts,
-                )?);
-            }
-            let s = g
-                .as_mut()
-                .ok_or_else(|| Error::Internal("no session".into()))?;
-            let started = s
-                .check_attributes(&b.attributes, "ATTRIBUTES")
-                .and_then(|_| s.set_options(b.opts))
-                .and_then(|_| s.check_input_types(&b.types))
-                .and_then(|_| s.begin_statement());
-            if let Err(e) = started {
-                if fresh {
-                    *g = None;
-                }
-                return Err(e);
-            }
-        }
+                )
+            },
+            |s| {
+                s.check_attributes(&b.attributes, "ATTRIBUTES")?;
+                s.set_options(b.opts)?;
+                s.check_input_types(&b.types)
+            },
+        )?;
         Ok(GlobalState {
-            slot,
+            statement: Some(statement),
             types: b.types.clone(),
             commit: b.commit,
-            worker: b.worker.clone(),
-            finished: false,
         })
     });
     match r {
+        // SAFETY: `info` is live; DuckDB takes ownership of the leaked box and frees it once
+        // with `drop_global`, which takes it back as a `GlobalState`.
         Ok(g) => unsafe {
             ffi::duckdb_copy_function_global_init_set_global_state(
                 info,
@@ -278,6 +311,7 @@ unsafe extern "C" fn global_init(info: ffi::duckdb_copy_function_global_init_inf
                 Some(drop_global),
             )
         },
+        // SAFETY: `info` is live; DuckDB copies the message before the CString is dropped.
         Err(m) => unsafe {
             ffi::duckdb_copy_function_global_init_set_error(info, c_string(&m).as_ptr())
         },
@@ -285,40 +319,48 @@ unsafe extern "C" fn global_init(info: ffi::duckdb_copy_function_global_init_inf
 }
 
 /// Runs when the statement ends, successfully or not.
+///
+/// # Safety
+/// `p` must be null or the `GlobalState` box leaked by `global_init`, freed only once.
 unsafe extern "C" fn drop_global(p: *mut c_void) {
     if p.is_null() {
         return;
     }
+    // SAFETY: `p` is the `Box<GlobalState>` leaked by `global_init`; DuckDB calls this once.
     let g = unsafe { Box::from_raw(p as *mut GlobalState) };
-    if !g.finished {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut slot = lock_slot(&g.slot);
-            if let Some(s) = slot.as_mut() {
-                if !s.rollback_statement() || s.is_empty() {
-                    *slot = None;
-                }
-            }
-        }));
-    }
+    // An unfinished statement rolls back as it drops.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(g)));
 }
 
 /// Converts a flat DuckDB chunk to Arrow.
+///
+/// # Safety
+/// `chunk` must be a live, flat chunk whose columns have the physical types `types` (checked at
+/// bind time: the sink receives flat vectors of the bound column types).
 unsafe fn chunk_to_batch(chunk: ffi::duckdb_data_chunk, types: &[DataType]) -> Result<RecordBatch> {
+    // SAFETY: `chunk` is live (caller).
     let n = unsafe { ffi::duckdb_data_chunk_get_size(chunk) } as usize;
     let mut cols: Vec<(String, ArrayRef)> = Vec::with_capacity(types.len());
     for (i, dt) in types.iter().enumerate() {
+        // SAFETY: `i` is below the chunk's column count (one type per bound column).
         let vec = unsafe { ffi::duckdb_data_chunk_get_vector(chunk, i as u64) };
+        // SAFETY: `vec` is a live vector of the chunk.
         let data = unsafe { ffi::duckdb_vector_get_data(vec) };
+        // SAFETY: `vec` is a live vector of the chunk.
         let validity = unsafe { ffi::duckdb_vector_get_validity(vec) };
         let nulls = if validity.is_null() {
             None
         } else {
+            // SAFETY: a non-null validity mask of a flat vector holds one bit per row in u64
+            // words: ceil(n / 64) words, alive as long as the chunk.
             let words = unsafe { std::slice::from_raw_parts(validity, n.div_ceil(64)) };
             let nb = NullBuffer::from_iter((0..n).map(|r| words[r / 64] >> (r % 64) & 1 == 1));
             (nb.null_count() > 0).then_some(nb)
         };
         macro_rules! prim {
             ($t:ty) => {{
+                // SAFETY: a flat vector of this column type holds `n` values of its native
+                // type, suitably aligned; they are copied before the chunk goes away.
                 let vals = unsafe {
                     std::slice::from_raw_parts(data as *const <$t as ArrowPrimitiveType>::Native, n)
                 };
@@ -340,6 +382,7 @@ unsafe fn chunk_to_batch(chunk: ffi::duckdb_data_chunk, types: &[DataType]) -> R
             DataType::Float32 => prim!(Float32Type),
             DataType::Float64 => prim!(Float64Type),
             DataType::Utf8 => {
+                // SAFETY: a flat VARCHAR vector holds `n` `duckdb_string_t` values.
                 let strs =
                     unsafe { std::slice::from_raw_parts(data as *const ffi::duckdb_string_t, n) };
                 let mut b = StringBuilder::with_capacity(n, n * 8);
@@ -348,6 +391,9 @@ unsafe fn chunk_to_batch(chunk: ffi::duckdb_data_chunk, types: &[DataType]) -> R
                         b.append_null();
                         continue;
                     }
+                    // SAFETY: a valid (non-NULL) duckdb_string_t holds its length in both union
+                    // variants; up to 12 bytes are inlined, longer strings point to `len` bytes
+                    // owned by the vector; the bytes are copied before the chunk goes away.
                     let bytes = unsafe {
                         let len = s.value.inlined.length as usize;
                         if len <= 12 {
@@ -370,49 +416,52 @@ unsafe fn chunk_to_batch(chunk: ffi::duckdb_data_chunk, types: &[DataType]) -> R
     Ok(RecordBatch::try_from_iter(cols)?)
 }
 
+/// COPY sink: appends one chunk to the statement.
+///
+/// # Safety
+/// Called by DuckDB with a live sink info and chunk, after `global_init` succeeded; never
+/// concurrently for one statement (the C API sink runs on one thread).
 unsafe extern "C" fn sink(
     info: ffi::duckdb_copy_function_sink_info,
     chunk: ffi::duckdb_data_chunk,
 ) {
     let r = guard(F, || {
+        // SAFETY: the global state is the `GlobalState` set by `global_init`; sink and
+        // finalize calls do not overlap, so this is the only reference to it.
         let g = unsafe {
             &mut *(ffi::duckdb_copy_function_sink_get_global_state(info) as *mut GlobalState)
         };
+        // SAFETY: `chunk` is live and flat, with the bound column types `g.types`.
         let batch = unsafe { chunk_to_batch(chunk, &g.types)? };
-        let mut slot = lock_slot(&g.slot);
-        let s = slot.as_mut().ok_or_else(|| {
-            Error::Internal(format!(
-                "the session of worker '{}' was closed during the COPY",
-                g.worker
-            ))
-        })?;
-        s.append(&batch)
+        g.statement
+            .as_mut()
+            .ok_or_else(|| Error::Internal("the COPY statement has already finished".into()))?
+            .append(&batch)
     });
     if let Err(m) = r {
+        // SAFETY: `info` is live; DuckDB copies the message before the CString is dropped.
         unsafe { ffi::duckdb_copy_function_sink_set_error(info, c_string(&m).as_ptr()) };
     }
 }
 
+/// COPY finalize: ends the statement (commits with `COMMIT true`).
+///
+/// # Safety
+/// Called by DuckDB with a live finalize info, after the last sink call.
 unsafe extern "C" fn finalize(info: ffi::duckdb_copy_function_finalize_info) {
     let r = guard(F, || {
+        // SAFETY: the global state is the `GlobalState` set by `global_init`; no sink call
+        // runs during finalize, so this is the only reference to it.
         let g = unsafe {
             &mut *(ffi::duckdb_copy_function_finalize_get_global_state(info) as *mut GlobalState)
         };
-        g.finished = true;
-        let mut slot = lock_slot(&g.slot);
-        if g.commit {
-            if let Some(s) = slot.take() {
-                s.commit()?;
-            }
-        } else if let Some(s) = slot.as_mut() {
-            s.end_statement();
-            if s.is_empty() {
-                *slot = None;
-            }
+        if let Some(statement) = g.statement.take() {
+            statement.finish(g.commit)?;
         }
         Ok(())
     });
     if let Err(m) = r {
+        // SAFETY: `info` is live; DuckDB copies the message before the CString is dropped.
         unsafe { ffi::duckdb_copy_function_finalize_set_error(info, c_string(&m).as_ptr()) };
     }
 }
@@ -422,6 +471,8 @@ unsafe extern "C" fn finalize(info: ffi::duckdb_copy_function_finalize_info) {
 /// # Safety
 /// `con` must be a valid connection.
 pub unsafe fn register(con: ffi::duckdb_connection) -> Result<()> {
+    // SAFETY: `con` is valid (caller); the copy function is destroyed once after registering
+    // (DuckDB keeps its own copy); the name's CString outlives the call that reads it.
     unsafe {
         let mut f = ffi::duckdb_create_copy_function();
         let name = c_string("pocaduck");

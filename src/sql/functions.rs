@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::index::{block_array, BlockId};
 use crate::reader;
 use crate::storage::{OpenMode, Store};
-use crate::writer::{lock_slot, session_slot, Session, WriterOptions};
+use crate::writer::{lock_slot, session_slot, Session, Statement, WriterOptions};
 
 pub(super) type BoxErr = Box<dyn std::error::Error>;
 
@@ -44,6 +44,8 @@ pub(super) fn client_context(bind: &BindInfo) -> ClientContext {
     let raw: ffi::duckdb_bind_info =
         unsafe { *(bind as *const BindInfo as *const ffi::duckdb_bind_info) };
     let mut ctx: ffi::duckdb_client_context = std::ptr::null_mut();
+    // SAFETY: `raw` is the live bind info of this bind; ClientContext owns (and destroys) the
+    // context written to `ctx`, and handles it staying null.
     unsafe { ffi::duckdb_table_function_get_client_context(raw, &mut ctx) };
     ClientContext::new(ctx)
 }
@@ -213,6 +215,8 @@ fn bind_points(
 }
 
 fn init_points(init: &InitInfo, f: &'static str) -> std::result::Result<Emitter, BoxErr> {
+    // SAFETY: the bind data of pocaduck_points and pocaduck_points_in_box is a `PointsBind`,
+    // alive (and not mutated) until the statement ends.
     let bind = unsafe { &*init.get_bind_data::<PointsBind>() };
     let wanted: Vec<usize> = init
         .get_column_indices()
@@ -340,6 +344,7 @@ impl VTab for Labels {
 
     fn init(init: &InitInfo) -> std::result::Result<Emitter, BoxErr> {
         const F: &str = "pocaduck_labels";
+        // SAFETY: this function's bind data is a `String`, alive until the statement ends.
         let store = unsafe { &*init.get_bind_data::<String>() };
         let index = run(F, || reader::open(store, &DuckDbCodec))?;
         // Streamed over the index segments, a batch of labels at a time.
@@ -411,6 +416,7 @@ impl VTab for Blocks {
 
     fn init(init: &InitInfo) -> std::result::Result<Emitter, BoxErr> {
         const F: &str = "pocaduck_blocks";
+        // SAFETY: this function's bind data is a `(String, u64)`, alive until the statement ends.
         let (store, label) = unsafe { &*init.get_bind_data::<(String, u64)>() };
         let index = run(F, || reader::open(store, &DuckDbCodec))?;
         let blocks: Vec<(BlockId, u64)> = run(F, || index.blocks(*label))?;
@@ -796,49 +802,33 @@ impl VTab for Write {
         let a = &b.args;
         let rb = run("pocaduck_write", || {
             let slot = session_slot(&a.store, &a.worker, OpenMode::Create)?;
-            let mut guard = lock_slot(&slot);
-            if guard.is_none() {
-                *guard = Some(Session::start(
-                    &a.store,
-                    &a.worker,
-                    a.attributes.clone(),
-                    "attributes",
-                    a.opts,
-                )?);
-            }
-            let s = guard
-                .as_mut()
-                .ok_or_else(|| Error::Internal("no session".into()))?;
-            let started = s
-                .check_attributes(&a.attributes, "attributes")
-                .and_then(|_| s.set_options(a.opts))
-                .and_then(|_| s.begin_statement());
-            if let Err(e) = started {
-                if s.is_empty() && !s.in_statement() {
-                    *guard = None;
-                }
-                return Err(e);
-            }
-            if let Err(e) = s.append(&a.rows) {
-                if !s.rollback_statement() || s.is_empty() {
-                    *guard = None;
-                }
-                return Err(e);
-            }
-            s.end_statement();
+            // The slot stays locked for the whole statement.
+            let mut statement = Statement::begin(
+                lock_slot(&slot),
+                || {
+                    Session::start(
+                        &a.store,
+                        &a.worker,
+                        a.attributes.clone(),
+                        "attributes",
+                        a.opts,
+                    )
+                },
+                |s| {
+                    s.check_attributes(&a.attributes, "attributes")?;
+                    s.set_options(a.opts)
+                },
+            )?;
+            statement.append(&a.rows)?;
             let n = a.rows.num_rows() as u64;
+            let end = statement.finish(a.commit)?;
             if a.commit {
-                let s = guard
-                    .take()
+                let c = end
+                    .commit
                     .ok_or_else(|| Error::Internal("no session".into()))?;
-                let c = s.commit()?;
                 summary_batch(&a.worker, n, 0, Some(c))
             } else {
-                let pending = s.pending_points();
-                if s.is_empty() {
-                    *guard = None;
-                }
-                summary_batch(&a.worker, n, pending, None)
+                summary_batch(&a.worker, n, end.pending_points, None)
             }
         })?;
         Emitter::new(vec![rb]).emit(output)
