@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the commit-segment and part readers with cargo fuzz (libFuzzer), each for a bounded time.
+# Fuzzes the commit-segment, part and index-segment readers with cargo fuzz (libFuzzer), each for a bounded time.
 #   bash scripts/fuzz.sh [seconds per target, default 60]
 # Needs the extension's Python env (scripts/setup.sh) to make seed files. The fuzz targets need
 # nightly features; on the stable toolchain RUSTC_BOOTSTRAP=1 enables them.
@@ -9,7 +9,7 @@ secs="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 corpus=build/fuzz-corpus
-rm -rf "$corpus" && mkdir -p "$corpus/segment" "$corpus/part"
+rm -rf "$corpus" && mkdir -p "$corpus/segment" "$corpus/part" "$corpus/index_segment"
 # Seeds: a real commit segment and part file, written by the extension through DuckDB.
 .venv/py15/bin/python - "$corpus" <<'PY'
 import sys, pathlib, shutil, duckdb
@@ -20,9 +20,11 @@ con.execute(f"COPY (SELECT (i % 3)::UBIGINT, 0::BIGINT, i::BIGINT, (2 * i)::BIGI
 shutil.copy(store / "workers/w/commits/0000000001.parquet", out / "segment/seed.parquet")
 part = next((store / "workers/w/parts").glob("*.parquet"))
 (out / "part/seed").write_bytes(bytes([14]) + part.read_bytes())  # 14 * 7 = 98 rows claimed
+con.execute(f"FROM pocaduck_consolidate('{store}')").fetchall()
+shutil.copy(next((store / "segments").glob("*.parquet")), out / "index_segment/seed.parquet")
 shutil.rmtree(store)
 PY
-for t in segment part; do
+for t in segment part index_segment; do
   echo "== fuzz $t for ${secs}s"
   cargo fuzz run -O --fuzz-dir fuzz "$t" "$corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=4096 2>&1 \
     | tee "build/fuzz-$t.log" | grep -E "^(#[0-9]+ +(INITED|DONE)|Done|==|SUMMARY|thread)" || true

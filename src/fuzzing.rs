@@ -51,6 +51,46 @@ pub fn part(dir: &std::path::Path, data: &[u8], rows: u64) -> Result<usize> {
     Ok(got.iter().map(|b| b.num_rows()).sum())
 }
 
+/// Writes `data` as the only index segment of a store in `dir` (a generation whose manifest
+/// claims it for every label), then looks label 1 up and scans every label.
+pub fn index_segment(dir: &std::path::Path, data: &[u8]) -> Result<usize> {
+    let io = |e: std::io::Error| crate::error::Error::Internal(e.to_string());
+    std::fs::create_dir_all(dir.join("segments")).map_err(io)?;
+    std::fs::write(dir.join("segments/s.parquet"), data).map_err(io)?;
+    let store = Store::open(dir.to_str().unwrap_or_default(), OpenMode::Existing)?;
+    let schema =
+        crate::schema::schema_for_input(&[const { arrow::datatypes::DataType::Int64 }; 5], &[])?;
+    let mut m = crate::log::Manifest::empty(schema);
+    m.generation = 1;
+    m.workers = vec![WorkerState {
+        worker: "w".into(),
+        last_commit: 1,
+    }];
+    m.segments = vec![crate::log::SegmentRef {
+        file: "segments/s.parquet".into(),
+        bytes: data.len() as u64,
+        entries: 0,
+        lo: 0,
+        hi: u64::MAX,
+        run: 1,
+        tier: 0,
+        optimized: false,
+    }];
+    crate::segment::clear_caches();
+    let view = crate::segment::IndexView::new(
+        store,
+        crate::log::Generation {
+            manifest: m,
+            legacy: None,
+        },
+    );
+    let mut n = view.entries(1)?.len();
+    for r in view.scan() {
+        n += r?.1.len();
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +116,21 @@ mod tests {
             .unwrap()
             .path();
         let part_bytes = std::fs::read(part_path).unwrap();
+        crate::consolidate::consolidate(
+            &Store::open(name, OpenMode::Existing).unwrap(),
+            &crate::consolidate::tests::JsonCodec,
+        )
+        .unwrap();
+        let iseg_path = std::fs::read_dir(dir.path().join("s/segments"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let iseg = std::fs::read(iseg_path).unwrap();
+        // The unmutated index segment reads back: 1 entry looked up, 1 scanned.
+        let work2 = tempfile::tempdir().unwrap();
+        assert_eq!(index_segment(work2.path(), &iseg).unwrap(), 2);
         let work = tempfile::tempdir().unwrap();
         let mut state = 0x9e3779b97f4a7c15u64;
         let mut next = || {
@@ -84,11 +139,11 @@ mod tests {
             state ^= state << 17;
             state
         };
-        for i in 0..400 {
-            let (src, is_part) = if i % 2 == 0 {
-                (&seg, false)
-            } else {
-                (&part_bytes, true)
+        for i in 0..600 {
+            let (src, kind) = match i % 3 {
+                0 => (&seg, 0),
+                1 => (&part_bytes, 1),
+                _ => (&iseg, 2),
             };
             let mut b = src.clone();
             for _ in 0..1 + next() % 4 {
@@ -99,11 +154,15 @@ mod tests {
                     _ => b[pos] = next() as u8,
                 }
             }
-            let r = std::panic::catch_unwind(|| {
-                if is_part {
-                    let _ = part(work.path(), &b, 300);
-                } else {
+            let r = std::panic::catch_unwind(|| match kind {
+                0 => {
                     let _ = segment(&b);
+                }
+                1 => {
+                    let _ = part(work.path(), &b, 300);
+                }
+                _ => {
+                    let _ = index_segment(work2.path(), &b);
                 }
             });
             assert!(r.is_ok(), "panic on mutation {i}");
