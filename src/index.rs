@@ -111,16 +111,25 @@ impl SegmentEntry {
     }
 }
 
-const BBOX: [&str; 6] = ["min_x", "min_y", "min_z", "max_x", "max_y", "max_z"];
+/// Names of the bounding-box columns of commit and index segments.
+pub(crate) const BBOX: [&str; 6] = ["min_x", "min_y", "min_z", "max_x", "max_y", "max_z"];
 
-fn segment_schema(block: ColumnType) -> Arc<Schema> {
+/// Schema of entries as stored: `label, block, [worker, commit_seq,] part, row_start,
+/// row_count, min_x … max_z` (with `provenance`: index segments; without: commit segments).
+pub(crate) fn entry_schema(block: ColumnType, provenance: bool) -> Arc<Schema> {
     let mut f = vec![
         Field::new("label", DataType::UInt64, false),
         Field::new("block", block.arrow(), false),
+    ];
+    if provenance {
+        f.push(Field::new("worker", DataType::Utf8, false));
+        f.push(Field::new("commit_seq", DataType::UInt64, false));
+    }
+    f.extend([
         Field::new("part", DataType::Utf8, false),
         Field::new("row_start", DataType::UInt64, false),
         Field::new("row_count", DataType::UInt64, false),
-    ];
+    ]);
     f.extend(
         BBOX.iter()
             .map(|n| Field::new(*n, DataType::Float64, false)),
@@ -154,7 +163,7 @@ pub fn encode_segment(
             entries.iter().map(|e| e.bbox[i]),
         )));
     }
-    let batch = RecordBatch::try_new(segment_schema(block), cols)?;
+    let batch = RecordBatch::try_new(entry_schema(block, false), cols)?;
     let mut buf = Vec::new();
     let props = parquet::file::properties::WriterProperties::builder()
         .set_key_value_metadata(Some(

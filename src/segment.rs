@@ -19,7 +19,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
@@ -31,7 +31,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
-use crate::index::{block_array, block_ids, SegmentEntry, UnifiedEntry};
+use crate::index::{block_array, block_ids, SegmentEntry, UnifiedEntry, BBOX};
 use crate::log::{Manifest, SegmentRef};
 use crate::schema::ColumnType;
 use crate::storage::{block_on, Store};
@@ -49,8 +49,6 @@ pub const FILE_ENTRIES: u64 = 2 << 20;
 /// Runs merge when a tier holds this many.
 pub const FANOUT: usize = 8;
 
-const BBOX: [&str; 6] = ["min_x", "min_y", "min_z", "max_x", "max_y", "max_z"];
-
 /// The size tier of a run of `entries` entries: runs of one tier are within a factor
 /// [`FANOUT`] of each other, so merging [`FANOUT`] of them rewrites each entry O(log N) times.
 pub fn tier_of(entries: u64) -> u32 {
@@ -64,20 +62,7 @@ pub fn tier_of(entries: u64) -> u32 {
 }
 
 fn arrow_schema(block: ColumnType) -> SchemaRef {
-    let mut f = vec![
-        Field::new("label", DataType::UInt64, false),
-        Field::new("block", block.arrow(), false),
-        Field::new("worker", DataType::Utf8, false),
-        Field::new("commit_seq", DataType::UInt64, false),
-        Field::new("part", DataType::Utf8, false),
-        Field::new("row_start", DataType::UInt64, false),
-        Field::new("row_count", DataType::UInt64, false),
-    ];
-    f.extend(
-        BBOX.iter()
-            .map(|n| Field::new(*n, DataType::Float64, false)),
-    );
-    Arc::new(Schema::new(f))
+    crate::index::entry_schema(block, true)
 }
 
 fn props() -> WriterProperties {
