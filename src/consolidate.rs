@@ -284,13 +284,9 @@ pub(crate) mod tests {
     use crate::storage::OpenMode;
     use crate::writer::{Session, WriterOptions};
 
-    /// A codec that stores the index as JSON, so the core is testable without DuckDB.
+    /// A codec that reads a format-1 index stored as JSON, so the core is testable without DuckDB.
     pub(crate) struct JsonCodec;
     impl IndexCodec for JsonCodec {
-        fn write(&self, index: &UnifiedIndex, path: &std::path::Path) -> Result<()> {
-            std::fs::write(path, serde_json::to_vec(index).unwrap())
-                .map_err(|e| Error::Internal(e.to_string()))
-        }
         fn read(&self, path: &std::path::Path) -> Result<UnifiedIndex> {
             let b = std::fs::read(path).map_err(|e| Error::Internal(e.to_string()))?;
             serde_json::from_slice(&b).map_err(|e| Error::Internal(e.to_string()))
@@ -441,7 +437,7 @@ pub(crate) mod tests {
     }
 
     /// Builds a format-1 generation (as the previous release wrote it) from the commits on disk.
-    fn write_legacy(store: &Store, codec: &dyn IndexCodec) {
+    fn write_legacy(store: &Store) {
         let mut u = UnifiedIndex {
             generation: 1,
             schema: read_schema(store).unwrap().unwrap(),
@@ -472,7 +468,12 @@ pub(crate) mod tests {
         u.sort();
         let dir = store.local_dir.as_ref().unwrap().join("index");
         std::fs::create_dir_all(&dir).unwrap();
-        codec.write(&u, &dir.join("0000000001.duckdb")).unwrap();
+        // JsonCodec's format: the JSON of the whole index.
+        std::fs::write(
+            dir.join("0000000001.duckdb"),
+            serde_json::to_vec(&u).unwrap(),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -483,7 +484,7 @@ pub(crate) mod tests {
         write(name, "w1", &[rows(&[1, 2], "a", &[[0, 0, 0], [1, 1, 1]])]);
         write(name, "w2", &[rows(&[2], "b", &[[2, 2, 2]])]);
         let store = Store::open(name, OpenMode::Existing).unwrap();
-        write_legacy(&store, &JsonCodec);
+        write_legacy(&store);
         let old = crate::reader::open(name, &JsonCodec).unwrap();
         assert_eq!(old.generation, 1);
         let before: Vec<_> = old.label_stats().map(|r| r.unwrap()).collect();

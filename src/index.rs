@@ -294,12 +294,10 @@ impl UnifiedIndex {
     }
 }
 
-/// Reads (and, for tests and migrations, writes) a format-1 unified index: one file holding every
+/// Reads a format-1 unified index: one file holding every
 /// entry. The extension's is a DuckDB database; format 2 replaced it by manifests and segments
 /// (module [`crate::log`]).
 pub trait IndexCodec: Send + Sync {
-    /// Writes `index` to a new file at `path`.
-    fn write(&self, index: &UnifiedIndex, path: &std::path::Path) -> Result<()>;
     /// Reads the index stored at `path`.
     fn read(&self, path: &std::path::Path) -> Result<UnifiedIndex>;
 }

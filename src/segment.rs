@@ -408,16 +408,16 @@ pub fn worker_ids(m: &Manifest) -> WorkerIds {
         .collect()
 }
 
-fn decode(
+/// Decodes the entries with labels in `lo ..= hi` of a batch in the index-entry layout
+/// (`entry_schema(_, true)`: index segments, and the `entries` table of a format-1 index).
+/// `bad` makes the error for a malformed batch.
+pub(crate) fn decode_entries(
     b: &RecordBatch,
     ids: &WorkerIds,
-    lo: u64,
-    hi: u64,
-    store: &str,
-    file: &str,
+    (lo, hi): (u64, u64),
+    bad: &dyn Fn(&str) -> Error,
     out: &mut Vec<UnifiedEntry>,
 ) -> Result<()> {
-    let bad = |m: &str| Error::file(store, file, format!("corrupt index segment: {m}"));
     if b.num_columns() != 13 {
         return Err(bad("expected 13 columns"));
     }
@@ -503,7 +503,9 @@ async fn read_groups(
         let Some(b) = next else { break };
         let b = b.map_err(|e| err(&e))?;
         let mut out = Vec::new();
-        decode(&b, ids, lo, hi, &store.name, &r.file, &mut out)?;
+        let bad =
+            |m: &str| Error::file(&store.name, &r.file, format!("corrupt index segment: {m}"));
+        decode_entries(&b, ids, (lo, hi), &bad, &mut out)?;
         if !each(out)? {
             break;
         }
