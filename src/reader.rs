@@ -209,14 +209,15 @@ impl LoadedIndex {
 
     /// (block, points) of one label, in block order. Empty for an unknown label.
     pub fn blocks(&self, label: u64) -> Result<Vec<(BlockId, u64)>> {
-        Ok(blocks_of(&self.entries(label)?))
+        let found = self.view.lookup(&[label], false)?;
+        Ok(found.first().map(|x| blocks_of(&x.1)).unwrap_or_default())
     }
 
     /// Number of points of each label of `labels` (0 if unknown), from the index alone.
     pub fn point_count(&self, labels: &[u64]) -> Result<u64> {
         Ok(self
             .view
-            .entries_of(labels)?
+            .lookup(labels, false)?
             .iter()
             .flat_map(|x| x.1.iter())
             .map(|e| e.e.row_count)
@@ -362,7 +363,7 @@ impl ScanRequest {
         };
         match &self.labels {
             Some(labels) => {
-                for (_, v) in index.view.entries_of(labels)? {
+                for (_, v) in index.view.lookup(labels, self.bbox.is_some())? {
                     v.into_iter().filter(|e| keep(e)).for_each(&mut add);
                 }
             }
@@ -809,7 +810,10 @@ fn filter_box(batch: &RecordBatch, b: &BBox, keep: usize) -> Result<RecordBatch>
 /// Plans a read of the sorted, disjoint row `ranges` of a file whose row groups start at
 /// `rg_start` (with the total row count appended): the row groups to read, and a selection over
 /// the concatenation of exactly those row groups.
-fn plan_selection(rg_start: &[u64], ranges: &[(u64, u64)]) -> (Vec<usize>, Vec<RowSelector>) {
+pub(crate) fn plan_selection(
+    rg_start: &[u64],
+    ranges: &[(u64, u64)],
+) -> (Vec<usize>, Vec<RowSelector>) {
     let mut groups = Vec::new();
     let mut selectors = Vec::new();
     let mut ri = 0;
