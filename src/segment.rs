@@ -406,7 +406,7 @@ async fn footer(store: &Store, r: &SegmentRef, cached: bool) -> Result<Arc<Foote
     }
     let mut rg_start = vec![0u64];
     for g in rgs {
-        rg_start.push(rg_start[rg_start.len() - 1] + g.num_rows().max(0) as u64);
+        rg_start.push(rg_start[rg_start.len() - 1].saturating_add(g.num_rows().max(0) as u64));
     }
     let mut units: Vec<(u64, u64)> = rg_start.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
     let mut unit_fences = fences.clone();
@@ -416,18 +416,21 @@ async fn footer(store: &Store, r: &SegmentRef, cached: bool) -> Result<Arc<Foote
             .ok()
             .filter(|&n| n > 0)
             .ok_or_else(|| err(&format!("bad pocaduck.page_entries '{pe}'")))?;
+        let pf = list("pocaduck.page_fences")?;
+        // Count before listing the pages: a corrupt footer may claim any number of rows.
+        let count = units
+            .iter()
+            .try_fold(0u64, |acc, &(_, n)| acc.checked_add(n.div_ceil(pe)));
+        if count != Some(pf.len() as u64 - 1) {
+            return Err(err(&format!(
+                "{} page fences for {count:?} pages",
+                pf.len()
+            )));
+        }
         let pages: Vec<(u64, u64)> = units
             .iter()
             .flat_map(|&(s, n)| (0..n.div_ceil(pe)).map(move |k| (s + k * pe, pe.min(n - k * pe))))
             .collect();
-        let pf = list("pocaduck.page_fences")?;
-        if pf.len() != pages.len() + 1 {
-            return Err(err(&format!(
-                "{} page fences for {} pages",
-                pf.len(),
-                pages.len()
-            )));
-        }
         (units, unit_fences) = (pages, pf);
     }
     let f = Arc::new(Footer {
