@@ -740,10 +740,7 @@ async fn read_part(
     if let Some(t) = trace {
         t.record(md, &rg_start, &groups, &ranges, cols);
     }
-    let mut reader = ParquetObjectReader::new(store.os.clone(), Path::from(part.as_ref()));
-    if let Some(size) = size {
-        reader = reader.with_file_size(size);
-    }
+    let reader = store.parquet_reader(&Path::from(part.as_ref()), size);
     let mut sorted_cols: Vec<usize> = cols.to_vec();
     sorted_cols.sort_unstable();
     sorted_cols.dedup();

@@ -74,8 +74,11 @@ fn arrow_schema(block: ColumnType) -> SchemaRef {
 }
 
 fn props() -> WriterProperties {
+    // The columns a lookup reads are LZ4: decoding them costs no codec context (zstd's would
+    // be created per column chunk read, which dominated a lookup); the box columns, read by box
+    // queries and scans, compress much better with zstd.
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_compression(Compression::LZ4_RAW)
         .set_max_row_group_row_count(Some(ROW_GROUP_ENTRIES))
         .set_data_page_row_count_limit(PAGE_ENTRIES)
         .set_write_batch_size(PAGE_ENTRIES)
@@ -90,7 +93,12 @@ fn props() -> WriterProperties {
             );
     }
     for c in BBOX {
-        b = b.set_column_dictionary_enabled(ColumnPath::from(c), false);
+        b = b
+            .set_column_dictionary_enabled(ColumnPath::from(c), false)
+            .set_column_compression(
+                ColumnPath::from(c),
+                Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
+            );
     }
     b.build()
 }
@@ -579,8 +587,7 @@ async fn read_groups(
     let err = |e: &dyn std::fmt::Display| {
         Error::file(&store.name, r.file.as_str(), format!("index segment: {e}"))
     };
-    let reader = ParquetObjectReader::new(store.os.clone(), Path::from(r.file.as_str()))
-        .with_file_size(r.bytes);
+    let reader = store.parquet_reader(&Path::from(r.file.as_str()), Some(r.bytes));
     let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, f.meta.clone())
         .with_row_groups(read.groups)
         .with_batch_size(ROW_GROUP_ENTRIES);
