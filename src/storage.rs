@@ -500,38 +500,6 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn open_missing_store_for_reading_fails_with_its_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("nope");
-        let err = Store::open(p.to_str().unwrap(), OpenMode::Existing).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!("store '{}': does not exist", p.display())
-        );
-    }
-
-    #[test]
-    fn put_if_absent_refuses_second_create() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path().to_str().unwrap(), OpenMode::Existing).unwrap();
-        let p = Path::from("a/b.txt");
-        assert!(s.put_if_absent(&p, Bytes::from_static(b"1")).unwrap());
-        assert!(!s.put_if_absent(&p, Bytes::from_static(b"2")).unwrap());
-        assert_eq!(s.get(&p).unwrap(), Bytes::from_static(b"1"));
-    }
-
-    #[test]
-    fn unsupported_scheme_is_named() {
-        let err = Store::open("ftp://x/y", OpenMode::Create).unwrap_err();
-        assert!(err.to_string().contains("'ftp://'"), "{err}");
-    }
-}
-
 /// A local Parquet file read with positioned reads; see [`Store::parquet_reader`].
 struct LocalParquet {
     path: std::path::PathBuf,
@@ -599,7 +567,9 @@ impl parquet::arrow::async_reader::AsyncFileReader for LocalParquet {
         &mut self,
         range: std::ops::Range<u64>,
     ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        let r = self.read(std::slice::from_ref(&range)).map(|mut v| v.remove(0));
+        let r = self
+            .read(std::slice::from_ref(&range))
+            .map(|mut v| v.remove(0));
         Box::pin(async move { r })
     }
 
@@ -631,5 +601,37 @@ impl parquet::arrow::async_reader::AsyncFileReader for LocalParquet {
             }
             Ok(Arc::new(reader.load_and_finish(self, size).await?))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_missing_store_for_reading_fails_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nope");
+        let err = Store::open(p.to_str().unwrap(), OpenMode::Existing).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("store '{}': does not exist", p.display())
+        );
+    }
+
+    #[test]
+    fn put_if_absent_refuses_second_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().to_str().unwrap(), OpenMode::Existing).unwrap();
+        let p = Path::from("a/b.txt");
+        assert!(s.put_if_absent(&p, Bytes::from_static(b"1")).unwrap());
+        assert!(!s.put_if_absent(&p, Bytes::from_static(b"2")).unwrap());
+        assert_eq!(s.get(&p).unwrap(), Bytes::from_static(b"1"));
+    }
+
+    #[test]
+    fn unsupported_scheme_is_named() {
+        let err = Store::open("ftp://x/y", OpenMode::Create).unwrap_err();
+        assert!(err.to_string().contains("'ftp://'"), "{err}");
     }
 }

@@ -25,7 +25,7 @@ use arrow::datatypes::{DataType, Float64Type};
 use bytes::Bytes;
 use object_store::path::Path;
 use parquet::arrow::async_writer::{AsyncArrowWriter, ParquetObjectWriter};
-use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::basic::{Compression, Encoding};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
@@ -375,7 +375,7 @@ pub(crate) fn new_session_id() -> String {
 /// most expensive step of encoding): integers use DELTA_BINARY_PACKED, floats PLAIN.
 pub(crate) fn part_props(schema: &arrow::datatypes::Schema) -> WriterProperties {
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_compression(Compression::LZ4_RAW)
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_write_batch_size(PAGE_ROWS)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
