@@ -300,11 +300,11 @@ impl VTab for Explain {
             let entries = index.view.entries_of(&b.labels)?;
             let all = || entries.iter().flat_map(|x| x.1.iter());
             let mut blocks: Vec<(u64, &crate::index::BlockId)> =
-                all().map(|e| (e.e.label, &e.e.block)).collect();
+                all().map(|e| (e.entry.label, &e.entry.block)).collect();
             blocks.dedup();
             let counts = [
                 index.generation,
-                all().map(|e| e.e.row_count).sum(),
+                all().map(|e| e.entry.row_count).sum(),
                 blocks.len() as u64,
                 all().count() as u64,
                 ld(&trace.parts),
