@@ -153,23 +153,23 @@ fn check_entries(idx: &LoadedIndex, r: &mut CheckReport) {
         };
         let done = next.is_none();
         for e in next.into_iter().flatten() {
-            let info = parts.entry(e.e.part.clone()).or_insert_with(|| {
+            let info = parts.entry(e.entry.part.clone()).or_insert_with(|| {
                 r.parts += 1;
-                part_rows(idx, &e.e.part, &want_schema, r)
+                part_rows(idx, &e.entry.part, &want_schema, r)
             });
             let Some(n) = *info else { continue };
-            if e.e.row_start + e.e.row_count > n {
+            if e.entry.row_start + e.entry.row_count > n {
                 r.problems.push(Problem {
-                    file: e.e.part.clone(),
+                    file: e.entry.part.clone(),
                     msg: format!(
                         "has {n} rows but the index references rows up to {}",
-                        e.e.row_start + e.e.row_count
+                        e.entry.row_start + e.entry.row_count
                     ),
                 });
-                parts.insert(e.e.part.clone(), None);
+                parts.insert(e.entry.part.clone(), None);
                 continue;
             }
-            rows += e.e.row_count;
+            rows += e.entry.row_count;
             chunk.push(e);
         }
         if rows >= CHUNK_ROWS || (done && !chunk.is_empty()) {
@@ -217,14 +217,14 @@ fn part_rows(
 /// Reads `entries` back and verifies each.
 fn read_back(idx: &LoadedIndex, entries: &[UnifiedEntry], cols: &[usize], r: &mut CheckReport) {
     let batch = idx
-        .read_entries(entries, cols)
+        .read_entry_rows(entries, cols)
         .and_then(|b| Ok(arrow::compute::concat_batches(&idx.projected(cols), &b)?));
     let batch = match batch {
         Ok(b) => b,
         Err(e) => {
             let file = match &e {
                 Error::File { file, .. } => file.clone(),
-                _ => entries[0].e.part.clone(),
+                _ => entries[0].entry.part.clone(),
             };
             r.problems.push(problem(&file, &e));
             return;
@@ -232,27 +232,27 @@ fn read_back(idx: &LoadedIndex, entries: &[UnifiedEntry], cols: &[usize], r: &mu
     };
     let mut off = 0usize;
     for ue in entries {
-        let n = ue.e.row_count as usize;
+        let n = ue.entry.row_count as usize;
         if off + n > batch.num_rows() {
             r.problems.push(Problem {
-                file: ue.e.part.clone(),
+                file: ue.entry.part.clone(),
                 msg: format!(
                     "rows {}..{} could not all be read",
-                    ue.e.row_start,
-                    ue.e.row_start + ue.e.row_count
+                    ue.entry.row_start,
+                    ue.entry.row_start + ue.entry.row_count
                 ),
             });
             break;
         }
         if let Err(msg) = verify(&batch.slice(off, n), ue) {
             r.problems.push(Problem {
-                file: ue.e.part.clone(),
+                file: ue.entry.part.clone(),
                 msg,
             });
         }
         off += n;
         r.entries += 1;
-        r.points += ue.e.row_count;
+        r.points += ue.entry.row_count;
     }
 }
 
@@ -268,7 +268,7 @@ fn verify(
     b: &arrow::array::RecordBatch,
     ue: &crate::index::UnifiedEntry,
 ) -> std::result::Result<(), String> {
-    let e = &ue.e;
+    let e = &ue.entry;
     let at = |r: usize| {
         format!(
             "row {} (entry of label {}, block {})",

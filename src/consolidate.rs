@@ -69,7 +69,7 @@ fn cached_index_file(store: &Store, gen: u64) -> Result<std::path::PathBuf> {
         .join("pocaduck-index-cache")
         .join(format!("{h:016x}"));
     let file = layout::index_file(gen);
-    let meta = crate::storage::block_on(store.os.head(&file))
+    let meta = crate::storage::block_on(store.objects.head(&file))
         .map_err(|e| Error::file(&store.name, file.as_ref(), e))?;
     let (size, version) = crate::storage::object_stamp(&meta);
     let path = dir.join(format!("{gen:010}-{size}-{version:016x}.duckdb"));
@@ -153,7 +153,7 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
                 new.push(UnifiedEntry {
                     worker: wi as u32,
                     commit: seq,
-                    e,
+                    entry: e,
                 });
             }
         }
@@ -180,7 +180,7 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
         }
         let run = m.next_run;
         m.next_run += 1;
-        new.sort_by_key(|e| e.e.label);
+        new.sort_by_key(|e| e.entry.label);
         let refs = write_run(store, &m, run, grouped(new), &mut written)?;
         m.segments.extend(refs);
         merge_tiers(store, &mut m, &mut written)?;
@@ -206,7 +206,7 @@ fn grouped(entries: Vec<UnifiedEntry>) -> impl Iterator<Item = Result<Vec<Unifie
     std::iter::from_fn(move || {
         let first = it.next()?;
         let mut v = vec![first];
-        while let Some(e) = it.next_if(|e| e.e.label == v[0].e.label) {
+        while let Some(e) = it.next_if(|e| e.entry.label == v[0].entry.label) {
             v.push(e);
         }
         supersede(&mut v);
@@ -443,10 +443,10 @@ pub(crate) mod tests {
     fn scanned(view: &IndexView) -> Vec<(u64, Vec<Placed>)> {
         let key = |e: &UnifiedEntry| {
             (
-                format!("{:?}", e.e.block),
-                e.e.part.clone(),
-                e.e.row_start,
-                e.e.row_count,
+                format!("{:?}", e.entry.block),
+                e.entry.part.clone(),
+                e.entry.row_start,
+                e.entry.row_count,
             )
         };
         view.scan()
@@ -466,10 +466,10 @@ pub(crate) mod tests {
         let all = scanned(&view);
         let key = |e: &UnifiedEntry| {
             (
-                format!("{:?}", e.e.block),
-                e.e.part.clone(),
-                e.e.row_start,
-                e.e.row_count,
+                format!("{:?}", e.entry.block),
+                e.entry.part.clone(),
+                e.entry.row_start,
+                e.entry.row_count,
             )
         };
         for (l, want) in &all {
@@ -577,7 +577,7 @@ pub(crate) mod tests {
                 u.entries.push(UnifiedEntry {
                     worker: (u.workers.len() - 1) as u32,
                     commit: 1,
-                    e,
+                    entry: e,
                 });
             }
         }

@@ -36,7 +36,7 @@ pub fn part(dir: &std::path::Path, data: &[u8], rows: u64) -> Result<usize> {
         legacy: Some(vec![UnifiedEntry {
             worker: 0,
             commit: 1,
-            e: SegmentEntry {
+            entry: SegmentEntry {
                 label: 1,
                 block: BlockId::Int(0),
                 part: "p.parquet".into(),

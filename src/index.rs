@@ -263,7 +263,7 @@ pub struct UnifiedEntry {
     /// Commit sequence of the worker that wrote it.
     pub commit: u64,
     /// The segment entry.
-    pub e: SegmentEntry,
+    pub entry: SegmentEntry,
 }
 
 /// The unified index: every committed entry of every worker, sorted by label.
@@ -283,13 +283,20 @@ impl UnifiedIndex {
     /// Sorts entries into their canonical order.
     pub fn sort(&mut self) {
         self.entries.sort_by(|a, b| {
-            (a.e.label, &a.e.block, a.worker, &a.e.part, a.e.row_start).cmp(&(
-                b.e.label,
-                &b.e.block,
-                b.worker,
-                &b.e.part,
-                b.e.row_start,
-            ))
+            (
+                a.entry.label,
+                &a.entry.block,
+                a.worker,
+                &a.entry.part,
+                a.entry.row_start,
+            )
+                .cmp(&(
+                    b.entry.label,
+                    &b.entry.block,
+                    b.worker,
+                    &b.entry.part,
+                    b.entry.row_start,
+                ))
         });
     }
 }
@@ -345,7 +352,7 @@ mod tests {
         UnifiedEntry {
             worker,
             commit,
-            e: x,
+            entry: x,
         }
     }
 
@@ -362,7 +369,7 @@ mod tests {
         crate::segment::supersede(&mut v);
         let got: Vec<(&str, u64)> = v
             .iter()
-            .map(|x| (x.e.part.as_str(), x.e.row_count))
+            .map(|x| (x.entry.part.as_str(), x.entry.row_count))
             .collect();
         // Index order (block, worker): w0 before w1 within block 1.
         assert_eq!(got, vec![("c", 9), ("b", 4), ("a", 3)]);
@@ -373,6 +380,6 @@ mod tests {
         let mut v = vec![u(0, 1, e(7, 1, "a", 20, 5)), u(0, 1, e(7, 1, "a", 0, 10))];
         crate::segment::supersede(&mut v);
         assert_eq!(v.len(), 2);
-        assert_eq!(v[0].e.row_start, 0);
+        assert_eq!(v[0].entry.row_start, 0);
     }
 }

@@ -86,7 +86,7 @@ pub struct OptimizeSummary {
 pub(crate) fn is_contiguous(entries: &[UnifiedEntry]) -> bool {
     let optimized = |p: &str| p.starts_with("optimized/");
     entries.windows(2).all(|w| {
-        let (a, b) = (&w[0].e, &w[1].e);
+        let (a, b) = (&w[0].entry, &w[1].entry);
         if a.part == b.part {
             a.row_start + a.row_count == b.row_start
         } else {
@@ -123,7 +123,7 @@ impl Output<'_> {
     fn open(&mut self) -> Result<&mut OutPart> {
         if self.part.is_none() {
             let path = layout::optimized_part(&self.session, self.done.len() as u32);
-            let obj = ParquetObjectWriter::new(self.store.os.clone(), path.clone());
+            let obj = ParquetObjectWriter::new(self.store.objects.clone(), path.clone());
             let writer =
                 AsyncArrowWriter::try_new(obj, self.schema.clone(), Some(part_props(&self.schema)))
                     .map_err(|e| Error::file(&self.store.name, path.as_ref(), e))?;
@@ -420,7 +420,7 @@ fn rewrite(
         summary.labels += 1;
         summary.entries_before += v.len() as u64;
         let frag = !is_contiguous(&v);
-        let n: u64 = v.iter().map(|e| e.e.row_count).sum();
+        let n: u64 = v.iter().map(|e| e.entry.row_count).sum();
         // A window closes before it would exceed chunk_rows fragmented rows, or holds too many
         // labels that stay where they are (memory).
         if (frag && rows > 0 && rows + n > opts.chunk_rows) || window.len() >= 1 << 16 {
@@ -466,19 +466,19 @@ fn copy_window(
     let mut c = 0;
     while c < frag.len() {
         let mut end = c + 1;
-        let mut rows = frag[c].e.row_count;
-        while end < frag.len() && rows + frag[end].e.row_count <= opts.chunk_rows {
-            rows += frag[end].e.row_count;
+        let mut rows = frag[c].entry.row_count;
+        while end < frag.len() && rows + frag[end].entry.row_count <= opts.chunk_rows {
+            rows += frag[end].entry.row_count;
             end += 1;
         }
         let chunk: Vec<UnifiedEntry> = frag[c..end].iter().map(|e| (*e).clone()).collect();
-        let got = idx.read_entries(&chunk, cols)?;
+        let got = idx.read_entry_rows(&chunk, cols)?;
         let n: usize = got.iter().map(|b| b.num_rows()).sum();
         if n as u64 != rows {
             return Err(Error::Internal(format!(
                 "optimize read {n} rows for labels {}..={}, the index says {rows}",
-                chunk[0].e.label,
-                chunk[chunk.len() - 1].e.label
+                chunk[0].entry.label,
+                chunk[chunk.len() - 1].entry.label
             )));
         }
         batches.extend(got);
@@ -507,21 +507,21 @@ fn copy_window(
             let e = SegmentEntry {
                 part: part_name,
                 row_start: base + rows.pending() as u64,
-                ..old.e.clone()
+                ..old.entry.clone()
             };
-            rows.advance(old.e.row_count as usize, out)?;
-            summary.points_rewritten += old.e.row_count;
+            rows.advance(old.entry.row_count as usize, out)?;
+            summary.points_rewritten += old.entry.row_count;
             let merged = new.last_mut().is_some_and(|l| {
-                l.worker == old.worker && l.commit == old.commit && l.e.absorb(&e)
+                l.worker == old.worker && l.commit == old.commit && l.entry.absorb(&e)
             });
             if !merged {
                 new.push(UnifiedEntry {
                     worker: old.worker,
                     commit: old.commit,
-                    e,
+                    entry: e,
                 });
             }
-            since_check += old.e.row_count;
+            since_check += old.entry.row_count;
             if since_check >= opts.chunk_rows {
                 since_check = 0;
                 out.boundary(&mut rows, opts.target_file_size)?;

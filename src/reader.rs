@@ -201,7 +201,7 @@ impl LoadedIndex {
     pub fn label_stats(&self) -> impl Iterator<Item = Result<(u64, u64, u64)>> + Send + 'static {
         self.view.scan_shared().map(|r| {
             r.map(|(l, v)| {
-                let points = v.iter().map(|e| e.e.row_count).sum();
+                let points = v.iter().map(|e| e.entry.row_count).sum();
                 (l, points, blocks_of(&v).len() as u64)
             })
         })
@@ -220,7 +220,7 @@ impl LoadedIndex {
             .lookup(labels, false)?
             .iter()
             .flat_map(|x| x.1.iter())
-            .map(|e| e.e.row_count)
+            .map(|e| e.entry.row_count)
             .sum())
     }
 
@@ -247,7 +247,7 @@ impl LoadedIndex {
     }
 
     /// Reads the rows of `entries` (in that order), returning the part-file columns `cols`.
-    pub(crate) fn read_entries(
+    pub(crate) fn read_entry_rows(
         &self,
         entries: &[UnifiedEntry],
         cols: &[usize],
@@ -255,9 +255,9 @@ impl LoadedIndex {
         let es = entries
             .iter()
             .map(|e| ReadEntry {
-                part: Arc::from(e.e.part.as_str()),
-                row_start: e.e.row_start,
-                row_count: e.e.row_count,
+                part: Arc::from(e.entry.part.as_str()),
+                row_start: e.entry.row_start,
+                row_count: e.entry.row_count,
             })
             .collect();
         let schema = self.projected(cols);
@@ -294,8 +294,8 @@ fn blocks_of(v: &[UnifiedEntry]) -> Vec<(BlockId, u64)> {
     let mut out: Vec<(BlockId, u64)> = Vec::new();
     for e in v {
         match out.last_mut() {
-            Some(l) if l.0 == e.e.block => l.1 += e.e.row_count,
-            _ => out.push((e.e.block.clone(), e.e.row_count)),
+            Some(l) if l.0 == e.entry.block => l.1 += e.entry.row_count,
+            _ => out.push((e.entry.block.clone(), e.entry.row_count)),
         }
     }
     out
@@ -347,18 +347,18 @@ impl ScanRequest {
 
     /// Plans the read: finds the entries (index reads happen here) and returns a stream.
     pub fn stream(self, index: &LoadedIndex) -> Result<PointStream> {
-        let keep = |e: &UnifiedEntry| self.bbox.is_none_or(|b| overlaps(&b, &e.e.bbox));
+        let keep = |e: &UnifiedEntry| self.bbox.is_none_or(|b| overlaps(&b, &e.entry.bbox));
         let mut entries: Vec<ReadEntry> = Vec::new();
         let mut parts: HashMap<String, Arc<str>> = HashMap::new();
         let mut add = |e: UnifiedEntry| {
             let part = parts
-                .entry(e.e.part.clone())
-                .or_insert_with(|| Arc::from(e.e.part.as_str()))
+                .entry(e.entry.part.clone())
+                .or_insert_with(|| Arc::from(e.entry.part.as_str()))
                 .clone();
             entries.push(ReadEntry {
                 part,
-                row_start: e.e.row_start,
-                row_count: e.e.row_count,
+                row_start: e.entry.row_start,
+                row_count: e.entry.row_count,
             });
         };
         match &self.labels {
@@ -634,7 +634,7 @@ async fn suffix_meta(
     let err = |e: &dyn std::fmt::Display| Error::file(&store.name, path.as_ref(), e);
     let fetch = |n: u64| async move {
         let r = store
-            .os
+            .objects
             .get_opts(
                 path,
                 object_store::GetOptions {
@@ -688,8 +688,8 @@ async fn part_meta(store: &Store, part: &Arc<str>) -> Result<(ArrowReaderMetadat
             .map_err(|p| err(&panic_message(p)))??
     } else {
         // Azure serves no suffix ranges: HEAD for the size, then the footer.
-        let head = store.os.head(&path).await.map_err(|e| err(&e))?;
-        let mut reader = ParquetObjectReader::new(store.os.clone(), path.clone())
+        let head = store.objects.head(&path).await.map_err(|e| err(&e))?;
+        let mut reader = ParquetObjectReader::new(store.objects.clone(), path.clone())
             .with_file_size(head.size)
             .with_footer_size_hint(64 << 10);
         let meta = AssertUnwindSafe(ArrowReaderMetadata::load_async(&mut reader, opts))

@@ -113,21 +113,21 @@ fn entries_batch(
         Arc::new(UInt64Array::from_iter_values(chunk.iter().map(f)))
     };
     let mut cols: Vec<ArrayRef> = vec![
-        u(&|e| e.e.label),
-        block_array(block, chunk.iter().map(|e| e.e.block.clone())),
+        u(&|e| e.entry.label),
+        block_array(block, chunk.iter().map(|e| e.entry.block.clone())),
         Arc::new(StringArray::from_iter_values(
             chunk.iter().map(|e| workers[e.worker as usize].as_str()),
         )),
         u(&|e| e.commit),
         Arc::new(StringArray::from_iter_values(
-            chunk.iter().map(|e| e.e.part.as_str()),
+            chunk.iter().map(|e| e.entry.part.as_str()),
         )),
-        u(&|e| e.e.row_start),
-        u(&|e| e.e.row_count),
+        u(&|e| e.entry.row_start),
+        u(&|e| e.entry.row_count),
     ];
     for i in 0..6 {
         cols.push(Arc::new(Float64Array::from_iter_values(
-            chunk.iter().map(|e| e.e.bbox[i]),
+            chunk.iter().map(|e| e.entry.bbox[i]),
         )));
     }
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
@@ -209,7 +209,7 @@ impl<'a> RunWriter<'a> {
                     fences: Vec::new(),
                     page_fences: Vec::new(),
                     entries: 0,
-                    lo: chunk[0].e.label,
+                    lo: chunk[0].entry.label,
                     last: 0,
                 });
             }
@@ -218,10 +218,10 @@ impl<'a> RunWriter<'a> {
                 .file
                 .as_mut()
                 .ok_or_else(|| Error::Internal("no file".into()))?;
-            f.fences.push(chunk[0].e.label);
+            f.fences.push(chunk[0].entry.label);
             f.page_fences
-                .extend(chunk.iter().step_by(PAGE_ENTRIES).map(|e| e.e.label));
-            f.last = chunk[n - 1].e.label;
+                .extend(chunk.iter().step_by(PAGE_ENTRIES).map(|e| e.entry.label));
+            f.last = chunk[n - 1].entry.label;
             f.entries += n as u64;
             f.writer.write(&batch).map_err(enc)?;
             f.writer.flush().map_err(enc)?;
@@ -299,11 +299,11 @@ pub fn supersede(entries: &mut Vec<UnifiedEntry>) {
         return;
     }
     entries.sort_by(|a, b| {
-        (&a.e.block, a.worker, &a.e.part, a.e.row_start).cmp(&(
-            &b.e.block,
+        (&a.entry.block, a.worker, &a.entry.part, a.entry.row_start).cmp(&(
+            &b.entry.block,
             b.worker,
-            &b.e.part,
-            b.e.row_start,
+            &b.entry.part,
+            b.entry.row_start,
         ))
     });
     // Entries of one (block, worker) are adjacent now: keep those of the group's top commit.
@@ -312,7 +312,7 @@ pub fn supersede(entries: &mut Vec<UnifiedEntry>) {
     while g < entries.len() {
         let mut end = g + 1;
         while end < entries.len()
-            && entries[end].e.block == entries[g].e.block
+            && entries[end].entry.block == entries[g].entry.block
             && entries[end].worker == entries[g].worker
         {
             end += 1;
@@ -371,7 +371,7 @@ async fn footer(store: &Store, r: &SegmentRef, cached: bool) -> Result<Arc<Foote
     let err = |e: &dyn std::fmt::Display| {
         Error::file(&store.name, r.file.as_str(), format!("index segment: {e}"))
     };
-    let mut reader = ParquetObjectReader::new(store.os.clone(), Path::from(r.file.as_str()))
+    let mut reader = ParquetObjectReader::new(store.objects.clone(), Path::from(r.file.as_str()))
         .with_file_size(r.bytes)
         .with_footer_size_hint(256 << 10);
     let meta = AssertUnwindSafe(ArrowReaderMetadata::load_async(
@@ -535,7 +535,7 @@ pub(crate) fn decode_entries(
         out.push(UnifiedEntry {
             worker: w,
             commit: commit.value(r),
-            e: SegmentEntry {
+            entry: SegmentEntry {
                 label: label.value(r),
                 block,
                 part: part.value(r).to_string(),
@@ -689,8 +689,8 @@ impl IndexView {
         let mut all: Vec<UnifiedEntry> = Vec::new();
         if let Some(l) = &self.legacy {
             for &x in &labels {
-                let a = l.partition_point(|e| e.e.label < x);
-                let b = l.partition_point(|e| e.e.label <= x);
+                let a = l.partition_point(|e| e.entry.label < x);
+                let b = l.partition_point(|e| e.entry.label <= x);
                 all.extend_from_slice(&l[a..b]);
             }
         }
@@ -711,12 +711,12 @@ impl IndexView {
         for f in found {
             all.extend(f?);
         }
-        all.sort_by_key(|e| e.e.label);
+        all.sort_by_key(|e| e.entry.label);
         let mut out: Vec<(u64, Vec<UnifiedEntry>)> = Vec::new();
         for e in all {
             match out.last_mut() {
-                Some((l, v)) if *l == e.e.label => v.push(e),
-                _ => out.push((e.e.label, vec![e])),
+                Some((l, v)) if *l == e.entry.label => v.push(e),
+                _ => out.push((e.entry.label, vec![e])),
             }
         }
         for (_, v) in &mut out {
@@ -760,7 +760,7 @@ impl IndexView {
         read_groups(&self.store, r, &f, read, &self.ids, (lo, hi), |v| {
             out.extend(
                 v.into_iter()
-                    .filter(|e| labels.binary_search(&e.e.label).is_ok()),
+                    .filter(|e| labels.binary_search(&e.entry.label).is_ok()),
             );
             Ok(true)
         })
@@ -864,8 +864,8 @@ impl<V: std::ops::Deref<Target = IndexView>> Scan<V> {
     fn new(view: V, lo: u64, hi: u64) -> Scan<V> {
         let mut cursors = Vec::new();
         if let Some(l) = &view.legacy {
-            let a = l.partition_point(|e| e.e.label < lo);
-            let b = l.partition_point(|e| e.e.label <= hi);
+            let a = l.partition_point(|e| e.entry.label < lo);
+            let b = l.partition_point(|e| e.entry.label <= hi);
             cursors.push(Cursor {
                 src: Source::Legacy(a, b),
                 buf: Vec::new(),
@@ -895,7 +895,7 @@ impl<V: std::ops::Deref<Target = IndexView>> Scan<V> {
         let mut label: Option<u64> = None;
         for c in &mut self.cursors {
             if c.fill(view)? {
-                let l = c.buf[c.pos].e.label;
+                let l = c.buf[c.pos].entry.label;
                 label = Some(label.map_or(l, |x: u64| x.min(l)));
             }
         }
@@ -904,16 +904,16 @@ impl<V: std::ops::Deref<Target = IndexView>> Scan<V> {
         };
         let mut out = Vec::new();
         for c in &mut self.cursors {
-            while c.fill(view)? && c.buf[c.pos].e.label == label {
+            while c.fill(view)? && c.buf[c.pos].entry.label == label {
                 // Moved out (the slot is dead once pos passes it): no clone of the part path.
                 let e = &mut c.buf[c.pos];
                 out.push(UnifiedEntry {
                     worker: e.worker,
                     commit: e.commit,
-                    e: SegmentEntry {
-                        part: std::mem::take(&mut e.e.part),
-                        block: e.e.block.clone(),
-                        ..e.e
+                    entry: SegmentEntry {
+                        part: std::mem::take(&mut e.entry.part),
+                        block: e.entry.block.clone(),
+                        ..e.entry
                     },
                 });
                 c.pos += 1;

@@ -77,13 +77,13 @@ pub fn stats(store: &Store, codec: &dyn IndexCodec) -> Result<StoreStats> {
             let (_, v) = r?;
             s.labels += 1;
             s.entries += v.len() as u64;
-            s.points += v.iter().map(|e| e.e.row_count).sum::<u64>();
+            s.points += v.iter().map(|e| e.entry.row_count).sum::<u64>();
             if !is_contiguous(&v) {
                 s.fragmented_labels += 1;
             }
             for e in v {
-                if !referenced.contains(&e.e.part) {
-                    referenced.insert(e.e.part);
+                if !referenced.contains(&e.entry.part) {
+                    referenced.insert(e.entry.part);
                 }
             }
         }

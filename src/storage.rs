@@ -57,7 +57,7 @@ pub struct Store {
     /// The store as the user named it (used in messages).
     pub name: String,
     /// Object store rooted at the store directory.
-    pub os: Arc<dyn ObjectStore>,
+    pub objects: Arc<dyn ObjectStore>,
     /// Local directory of the store, when it is on the local file system.
     pub local_dir: Option<std::path::PathBuf>,
 }
@@ -290,7 +290,7 @@ impl Store {
             .map_err(|e| Error::store(name, format!("cannot open: {e}")))?;
         Ok(Store {
             name: name.to_string(),
-            os: Arc::new(Counted(Arc::new(os))),
+            objects: Arc::new(Counted(Arc::new(os))),
             local_dir: Some(abs),
         })
     }
@@ -328,11 +328,11 @@ impl Store {
         )));
         let store = Store {
             name: name.to_string(),
-            os,
+            objects: os,
             local_dir: None,
         };
         // One listing proves the bucket and the credentials (fails fast, naming the store).
-        let top = block_on(store.os.list_with_delimiter(None)).map_err(|e| {
+        let top = block_on(store.objects.list_with_delimiter(None)).map_err(|e| {
             Error::store(
                 name,
                 format!("cannot be listed (bucket, endpoint or credentials?): {e}"),
@@ -378,7 +378,7 @@ impl Store {
             }),
             None => {
                 let r = parquet::arrow::async_reader::ParquetObjectReader::new(
-                    self.os.clone(),
+                    self.objects.clone(),
                     path.clone(),
                 );
                 Box::new(match size {
@@ -412,7 +412,7 @@ impl Store {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match block_on(self.os.put_opts(path, PutPayload::from(data), opts)) {
+        match block_on(self.objects.put_opts(path, PutPayload::from(data), opts)) {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(self.err(path, e)),
@@ -422,7 +422,7 @@ impl Store {
     /// Reads the whole object at `path`; `None` if it does not exist.
     pub fn get_opt(&self, path: &Path) -> Result<Option<Bytes>> {
         block_on(async {
-            match self.os.get(path).await {
+            match self.objects.get(path).await {
                 Ok(r) => r.bytes().await.map(Some),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
@@ -439,14 +439,14 @@ impl Store {
 
     /// Lists the objects below `prefix` (recursively), as paths relative to the store root.
     pub fn list(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>> {
-        block_on(self.os.list(Some(prefix)).try_collect::<Vec<_>>())
+        block_on(self.objects.list(Some(prefix)).try_collect::<Vec<_>>())
             .map_err(|e| self.err(prefix, e))
     }
 
     /// Lists the objects below `prefix` whose paths sort after `offset`.
     pub fn list_from(&self, prefix: &Path, offset: &Path) -> Result<Vec<object_store::ObjectMeta>> {
         block_on(
-            self.os
+            self.objects
                 .list_with_offset(Some(prefix), offset)
                 .try_collect::<Vec<_>>(),
         )
@@ -455,7 +455,7 @@ impl Store {
 
     /// Lists the immediate children "directories" of `prefix`.
     pub fn list_dirs(&self, prefix: &Path) -> Result<Vec<Path>> {
-        block_on(self.os.list_with_delimiter(Some(prefix)))
+        block_on(self.objects.list_with_delimiter(Some(prefix)))
             .map(|r| r.common_prefixes)
             .map_err(|e| self.err(prefix, e))
     }
@@ -493,7 +493,7 @@ impl Store {
 
     /// Deletes `path`; a missing object is not an error.
     pub fn delete(&self, path: &Path) -> Result<()> {
-        match block_on(self.os.delete(path)) {
+        match block_on(self.objects.delete(path)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err(path, e)),
         }

@@ -179,7 +179,7 @@ impl PartWriter {
         if self.part.is_none() {
             let path = layout::part_file(&self.worker, &self.session, self.next_part);
             self.next_part += 1;
-            let obj = ParquetObjectWriter::new(self.store.os.clone(), path.clone());
+            let obj = ParquetObjectWriter::new(self.store.objects.clone(), path.clone());
             let writer =
                 AsyncArrowWriter::try_new(obj, self.schema.clone(), Some(part_props(&self.schema)))
                     .map_err(|e| Error::file(&self.store.name, path.as_ref(), e))?;

@@ -21,7 +21,8 @@ use duckdb::core::LogicalTypeId;
 use duckdb::ffi;
 use duckdb::vtab::Value;
 
-use super::{c_string, from_c, guard, parse_size, ClientContext};
+use super::args::{attribute_names, parse_size, shown};
+use super::{c_string, from_c, guard, ClientContext};
 use crate::error::{Error, Result};
 use crate::schema::schema_for_input;
 use crate::storage::OpenMode;
@@ -141,14 +142,14 @@ unsafe fn parse_options(
                     return Err(Error::arg("WORKER", "must not be NULL"));
                 }
                 if v.logical_type_id() != LogicalTypeId::Varchar {
-                    return Err(Error::arg("WORKER", format!("must be a VARCHAR worker id, got {}", super::shown(&v))));
+                    return Err(Error::arg("WORKER", format!("must be a VARCHAR worker id, got {}", shown(&v))));
                 }
                 let w = v.to_string();
                 crate::layout::check_worker_id(&w, "WORKER")?;
                 worker = Some(w);
             }
             "ATTRIBUTES" => {
-                attributes = super::attribute_names(&v, "ATTRIBUTES")?;
+                attributes = attribute_names(&v, "ATTRIBUTES")?;
             }
             "COMMIT" => {
                 if v.is_null() {
@@ -161,7 +162,7 @@ unsafe fn parse_options(
                         "false" | "0" => false,
                         other => return Err(Error::arg("COMMIT", format!("must be true or false, got '{other}'"))),
                     },
-                    _ => return Err(Error::arg("COMMIT", format!("must be true or false, got {}", super::shown(&v)))),
+                    _ => return Err(Error::arg("COMMIT", format!("must be true or false, got {}", shown(&v)))),
                 }
             }
             "TARGET_FILE_SIZE" => {

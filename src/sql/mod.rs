@@ -1,11 +1,17 @@
 //! The SQL adapter: DuckDB callbacks in, core calls out. All `unsafe` code of pocaduck lives in
 //! this module and its children.
 //!
-//! - [`functions`]: the table functions (`pocaduck_write`, `pocaduck_commit`,
-//!   `pocaduck_consolidate`, `pocaduck_points`, `pocaduck_labels`, `pocaduck_blocks`);
+//! - [`vtab`]: the table-function scaffold (bind prologue, execution, result chunks) that every
+//!   table function is written against, one file per function or family: [`fn_write`]
+//!   (`pocaduck_write`, `pocaduck_commit`), [`fn_consolidate`], [`fn_optimize`], [`fn_points`]
+//!   (`pocaduck_points`, `pocaduck_points_in_box`), [`fn_labels`] (`pocaduck_labels`,
+//!   `pocaduck_blocks`), [`fn_stats`], [`fn_explain`], [`fn_check`];
+//! - [`args`]: SQL argument values checked and converted;
 //! - [`copy`]: `COPY … TO '<store>' (FORMAT pocaduck, …)` through the raw copy-function C API;
-//! - [`index_db`]: the unified index as a DuckDB database file;
-//! - settings `pocaduck_target_file_size` and `pocaduck_buffer_size` (`SET …`).
+//! - [`index_db`]: the format-1 index as a DuckDB database file;
+//! - here: the settings `pocaduck_target_file_size`, `pocaduck_buffer_size` and
+//!   `pocaduck_storage_options` (`SET …`), the entry point, and [`register`], the one list of
+//!   everything pocaduck adds to DuckDB.
 //!
 //! No callback may panic into DuckDB: duckdb-rs contains table-function callbacks, and every raw
 //! callback here runs inside [`guard`].
@@ -14,22 +20,28 @@
 //! `undocumented_unsafe_blocks`); an `unsafe fn` states its contract under `# Safety`.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod args;
 pub mod copy;
-pub mod functions;
+pub mod fn_check;
+pub mod fn_consolidate;
+pub mod fn_explain;
+pub mod fn_labels;
+pub mod fn_optimize;
+pub mod fn_points;
+pub mod fn_stats;
+pub mod fn_write;
 pub mod index_db;
-// Its three `get_bind_data` blocks get their comments when the module is restructured (issue 14).
-#[allow(clippy::undocumented_unsafe_blocks)]
-pub mod maintenance;
+pub mod vtab;
 
 use std::ffi::{CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use duckdb::core::LogicalTypeId;
 use duckdb::ffi;
 use duckdb::vtab::Value;
 
 use crate::error::{Error, Result};
 use crate::writer::{WriterOptions, DEFAULT_BUFFER_SIZE, DEFAULT_TARGET_FILE_SIZE};
+use args::parse_size;
 
 /// Name of the target part size setting.
 pub const SET_TARGET_FILE_SIZE: &str = "pocaduck_target_file_size";
@@ -66,198 +78,6 @@ pub fn guard<T>(func: &str, f: impl FnOnce() -> Result<T>) -> std::result::Resul
 /// A C string for DuckDB, with interior NULs replaced.
 pub fn c_string(s: &str) -> CString {
     CString::new(s.replace('\0', "\\0")).unwrap_or_default()
-}
-
-/// A value for an error message. `Value`'s own `Display` must not be used on a NULL: DuckDB throws
-/// a C++ exception there, which aborts the process when it unwinds into Rust.
-pub fn shown(v: &Value) -> String {
-    if v.is_null() {
-        "NULL".to_string()
-    } else {
-        v.to_string()
-    }
-}
-
-/// Describes a value's type for error messages.
-fn type_name(v: &Value) -> String {
-    format!("{:?}", v.logical_type_id()).to_uppercase()
-}
-
-/// A non-NULL VARCHAR argument.
-pub fn arg_string(v: Option<Value>, arg: &str) -> Result<String> {
-    let v = v.ok_or_else(|| Error::arg(arg, "is required"))?;
-    if v.is_null() {
-        return Err(Error::arg(arg, "must not be NULL"));
-    }
-    if v.logical_type_id() != LogicalTypeId::Varchar {
-        return Err(Error::arg(
-            arg,
-            format!("must be VARCHAR, got {} {}", type_name(&v), shown(&v)),
-        ));
-    }
-    let s = v.to_string();
-    if s.contains('\0') {
-        return Err(Error::arg(arg, "must not contain a NUL character"));
-    }
-    Ok(s)
-}
-
-pub(crate) fn is_integer(t: LogicalTypeId) -> bool {
-    use LogicalTypeId::*;
-    matches!(
-        t,
-        Tinyint
-            | Smallint
-            | Integer
-            | Bigint
-            | UTinyint
-            | USmallint
-            | UInteger
-            | UBigint
-            | Hugeint
-            | UHugeint
-            | IntegerLiteral
-    )
-}
-
-/// A label: a non-NULL, non-negative integer of at most 64 bits.
-pub fn value_label(v: &Value, arg: &str) -> Result<u64> {
-    if v.is_null() {
-        return Err(Error::arg(arg, "must not be NULL"));
-    }
-    if !is_integer(v.logical_type_id()) {
-        return Err(Error::arg(
-            arg,
-            format!(
-                "must be an integer (UBIGINT), got {} {}",
-                type_name(v),
-                shown(v)
-            ),
-        ));
-    }
-    let s = v.to_string();
-    let n: i128 = s
-        .parse()
-        .map_err(|_| Error::arg(arg, format!("must be an integer (UBIGINT), got {s}")))?;
-    if n < 0 {
-        return Err(Error::arg(arg, format!("must not be negative, got {n}")));
-    }
-    u64::try_from(n).map_err(|_| {
-        Error::arg(
-            arg,
-            format!("must fit UBIGINT (at most 18446744073709551615), got {n}"),
-        )
-    })
-}
-
-/// A label argument that may also be a LIST of labels. Returns the labels and whether a list was given.
-pub fn arg_labels(v: Value, arg: &str) -> Result<(Vec<u64>, bool)> {
-    if v.logical_type_id() == LogicalTypeId::List && !v.is_null() {
-        let items = v.to_list().unwrap_or_default();
-        let labels = items
-            .iter()
-            .map(|x| value_label(x, arg))
-            .collect::<Result<Vec<_>>>()?;
-        return Ok((labels, true));
-    }
-    Ok((vec![value_label(&v, arg)?], false))
-}
-
-/// Attribute names: a LIST of names, or one comma-separated VARCHAR (`''` for none), checked.
-pub fn attribute_names(v: &Value, arg: &str) -> Result<Vec<String>> {
-    if v.is_null() {
-        return Err(Error::arg(arg, "must not be NULL"));
-    }
-    let names: Vec<String> = match v.logical_type_id() {
-        LogicalTypeId::List => v
-            .to_list()
-            .unwrap_or_default()
-            .iter()
-            .map(|x| {
-                if x.is_null() {
-                    Err(Error::arg(arg, "must not contain NULL"))
-                } else {
-                    Ok(x.to_string())
-                }
-            })
-            .collect::<Result<_>>()?,
-        LogicalTypeId::Varchar => {
-            let s = v.to_string();
-            if s.trim().is_empty() {
-                vec![]
-            } else {
-                s.split(',').map(|x| x.trim().to_string()).collect()
-            }
-        }
-        _ => {
-            return Err(Error::arg(
-                arg,
-                format!(
-                    "must be a list of names or a comma-separated VARCHAR, got {}",
-                    shown(v)
-                ),
-            ))
-        }
-    };
-    crate::schema::check_attribute_names(&names, arg)?;
-    Ok(names)
-}
-
-/// A byte size: an integer, or a string such as `'64MB'`, `'1GiB'`, `'65536'`.
-pub fn parse_size(v: &Value, arg: &str) -> Result<u64> {
-    if v.is_null() {
-        return Err(Error::arg(arg, "must not be NULL"));
-    }
-    let t = v.logical_type_id();
-    if is_integer(t) {
-        let n: i128 = v
-            .to_string()
-            .parse()
-            .map_err(|_| Error::arg(arg, format!("must be a size, got {}", shown(v))))?;
-        return u64::try_from(n)
-            .map_err(|_| Error::arg(arg, format!("must be a positive size in bytes, got {n}")));
-    }
-    if t == LogicalTypeId::Varchar {
-        return parse_size_str(&v.to_string()).map_err(|m| Error::arg(arg, m));
-    }
-    Err(Error::arg(
-        arg,
-        format!(
-            "must be a size in bytes (integer or a string like '64MB'), got {} {}",
-            type_name(v),
-            shown(v)
-        ),
-    ))
-}
-
-/// Parses `'64MB'`, `'1 GiB'`, `'4096'`.
-pub fn parse_size_str(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        if !num.is_empty() {
-            format!("is too large: '{s}'")
-        } else {
-            format!("must be a size like '64MB', got '{s}'")
-        }
-    })?;
-    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "KB" => 1000,
-        "KIB" => 1 << 10,
-        "MB" => 1000 * 1000,
-        "MIB" => 1 << 20,
-        "GB" => 1000 * 1000 * 1000,
-        "GIB" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "has an unknown unit in '{s}' (use B, KB, KiB, MB, MiB, GB or GiB)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("is too large: '{s}'"))
 }
 
 /// A client context handed out by DuckDB, destroyed when dropped.
@@ -388,8 +208,57 @@ unsafe fn register_setting(
     Ok(())
 }
 
-/// Initialises the C API function table and registers settings, the COPY format and the table
-/// functions.
+/// Everything pocaduck adds to DuckDB, in one list: the settings, the COPY format and the table
+/// functions. A new table function is one [`vtab::TableFn`] in its own file and one line here.
+///
+/// # Safety
+/// `raw` must be a valid, open connection (for what the raw C API registers).
+unsafe fn register(
+    raw: ffi::duckdb_connection,
+    con: &duckdb::Connection,
+) -> std::result::Result<(), String> {
+    let settings = [
+        (
+            SET_TARGET_FILE_SIZE,
+            SettingDefault::Size(DEFAULT_TARGET_FILE_SIZE),
+            "pocaduck: a part file is closed once it reaches this many bytes",
+        ),
+        (
+            SET_BUFFER_SIZE,
+            SettingDefault::Size(DEFAULT_BUFFER_SIZE),
+            "pocaduck: memory a writer session buffers before encoding (bounds ingest memory)",
+        ),
+        (
+            SET_STORAGE_OPTIONS,
+            SettingDefault::Text(""),
+            "pocaduck: object-store options as key=value pairs (aws_endpoint=…, aws_region=…, aws_allow_http=true, …); process-wide",
+        ),
+    ];
+    // SAFETY: `raw` is a valid, open connection (caller).
+    unsafe {
+        for (name, default, description) in settings {
+            register_setting(raw, name, default, description).map_err(|e| e.to_string())?;
+        }
+        copy::register(raw).map_err(|e| e.to_string())?;
+    }
+    (|| -> duckdb::Result<()> {
+        use vtab::register as table;
+        table::<fn_write::Write>(con)?;
+        table::<fn_write::Commit>(con)?;
+        table::<fn_consolidate::Consolidate>(con)?;
+        table::<fn_points::Points>(con)?;
+        table::<fn_points::PointsInBox>(con)?;
+        table::<fn_labels::Labels>(con)?;
+        table::<fn_labels::Blocks>(con)?;
+        table::<fn_optimize::Optimize>(con)?;
+        table::<fn_stats::Stats>(con)?;
+        table::<fn_explain::Explain>(con)?;
+        table::<fn_check::Check>(con)
+    })()
+    .map_err(|e| e.to_string())
+}
+
+/// Initialises the C API function table and [`register`]s everything.
 ///
 /// # Safety
 /// `info` and `access` must be the pointers DuckDB passed to [`pocaduck_init_c_api`].
@@ -398,8 +267,9 @@ unsafe fn init(
     access: *const ffi::duckdb_extension_access,
 ) -> std::result::Result<bool, String> {
     // SAFETY: `info` and `access` come from DuckDB's load call (caller). The database handle is
-    // checked for null and used only during this call; the raw connection is closed before
-    // returning; the C API table is initialised before any other `ffi` call.
+    // checked for null and used only during this call; the raw connection is open while
+    // `register` runs and closed before returning; the C API table is initialised before any
+    // other `ffi` call.
     unsafe {
         if !ffi::duckdb_rs_extension_api_init(info, access, DUCKDB_C_API_VERSION)
             .map_err(|e| e.to_string())?
@@ -414,35 +284,14 @@ unsafe fn init(
             return Ok(false);
         }
         let db: ffi::duckdb_database = *db_ptr;
+        let con = duckdb::Connection::open_from_raw(db.cast()).map_err(|e| e.to_string())?;
         let mut raw: ffi::duckdb_connection = std::ptr::null_mut();
         if ffi::duckdb_connect(db, &mut raw) != ffi::duckdb_state_DuckDBSuccess {
             return Err("could not connect to the database".into());
         }
-        let res = (|| -> Result<()> {
-            register_setting(
-                raw,
-                SET_TARGET_FILE_SIZE,
-                SettingDefault::Size(DEFAULT_TARGET_FILE_SIZE),
-                "pocaduck: a part file is closed once it reaches this many bytes",
-            )?;
-            register_setting(
-                raw,
-                SET_BUFFER_SIZE,
-                SettingDefault::Size(DEFAULT_BUFFER_SIZE),
-                "pocaduck: memory a writer session buffers before encoding (bounds ingest memory)",
-            )?;
-            register_setting(
-                raw,
-                SET_STORAGE_OPTIONS,
-                SettingDefault::Text(""),
-                "pocaduck: object-store options as key=value pairs (aws_endpoint=…, aws_region=…, aws_allow_http=true, …); process-wide",
-            )?;
-            copy::register(raw)
-        })();
+        let res = register(raw, &con);
         ffi::duckdb_disconnect(&mut raw);
-        res.map_err(|e| e.to_string())?;
-        let con = duckdb::Connection::open_from_raw(db.cast()).map_err(|e| e.to_string())?;
-        functions::register(&con).map_err(|e| e.to_string())?;
+        res?;
         Ok(true)
     }
 }
@@ -485,20 +334,4 @@ pub unsafe fn from_c(p: *const std::os::raw::c_char) -> String {
     }
     // SAFETY: `p` is non-null and NUL-terminated (this function's contract).
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size_str;
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_size_str("64MB"), Ok(64_000_000));
-        assert_eq!(parse_size_str("1 GiB"), Ok(1 << 30));
-        assert_eq!(parse_size_str("4096"), Ok(4096));
-        assert!(parse_size_str("12 parsecs")
-            .unwrap_err()
-            .contains("unknown unit"));
-        assert!(parse_size_str("MB").is_err());
-    }
 }

@@ -1,0 +1,268 @@
+//! SQL argument values: checked and converted into core types, with errors that name the argument
+//! and show the value found (`argument 'label' must not be negative, got -1`). Nothing here
+//! clamps or defaults a bad value.
+
+use duckdb::core::LogicalTypeId;
+use duckdb::vtab::Value;
+
+use crate::error::{Error, Result};
+use crate::reader::BBox;
+
+/// A value for an error message. `Value`'s own `Display` must not be used on a NULL: DuckDB throws
+/// a C++ exception there, which aborts the process when it unwinds into Rust.
+pub fn shown(v: &Value) -> String {
+    if v.is_null() {
+        "NULL".to_string()
+    } else {
+        v.to_string()
+    }
+}
+
+/// Describes a value's type for error messages.
+fn type_name(v: &Value) -> String {
+    format!("{:?}", v.logical_type_id()).to_uppercase()
+}
+
+/// A non-NULL VARCHAR argument.
+pub fn arg_string(v: Option<Value>, arg: &str) -> Result<String> {
+    let v = v.ok_or_else(|| Error::arg(arg, "is required"))?;
+    if v.is_null() {
+        return Err(Error::arg(arg, "must not be NULL"));
+    }
+    if v.logical_type_id() != LogicalTypeId::Varchar {
+        return Err(Error::arg(
+            arg,
+            format!("must be VARCHAR, got {} {}", type_name(&v), shown(&v)),
+        ));
+    }
+    let s = v.to_string();
+    if s.contains('\0') {
+        return Err(Error::arg(arg, "must not contain a NUL character"));
+    }
+    Ok(s)
+}
+
+/// Whether a DuckDB type is an integer type (of any width or sign).
+pub fn is_integer(t: LogicalTypeId) -> bool {
+    use LogicalTypeId::*;
+    matches!(
+        t,
+        Tinyint
+            | Smallint
+            | Integer
+            | Bigint
+            | UTinyint
+            | USmallint
+            | UInteger
+            | UBigint
+            | Hugeint
+            | UHugeint
+            | IntegerLiteral
+    )
+}
+
+/// A label: a non-NULL, non-negative integer of at most 64 bits.
+pub fn value_label(v: &Value, arg: &str) -> Result<u64> {
+    if v.is_null() {
+        return Err(Error::arg(arg, "must not be NULL"));
+    }
+    if !is_integer(v.logical_type_id()) {
+        return Err(Error::arg(
+            arg,
+            format!(
+                "must be an integer (UBIGINT), got {} {}",
+                type_name(v),
+                shown(v)
+            ),
+        ));
+    }
+    let s = v.to_string();
+    let n: i128 = s
+        .parse()
+        .map_err(|_| Error::arg(arg, format!("must be an integer (UBIGINT), got {s}")))?;
+    if n < 0 {
+        return Err(Error::arg(arg, format!("must not be negative, got {n}")));
+    }
+    u64::try_from(n).map_err(|_| {
+        Error::arg(
+            arg,
+            format!("must fit UBIGINT (at most 18446744073709551615), got {n}"),
+        )
+    })
+}
+
+/// A label argument that may also be a LIST of labels. Returns the labels and whether a list was given.
+pub fn arg_labels(v: Value, arg: &str) -> Result<(Vec<u64>, bool)> {
+    if v.logical_type_id() == LogicalTypeId::List && !v.is_null() {
+        let items = v.to_list().unwrap_or_default();
+        let labels = items
+            .iter()
+            .map(|x| value_label(x, arg))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok((labels, true));
+    }
+    Ok((vec![value_label(&v, arg)?], false))
+}
+
+/// Attribute names: a LIST of names, or one comma-separated VARCHAR (`''` for none), checked.
+pub fn attribute_names(v: &Value, arg: &str) -> Result<Vec<String>> {
+    if v.is_null() {
+        return Err(Error::arg(arg, "must not be NULL"));
+    }
+    let names: Vec<String> = match v.logical_type_id() {
+        LogicalTypeId::List => v
+            .to_list()
+            .unwrap_or_default()
+            .iter()
+            .map(|x| {
+                if x.is_null() {
+                    Err(Error::arg(arg, "must not contain NULL"))
+                } else {
+                    Ok(x.to_string())
+                }
+            })
+            .collect::<Result<_>>()?,
+        LogicalTypeId::Varchar => {
+            let s = v.to_string();
+            if s.trim().is_empty() {
+                vec![]
+            } else {
+                s.split(',').map(|x| x.trim().to_string()).collect()
+            }
+        }
+        _ => {
+            return Err(Error::arg(
+                arg,
+                format!(
+                    "must be a list of names or a comma-separated VARCHAR, got {}",
+                    shown(v)
+                ),
+            ))
+        }
+    };
+    crate::schema::check_attribute_names(&names, arg)?;
+    Ok(names)
+}
+
+/// A byte size: an integer, or a string such as `'64MB'`, `'1GiB'`, `'65536'`.
+pub fn parse_size(v: &Value, arg: &str) -> Result<u64> {
+    if v.is_null() {
+        return Err(Error::arg(arg, "must not be NULL"));
+    }
+    let t = v.logical_type_id();
+    if is_integer(t) {
+        let n: i128 = v
+            .to_string()
+            .parse()
+            .map_err(|_| Error::arg(arg, format!("must be a size, got {}", shown(v))))?;
+        return u64::try_from(n)
+            .map_err(|_| Error::arg(arg, format!("must be a positive size in bytes, got {n}")));
+    }
+    if t == LogicalTypeId::Varchar {
+        return parse_size_str(&v.to_string()).map_err(|m| Error::arg(arg, m));
+    }
+    Err(Error::arg(
+        arg,
+        format!(
+            "must be a size in bytes (integer or a string like '64MB'), got {} {}",
+            type_name(v),
+            shown(v)
+        ),
+    ))
+}
+
+/// Parses `'64MB'`, `'1 GiB'`, `'4096'`.
+pub fn parse_size_str(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        if !num.is_empty() {
+            format!("is too large: '{s}'")
+        } else {
+            format!("must be a size like '64MB', got '{s}'")
+        }
+    })?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KIB" => 1 << 10,
+        "MB" => 1000 * 1000,
+        "MIB" => 1 << 20,
+        "GB" => 1000 * 1000 * 1000,
+        "GIB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "has an unknown unit in '{s}' (use B, KB, KiB, MB, MiB, GB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("is too large: '{s}'"))
+}
+
+/// Parses `[min_x, min_y, min_z, max_x, max_y, max_z]`.
+pub fn bbox_value(v: &Value, arg: &str) -> Result<BBox> {
+    let shape = || {
+        format!(
+            "must be a list of 6 numbers [min_x, min_y, min_z, max_x, max_y, max_z], got {}",
+            shown(v)
+        )
+    };
+    if v.is_null() {
+        return Err(Error::arg(
+            arg,
+            "must not be NULL (leave it out for no box)",
+        ));
+    }
+    let items = v.to_list().ok_or_else(|| Error::arg(arg, shape()))?;
+    if items.len() != 6 {
+        return Err(Error::arg(arg, shape()));
+    }
+    let mut b = [0f64; 6];
+    for (i, x) in items.iter().enumerate() {
+        let t = x.logical_type_id();
+        if x.is_null()
+            || !(is_integer(t)
+                || matches!(
+                    t,
+                    LogicalTypeId::Float | LogicalTypeId::Double | LogicalTypeId::Decimal
+                ))
+        {
+            return Err(Error::arg(arg, shape()));
+        }
+        b[i] = x
+            .to_string()
+            .parse()
+            .map_err(|_| Error::arg(arg, shape()))?;
+    }
+    if b.iter().any(|x| x.is_nan()) {
+        return Err(Error::arg(
+            arg,
+            format!("must not contain NaN, got {}", shown(v)),
+        ));
+    }
+    if (0..3).any(|d| b[d] > b[d + 3]) {
+        return Err(Error::arg(
+            arg,
+            format!("has a minimum above its maximum: {}", shown(v)),
+        ));
+    }
+    Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size_str;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size_str("64MB"), Ok(64_000_000));
+        assert_eq!(parse_size_str("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_size_str("4096"), Ok(4096));
+        assert!(parse_size_str("12 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_size_str("MB").is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! `pocaduck_points(store, label | [labels] [, bbox := …])` and
+//! `pocaduck_points_in_box(store, bbox)`: the points of labels, streamed (see
+//! [`crate::reader::PointStream`]), with DuckDB's projection pushdown.
+
+use super::args::{arg_labels, bbox_value};
+use super::index_db::DuckDbCodec;
+use super::vtab::{BatchIter, Bind, TableFn};
+use crate::error::{Error, Result};
+use crate::reader::{self, BBox, ScanRequest};
+
+/// `pocaduck_points(store, label [, bbox := …])`: every point of a label (or list of labels).
+pub struct Points;
+
+/// `pocaduck_points_in_box(store, bbox)`: every point of every label inside a box.
+pub struct PointsInBox;
+
+/// Bind data of `pocaduck_points` and `pocaduck_points_in_box`.
+pub struct PointsArgs {
+    store: String,
+    /// `None`: every label.
+    labels: Option<Vec<u64>>,
+    bbox: Option<BBox>,
+    /// Part-file column of each result column.
+    part_cols: Vec<usize>,
+}
+
+/// Shared bind: result columns `[label,] x, y, z, attributes…, block`.
+fn bind_points(
+    b: &Bind,
+    labels: Option<Vec<u64>>,
+    with_label: bool,
+    bbox: Option<BBox>,
+) -> Result<PointsArgs> {
+    let store = b.store()?;
+    let index = reader::open(&store, &DuckDbCodec)?;
+    let mut part_cols = Vec::new();
+    if with_label {
+        b.columns(&[("label", duckdb::core::LogicalTypeId::UBigint)]);
+        part_cols.push(0);
+    }
+    for (i, c) in index.schema.columns.iter().enumerate().skip(1) {
+        b.arrow_column(&c.name, &c.ty.arrow())?;
+        part_cols.push(i + 1);
+    }
+    let block = &index.schema.columns[0];
+    b.arrow_column(&block.name, &block.ty.arrow())?;
+    part_cols.push(1);
+    Ok(PointsArgs {
+        store,
+        labels,
+        bbox,
+        part_cols,
+    })
+}
+
+/// Shared execution: opened again per execution, so a prepared statement sees the newest
+/// generation.
+fn stream_points(args: &PointsArgs, columns: &[usize]) -> Result<BatchIter> {
+    let wanted: Vec<usize> = columns
+        .iter()
+        .filter_map(|i| args.part_cols.get(*i).copied())
+        .collect();
+    let index = reader::open(&args.store, &DuckDbCodec)?;
+    let req = match &args.labels {
+        Some(ls) => ScanRequest::labels(ls.clone()),
+        None => ScanRequest::all(),
+    };
+    Ok(Box::new(
+        req.bbox(args.bbox).columns(wanted).stream(&index)?,
+    ))
+}
+
+impl TableFn for Points {
+    const NAME: &'static str = "pocaduck_points";
+    const PARAMETERS: &'static [&'static str] = &["label"];
+    const NAMED: &'static [&'static str] = &["bbox"];
+    const PROJECTION: bool = true;
+    type Args = PointsArgs;
+
+    fn bind(b: &Bind) -> Result<PointsArgs> {
+        let (labels, with_label) = arg_labels(b.param(1), "label")?;
+        let bbox = match b.named("bbox") {
+            Some(v) => Some(bbox_value(&v, "bbox")?),
+            None => None,
+        };
+        bind_points(b, Some(labels), with_label, bbox)
+    }
+
+    fn rows(args: &PointsArgs, columns: &[usize]) -> Result<BatchIter> {
+        stream_points(args, columns)
+    }
+}
+
+impl TableFn for PointsInBox {
+    const NAME: &'static str = "pocaduck_points_in_box";
+    const PARAMETERS: &'static [&'static str] = &["bbox"];
+    const PROJECTION: bool = true;
+    type Args = PointsArgs;
+
+    fn bind(b: &Bind) -> Result<PointsArgs> {
+        let v = b.param(1);
+        if v.is_null() {
+            return Err(Error::arg("bbox", "must not be NULL"));
+        }
+        let bbox = bbox_value(&v, "bbox")?;
+        bind_points(b, None, true, Some(bbox))
+    }
+
+    fn rows(args: &PointsArgs, columns: &[usize]) -> Result<BatchIter> {
+        stream_points(args, columns)
+    }
+}

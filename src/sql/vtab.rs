@@ -1,0 +1,349 @@
+//! The table-function scaffold: what every `pocaduck_*` table function shares, so that a function
+//! is one [`TableFn`] implementation in its own file plus one line in [`super::register`].
+//!
+//! - [`Bind`]: the bind prologue (`SET pocaduck_storage_options` applied, the `store` argument,
+//!   named arguments, result columns);
+//! - [`Table`]: the adapter from a [`TableFn`] to duckdb-rs' `VTab`. It binds inside [`run`] (an
+//!   error or a panic becomes `<function>: <message>`), and produces the rows at the first `func`
+//!   call of each execution, so a prepared statement executed again does its work again and sees
+//!   the newest generation;
+//! - [`Emitter`]: hands result batches to DuckDB in chunks of at most 2048 rows, pulling a stream
+//!   only as far as DuckDB asks (`LIMIT` stops reading);
+//! - [`ubigint_row`], [`one_batch`]: the result of a one-row function.
+//!
+//! Guarantees: no callback panics into DuckDB (duckdb-rs contains them too); a function's
+//! arguments are checked at bind time, before any work; its work runs once per execution.
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
+use arrow::datatypes::DataType;
+use duckdb::core::{DataChunkHandle, LogicalTypeHandle, LogicalTypeId};
+use duckdb::vtab::{
+    record_batch_to_duckdb_data_chunk, to_duckdb_logical_type, BindInfo, InitInfo,
+    TableFunctionInfo, VTab, Value,
+};
+use duckdb::{ffi, Connection};
+
+use super::args::{arg_string, parse_size};
+use super::{guard, ClientContext};
+use crate::error::{Error, Result};
+use crate::storage::{OpenMode, Store};
+
+/// The error type of duckdb-rs callbacks.
+pub type BoxErr = Box<dyn std::error::Error>;
+
+/// Runs `f` for SQL function `func`: an error or a panic becomes `<func>: <message>`.
+pub fn run<T>(func: &str, f: impl FnOnce() -> Result<T>) -> std::result::Result<T, BoxErr> {
+    guard(func, f).map_err(Into::into)
+}
+
+/// A source of result batches.
+pub type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+/// A table function of pocaduck. Its first argument is always `store` (VARCHAR).
+pub trait TableFn: 'static {
+    /// The SQL name (`pocaduck_…`), also the prefix of its error messages.
+    const NAME: &'static str;
+    /// Positional arguments after `store`, by name (typed ANY: checked at bind).
+    const PARAMETERS: &'static [&'static str] = &[];
+    /// Named arguments (`name := …`), typed ANY: checked at bind.
+    const NAMED: &'static [&'static str] = &[];
+    /// Whether DuckDB may project: [`TableFn::rows`] then gets the result columns wanted.
+    const PROJECTION: bool = false;
+    /// The validated arguments (the bind data).
+    type Args: Send + Sync;
+
+    /// Validates the arguments and declares the result columns.
+    fn bind(b: &Bind) -> Result<Self::Args>;
+
+    /// The rows of one execution. `columns` holds the indices of the result columns DuckDB wants
+    /// when [`TableFn::PROJECTION`] is set (empty otherwise).
+    fn rows(args: &Self::Args, columns: &[usize]) -> Result<BatchIter>;
+}
+
+/// A table function whose result is one row of UBIGINT figures (`pocaduck_consolidate`,
+/// `pocaduck_optimize`, `pocaduck_stats`): it supplies its columns, its bind and its computation;
+/// the rest is [`TableFn`]'s.
+pub trait OneRow: 'static {
+    /// The SQL name.
+    const NAME: &'static str;
+    /// Named arguments (`name := …`), typed ANY: checked at bind.
+    const NAMED: &'static [&'static str] = &[];
+    /// The result columns, in order.
+    const COLUMNS: &'static [&'static str];
+    /// The validated arguments.
+    type Args: Send + Sync;
+
+    /// Validates the arguments.
+    fn bind(b: &Bind) -> Result<Self::Args>;
+
+    /// Does the work (once per execution) and returns the figures, one per column.
+    fn compute(args: &Self::Args) -> Result<Vec<u64>>;
+}
+
+impl<T: OneRow> TableFn for T {
+    const NAME: &'static str = T::NAME;
+    const NAMED: &'static [&'static str] = T::NAMED;
+    type Args = T::Args;
+
+    fn bind(b: &Bind) -> Result<T::Args> {
+        let args = T::bind(b)?;
+        b.ubigint_columns(T::COLUMNS);
+        Ok(args)
+    }
+
+    fn rows(args: &T::Args, _: &[usize]) -> Result<BatchIter> {
+        let v = T::compute(args)?;
+        if v.len() != T::COLUMNS.len() {
+            return Err(Error::Internal(format!(
+                "{} figures for {} columns",
+                v.len(),
+                T::COLUMNS.len()
+            )));
+        }
+        Ok(one_batch(ubigint_row(T::COLUMNS, &v)?))
+    }
+}
+
+/// A bind in progress: the arguments DuckDB passed and the result columns being declared.
+pub struct Bind<'a> {
+    info: &'a BindInfo,
+    ctx: ClientContext,
+}
+
+const _: () =
+    assert!(std::mem::size_of::<BindInfo>() == std::mem::size_of::<ffi::duckdb_bind_info>());
+
+impl<'a> Bind<'a> {
+    /// The prologue every bind starts with: `SET pocaduck_storage_options` applied to the stores
+    /// opened from now on.
+    fn new(info: &'a BindInfo) -> Result<Self> {
+        // SAFETY: BindInfo is a single-field wrapper around duckdb_bind_info (size checked above).
+        let raw: ffi::duckdb_bind_info =
+            unsafe { *(info as *const BindInfo as *const ffi::duckdb_bind_info) };
+        let mut ctx: ffi::duckdb_client_context = std::ptr::null_mut();
+        // SAFETY: `raw` is the live bind info of this bind; ClientContext owns (and destroys) the
+        // context written to `ctx`, and handles it staying null.
+        unsafe { ffi::duckdb_table_function_get_client_context(raw, &mut ctx) };
+        let ctx = ClientContext::new(ctx);
+        ctx.apply_storage_options()?;
+        Ok(Bind { info, ctx })
+    }
+
+    /// The `store` argument (the first one).
+    pub fn store(&self) -> Result<String> {
+        arg_string(Some(self.info.get_parameter(0)), "store")
+    }
+
+    /// The `store` argument, which must name an existing store.
+    pub fn existing_store(&self) -> Result<String> {
+        let store = self.store()?;
+        Store::open(&store, OpenMode::Existing)?;
+        Ok(store)
+    }
+
+    /// Positional argument `i` (0 is `store`).
+    pub fn param(&self, i: u64) -> Value {
+        self.info.get_parameter(i)
+    }
+
+    /// A named argument, if given.
+    pub fn named(&self, name: &str) -> Option<Value> {
+        self.info.get_named_parameter(name)
+    }
+
+    /// A named BOOLEAN argument.
+    pub fn named_bool(&self, name: &str, default: bool) -> Result<bool> {
+        match self.named(name) {
+            None => Ok(default),
+            Some(v) if v.is_null() => Err(Error::arg(name, "must not be NULL")),
+            Some(v) if v.logical_type_id() == LogicalTypeId::Boolean => Ok(v.to_bool()),
+            Some(v) => Err(Error::arg(
+                name,
+                format!("must be BOOLEAN, got {}", super::args::shown(&v)),
+            )),
+        }
+    }
+
+    /// A named byte-size argument.
+    pub fn named_size(&self, name: &str, default: u64) -> Result<u64> {
+        match self.named(name) {
+            None => Ok(default),
+            Some(v) => parse_size(&v, name),
+        }
+    }
+
+    /// The client context (for `SET` settings).
+    pub fn context(&self) -> &ClientContext {
+        &self.ctx
+    }
+
+    /// Declares result columns.
+    pub fn columns(&self, cols: &[(&str, LogicalTypeId)]) {
+        for (n, t) in cols {
+            self.info.add_result_column(n, LogicalTypeHandle::from(*t));
+        }
+    }
+
+    /// Declares UBIGINT result columns.
+    pub fn ubigint_columns(&self, names: &[&str]) {
+        for n in names {
+            self.info
+                .add_result_column(n, LogicalTypeHandle::from(LogicalTypeId::UBigint));
+        }
+    }
+
+    /// Declares a result column of an Arrow type.
+    pub fn arrow_column(&self, name: &str, ty: &DataType) -> Result<()> {
+        let t = to_duckdb_logical_type(ty)
+            .map_err(|e| Error::Internal(format!("column {name} of type {ty}: {e}")))?;
+        self.info.add_result_column(name, t);
+        Ok(())
+    }
+}
+
+/// A batch from named columns.
+pub fn batch(cols: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_from_iter(cols)?)
+}
+
+/// One row of UBIGINT columns.
+pub fn ubigint_row(names: &[&str], values: &[u64]) -> Result<RecordBatch> {
+    batch(
+        names
+            .iter()
+            .zip(values)
+            .map(|(n, v)| (*n, Arc::new(UInt64Array::from(vec![*v])) as ArrayRef))
+            .collect(),
+    )
+}
+
+/// The rows of a function that returns one batch.
+pub fn one_batch(b: RecordBatch) -> BatchIter {
+    Box::new(std::iter::once(Ok(b)))
+}
+
+/// Rows handed to DuckDB in chunks of at most 2048 as they are produced.
+pub struct Emitter {
+    func: &'static str,
+    iter: BatchIter,
+    cur: Option<RecordBatch>,
+    pos: usize,
+}
+
+impl Emitter {
+    /// Emits what `iter` yields; its errors are reported as errors of `func`.
+    pub fn new(func: &'static str, iter: BatchIter) -> Self {
+        Emitter {
+            func,
+            iter,
+            cur: None,
+            pos: 0,
+        }
+    }
+
+    /// Fills `output` with the next rows (none: the end).
+    pub fn emit(&mut self, output: &mut DataChunkHandle) -> std::result::Result<(), BoxErr> {
+        loop {
+            if let Some(b) = self.cur.as_ref().filter(|b| self.pos < b.num_rows()) {
+                let n = (b.num_rows() - self.pos).min(2048);
+                record_batch_to_duckdb_data_chunk(&b.slice(self.pos, n), output)?;
+                output.set_len(n);
+                self.pos += n;
+                return Ok(());
+            }
+            match run(self.func, || self.iter.next().transpose())? {
+                Some(b) => {
+                    self.cur = Some(b);
+                    self.pos = 0;
+                }
+                None => {
+                    output.set_len(0);
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The state of one execution: the columns wanted, then the rows once started.
+pub struct Execution {
+    columns: Vec<usize>,
+    rows: Mutex<Option<Emitter>>,
+}
+
+/// The duckdb-rs table function of a [`TableFn`].
+pub struct Table<T>(PhantomData<T>);
+
+impl<T: TableFn> VTab for Table<T> {
+    type BindData = T::Args;
+    type InitData = Execution;
+
+    fn bind(info: &BindInfo) -> std::result::Result<T::Args, BoxErr> {
+        run(T::NAME, || T::bind(&Bind::new(info)?))
+    }
+
+    fn init(init: &InitInfo) -> std::result::Result<Execution, BoxErr> {
+        let columns = if T::PROJECTION {
+            init.get_column_indices()
+                .into_iter()
+                .map(|i| i as usize)
+                .collect()
+        } else {
+            vec![]
+        };
+        Ok(Execution {
+            columns,
+            rows: Mutex::new(None),
+        })
+    }
+
+    fn func(
+        func: &TableFunctionInfo<Self>,
+        output: &mut DataChunkHandle,
+    ) -> std::result::Result<(), BoxErr> {
+        let exec = func.get_init_data();
+        let mut rows = exec
+            .rows
+            .lock()
+            .map_err(|_| format!("{}: execution lock poisoned", T::NAME))?;
+        if rows.is_none() {
+            let iter = run(T::NAME, || T::rows(func.get_bind_data(), &exec.columns))?;
+            *rows = Some(Emitter::new(T::NAME, iter));
+        }
+        match rows.as_mut() {
+            Some(e) => e.emit(output),
+            None => Ok(()),
+        }
+    }
+
+    fn supports_pushdown() -> bool {
+        T::PROJECTION
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        let mut v = vec![LogicalTypeHandle::from(LogicalTypeId::Varchar)];
+        v.extend(
+            T::PARAMETERS
+                .iter()
+                .map(|_| LogicalTypeHandle::from(LogicalTypeId::Any)),
+        );
+        Some(v)
+    }
+
+    fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
+        Some(
+            T::NAMED
+                .iter()
+                .map(|n| (n.to_string(), LogicalTypeHandle::from(LogicalTypeId::Any)))
+                .collect(),
+        )
+    }
+}
+
+/// Registers table function `T` under its name.
+pub fn register<T: TableFn>(con: &Connection) -> duckdb::Result<()> {
+    con.register_table_function::<Table<T>>(T::NAME)
+}
