@@ -420,7 +420,11 @@ impl PointStream {
         self.out_schema.clone()
     }
 
-    fn next_window(&mut self) -> Result<()> {
+    /// Plans the next window: takes its entries (none left: `None`).
+    fn plan_window(&mut self) -> Option<Window> {
+        if self.entries.is_empty() {
+            return None;
+        }
         let mut rows = 0;
         let mut take = Vec::new();
         let mut parts = std::collections::HashSet::new();
@@ -444,23 +448,32 @@ impl PointStream {
             take.extend(self.entries.pop_front());
         }
         self.window = (self.window * 4).min(WINDOW_ROWS);
-        let batches = block_on(read_window(
-            &self.store,
-            take,
-            &self.cols,
-            &self.schema,
-            self.trace.as_deref(),
-        ))?;
-        for b in batches {
-            let b = match self.bbox {
-                Some(bx) => filter_box(&b, &bx, self.keep)?,
-                None => b,
-            };
-            if b.num_rows() > 0 {
-                self.ready.push_back(b);
-            }
+        Some(Window {
+            store: self.store.clone(),
+            entries: take,
+            cols: self.cols.clone(),
+            keep: self.keep,
+            schema: self.schema.clone(),
+            bbox: self.bbox,
+            trace: self.trace.clone(),
+        })
+    }
+
+    fn next_window(&mut self) -> Result<()> {
+        if let Some(w) = self.plan_window() {
+            self.ready.extend(w.read()?);
         }
         Ok(())
+    }
+
+    /// Rows not yet planned into a window (before any box filter).
+    pub fn rows_left(&self) -> u64 {
+        self.entries.iter().map(|e| e.row_count).sum()
+    }
+
+    /// Shares the stream between threads: see [`SharedPoints`].
+    pub fn shared(self) -> SharedPoints {
+        SharedPoints(Mutex::new(self))
     }
 }
 
@@ -475,6 +488,57 @@ impl Iterator for PointStream {
             }
         }
         self.ready.pop_front().map(Ok)
+    }
+}
+
+/// A planned window of a [`PointStream`]: entries to read, and how.
+struct Window {
+    store: Store,
+    entries: Vec<ReadEntry>,
+    cols: Vec<usize>,
+    keep: usize,
+    schema: arrow::datatypes::SchemaRef,
+    bbox: Option<BBox>,
+    trace: Option<Arc<ReadTrace>>,
+}
+
+impl Window {
+    /// Reads and decodes the window (box-filtered, empty batches dropped).
+    fn read(self) -> Result<Vec<RecordBatch>> {
+        let batches = block_on(read_window(
+            &self.store,
+            self.entries,
+            &self.cols,
+            &self.schema,
+            self.trace.as_deref(),
+        ))?;
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches {
+            let b = match self.bbox {
+                Some(bx) => filter_box(&b, &bx, self.keep)?,
+                None => b,
+            };
+            if b.num_rows() > 0 {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A [`PointStream`] that several threads read at once: each call plans the next window under a
+/// lock and reads it outside, so windows decode in parallel (rows come out in no fixed order
+/// across windows). Memory: at most one window per reading thread.
+pub struct SharedPoints(Mutex<PointStream>);
+
+impl SharedPoints {
+    /// The next window's batches (`None`: every window has been taken).
+    pub fn next_window(&self) -> Option<Result<Vec<RecordBatch>>> {
+        let w = match self.0.lock() {
+            Ok(mut s) => s.plan_window()?,
+            Err(_) => return Some(Err(Error::Internal("point stream lock poisoned".into()))),
+        };
+        Some(w.read())
     }
 }
 
