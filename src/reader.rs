@@ -247,15 +247,20 @@ impl LoadedIndex {
     }
 
     /// Reads the rows of `entries` (in that order), returning the part-file columns `cols`.
-    pub(crate) fn read_entry_rows(
+    pub(crate) fn read_entry_rows<'a>(
         &self,
-        entries: &[UnifiedEntry],
+        entries: impl IntoIterator<Item = &'a UnifiedEntry>,
         cols: &[usize],
     ) -> Result<Vec<RecordBatch>> {
+        // Part names interned: entries of a few parts share one string each.
+        let mut parts: HashMap<&str, Arc<str>> = HashMap::new();
         let es = entries
-            .iter()
+            .into_iter()
             .map(|e| ReadEntry {
-                part: Arc::from(e.entry.part.as_str()),
+                part: parts
+                    .entry(e.entry.part.as_str())
+                    .or_insert_with(|| Arc::from(e.entry.part.as_str()))
+                    .clone(),
                 row_start: e.entry.row_start,
                 row_count: e.entry.row_count,
             })
