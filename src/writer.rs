@@ -370,9 +370,12 @@ pub(crate) fn new_session_id() -> String {
     format!("{now:013}-{:08x}", rand)
 }
 
-/// Part file settings. `label` and `block` (few distinct values, sorted) keep dictionary
-/// encoding; coordinates and attributes skip it (interning millions of distinct values is the
-/// most expensive step of encoding): integers use DELTA_BINARY_PACKED, floats PLAIN.
+/// Part file settings. Integer columns (the label, integer blocks, coordinates and attributes)
+/// use DELTA_BINARY_PACKED without a dictionary: interning millions of distinct values is the
+/// most expensive step of encoding, and labels and blocks are sorted within a flush, so their
+/// deltas are tiny — and a reader of one page needs no dictionary page (which, for a part of
+/// many small labels, is as large as the label column). Floats are PLAIN; strings (a VARCHAR
+/// block, VARCHAR attributes) keep dictionaries.
 pub(crate) fn part_props(schema: &arrow::datatypes::Schema) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::LZ4_RAW)
@@ -380,7 +383,7 @@ pub(crate) fn part_props(schema: &arrow::datatypes::Schema) -> WriterProperties 
         .set_write_batch_size(PAGE_ROWS)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page);
-    for f in schema.fields().iter().skip(2) {
+    for f in schema.fields().iter() {
         let col = ColumnPath::from(f.name().as_str());
         if f.data_type().is_integer() {
             b = b
