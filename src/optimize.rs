@@ -281,7 +281,7 @@ pub fn optimize(
         schema: idx.schema.arrow(),
         part: None,
         done: Vec::new(),
-        row_bytes: 8 * (idx.schema.columns.len() + 1),
+        row_bytes: 8 * (idx.schema.part_columns()),
     };
     let mut written: Vec<Path> = Vec::new();
     let res = (|| {
@@ -411,7 +411,7 @@ fn rewrite(
     opts: &OptimizeOptions,
     summary: &mut OptimizeSummary,
 ) -> Result<()> {
-    let cols: Vec<usize> = (0..idx.schema.columns.len() + 1).collect();
+    let cols: Vec<usize> = (0..idx.schema.part_columns()).collect();
     // Labels waiting for their window to be copied, in label order: (entries, fragmented).
     let mut window: Vec<(Vec<UnifiedEntry>, bool)> = Vec::new();
     let mut rows = 0u64;

@@ -32,7 +32,7 @@ use parquet::schema::types::ColumnPath;
 use crate::error::{Error, Result};
 use crate::index::{block_ids, encode_segment, SegmentEntry};
 use crate::layout;
-use crate::schema::{normalize, schema_for_input, StoreSchema};
+use crate::schema::{col, normalize, schema_for_input, StoreSchema};
 use crate::storage::{block_on, OpenMode, Store};
 
 /// Default target size of a part file: 128 MiB.
@@ -136,7 +136,7 @@ impl PartWriter {
         // buffered batches (no concatenated copy of the coordinates).
         let key_cols = batches
             .iter()
-            .map(|b| b.project(&[0, 1]))
+            .map(|b| b.project(&[col::LABEL, col::BLOCK]))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let Some(first) = key_cols.first() else {
             return Ok(());
@@ -287,7 +287,7 @@ impl Encoder {
 /// integers (no indirection), which is several times faster than a comparator sort.
 fn sort_order(b: &RecordBatch) -> Result<(arrow::array::UInt32Array, Vec<u32>)> {
     let labels = crate::schema::labels(b).values();
-    let blocks = b.column(1);
+    let blocks = b.column(col::BLOCK);
     let ranks: Vec<u32> =
         if let Some(ints) = blocks.as_any().downcast_ref::<arrow::array::Int64Array>() {
             let mut distinct: Vec<i64> = ints.values().to_vec();
@@ -760,8 +760,9 @@ pub fn latest_commit(store: &Store, worker: &str) -> Result<u64> {
 /// `row_start` is relative to the batch.
 fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> {
     let labels = crate::schema::labels(b);
-    let coords: Vec<ArrayRef> = (2..5)
-        .map(|i| arrow::compute::cast(b.column(i), &DataType::Float64))
+    let coords: Vec<ArrayRef> = col::XYZ
+        .iter()
+        .map(|&i| arrow::compute::cast(b.column(i), &DataType::Float64))
         .collect::<std::result::Result<_, _>>()?;
     let xyz: Vec<&[f64]> = coords
         .iter()
@@ -787,7 +788,7 @@ fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> {
             }
             out.push(SegmentEntry {
                 label: labels.value(start),
-                block: block_ids(&b.column(1).slice(start, 1))?.remove(0),
+                block: block_ids(&b.column(col::BLOCK).slice(start, 1))?.remove(0),
                 part: String::new(),
                 row_start: start as u64,
                 row_count: (r - start) as u64,
