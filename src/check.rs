@@ -19,6 +19,7 @@ use crate::index::{block_ids, decode_segment, IndexCodec, UnifiedEntry};
 use crate::layout;
 use crate::log;
 use crate::reader::LoadedIndex;
+use crate::schema::col;
 use crate::storage::Store;
 
 /// One thing found wrong.
@@ -132,7 +133,7 @@ fn check_commits(store: &Store, existing: &HashSet<String>, r: &mut CheckReport)
 /// and every entry's rows read back as its label and block, inside its bounds.
 fn check_entries(idx: &LoadedIndex, r: &mut CheckReport) {
     let want_schema = idx.schema.arrow();
-    let cols: Vec<usize> = (0..idx.schema.columns.len() + 1).collect();
+    let cols: Vec<usize> = (0..idx.schema.part_columns()).collect();
     // Per part: its row count, or None when it cannot be read.
     let mut parts: HashMap<String, Option<u64>> = HashMap::new();
     let mut chunk: Vec<UnifiedEntry> = Vec::new();
@@ -281,13 +282,12 @@ fn verify(
     if let Some(r) = (0..b.num_rows()).find(|&r| labels.is_null(r) || labels.value(r) != e.label) {
         return Err(format!("{} holds label {}", at(r), labels.value(r)));
     }
-    let blocks = block_ids(b.column(1)).map_err(|x| x.to_string())?;
+    let blocks = block_ids(b.column(col::BLOCK)).map_err(|x| x.to_string())?;
     if let Some(r) = blocks.iter().position(|x| *x != e.block) {
         return Err(format!("{} holds block {}", at(r), blocks[r]));
     }
-    for d in 0..3 {
-        let c =
-            arrow::compute::cast(b.column(2 + d), &DataType::Float64).map_err(|x| x.to_string())?;
+    for (d, i) in col::XYZ.into_iter().enumerate() {
+        let c = arrow::compute::cast(b.column(i), &DataType::Float64).map_err(|x| x.to_string())?;
         let v = c.as_primitive::<Float64Type>();
         if let Some(r) = (0..v.len())
             .find(|&r| v.is_null(r) || v.value(r) < e.bbox[d] || v.value(r) > e.bbox[d + 3])

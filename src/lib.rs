@@ -4,7 +4,8 @@
 //! - [`storage`]: object-store I/O; [`layout`]: where files live in a store;
 //! - [`schema`]: store schema and input validation; [`index`]: index entries, commit segments;
 //! - [`log`]: generations (manifests) and publishing; [`segment`]: index segments and lookups;
-//! - [`writer`]: ingest sessions; [`consolidate`]: building the unified index;
+//! - [`writer`]: ingest sessions; [`part_sink`]: writing part files (for writer and optimize);
+//! - [`consolidate`]: building the unified index;
 //! - [`optimize`]: rewriting fragmented labels; [`reader`]: points, labels and blocks queries.
 //!
 //! [`sql`] adapts DuckDB callbacks to the core and holds all `unsafe` code: the crate denies
@@ -22,6 +23,7 @@ pub mod index;
 pub mod layout;
 pub mod log;
 pub mod optimize;
+pub mod part_sink;
 pub mod reader;
 pub mod schema;
 pub mod segment;

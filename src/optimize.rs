@@ -28,16 +28,16 @@
 //!   `unreferenced_bytes`.
 
 use object_store::path::Path;
-use parquet::arrow::async_writer::{AsyncArrowWriter, ParquetObjectWriter};
 
 use crate::error::{Error, Result};
 use crate::index::{IndexCodec, SegmentEntry, UnifiedEntry};
 use crate::layout;
 use crate::log::{self, Manifest, SegmentRef};
+use crate::part_sink::PartSink;
 use crate::reader::LoadedIndex;
 use crate::segment::RunWriter;
-use crate::storage::{block_on, Store};
-use crate::writer::{new_session_id, part_props};
+use crate::storage::Store;
+use crate::writer::new_session_id;
 
 /// Settings of one optimize run.
 #[derive(Clone, Debug)]
@@ -95,86 +95,50 @@ pub(crate) fn is_contiguous(entries: &[UnifiedEntry]) -> bool {
     })
 }
 
-struct OutPart {
-    path: Path,
-    writer: AsyncArrowWriter<ParquetObjectWriter>,
-    /// Rows of the part, pending ones included.
-    rows: u64,
-    /// Rows appended but not yet handed to the encoder (written in one batch).
-    pending: Vec<arrow::array::RecordBatch>,
-    pending_rows: usize,
-}
-
 /// Pending rows are encoded once there are this many.
 const FLUSH_ROWS: usize = 1 << 16;
 
 /// The optimized parts being written.
-struct Output<'a> {
-    store: &'a Store,
-    session: String,
-    schema: arrow::datatypes::SchemaRef,
-    part: Option<OutPart>,
-    done: Vec<Path>,
+struct Output {
+    sink: PartSink,
+    /// Rows appended but not yet written to the open part (written in one batch).
+    pending: Vec<arrow::array::RecordBatch>,
+    pending_rows: usize,
     /// Estimated bytes of a row in memory (for deciding when to encode).
     row_bytes: usize,
 }
 
-impl Output<'_> {
-    fn open(&mut self) -> Result<&mut OutPart> {
-        if self.part.is_none() {
-            let path = layout::optimized_part(&self.session, self.done.len() as u32);
-            let obj = ParquetObjectWriter::new(self.store.objects.clone(), path.clone());
-            let writer =
-                AsyncArrowWriter::try_new(obj, self.schema.clone(), Some(part_props(&self.schema)))
-                    .map_err(|e| Error::file(&self.store.name, path.as_ref(), e))?;
-            self.part = Some(OutPart {
-                path,
-                writer,
-                rows: 0,
-                pending: Vec::new(),
-                pending_rows: 0,
-            });
-        }
-        self.part
-            .as_mut()
-            .ok_or_else(|| Error::Internal("no part".into()))
-    }
-
-    /// Appends rows to the open part; returns the part's name and the first row's number.
-    fn append(&mut self, rows: arrow::array::RecordBatch) -> Result<(String, u64)> {
-        let part = self.open()?;
-        let start = part.rows;
-        part.rows += rows.num_rows() as u64;
-        part.pending_rows += rows.num_rows();
-        part.pending.push(rows);
-        Ok((part.path.to_string(), start))
+impl Output {
+    /// Appends rows to the open part (opening one if needed).
+    fn append(&mut self, rows: arrow::array::RecordBatch) -> Result<()> {
+        self.current()?;
+        self.pending_rows += rows.num_rows();
+        self.pending.push(rows);
+        Ok(())
     }
 
     /// Encodes the pending rows.
     fn flush(&mut self) -> Result<()> {
-        let Some(p) = self.part.as_mut() else {
-            return Ok(());
-        };
-        if p.pending.is_empty() {
+        if self.pending.is_empty() {
             return Ok(());
         }
-        let err = |e: &dyn std::fmt::Display| Error::file(&self.store.name, p.path.as_ref(), e);
-        let batch = arrow::compute::concat_batches(&self.schema, &p.pending)?;
-        p.pending.clear();
-        p.pending_rows = 0;
-        block_on(p.writer.write(&batch)).map_err(|e| err(&e))
+        let batch = arrow::compute::concat_batches(self.sink.schema(), &self.pending)?;
+        self.pending.clear();
+        self.pending_rows = 0;
+        self.sink.write(&batch).map(|_| ())
     }
 
     /// The open part's name and its rows so far (appended ones), opening a part if needed.
     fn current(&mut self) -> Result<(&str, u64)> {
-        let p = self.open()?;
-        Ok((p.path.as_ref(), p.rows))
+        let pending = self.pending_rows as u64;
+        let (name, written) = self.sink.current()?;
+        Ok((name, written + pending))
     }
 
     /// At a point where the part may close: once enough rows are waiting (in `rows` and here),
     /// encodes them, and closes the part once it reaches `target` bytes.
     fn boundary(&mut self, rows: &mut RowCursor, target: u64) -> Result<()> {
-        let waiting = rows.pending() + self.part.as_ref().map_or(0, |p| p.pending_rows);
+        let waiting = rows.pending() + self.pending_rows;
         if waiting >= FLUSH_ROWS || (waiting * self.row_bytes) as u64 >= target / 2 {
             rows.cut(self)?;
             self.flush()?;
@@ -185,29 +149,14 @@ impl Output<'_> {
 
     fn close(&mut self) -> Result<()> {
         self.flush()?;
-        if let Some(p) = self.part.take() {
-            block_on(p.writer.close())
-                .map_err(|e| Error::file(&self.store.name, p.path.as_ref(), e))?;
-            self.done.push(p.path);
-        }
-        Ok(())
+        self.sink.close()
     }
 
     fn close_if_full(&mut self, target: u64) -> Result<()> {
-        let full = self.part.as_ref().is_some_and(|p| {
-            (p.writer.bytes_written() + p.writer.in_progress_size()) as u64 >= target
-        });
-        if full {
+        if self.sink.size() >= target {
             self.close()?;
         }
         Ok(())
-    }
-
-    fn discard(&mut self) {
-        drop(self.part.take());
-        for p in self.done.drain(..) {
-            let _ = self.store.delete(&p);
-        }
     }
 }
 
@@ -275,13 +224,13 @@ pub fn optimize(
             ..Default::default()
         };
     }
+    let session = new_session_id();
+    let paths = Box::new(move |n| layout::optimized_part(&session, n));
     let mut out = Output {
-        store,
-        session: new_session_id(),
-        schema: idx.schema.arrow(),
-        part: None,
-        done: Vec::new(),
-        row_bytes: 8 * (idx.schema.columns.len() + 1),
+        sink: PartSink::new(store.clone(), idx.schema.arrow(), paths),
+        pending: Vec::new(),
+        pending_rows: 0,
+        row_bytes: 8 * (idx.schema.part_columns()),
     };
     let mut written: Vec<Path> = Vec::new();
     let res = (|| {
@@ -293,17 +242,17 @@ pub fn optimize(
         let refs = w.finish()?;
         written.extend(refs.iter().map(|r| Path::from(r.file.as_str())));
         out.close()?;
-        store.sync(&out.done)?;
+        store.sync(out.sink.done())?;
         publish_rebased(store, codec, &base, lo, hi, refs)
     })();
     match res {
         Ok(g) => {
             summary.generation = g;
-            summary.files_written = out.done.len() as u64;
+            summary.files_written = out.sink.done().len() as u64;
             Ok(summary)
         }
         Err(e) => {
-            out.discard();
+            out.sink.discard();
             for p in &written {
                 let _ = store.delete(p);
             }
@@ -411,7 +360,7 @@ fn rewrite(
     opts: &OptimizeOptions,
     summary: &mut OptimizeSummary,
 ) -> Result<()> {
-    let cols: Vec<usize> = (0..idx.schema.columns.len() + 1).collect();
+    let cols: Vec<usize> = (0..idx.schema.part_columns()).collect();
     // Labels waiting for their window to be copied, in label order: (entries, fragmented).
     let mut window: Vec<(Vec<UnifiedEntry>, bool)> = Vec::new();
     let mut rows = 0u64;

@@ -381,7 +381,7 @@ impl ScanRequest {
         // The box filter needs x, y, z: read them after the requested columns.
         let mut cols = self.cols.clone();
         if self.bbox.is_some() {
-            cols.extend([2, 3, 4]);
+            cols.extend(crate::schema::col::XYZ);
         }
         let schema = index.projected(&cols);
         let out_schema = index.projected(&self.cols);

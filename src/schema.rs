@@ -19,8 +19,23 @@ use crate::error::{Error, Result};
 /// Version of the on-disk format written by this build.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Names of the fixed leading columns.
+/// Names of the fixed leading columns, at the positions given by [`col`].
 pub const FIXED: [&str; 5] = ["label", "block", "x", "y", "z"];
+
+/// The column layout of part files and of rows as they arrive (`COPY`, `pocaduck_write`):
+/// `label, block, x, y, z, attribute…`. The one place that knows it: code names these
+/// positions, never the numbers. ([`StoreSchema::columns`] is the same list without `label`:
+/// use [`StoreSchema::column`] to look a position up there.)
+pub mod col {
+    /// `label` (UBIGINT).
+    pub const LABEL: usize = 0;
+    /// `block` (VARCHAR or BIGINT).
+    pub const BLOCK: usize = 1;
+    /// `x`, `y`, `z`, in that order.
+    pub const XYZ: [usize; 3] = [2, 3, 4];
+    /// The first attribute; also the number of fixed columns.
+    pub const ATTRIBUTES: usize = 5;
+}
 
 /// A column type pocaduck can store, spelled as DuckDB spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,22 +131,34 @@ pub struct StoreSchema {
 impl StoreSchema {
     /// Arrow schema of part files: `label` then [`StoreSchema::columns`].
     pub fn arrow(&self) -> SchemaRef {
-        let mut fields = vec![Field::new("label", DataType::UInt64, false)];
-        for (i, c) in self.columns.iter().enumerate() {
+        let mut fields = vec![Field::new(FIXED[col::LABEL], DataType::UInt64, false)];
+        for i in col::BLOCK..self.part_columns() {
+            let c = self.column(i);
             // block, x, y, z are never NULL; attributes may be.
-            fields.push(Field::new(&c.name, c.ty.arrow(), i >= 4));
+            fields.push(Field::new(&c.name, c.ty.arrow(), i >= col::ATTRIBUTES));
         }
         Arc::new(Schema::new(fields))
     }
 
+    /// The number of part-file columns (`label` included).
+    pub fn part_columns(&self) -> usize {
+        self.columns.len() + 1
+    }
+
+    /// The definition of part-file column `i` (a position of [`col`], at least [`col::BLOCK`]:
+    /// `label` is implied).
+    pub fn column(&self, i: usize) -> &ColumnDef {
+        &self.columns[i - 1]
+    }
+
     /// The block column's type.
     pub fn block_type(&self) -> ColumnType {
-        self.columns[0].ty
+        self.column(col::BLOCK).ty
     }
 
     /// Attribute names, in order.
     pub fn attributes(&self) -> impl Iterator<Item = &ColumnDef> {
-        self.columns.iter().skip(4)
+        self.columns.iter().skip(col::ATTRIBUTES - 1)
     }
 
     /// Parses `_pocaduck.json`.
@@ -143,11 +170,10 @@ impl StoreSchema {
                 s.format
             ));
         }
-        if s.columns.len() < 4
-            || s.columns[..4]
-                .iter()
-                .map(|c| c.name.as_str())
-                .ne(FIXED[1..].iter().copied())
+        if s.part_columns() < col::ATTRIBUTES
+            || (col::BLOCK..col::ATTRIBUTES)
+                .map(|i| s.column(i).name.as_str())
+                .ne(FIXED[col::BLOCK..].iter().copied())
         {
             return Err("columns must start with block, x, y, z".into());
         }
@@ -194,22 +220,22 @@ pub fn check_attribute_names(names: &[String], arg: &str) -> Result<()> {
 pub fn schema_for_input(types: &[DataType], attr_names: &[String]) -> Result<StoreSchema> {
     check_shape(types.len(), attr_names)?;
     let mut columns = Vec::with_capacity(types.len() - 1);
-    for (i, dt) in types.iter().enumerate().skip(1) {
-        let name = if i < 5 {
+    for (i, dt) in types.iter().enumerate().skip(col::BLOCK) {
+        let name = if i < col::ATTRIBUTES {
             FIXED[i].to_string()
         } else {
-            attr_names[i - 5].clone()
+            attr_names[i - col::ATTRIBUTES].clone()
         };
         let ty = ColumnType::from_arrow(dt).ok_or_else(|| {
             Error::arg(&name, format!("has type {dt}, which pocaduck cannot store"))
         })?;
-        let ty = if i == 1 {
+        let ty = if i == col::BLOCK {
             if ty == ColumnType::Varchar {
                 ty
             } else {
                 ColumnType::Bigint
             }
-        } else if i < 5 && ty == ColumnType::Varchar {
+        } else if i < col::ATTRIBUTES && ty == ColumnType::Varchar {
             return Err(Error::arg(
                 &name,
                 "must be a number (integer or float), not VARCHAR",
@@ -226,19 +252,19 @@ pub fn schema_for_input(types: &[DataType], attr_names: &[String]) -> Result<Sto
 }
 
 fn check_shape(ncols: usize, attr_names: &[String]) -> Result<()> {
-    if ncols < 5 {
+    if ncols < col::ATTRIBUTES {
         return Err(Error::arg(
             "columns",
             format!("must be label, block, x, y, z [, attributes…]: got {ncols} column(s)"),
         ));
     }
-    if ncols - 5 != attr_names.len() {
+    if ncols - col::ATTRIBUTES != attr_names.len() {
         return Err(Error::arg(
             "ATTRIBUTES",
             format!(
                 "names {} attribute(s) but the rows have {} column(s) after label, block, x, y, z",
                 attr_names.len(),
-                ncols - 5
+                ncols - col::ATTRIBUTES
             ),
         ));
     }
@@ -251,17 +277,18 @@ pub fn normalize(batch: &RecordBatch, schema: &StoreSchema, first_row: u64) -> R
     let attr_names: Vec<String> = schema.attributes().map(|c| c.name.clone()).collect();
     check_shape(batch.num_columns(), &attr_names)?;
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
-    cols.push(normalize_label(batch.column(0), first_row)?);
-    for (i, def) in schema.columns.iter().enumerate() {
-        let col = batch.column(i + 1);
-        if i < 4 && col.null_count() > 0 {
-            let row = first_row + (0..col.len()).find(|&r| col.is_null(r)).unwrap_or(0) as u64;
+    cols.push(normalize_label(batch.column(col::LABEL), first_row)?);
+    for i in col::BLOCK..schema.part_columns() {
+        let (def, column) = (schema.column(i), batch.column(i));
+        if i < col::ATTRIBUTES && column.null_count() > 0 {
+            let row =
+                first_row + (0..column.len()).find(|&r| column.is_null(r)).unwrap_or(0) as u64;
             return Err(Error::Data(format!(
                 "column '{}' must not be NULL (row {row} of the input)",
                 def.name
             )));
         }
-        cols.push(conform(col, def)?);
+        cols.push(conform(column, def)?);
     }
     Ok(RecordBatch::try_new(schema.arrow(), cols)?)
 }
@@ -366,7 +393,7 @@ fn conform(col: &ArrayRef, def: &ColumnDef) -> Result<ArrayRef> {
 /// A one-column helper used by tests and by the writer: the label column as `UInt64Array`.
 pub fn labels(batch: &RecordBatch) -> &UInt64Array {
     batch
-        .column(0)
+        .column(col::LABEL)
         .as_any()
         .downcast_ref::<UInt64Array>()
         .expect("normalized batches have UInt64 labels")

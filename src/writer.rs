@@ -24,16 +24,13 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Float64Type};
 use bytes::Bytes;
 use object_store::path::Path;
-use parquet::arrow::async_writer::{AsyncArrowWriter, ParquetObjectWriter};
-use parquet::basic::{Compression, Encoding};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 use crate::index::{block_ids, encode_segment, SegmentEntry};
 use crate::layout;
-use crate::schema::{normalize, schema_for_input, StoreSchema};
-use crate::storage::{block_on, OpenMode, Store};
+use crate::part_sink::PartSink;
+use crate::schema::{col, normalize, schema_for_input, StoreSchema};
+use crate::storage::{OpenMode, Store};
 
 /// Default target size of a part file: 128 MiB.
 pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
@@ -44,10 +41,6 @@ pub const MIN_BUFFER_SIZE: u64 = 1 << 20;
 /// Largest buffer bound: a quarter of it is sorted at once (see `Session::append`), with 32-bit
 /// row numbers and 32-bit string offsets, which stay far from overflowing below 4 GiB.
 pub const MAX_BUFFER_SIZE: u64 = 4 << 30;
-/// Rows per data page; small pages let readers fetch little more than a label's rows.
-const PAGE_ROWS: usize = 8192;
-/// Rows per row group.
-const ROW_GROUP_ROWS: usize = 1 << 20;
 /// Rows encoded between part size checks.
 const SLICE_ROWS: usize = 8192;
 
@@ -112,21 +105,9 @@ pub struct CommitSummary {
     pub entries: u64,
 }
 
-struct OpenPart {
-    path: Path,
-    writer: AsyncArrowWriter<ParquetObjectWriter>,
-    rows: u64,
-}
-
 /// Sorts buffers and writes them into part files; owned by the encoder thread.
 struct PartWriter {
-    store: Store,
-    worker: String,
-    session: String,
-    schema: arrow::datatypes::SchemaRef,
-    part: Option<OpenPart>,
-    parts_done: Vec<Path>,
-    next_part: u32,
+    sink: PartSink,
     entries: Vec<SegmentEntry>,
 }
 
@@ -136,7 +117,7 @@ impl PartWriter {
         // buffered batches (no concatenated copy of the coordinates).
         let key_cols = batches
             .iter()
-            .map(|b| b.project(&[0, 1]))
+            .map(|b| b.project(&[col::LABEL, col::BLOCK]))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let Some(first) = key_cols.first() else {
             return Ok(());
@@ -175,34 +156,10 @@ impl PartWriter {
         Ok(())
     }
 
-    fn open_part(&mut self) -> Result<&mut OpenPart> {
-        if self.part.is_none() {
-            let path = layout::part_file(&self.worker, &self.session, self.next_part);
-            self.next_part += 1;
-            let obj = ParquetObjectWriter::new(self.store.objects.clone(), path.clone());
-            let writer =
-                AsyncArrowWriter::try_new(obj, self.schema.clone(), Some(part_props(&self.schema)))
-                    .map_err(|e| Error::file(&self.store.name, path.as_ref(), e))?;
-            self.part = Some(OpenPart {
-                path,
-                writer,
-                rows: 0,
-            });
-        }
-        self.part
-            .as_mut()
-            .ok_or_else(|| Error::Internal("no part".into()))
-    }
-
     fn write_slice(&mut self, slice: &RecordBatch, ranks: &[u32], target: u64) -> Result<()> {
         let runs = runs(slice, ranks)?;
-        let store_name = self.store.name.clone();
-        let part = self.open_part()?;
-        let base = part.rows;
-        let part_name = part.path.to_string();
-        block_on(part.writer.write(slice)).map_err(|e| Error::file(&store_name, &part_name, e))?;
-        part.rows += slice.num_rows() as u64;
-        let full = part.writer.bytes_written() + part.writer.in_progress_size() >= target as usize;
+        let (part_name, base) = self.sink.write(slice)?;
+        let full = self.sink.size() >= target;
         for mut r in runs {
             r.part = part_name.clone();
             r.row_start += base;
@@ -211,16 +168,7 @@ impl PartWriter {
             }
         }
         if full {
-            self.close_part()?;
-        }
-        Ok(())
-    }
-
-    fn close_part(&mut self) -> Result<()> {
-        if let Some(p) = self.part.take() {
-            block_on(p.writer.close())
-                .map_err(|e| Error::file(&self.store.name, p.path.as_ref(), e))?;
-            self.parts_done.push(p.path);
+            self.sink.close()?;
         }
         Ok(())
     }
@@ -228,10 +176,7 @@ impl PartWriter {
     /// Abandons the open part (its upload never completes, so no file appears) and deletes the
     /// parts completed so far.
     fn discard(&mut self) {
-        drop(self.part.take());
-        for p in self.parts_done.drain(..) {
-            let _ = self.store.delete(&p);
-        }
+        self.sink.discard();
         self.entries.clear();
     }
 }
@@ -287,7 +232,7 @@ impl Encoder {
 /// integers (no indirection), which is several times faster than a comparator sort.
 fn sort_order(b: &RecordBatch) -> Result<(arrow::array::UInt32Array, Vec<u32>)> {
     let labels = crate::schema::labels(b).values();
-    let blocks = b.column(1);
+    let blocks = b.column(col::BLOCK);
     let ranks: Vec<u32> =
         if let Some(ints) = blocks.as_any().downcast_ref::<arrow::array::Int64Array>() {
             let mut distinct: Vec<i64> = ints.values().to_vec();
@@ -368,32 +313,6 @@ pub(crate) fn new_session_id() -> String {
         .unwrap_or(0);
     let rand = RandomState::new().hash_one(std::process::id()) as u32;
     format!("{now:013}-{:08x}", rand)
-}
-
-/// Part file settings. Integer columns (the label, integer blocks, coordinates and attributes)
-/// use DELTA_BINARY_PACKED without a dictionary: interning millions of distinct values is the
-/// most expensive step of encoding, and labels and blocks are sorted within a flush, so their
-/// deltas are tiny — and a reader of one page needs no dictionary page (which, for a part of
-/// many small labels, is as large as the label column). Floats are PLAIN; strings (a VARCHAR
-/// block, VARCHAR attributes) keep dictionaries.
-pub(crate) fn part_props(schema: &arrow::datatypes::Schema) -> WriterProperties {
-    let mut b = WriterProperties::builder()
-        .set_compression(Compression::LZ4_RAW)
-        .set_data_page_row_count_limit(PAGE_ROWS)
-        .set_write_batch_size(PAGE_ROWS)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_statistics_enabled(EnabledStatistics::Page);
-    for f in schema.fields().iter() {
-        let col = ColumnPath::from(f.name().as_str());
-        if f.data_type().is_integer() {
-            b = b
-                .set_column_dictionary_enabled(col.clone(), false)
-                .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
-        } else if f.data_type().is_floating() {
-            b = b.set_column_dictionary_enabled(col, false);
-        }
-    }
-    b.build()
 }
 
 impl Session {
@@ -615,14 +534,10 @@ impl Session {
                 .as_ref()
                 .ok_or_else(|| Error::Internal("no schema".into()))?
                 .arrow();
+            let (worker, session) = (self.worker.clone(), self.id.clone());
+            let paths = Box::new(move |n| layout::part_file(&worker, &session, n));
             self.encoder = Some(Encoder::spawn(PartWriter {
-                store: self.store.clone(),
-                worker: self.worker.clone(),
-                session: self.id.clone(),
-                schema,
-                part: None,
-                parts_done: Vec::new(),
-                next_part: 0,
+                sink: PartSink::new(self.store.clone(), schema, paths),
                 entries: Vec::new(),
             })?);
         }
@@ -647,8 +562,8 @@ impl Session {
         };
         let (pw, res) = enc.join();
         if let Some(mut pw) = pw {
-            let res = res.and_then(|_| pw.close_part());
-            self.parts_done.append(&mut pw.parts_done);
+            let res = res.and_then(|_| pw.sink.close());
+            self.parts_done.append(&mut pw.sink.take_done());
             self.entries.append(&mut pw.entries);
             if res.is_err() {
                 pw.discard();
@@ -763,8 +678,9 @@ pub fn latest_commit(store: &Store, worker: &str) -> Result<u64> {
 /// `row_start` is relative to the batch.
 fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> {
     let labels = crate::schema::labels(b);
-    let coords: Vec<ArrayRef> = (2..5)
-        .map(|i| arrow::compute::cast(b.column(i), &DataType::Float64))
+    let coords: Vec<ArrayRef> = col::XYZ
+        .iter()
+        .map(|&i| arrow::compute::cast(b.column(i), &DataType::Float64))
         .collect::<std::result::Result<_, _>>()?;
     let xyz: Vec<&[f64]> = coords
         .iter()
@@ -790,7 +706,7 @@ fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> {
             }
             out.push(SegmentEntry {
                 label: labels.value(start),
-                block: block_ids(&b.column(1).slice(start, 1))?.remove(0),
+                block: block_ids(&b.column(col::BLOCK).slice(start, 1))?.remove(0),
                 part: String::new(),
                 row_start: start as u64,
                 row_count: (r - start) as u64,

@@ -24,7 +24,7 @@ use duckdb::vtab::Value;
 use super::args::{attribute_names, parse_size, shown};
 use super::{c_string, from_c, guard, ClientContext};
 use crate::error::{Error, Result};
-use crate::schema::schema_for_input;
+use crate::schema::{col, schema_for_input, FIXED};
 use crate::storage::OpenMode;
 use crate::writer::{session_slot, Session, Slot, Statement, WriterOptions};
 
@@ -77,13 +77,13 @@ fn arrow_type(id: LogicalTypeId) -> Option<DataType> {
 }
 
 fn column_name(i: usize, attrs: &[String]) -> String {
-    match i {
-        0..=4 => crate::schema::FIXED[i].to_string(),
-        _ => attrs
-            .get(i - 5)
-            .cloned()
-            .unwrap_or_else(|| format!("column {}", i + 1)),
+    if i < col::ATTRIBUTES {
+        return FIXED[i].to_string();
     }
+    attrs
+        .get(i - col::ATTRIBUTES)
+        .cloned()
+        .unwrap_or_else(|| format!("column {}", i + 1))
 }
 
 /// Reads the COPY options and column types.
@@ -201,7 +201,7 @@ unsafe fn parse_options(
         // SAFETY: `lt` is ours and destroyed exactly once, after its last use.
         unsafe { ffi::duckdb_destroy_logical_type(&mut lt) };
         let name = column_name(i, &attributes);
-        if i == 0 && arrow_type(id).is_none() {
+        if i == col::LABEL && arrow_type(id).is_none() {
             return Err(Error::arg(
                 "label",
                 format!(
@@ -222,13 +222,14 @@ unsafe fn parse_options(
         })?;
         types.push(dt);
     }
-    if let Some(DataType::Utf8) | Some(DataType::Float32) | Some(DataType::Float64) = types.first()
+    if let Some(DataType::Utf8) | Some(DataType::Float32) | Some(DataType::Float64) =
+        types.get(col::LABEL)
     {
         return Err(Error::arg(
             "label",
             format!(
                 "(column 1 of the query) must be an integer (UBIGINT), got {}",
-                crate::schema::ColumnType::from_arrow(&types[0])
+                crate::schema::ColumnType::from_arrow(&types[col::LABEL])
                     .map(|t| t.name())
                     .unwrap_or_default()
             ),

@@ -71,7 +71,7 @@ impl TableFn for Explain {
         let index = reader::open(&a.store, &DuckDbCodec)?;
         let t1 = Instant::now();
         let trace = Arc::new(ReadTrace::default());
-        let cols: Vec<usize> = (0..index.schema.columns.len() + 1).collect();
+        let cols: Vec<usize> = (0..index.schema.part_columns()).collect();
         let mut rows = 0u64;
         for r in ScanRequest::labels(a.labels.clone())
             .bbox(a.bbox)

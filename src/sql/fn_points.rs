@@ -2,11 +2,14 @@
 //! `pocaduck_points_in_box(store, bbox)`: the points of labels, streamed (see
 //! [`crate::reader::PointStream`]), with DuckDB's projection pushdown.
 
+use duckdb::core::LogicalTypeId;
+
 use super::args::{arg_labels, bbox_value};
 use super::index_db::DuckDbCodec;
 use super::vtab::{BatchIter, Bind, Pieces, TableFn};
 use crate::error::{Error, Result};
 use crate::reader::{self, BBox, ScanRequest};
+use crate::schema::{col, FIXED};
 
 /// `pocaduck_points(store, label [, bbox := …])`: every point of a label (or list of labels).
 pub struct Points;
@@ -35,16 +38,15 @@ fn bind_points(
     let index = reader::open(&store, &DuckDbCodec)?;
     let mut part_cols = Vec::new();
     if with_label {
-        b.columns(&[("label", duckdb::core::LogicalTypeId::UBigint)]);
-        part_cols.push(0);
+        b.columns(&[(FIXED[col::LABEL], LogicalTypeId::UBigint)]);
+        part_cols.push(col::LABEL);
     }
-    for (i, c) in index.schema.columns.iter().enumerate().skip(1) {
+    let rest = (col::XYZ[0]..index.schema.part_columns()).chain([col::BLOCK]);
+    for i in rest {
+        let c = index.schema.column(i);
         b.arrow_column(&c.name, &c.ty.arrow())?;
-        part_cols.push(i + 1);
+        part_cols.push(i);
     }
-    let block = &index.schema.columns[0];
-    b.arrow_column(&block.name, &block.ty.arrow())?;
-    part_cols.push(1);
     Ok(PointsArgs {
         store,
         labels,

@@ -231,6 +231,7 @@ impl TableFn for Write {
             from("target_file_size", super::SET_TARGET_FILE_SIZE),
             from("buffer_size", super::SET_BUFFER_SIZE),
         )?;
+        // The rows in the input layout (`schema::col`): label, block, x, y, z, attributes.
         let n = cols[0].len();
         let mut all: Vec<(String, ArrayRef)> = vec![
             ("label".into(), Arc::new(UInt64Array::from(vec![label; n]))),

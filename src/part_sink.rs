@@ -1,0 +1,167 @@
+//! The one writer of part files, for both writers of them: ingest sessions (`workers/<worker>/
+//! parts/…`) and optimize (`optimized/…`), which differ only in the path scheme they give it.
+//!
+//! Owns the part-file encoding (see [`part_props`]: zstd(1), pages of 8,192 rows, row groups of
+//! at most 2^20 rows, page statistics; dictionaries for `label` and `block` only) and the part
+//! life cycle: a part is opened on the first rows written to it, uploaded as it grows, and
+//! published complete when closed (durability rule 1: a multipart upload, or a staging file
+//! renamed into place, so a part is complete or absent). [`PartSink::discard`] abandons the open
+//! part (no file appears) and deletes the completed ones. Callers decide when a part closes
+//! ([`PartSink::size`] against their target size) and sync the completed parts before a commit
+//! or generation references them.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use object_store::path::Path;
+use parquet::arrow::async_writer::{AsyncArrowWriter, ParquetObjectWriter};
+use parquet::basic::{Compression, Encoding};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use crate::error::{Error, Result};
+use crate::storage::{block_on, Store};
+
+/// Rows per data page; small pages let readers fetch little more than a label's rows.
+const PAGE_ROWS: usize = 8192;
+/// Rows per row group at most.
+const ROW_GROUP_ROWS: usize = 1 << 20;
+
+/// Part file settings. Integer columns (the label, integer blocks, coordinates and attributes)
+/// use DELTA_BINARY_PACKED without a dictionary: interning millions of distinct values is the
+/// most expensive step of encoding, and labels and blocks are sorted within a flush, so their
+/// deltas are tiny — and a reader of one page needs no dictionary page (which, for a part of
+/// many small labels, is as large as the label column). Floats are PLAIN; strings (a VARCHAR
+/// block, VARCHAR attributes) keep dictionaries. LZ4, not zstd: parquet-rs creates two zstd
+/// contexts for every column chunk it reads, which made up half of a small label's read.
+pub(crate) fn part_props(schema: &arrow::datatypes::Schema) -> WriterProperties {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::LZ4_RAW)
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_write_batch_size(PAGE_ROWS)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page);
+    for f in schema.fields().iter() {
+        let col = ColumnPath::from(f.name().as_str());
+        if f.data_type().is_integer() {
+            b = b
+                .set_column_dictionary_enabled(col.clone(), false)
+                .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
+        } else if f.data_type().is_floating() {
+            b = b.set_column_dictionary_enabled(col, false);
+        }
+    }
+    b.build()
+}
+
+/// The path scheme of a sink: the path of its part number `n` (0, 1, …).
+pub(crate) type PartPaths = Box<dyn Fn(u32) -> Path + Send>;
+
+struct OpenPart {
+    path: Path,
+    writer: AsyncArrowWriter<ParquetObjectWriter>,
+    /// Rows written so far.
+    rows: u64,
+}
+
+/// Writes rows of one schema into a sequence of part files named by a path scheme.
+pub(crate) struct PartSink {
+    store: Store,
+    schema: SchemaRef,
+    paths: PartPaths,
+    next: u32,
+    part: Option<OpenPart>,
+    done: Vec<Path>,
+}
+
+impl PartSink {
+    /// A sink writing `schema` rows into `store`, its parts at `paths(0)`, `paths(1)`, ….
+    pub(crate) fn new(store: Store, schema: SchemaRef, paths: PartPaths) -> PartSink {
+        PartSink {
+            store,
+            schema,
+            paths,
+            next: 0,
+            part: None,
+            done: Vec::new(),
+        }
+    }
+
+    fn open(&mut self) -> Result<&mut OpenPart> {
+        if self.part.is_none() {
+            let path = (self.paths)(self.next);
+            self.next += 1;
+            let obj = ParquetObjectWriter::new(self.store.objects.clone(), path.clone());
+            let writer =
+                AsyncArrowWriter::try_new(obj, self.schema.clone(), Some(part_props(&self.schema)))
+                    .map_err(|e| Error::file(&self.store.name, path.as_ref(), e))?;
+            self.part = Some(OpenPart {
+                path,
+                writer,
+                rows: 0,
+            });
+        }
+        self.part
+            .as_mut()
+            .ok_or_else(|| Error::Internal("no part".into()))
+    }
+
+    /// The schema of the rows.
+    pub(crate) fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The open part's name and its rows so far, opening a part if none is open.
+    pub(crate) fn current(&mut self) -> Result<(&str, u64)> {
+        let p = self.open()?;
+        Ok((p.path.as_ref(), p.rows))
+    }
+
+    /// Writes `rows` to the open part (opening one if needed); returns the part's name and the
+    /// number of the first row written.
+    pub(crate) fn write(&mut self, rows: &RecordBatch) -> Result<(String, u64)> {
+        let store_name = self.store.name.clone();
+        let p = self.open()?;
+        let (name, start) = (p.path.to_string(), p.rows);
+        block_on(p.writer.write(rows)).map_err(|e| Error::file(&store_name, &name, e))?;
+        p.rows += rows.num_rows() as u64;
+        Ok((name, start))
+    }
+
+    /// The open part's size: bytes uploaded plus bytes encoded but not yet uploaded (0 when no
+    /// part is open).
+    pub(crate) fn size(&self) -> u64 {
+        self.part.as_ref().map_or(0, |p| {
+            (p.writer.bytes_written() + p.writer.in_progress_size()) as u64
+        })
+    }
+
+    /// Completes the open part, if any: it is published and joins [`PartSink::done`].
+    pub(crate) fn close(&mut self) -> Result<()> {
+        if let Some(p) = self.part.take() {
+            block_on(p.writer.close())
+                .map_err(|e| Error::file(&self.store.name, p.path.as_ref(), e))?;
+            self.done.push(p.path);
+        }
+        Ok(())
+    }
+
+    /// The parts completed (and not yet taken).
+    pub(crate) fn done(&self) -> &[Path] {
+        &self.done
+    }
+
+    /// Takes the completed parts: the caller owns them from now on (a later
+    /// [`PartSink::discard`] does not delete them).
+    pub(crate) fn take_done(&mut self) -> Vec<Path> {
+        std::mem::take(&mut self.done)
+    }
+
+    /// Abandons the open part (its upload never completes, so no file appears) and deletes the
+    /// completed parts not taken.
+    pub(crate) fn discard(&mut self) {
+        drop(self.part.take());
+        for p in self.done.drain(..) {
+            let _ = self.store.delete(&p);
+        }
+    }
+}
