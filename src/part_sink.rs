@@ -1,8 +1,8 @@
 //! The one writer of part files, for both writers of them: ingest sessions (`workers/<worker>/
 //! parts/…`) and optimize (`optimized/…`), which differ only in the path scheme they give it.
 //!
-//! Owns the part-file encoding (see [`part_props`]: zstd(1), pages of 8,192 rows, row groups of
-//! at most 2^20 rows, page statistics; dictionaries for `label` and `block` only) and the part
+//! Owns the part-file encoding (see [`part_props`]: LZ4, pages of 8,192 rows, row groups of at
+//! most 2^20 rows, page statistics; integers delta-encoded, dictionaries for strings only) and the part
 //! life cycle: a part is opened on the first rows written to it, uploaded as it grows, and
 //! published complete when closed (durability rule 1: a multipart upload, or a staging file
 //! renamed into place, so a part is complete or absent). [`PartSink::discard`] abandons the open
