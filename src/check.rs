@@ -75,6 +75,7 @@ pub fn check(store: &Store, codec: &dyn IndexCodec) -> Result<CheckReport> {
         .map(|m| m.location.to_string())
         .collect();
     check_commits(store, &existing, &mut r);
+    check_skipped(store, codec, &mut r)?;
     // The index and what it references.
     let Some(g) = latest else {
         return Ok(r);
@@ -127,6 +128,36 @@ fn check_commits(store: &Store, existing: &HashSet<String>, r: &mut CheckReport)
             }
         }
     }
+}
+
+/// Commits that consolidate will never merge ([`log::skipped_commits`]).
+fn check_skipped(store: &Store, codec: &dyn IndexCodec, r: &mut CheckReport) -> Result<()> {
+    let commits: Vec<object_store::ObjectMeta> = store
+        .list(&layout::workers_dir())?
+        .into_iter()
+        .filter(|m| m.location.as_ref().contains("/commits/"))
+        .collect();
+    let skipped = match log::skipped_commits(store, codec, &commits) {
+        Ok(s) => s,
+        Err(e) => {
+            let file = match &e {
+                Error::File { file, .. } => file.clone(),
+                _ => "index".to_string(),
+            };
+            r.problems.push(problem(&file, &e));
+            return Ok(());
+        }
+    };
+    for c in skipped {
+        r.problems.push(Problem {
+            file: c.file,
+            msg: format!(
+                "commit {} of worker '{}' was written after generation {} had merged the worker's commits up to {}: consolidate will never merge it (the worker id was reused after its commits were deleted); write its rows again with this pocaduck, which numbers new commits after the merged ones",
+                c.seq, c.worker, c.generation, c.merged
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Streams the index: every part it references opens with the store's columns and enough rows,

@@ -407,6 +407,59 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_worker_id_reused_after_its_directory_was_deleted_is_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let rows = crate::writer::tests::rows;
+        for (i, b) in ["a", "b", "c"].iter().enumerate() {
+            write(name, "w", &[rows(&[1], b, &[[i as i32, 0, 0]])]);
+        }
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        assert_eq!(consolidate(&store, &JsonCodec).unwrap().new_commits, 3);
+        // The operator deletes the worker's directory and reruns it with other blocks.
+        std::fs::remove_dir_all(dir.path().join("workers/w")).unwrap();
+        write(name, "w", &[rows(&[2], "d", &[[7, 0, 0]])]);
+        // The rerun's commit is numbered after the merged ones, so consolidate merges it.
+        assert!(dir
+            .path()
+            .join("workers/w/commits/0000000004.parquet")
+            .exists());
+        let st = crate::stats::stats(&store, &JsonCodec).unwrap();
+        assert_eq!((st.pending_commits, st.skipped_commits), (1, 0));
+        let s = consolidate(&store, &JsonCodec).unwrap();
+        assert_eq!((s.generation, s.new_commits, s.new_points), (2, 1, 1));
+        let idx = crate::reader::open(name, &JsonCodec).unwrap();
+        assert_eq!(idx.point_count(&[2]).unwrap(), 1);
+        let st = crate::stats::stats(&store, &JsonCodec).unwrap();
+        assert_eq!((st.pending_commits, st.skipped_commits), (0, 0));
+        // A commit an older writer numbered at or below the merged ones (simulated by renaming
+        // a new commit to number 2) is never merged: stats counts it, check names it.
+        std::fs::remove_dir_all(dir.path().join("workers/w")).unwrap();
+        write(name, "w", &[rows(&[3], "e", &[[8, 0, 0]])]);
+        let commits = dir.path().join("workers/w/commits");
+        std::fs::rename(
+            commits.join("0000000005.parquet"),
+            commits.join("0000000002.parquet"),
+        )
+        .unwrap();
+        assert_eq!(consolidate(&store, &JsonCodec).unwrap().new_commits, 0);
+        let st = crate::stats::stats(&store, &JsonCodec).unwrap();
+        assert_eq!((st.pending_commits, st.skipped_commits), (0, 1));
+        let r = crate::check::check(&store, &JsonCodec).unwrap();
+        let p: Vec<_> = r
+            .problems
+            .iter()
+            .filter(|p| p.file == "workers/w/commits/0000000002.parquet")
+            .collect();
+        assert_eq!(p.len(), 1, "{:?}", r.problems);
+        assert!(
+            p[0].msg.starts_with("commit 2 of worker 'w' was written after generation 2 had merged the worker's commits up to 4: consolidate will never merge it"),
+            "{}",
+            p[0].msg
+        );
+    }
+
+    #[test]
     fn runs_merge_by_tier_and_answers_stay_the_same() {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();

@@ -220,6 +220,86 @@ pub fn load(store: &Store, g: &GenerationFile, codec: &dyn IndexCodec) -> Result
     })
 }
 
+/// The last commit of `worker` merged into the newest generation (0: none, or the newest
+/// generation is a format-1 database, whose workers only consolidate reads). A writer numbers its
+/// commits after both this and the commits on storage, so a worker id reused after its
+/// `workers/<id>/` directory was deleted never writes a commit that consolidate would skip.
+pub fn merged_commit(store: &Store, worker: &str) -> Result<u64> {
+    match latest(store)? {
+        Some(g) if !g.legacy => {
+            let file = layout::manifest_file(g.generation);
+            let bytes = store.get(&file)?;
+            Ok(Manifest::from_json(&bytes, &store.name, file.as_ref())?.last_commit(worker))
+        }
+        _ => Ok(0),
+    }
+}
+
+/// A commit segment on storage that no consolidate will merge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedCommit {
+    /// The commit segment (`workers/<w>/commits/<seq>.parquet`).
+    pub file: String,
+    /// Its worker.
+    pub worker: String,
+    /// Its number.
+    pub seq: u64,
+    /// A generation created before the commit that had already merged `merged` of the worker.
+    pub generation: u64,
+    /// The worker's last merged commit in `generation` (at least `seq`).
+    pub merged: u64,
+}
+
+/// The commits among `commits` (listing entries of commit segments) that consolidate skips: a
+/// commit created after a generation that already recorded a commit number at or above its own
+/// for its worker (its worker id was reused after `workers/<id>/` was deleted, by a writer that
+/// did not number after [`merged_commit`]). Consolidate reads only commits numbered above the
+/// recorded one, so such a commit is never merged. Compares the storage's modification times of
+/// the commit and of the generations (the same clock on an object store); a generation published
+/// in the same clock tick as the commit is not counted as before it. Loads the manifests of the
+/// generations that precede a commit (each at most once).
+pub fn skipped_commits(
+    store: &Store,
+    codec: &dyn IndexCodec,
+    commits: &[object_store::ObjectMeta],
+) -> Result<Vec<SkippedCommit>> {
+    let gens = all(store)?;
+    let mut manifests: std::collections::HashMap<usize, Manifest> = Default::default();
+    let mut out = Vec::new();
+    for c in commits {
+        let Some(seq) = layout::parse_commit_seq(&c.location) else {
+            continue;
+        };
+        let path = c.location.as_ref();
+        let mut it = path.split('/');
+        let (Some("workers"), Some(worker), Some("commits")) = (it.next(), it.next(), it.next())
+        else {
+            continue;
+        };
+        // The newest generation published strictly before the commit was created.
+        let Some(i) = gens
+            .iter()
+            .rposition(|g| g.meta.last_modified < c.last_modified)
+        else {
+            continue;
+        };
+        if let std::collections::hash_map::Entry::Vacant(v) = manifests.entry(i) {
+            v.insert(load(store, &gens[i], codec)?.manifest);
+        }
+        let merged = manifests[&i].last_commit(worker);
+        if merged >= seq {
+            out.push(SkippedCommit {
+                file: path.to_string(),
+                worker: worker.to_string(),
+                seq,
+                generation: gens[i].generation,
+                merged,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Creates `file` with `bytes` if absent, then makes it durable. `false`: it already existed.
 pub fn create(store: &Store, file: &Path, bytes: Bytes) -> Result<bool> {
     if !store.put_if_absent(file, bytes)? {

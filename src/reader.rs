@@ -853,20 +853,35 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 /// Keeps the rows of `batch` whose last three columns (x, y, z) lie in `b`, and its first `keep`
 /// columns.
 fn filter_box(batch: &RecordBatch, b: &BBox, keep: usize) -> Result<RecordBatch> {
-    use arrow::array::{BooleanArray, Float64Array};
+    use arrow::array::{AsArray, BooleanArray};
+    use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
     let n = batch.num_columns();
     let mut mask = vec![true; batch.num_rows()];
     for d in 0..3 {
-        let c = arrow::compute::cast(
-            batch.column(n - 3 + d),
-            &arrow::datatypes::DataType::Float64,
-        )?;
-        let v = c
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .ok_or_else(|| Error::Internal("coordinate cast".into()))?;
-        for (m, x) in mask.iter_mut().zip(v.values()) {
-            *m &= *x >= b[d] && *x <= b[d + 3];
+        let col = batch.column(n - 3 + d);
+        // Integer coordinates are compared as integers (a 64-bit one above 2^53 has no exact
+        // DOUBLE): x >= lo is x >= ceil(lo), x <= hi is x <= floor(hi), in i128. The bounds
+        // themselves are exact (bind refuses an integer bound a DOUBLE cannot hold).
+        let (lo, hi) = (b[d].ceil() as i128, b[d + 3].floor() as i128);
+        let dt = col.data_type();
+        if dt.is_signed_integer() {
+            let c = arrow::compute::cast(col, &DataType::Int64)?;
+            for (m, x) in mask.iter_mut().zip(c.as_primitive::<Int64Type>().values()) {
+                *m &= (lo..=hi).contains(&(*x as i128));
+            }
+        } else if dt.is_unsigned_integer() {
+            let c = arrow::compute::cast(col, &DataType::UInt64)?;
+            for (m, x) in mask.iter_mut().zip(c.as_primitive::<UInt64Type>().values()) {
+                *m &= (lo..=hi).contains(&(*x as i128));
+            }
+        } else {
+            let c = arrow::compute::cast(col, &DataType::Float64)?;
+            for (m, x) in mask
+                .iter_mut()
+                .zip(c.as_primitive::<Float64Type>().values())
+            {
+                *m &= *x >= b[d] && *x <= b[d + 3];
+            }
         }
     }
     let kept = arrow::compute::filter_record_batch(batch, &BooleanArray::from(mask))?;
@@ -1121,6 +1136,58 @@ mod tests {
         let idx = open(name, &JsonCodec).unwrap();
         let e = idx.points(&[5], &[2]).unwrap_err().to_string();
         assert!(e.contains("file 'workers/w1/parts/"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod box_tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array, UInt64Array};
+
+    /// 64-bit integer coordinates above 2^53 are compared in their own type, not as DOUBLE
+    /// (2^53 + 1 would round to 2^53 and fall inside a box [2^53, 2^53]).
+    #[test]
+    fn a_box_compares_64_bit_integers_exactly() {
+        let big = 1i64 << 53;
+        let xs: ArrayRef = Arc::new(Int64Array::from(vec![big - 1, big, big + 1, big + 2]));
+        let us: ArrayRef = Arc::new(UInt64Array::from(vec![
+            u64::MAX - 2,
+            u64::MAX - 1,
+            u64::MAX,
+            0,
+        ]));
+        let zero: ArrayRef = Arc::new(Int64Array::from(vec![0; 4]));
+        let batch = RecordBatch::try_from_iter([
+            ("x", xs.clone()),
+            ("y", zero.clone()),
+            ("z", zero.clone()),
+        ])
+        .unwrap();
+        let b = big as f64;
+        let kept = filter_box(&batch, &[b, 0.0, 0.0, b, 0.0, 0.0], 1).unwrap();
+        let got = kept
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(got.values().to_vec(), vec![big]);
+        let kept = filter_box(&batch, &[b, 0.0, 0.0, b + 2.0, 0.0, 0.0], 1).unwrap();
+        assert_eq!(kept.num_rows(), 3);
+        // Fractional bounds: x >= 0.5 is x >= 1.
+        let small: ArrayRef = Arc::new(Int64Array::from(vec![0, 1, 2, 3]));
+        let batch =
+            RecordBatch::try_from_iter([("x", small), ("y", zero.clone()), ("z", zero.clone())])
+                .unwrap();
+        let kept = filter_box(&batch, &[0.5, -1.0, -1.0, 2.5, 1.0, 1.0], 1).unwrap();
+        assert_eq!(kept.num_rows(), 2);
+        // UBIGINT near its maximum: 2^64 - 1 (a DOUBLE bound of 2^64 covers all three).
+        let batch =
+            RecordBatch::try_from_iter([("x", us), ("y", zero.clone()), ("z", zero)]).unwrap();
+        let top = 18446744073709549568.0; // the largest DOUBLE below 2^64
+        let kept = filter_box(&batch, &[top, 0.0, 0.0, f64::INFINITY, 0.0, 0.0], 1).unwrap();
+        assert_eq!(kept.num_rows(), 3);
+        let kept = filter_box(&batch, &[0.0, 0.0, 0.0, top, 0.0, 0.0], 1).unwrap();
+        assert_eq!(kept.num_rows(), 1);
     }
 }
 

@@ -379,7 +379,7 @@ fn conform(col: &ArrayRef, def: &ColumnDef) -> Result<ArrayRef> {
         ))
     })?;
     let back = cast_with_options(&out, col.data_type(), &strict).map_err(|_| mismatch())?;
-    if back.as_ref() != col.as_ref() {
+    if !same_values(col, &back)? {
         return Err(Error::Data(format!(
             "column '{}': converting {} to the store's type {} would change values (no silent truncation)",
             def.name,
@@ -388,6 +388,24 @@ fn conform(col: &ArrayRef, def: &ColumnDef) -> Result<ArrayRef> {
         )));
     }
     Ok(out)
+}
+
+/// Whether `a` and `b` (same type, same nulls) hold equal values. Floats compare as numbers,
+/// so -0.0 equals 0.0 (it converts to the integer 0 and back to 0.0, losing nothing).
+fn same_values(a: &ArrayRef, b: &ArrayRef) -> Result<bool> {
+    if !matches!(a.data_type(), DataType::Float32 | DataType::Float64) {
+        return Ok(a.as_ref() == b.as_ref());
+    }
+    use arrow::array::AsArray;
+    let a64 = arrow::compute::cast(a, &DataType::Float64)?;
+    let b64 = arrow::compute::cast(b, &DataType::Float64)?;
+    let (av, bv) = (
+        a64.as_primitive::<arrow::datatypes::Float64Type>(),
+        b64.as_primitive::<arrow::datatypes::Float64Type>(),
+    );
+    Ok(a.len() == b.len()
+        && (0..a.len())
+            .all(|i| a.is_null(i) == b.is_null(i) && (a.is_null(i) || av.value(i) == bv.value(i))))
 }
 
 /// A one-column helper used by tests and by the writer: the label column as `UInt64Array`.
@@ -504,8 +522,8 @@ mod tests {
             e.contains("column 'x'") && e.contains("would change values"),
             "{e}"
         );
-        // Whole-valued floats convert exactly and are accepted.
-        let fx: ArrayRef = Arc::new(Float64Array::from(vec![1.0, 2.0]));
+        // Whole-valued floats convert exactly and are accepted; -0.0 is the integer 0.
+        let fx: ArrayRef = Arc::new(Float64Array::from(vec![-0.0, 2.0]));
         let b = batch(vec![
             ints(&[1, 2]),
             ints(&[0, 0]),

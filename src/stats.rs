@@ -21,6 +21,10 @@ pub struct StoreStats {
     pub commits: u64,
     /// Commits on storage that the index does not hold yet (consolidate would merge them).
     pub pending_commits: u64,
+    /// Commits on storage that consolidate will never merge (see [`log::skipped_commits`]:
+    /// numbered at or below a commit the index already held for their worker when they were
+    /// written). Should be 0; `pocaduck_check` names them.
+    pub skipped_commits: u64,
     /// Labels in the index.
     pub labels: u64,
     /// Points in the index.
@@ -90,6 +94,12 @@ pub fn stats(store: &Store, codec: &dyn IndexCodec) -> Result<StoreStats> {
     }
     let mut files = store.list(&layout::workers_dir())?;
     files.extend(store.list(&layout::optimized_dir())?);
+    let commits: Vec<object_store::ObjectMeta> = files
+        .iter()
+        .filter(|m| m.location.as_ref().contains("/commits/"))
+        .cloned()
+        .collect();
+    s.skipped_commits = log::skipped_commits(store, codec, &commits)?.len() as u64;
     for m in files {
         let path = m.location.as_ref();
         if let Some(seq) =

@@ -79,7 +79,8 @@ fn storage_options() -> &'static RwLock<Vec<(String, String)>> {
 
 /// Parses `key=value` pairs separated by commas, semicolons or newlines (`object_store` config
 /// keys such as `aws_endpoint`, `aws_region`, `aws_allow_http`, `google_service_account`,
-/// `azure_storage_account_name`; see the README).
+/// `azure_storage_account_name`; see the README). A key that no object store (S3, GCS, Azure)
+/// knows is an error naming it: `object_store` would silently ignore it.
 pub fn parse_storage_options(s: &str, arg: &str) -> Result<Vec<(String, String)>> {
     s.split([',', ';', '\n'])
         .map(str::trim)
@@ -91,9 +92,28 @@ pub fn parse_storage_options(s: &str, arg: &str) -> Result<Vec<(String, String)>
                     format!("must be key=value pairs separated by commas, got '{kv}'"),
                 )
             })?;
-            Ok((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            let k = k.trim().to_ascii_lowercase();
+            if !is_storage_option_key(&k) {
+                return Err(Error::arg(
+                    arg,
+                    format!(
+                        "has unknown key '{k}': use object_store's S3, GCS or Azure keys (aws_endpoint, aws_region, aws_access_key_id, google_service_account, azure_storage_account_name, timeout, …)"
+                    ),
+                ));
+            }
+            Ok((k, v.trim().to_string()))
         })
         .collect()
+}
+
+/// Whether `key` (lower case) is a configuration key of one of the object stores pocaduck opens
+/// (the same parsing `object_store::parse_url_opts` applies; client keys such as `timeout` are
+/// accepted by each of them).
+fn is_storage_option_key(key: &str) -> bool {
+    use std::str::FromStr;
+    object_store::aws::AmazonS3ConfigKey::from_str(key).is_ok()
+        || object_store::gcp::GoogleConfigKey::from_str(key).is_ok()
+        || object_store::azure::AzureConfigKey::from_str(key).is_ok()
 }
 
 /// Sets the object-store options used by every store opened from now on in this process.
@@ -257,8 +277,12 @@ impl Store {
         if name.is_empty() {
             return Err(Error::arg("store", "must not be empty"));
         }
-        let local = if let Some(rest) = name.strip_prefix("file://") {
-            rest.to_string()
+        // Schemes are case-insensitive (as for object stores): `FILE:///tmp/s` is `/tmp/s`.
+        let file_url = name
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("file://"));
+        let local = if file_url {
+            name[7..].to_string()
         } else if let Some((scheme, _)) = name.split_once("://") {
             if REMOTE_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
                 return Store::open_remote(name, mode);
@@ -627,6 +651,34 @@ mod tests {
         assert!(s.put_if_absent(&p, Bytes::from_static(b"1")).unwrap());
         assert!(!s.put_if_absent(&p, Bytes::from_static(b"2")).unwrap());
         assert_eq!(s.get(&p).unwrap(), Bytes::from_static(b"1"));
+    }
+
+    #[test]
+    fn unknown_storage_option_keys_are_named() {
+        let err = parse_storage_options("aws_region=x, bogus_key=1", "opts").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("argument 'opts' has unknown key 'bogus_key'"),
+            "{err}"
+        );
+        // Keys of every cloud, client keys and any case are accepted.
+        let ok = parse_storage_options(
+            "AWS_ENDPOINT=http://h:1; aws_allow_http=true, timeout=5s, google_service_account=a, azure_storage_account_name=n, region=r",
+            "opts",
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 6);
+        assert_eq!(ok[0], ("aws_endpoint".into(), "http://h:1".into()));
+    }
+
+    #[test]
+    fn file_urls_ignore_scheme_case() {
+        let dir = tempfile::tempdir().unwrap();
+        for scheme in ["file://", "FILE://", "File://"] {
+            let name = format!("{scheme}{}", dir.path().display());
+            let s = Store::open(&name, OpenMode::Existing).unwrap();
+            assert_eq!(s.local_dir.unwrap(), dir.path().canonicalize().unwrap());
+        }
     }
 
     #[test]

@@ -609,7 +609,12 @@ impl Session {
                 ("pocaduck.worker", self.worker.clone()),
             ],
         )?;
-        let first = latest_commit(&self.store, &self.worker)? + 1;
+        // After the commits on storage and after the last one merged: a worker id reused after
+        // its directory was deleted must not write a commit numbered at or below one the index
+        // already holds (consolidate would skip it).
+        let first = latest_commit(&self.store, &self.worker)?
+            .max(crate::log::merged_commit(&self.store, &self.worker)?)
+            + 1;
         let worker = self.worker.clone();
         let seq = crate::log::create_numbered(
             &self.store,

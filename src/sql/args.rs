@@ -231,10 +231,22 @@ pub fn bbox_value(v: &Value, arg: &str) -> Result<BBox> {
         {
             return Err(Error::arg(arg, shape()));
         }
-        b[i] = x
-            .to_string()
-            .parse()
-            .map_err(|_| Error::arg(arg, shape()))?;
+        let text = x.to_string();
+        b[i] = text.parse().map_err(|_| Error::arg(arg, shape()))?;
+        // An integer bound must be exact as a DOUBLE (the box is compared in the coordinates'
+        // own type from there): above 2^53 not every integer is.
+        if (is_integer(t) || t == LogicalTypeId::Decimal)
+            && exact_integer(&text, b[i]) == Some(false)
+        {
+            return Err(Error::arg(
+                arg,
+                format!(
+                    "has bound {text}, which a DOUBLE cannot hold exactly (integers beyond ±2^53 must be multiples of a power of two there; the nearest is {}), got {}",
+                    b[i] as i128,
+                    shown(v)
+                ),
+            ));
+        }
     }
     if b.iter().any(|x| x.is_nan()) {
         return Err(Error::arg(
@@ -251,9 +263,40 @@ pub fn bbox_value(v: &Value, arg: &str) -> Result<BBox> {
     Ok(b)
 }
 
+/// Whether the integer written `text` equals `f` exactly (`None`: `text` is not an integer).
+fn exact_integer(text: &str, f: f64) -> Option<bool> {
+    let text = text.trim();
+    // A DECIMAL such as 9007199254740993.0 is an integer too.
+    let int = match text.split_once('.') {
+        Some((i, frac)) if frac.bytes().all(|c| c == b'0') => i,
+        Some(_) => return None,
+        None => text,
+    };
+    let n: i128 = int.parse().ok()?;
+    Some(f.is_finite() && f as i128 == n)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size_str;
+    use super::{exact_integer, parse_size_str};
+
+    #[test]
+    fn integer_bounds_must_be_exact_doubles() {
+        assert_eq!(
+            exact_integer("9007199254740992", 9007199254740992.0),
+            Some(true)
+        );
+        assert_eq!(
+            exact_integer("9007199254740993", 9007199254740993.0),
+            Some(false)
+        );
+        assert_eq!(exact_integer("-5", -5.0), Some(true));
+        assert_eq!(exact_integer("1.5", 1.5), None);
+        assert_eq!(
+            exact_integer("9007199254740993.00", 9007199254740993.0),
+            Some(false)
+        );
+    }
 
     #[test]
     fn sizes_parse_with_units() {

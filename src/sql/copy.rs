@@ -266,6 +266,32 @@ unsafe extern "C" fn bind(info: ffi::duckdb_copy_function_bind_info) {
     }
 }
 
+/// Refuses the file name DuckDB makes for `PER_THREAD_OUTPUT` (`<store>/data_<n>.`: its default
+/// `FILENAME_PATTERN` and pocaduck's empty file extension). DuckDB consumes that option (like
+/// `OVERWRITE`, `APPEND`, `FILENAME_PATTERN`, … — see the README) before pocaduck's bind sees the
+/// options, so the path is the only trace of it; without this, the rows would go to a new store
+/// nested inside the one named.
+fn refuse_per_thread_path(store: &str) -> Result<()> {
+    let last = store
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    let per_thread = last
+        .strip_prefix("data_")
+        .and_then(|r| r.strip_suffix('.'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()));
+    if per_thread {
+        return Err(Error::arg(
+            "PER_THREAD_OUTPUT",
+            format!(
+                "is not supported: DuckDB split the COPY into per-thread files and handed pocaduck '{store}'; write without PER_THREAD_OUTPUT (and never with OVERWRITE: DuckDB then deletes the files of the store before pocaduck runs)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// COPY global init: begins the statement in the worker's session.
 ///
 /// # Safety
@@ -279,6 +305,7 @@ unsafe extern "C" fn global_init(info: ffi::duckdb_copy_function_global_init_inf
         // SAFETY: `info` is live; the path is a NUL-terminated string owned by DuckDB, copied
         // by `from_c`.
         let store = unsafe { from_c(ffi::duckdb_copy_function_global_init_get_file_path(info)) };
+        refuse_per_thread_path(&store)?;
         let slot = session_slot(&store, &b.worker, OpenMode::Create)?;
         let statement = Statement::begin(
             slot,

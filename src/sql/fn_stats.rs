@@ -26,6 +26,7 @@ impl OneRow for Stats {
         "unreferenced_bytes",
         "index_bytes",
         "segments",
+        "skipped_commits",
     ];
     type Args = String;
 
@@ -50,6 +51,7 @@ impl OneRow for Stats {
             s.unreferenced_bytes,
             s.index_bytes,
             s.segments,
+            s.skipped_commits,
         ])
     }
 }
