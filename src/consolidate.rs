@@ -436,6 +436,122 @@ pub(crate) mod tests {
         assert!(on_disk > idx.view.manifest.segments.len());
     }
 
+    /// (block, part, row_start, row_count) of an entry.
+    type Placed = (String, String, u64, u64);
+
+    /// Every label's entries as [`Placed`], from a full scan.
+    fn scanned(view: &IndexView) -> Vec<(u64, Vec<Placed>)> {
+        let key = |e: &UnifiedEntry| {
+            (
+                format!("{:?}", e.entry.block),
+                e.entry.part.clone(),
+                e.entry.row_start,
+                e.entry.row_count,
+            )
+        };
+        view.scan()
+            .map(|r| {
+                let (l, v) = r.unwrap();
+                (l, v.iter().map(key).collect())
+            })
+            .collect()
+    }
+
+    /// Lookups of single labels and of many labels at once agree with the scan.
+    fn lookups_agree_with_scan(name: &str) {
+        crate::segment::clear_caches();
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        let g = log::latest(&store).unwrap().unwrap();
+        let view = IndexView::new(store.clone(), log::load(&store, &g, &JsonCodec).unwrap());
+        let all = scanned(&view);
+        let key = |e: &UnifiedEntry| {
+            (
+                format!("{:?}", e.entry.block),
+                e.entry.part.clone(),
+                e.entry.row_start,
+                e.entry.row_count,
+            )
+        };
+        for (l, want) in &all {
+            for bbox in [false, true] {
+                let got = view.lookup(&[*l], bbox).unwrap();
+                assert_eq!(got.len(), 1, "label {l}");
+                let got: Vec<_> = got[0].1.iter().map(key).collect();
+                assert_eq!(&got, want, "label {l}");
+            }
+        }
+        for absent in [299_999u64, 5000, 20_000, u64::MAX] {
+            assert!(view.lookup(&[absent], false).unwrap().is_empty());
+        }
+        let labels: Vec<u64> = all.iter().map(|x| x.0).step_by(7).collect();
+        let many = view.lookup(&labels, false).unwrap();
+        let want: Vec<_> = all.iter().step_by(7).cloned().collect();
+        let got: Vec<_> = many
+            .iter()
+            .map(|(l, v)| (*l, v.iter().map(key).collect::<Vec<_>>()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn lookups_select_pages_and_read_files_without_page_fences() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let rows = crate::writer::tests::rows;
+        // 40 blocks x 300 labels (labels of 40 entries cross page boundaries: pages hold 1,024
+        // entries) and one label in 2,500 blocks (spanning pages and a row-group boundary).
+        let labels: Vec<u64> = (0..300).map(|l| l * 3).collect();
+        let mut batches: Vec<arrow::array::RecordBatch> = (0..40)
+            .map(|b| rows(&labels, &format!("b{b:02}"), &vec![[b, 1, 2]; labels.len()]))
+            .collect();
+        batches.extend((0..2500).map(|b| rows(&[450], &format!("c{b:04}"), &[[b, 0, 0]])));
+        write(name, "w", &batches);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        let idx = crate::reader::open(name, &JsonCodec).unwrap();
+        assert_eq!(idx.view.manifest.segments[0].entries, 40 * 300 + 2500);
+        assert_eq!(idx.point_count(&[450]).unwrap(), 40 + 2500);
+        lookups_agree_with_scan(name);
+        // Segments written before page fences: row groups are the unit of a lookup.
+        let gen = idx.view.manifest.generation;
+        let mpath = dir.path().join(layout::manifest_file(gen).as_ref());
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+        for seg in m["segments"].as_array_mut().unwrap() {
+            let path = dir.path().join(seg["file"].as_str().unwrap());
+            let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&path).unwrap(),
+            )
+            .unwrap();
+            let kv = r
+                .metadata()
+                .file_metadata()
+                .key_value_metadata()
+                .unwrap()
+                .clone();
+            assert!(kv.iter().any(|k| k.key == "pocaduck.page_fences"));
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_max_row_group_row_count(Some(crate::segment::ROW_GROUP_ENTRIES))
+                .set_key_value_metadata(Some(
+                    kv.into_iter()
+                        .filter(|k| !k.key.starts_with("pocaduck.page_"))
+                        .collect(),
+                ))
+                .build();
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(Vec::new(), r.schema().clone(), Some(props))
+                    .unwrap();
+            for b in r.build().unwrap() {
+                w.write(&b.unwrap()).unwrap();
+            }
+            let bytes = w.into_inner().unwrap();
+            seg["bytes"] = serde_json::json!(bytes.len());
+            std::fs::write(&path, bytes).unwrap();
+        }
+        std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+        lookups_agree_with_scan(name);
+    }
+
     /// Builds a format-1 generation (as the previous release wrote it) from the commits on disk.
     fn write_legacy(store: &Store) {
         let mut u = UnifiedIndex {

@@ -109,12 +109,12 @@ struct Output {
 }
 
 impl Output {
-    /// Appends rows to the open part; returns the part's name and the first row's number.
-    fn append(&mut self, rows: arrow::array::RecordBatch) -> Result<(String, u64)> {
-        let (name, start) = self.current()?;
+    /// Appends rows to the open part (opening one if none is open).
+    fn append(&mut self, rows: arrow::array::RecordBatch) -> Result<()> {
+        self.sink.current()?;
         self.pending_rows += rows.num_rows();
         self.pending.push(rows);
-        Ok((name, start))
+        Ok(())
     }
 
     /// Encodes the pending rows.
@@ -129,9 +129,10 @@ impl Output {
     }
 
     /// The open part's name and its rows so far (appended ones), opening a part if needed.
-    fn current(&mut self) -> Result<(String, u64)> {
+    fn current(&mut self) -> Result<(&str, u64)> {
+        let pending = self.pending_rows as u64;
         let (name, written) = self.sink.current()?;
-        Ok((name, written + self.pending_rows as u64))
+        Ok((name, written + pending))
     }
 
     /// At a point where the part may close: once enough rows are waiting (in `rows` and here),
@@ -419,8 +420,8 @@ fn copy_window(
             rows += frag[end].entry.row_count;
             end += 1;
         }
-        let chunk: Vec<UnifiedEntry> = frag[c..end].iter().map(|e| (*e).clone()).collect();
-        let got = idx.read_entry_rows(&chunk, cols)?;
+        let chunk = &frag[c..end];
+        let got = idx.read_entry_rows(chunk.iter().copied(), cols)?;
         let n: usize = got.iter().map(|b| b.num_rows()).sum();
         if n as u64 != rows {
             return Err(Error::Internal(format!(
@@ -452,23 +453,40 @@ fn copy_window(
         let mut since_check = 0u64;
         for old in entries {
             let (part_name, base) = out.current()?;
-            let e = SegmentEntry {
-                part: part_name,
-                row_start: base + rows.pending() as u64,
-                ..old.entry.clone()
-            };
-            rows.advance(old.entry.row_count as usize, out)?;
-            summary.points_rewritten += old.entry.row_count;
+            let row_start = base + rows.pending() as u64;
+            let n = old.entry.row_count;
+            summary.points_rewritten += n;
+            // Extends the previous new entry when this one continues it (same worker, commit,
+            // label, block and part, next row); else a new entry (the old one's fields moved).
             let merged = new.last_mut().is_some_and(|l| {
-                l.worker == old.worker && l.commit == old.commit && l.entry.absorb(&e)
+                let e = &mut l.entry;
+                let cont = l.worker == old.worker
+                    && l.commit == old.commit
+                    && e.label == old.entry.label
+                    && e.block == old.entry.block
+                    && e.part == part_name
+                    && e.row_start + e.row_count == row_start;
+                if cont {
+                    e.row_count += n;
+                    for d in 0..3 {
+                        e.bbox[d] = e.bbox[d].min(old.entry.bbox[d]);
+                        e.bbox[d + 3] = e.bbox[d + 3].max(old.entry.bbox[d + 3]);
+                    }
+                }
+                cont
             });
             if !merged {
                 new.push(UnifiedEntry {
                     worker: old.worker,
                     commit: old.commit,
-                    entry: e,
+                    entry: SegmentEntry {
+                        part: part_name.to_string(),
+                        row_start,
+                        ..old.entry
+                    },
                 });
             }
+            rows.advance(n as usize, out)?;
             since_check += old.entry.row_count;
             if since_check >= opts.chunk_rows {
                 since_check = 0;

@@ -1,8 +1,8 @@
 //! The one writer of part files, for both writers of them: ingest sessions (`workers/<worker>/
 //! parts/…`) and optimize (`optimized/…`), which differ only in the path scheme they give it.
 //!
-//! Owns the part-file encoding (see [`part_props`]: zstd(1), pages of 8,192 rows, row groups of
-//! at most 2^20 rows, page statistics; dictionaries for `label` and `block` only) and the part
+//! Owns the part-file encoding (see [`part_props`]: LZ4, pages of 8,192 rows, row groups of at
+//! most 2^20 rows, page statistics; integers delta-encoded, dictionaries for strings only) and the part
 //! life cycle: a part is opened on the first rows written to it, uploaded as it grows, and
 //! published complete when closed (durability rule 1: a multipart upload, or a staging file
 //! renamed into place, so a part is complete or absent). [`PartSink::discard`] abandons the open
@@ -14,12 +14,11 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use object_store::path::Path;
 use parquet::arrow::async_writer::{AsyncArrowWriter, ParquetObjectWriter};
-use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::basic::{Compression, Encoding};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
-use crate::schema::col;
 use crate::storage::{block_on, Store};
 
 /// Rows per data page; small pages let readers fetch little more than a label's rows.
@@ -27,17 +26,20 @@ const PAGE_ROWS: usize = 8192;
 /// Rows per row group at most.
 const ROW_GROUP_ROWS: usize = 1 << 20;
 
-/// Part file settings. `label` and `block` (few distinct values, sorted) keep dictionary
-/// encoding; coordinates and attributes skip it (interning millions of distinct values is the
-/// most expensive step of encoding): integers use DELTA_BINARY_PACKED, floats PLAIN.
+/// Part file settings. Integer columns (the label, integer blocks, coordinates and attributes)
+/// use DELTA_BINARY_PACKED without a dictionary: interning millions of distinct values is the
+/// most expensive step of encoding, and labels and blocks are sorted within a flush, so their
+/// deltas are tiny — and a reader of one page needs no dictionary page (which, for a part of
+/// many small labels, is as large as the label column). Floats are PLAIN; strings (a VARCHAR
+/// block, VARCHAR attributes) keep dictionaries.
 pub(crate) fn part_props(schema: &arrow::datatypes::Schema) -> WriterProperties {
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_compression(Compression::LZ4_RAW)
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_write_batch_size(PAGE_ROWS)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page);
-    for f in schema.fields().iter().skip(col::XYZ[0]) {
+    for f in schema.fields().iter() {
         let col = ColumnPath::from(f.name().as_str());
         if f.data_type().is_integer() {
             b = b
@@ -108,9 +110,9 @@ impl PartSink {
     }
 
     /// The open part's name and its rows so far, opening a part if none is open.
-    pub(crate) fn current(&mut self) -> Result<(String, u64)> {
+    pub(crate) fn current(&mut self) -> Result<(&str, u64)> {
         let p = self.open()?;
-        Ok((p.path.to_string(), p.rows))
+        Ok((p.path.as_ref(), p.rows))
     }
 
     /// Writes `rows` to the open part (opening one if needed); returns the part's name and the

@@ -209,14 +209,15 @@ impl LoadedIndex {
 
     /// (block, points) of one label, in block order. Empty for an unknown label.
     pub fn blocks(&self, label: u64) -> Result<Vec<(BlockId, u64)>> {
-        Ok(blocks_of(&self.entries(label)?))
+        let found = self.view.lookup(&[label], false)?;
+        Ok(found.first().map(|x| blocks_of(&x.1)).unwrap_or_default())
     }
 
     /// Number of points of each label of `labels` (0 if unknown), from the index alone.
     pub fn point_count(&self, labels: &[u64]) -> Result<u64> {
         Ok(self
             .view
-            .entries_of(labels)?
+            .lookup(labels, false)?
             .iter()
             .flat_map(|x| x.1.iter())
             .map(|e| e.entry.row_count)
@@ -246,15 +247,20 @@ impl LoadedIndex {
     }
 
     /// Reads the rows of `entries` (in that order), returning the part-file columns `cols`.
-    pub(crate) fn read_entry_rows(
+    pub(crate) fn read_entry_rows<'a>(
         &self,
-        entries: &[UnifiedEntry],
+        entries: impl IntoIterator<Item = &'a UnifiedEntry>,
         cols: &[usize],
     ) -> Result<Vec<RecordBatch>> {
+        // Part names interned: entries of a few parts share one string each.
+        let mut parts: HashMap<&str, Arc<str>> = HashMap::new();
         let es = entries
-            .iter()
+            .into_iter()
             .map(|e| ReadEntry {
-                part: Arc::from(e.entry.part.as_str()),
+                part: parts
+                    .entry(e.entry.part.as_str())
+                    .or_insert_with(|| Arc::from(e.entry.part.as_str()))
+                    .clone(),
                 row_start: e.entry.row_start,
                 row_count: e.entry.row_count,
             })
@@ -362,7 +368,7 @@ impl ScanRequest {
         };
         match &self.labels {
             Some(labels) => {
-                for (_, v) in index.view.entries_of(labels)? {
+                for (_, v) in index.view.lookup(labels, self.bbox.is_some())? {
                     v.into_iter().filter(|e| keep(e)).for_each(&mut add);
                 }
             }
@@ -419,7 +425,11 @@ impl PointStream {
         self.out_schema.clone()
     }
 
-    fn next_window(&mut self) -> Result<()> {
+    /// Plans the next window: takes its entries (none left: `None`).
+    fn plan_window(&mut self) -> Option<Window> {
+        if self.entries.is_empty() {
+            return None;
+        }
         let mut rows = 0;
         let mut take = Vec::new();
         let mut parts = std::collections::HashSet::new();
@@ -443,23 +453,32 @@ impl PointStream {
             take.extend(self.entries.pop_front());
         }
         self.window = (self.window * 4).min(WINDOW_ROWS);
-        let batches = block_on(read_window(
-            &self.store,
-            take,
-            &self.cols,
-            &self.schema,
-            self.trace.as_deref(),
-        ))?;
-        for b in batches {
-            let b = match self.bbox {
-                Some(bx) => filter_box(&b, &bx, self.keep)?,
-                None => b,
-            };
-            if b.num_rows() > 0 {
-                self.ready.push_back(b);
-            }
+        Some(Window {
+            store: self.store.clone(),
+            entries: take,
+            cols: self.cols.clone(),
+            keep: self.keep,
+            schema: self.schema.clone(),
+            bbox: self.bbox,
+            trace: self.trace.clone(),
+        })
+    }
+
+    fn next_window(&mut self) -> Result<()> {
+        if let Some(w) = self.plan_window() {
+            self.ready.extend(w.read()?);
         }
         Ok(())
+    }
+
+    /// Rows not yet planned into a window (before any box filter).
+    pub fn rows_left(&self) -> u64 {
+        self.entries.iter().map(|e| e.row_count).sum()
+    }
+
+    /// Shares the stream between threads: see [`SharedPoints`].
+    pub fn shared(self) -> SharedPoints {
+        SharedPoints(Mutex::new(self))
     }
 }
 
@@ -474,6 +493,57 @@ impl Iterator for PointStream {
             }
         }
         self.ready.pop_front().map(Ok)
+    }
+}
+
+/// A planned window of a [`PointStream`]: entries to read, and how.
+struct Window {
+    store: Store,
+    entries: Vec<ReadEntry>,
+    cols: Vec<usize>,
+    keep: usize,
+    schema: arrow::datatypes::SchemaRef,
+    bbox: Option<BBox>,
+    trace: Option<Arc<ReadTrace>>,
+}
+
+impl Window {
+    /// Reads and decodes the window (box-filtered, empty batches dropped).
+    fn read(self) -> Result<Vec<RecordBatch>> {
+        let batches = block_on(read_window(
+            &self.store,
+            self.entries,
+            &self.cols,
+            &self.schema,
+            self.trace.as_deref(),
+        ))?;
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches {
+            let b = match self.bbox {
+                Some(bx) => filter_box(&b, &bx, self.keep)?,
+                None => b,
+            };
+            if b.num_rows() > 0 {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A [`PointStream`] that several threads read at once: each call plans the next window under a
+/// lock and reads it outside, so windows decode in parallel (rows come out in no fixed order
+/// across windows). Memory: at most one window per reading thread.
+pub struct SharedPoints(Mutex<PointStream>);
+
+impl SharedPoints {
+    /// The next window's batches (`None`: every window has been taken).
+    pub fn next_window(&self) -> Option<Result<Vec<RecordBatch>>> {
+        let w = match self.0.lock() {
+            Ok(mut s) => s.plan_window()?,
+            Err(_) => return Some(Err(Error::Internal("point stream lock poisoned".into()))),
+        };
+        Some(w.read())
     }
 }
 
@@ -739,10 +809,7 @@ async fn read_part(
     if let Some(t) = trace {
         t.record(md, &rg_start, &groups, &ranges, cols);
     }
-    let mut reader = ParquetObjectReader::new(store.objects.clone(), Path::from(part.as_ref()));
-    if let Some(size) = size {
-        reader = reader.with_file_size(size);
-    }
+    let reader = store.parquet_reader(&Path::from(part.as_ref()), size);
     let mut sorted_cols: Vec<usize> = cols.to_vec();
     sorted_cols.sort_unstable();
     sorted_cols.dedup();
@@ -809,7 +876,10 @@ fn filter_box(batch: &RecordBatch, b: &BBox, keep: usize) -> Result<RecordBatch>
 /// Plans a read of the sorted, disjoint row `ranges` of a file whose row groups start at
 /// `rg_start` (with the total row count appended): the row groups to read, and a selection over
 /// the concatenation of exactly those row groups.
-fn plan_selection(rg_start: &[u64], ranges: &[(u64, u64)]) -> (Vec<usize>, Vec<RowSelector>) {
+pub(crate) fn plan_selection(
+    rg_start: &[u64],
+    ranges: &[(u64, u64)],
+) -> (Vec<usize>, Vec<RowSelector>) {
     let mut groups = Vec::new();
     let mut selectors = Vec::new();
     let mut ri = 0;

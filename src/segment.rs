@@ -3,11 +3,14 @@
 //!
 //! A segment file has the columns `label UBIGINT, block, worker VARCHAR, commit_seq UBIGINT,
 //! part VARCHAR, row_start UBIGINT, row_count UBIGINT, min_x … max_z DOUBLE`, sorted by
-//! (label, block, worker, part, row_start), in row groups of [`ROW_GROUP_ENTRIES`] entries, and
-//! the key-value metadata `pocaduck.format` ([`SEGMENT_FORMAT`]) and `pocaduck.fences` (the
-//! first label of every row group, then the last label of the file). A lookup reads the footer
-//! once per process (it is cached), picks the row groups whose fences enclose the label, and
-//! fetches just those (one ranged GET per row group: its column chunks are contiguous).
+//! (label, block, worker, part, row_start), in row groups of [`ROW_GROUP_ENTRIES`] entries and
+//! pages of [`PAGE_ENTRIES`], and the key-value metadata `pocaduck.format` ([`SEGMENT_FORMAT`]),
+//! `pocaduck.fences` (the first label of every row group, then the last label of the file),
+//! `pocaduck.page_entries` and `pocaduck.page_fences` (the same per page). A lookup reads the
+//! footer once per process (it is cached), picks the pages whose fences enclose the label, and
+//! fetches their row groups (one ranged GET per row group: its column chunks are contiguous),
+//! decompressing only the chosen pages. Files without page fences (older writers) are read with
+//! the row group as the unit.
 //!
 //! **Supersession** is applied when entries are read: of the entries of one (label, block,
 //! worker), only those of the highest commit count. Commits of a worker are numbered in order,
@@ -42,6 +45,11 @@ pub const SEGMENT_FORMAT: u32 = 2;
 /// Entries per row group: the unit a lookup fetches and decodes.
 pub const ROW_GROUP_ENTRIES: usize = 8192;
 
+/// Entries per data page: the unit a lookup decompresses. `pocaduck.page_fences` holds the first
+/// label of every page, so a lookup selects the pages that may hold a label and the Parquet
+/// reader skips the others without decompressing them.
+pub const PAGE_ENTRIES: usize = 1024;
+
 /// A run's file is closed at the first label boundary after this many entries, so that a
 /// footer stays small (~250 row groups) and a lookup touches one file of a run.
 pub const FILE_ENTRIES: u64 = 2 << 20;
@@ -66,9 +74,14 @@ fn arrow_schema(block: ColumnType) -> SchemaRef {
 }
 
 fn props() -> WriterProperties {
+    // The columns a lookup reads are LZ4: decoding them costs no codec context (zstd's would
+    // be created per column chunk read, which dominated a lookup); the box columns, read by box
+    // queries and scans, compress much better with zstd.
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_compression(Compression::LZ4_RAW)
         .set_max_row_group_row_count(Some(ROW_GROUP_ENTRIES))
+        .set_data_page_row_count_limit(PAGE_ENTRIES)
+        .set_write_batch_size(PAGE_ENTRIES)
         .set_statistics_enabled(EnabledStatistics::None)
         .set_column_statistics_enabled(ColumnPath::from("label"), EnabledStatistics::Chunk);
     for c in ["row_start", "row_count"] {
@@ -80,7 +93,12 @@ fn props() -> WriterProperties {
             );
     }
     for c in BBOX {
-        b = b.set_column_dictionary_enabled(ColumnPath::from(c), false);
+        b = b
+            .set_column_dictionary_enabled(ColumnPath::from(c), false)
+            .set_column_compression(
+                ColumnPath::from(c),
+                Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
+            );
     }
     b.build()
 }
@@ -133,6 +151,7 @@ pub struct RunWriter<'a> {
 struct OpenFile {
     writer: ArrowWriter<Vec<u8>>,
     fences: Vec<u64>,
+    page_fences: Vec<u64>,
     entries: u64,
     lo: u64,
     last: u64,
@@ -188,6 +207,7 @@ impl<'a> RunWriter<'a> {
                 self.file = Some(OpenFile {
                     writer,
                     fences: Vec::new(),
+                    page_fences: Vec::new(),
                     entries: 0,
                     lo: chunk[0].entry.label,
                     last: 0,
@@ -199,6 +219,8 @@ impl<'a> RunWriter<'a> {
                 .as_mut()
                 .ok_or_else(|| Error::Internal("no file".into()))?;
             f.fences.push(chunk[0].entry.label);
+            f.page_fences
+                .extend(chunk.iter().step_by(PAGE_ENTRIES).map(|e| e.entry.label));
             f.last = chunk[n - 1].entry.label;
             f.entries += n as u64;
             f.writer.write(&batch).map_err(enc)?;
@@ -213,15 +235,23 @@ impl<'a> RunWriter<'a> {
         };
         let enc =
             |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
-        let mut fences = f.fences.clone();
-        fences.push(f.last);
-        let fences: Vec<String> = fences.iter().map(|x| x.to_string()).collect();
-        f.writer.append_key_value_metadata(KeyValue::new(
-            "pocaduck.format".into(),
-            SEGMENT_FORMAT.to_string(),
-        ));
-        f.writer
-            .append_key_value_metadata(KeyValue::new("pocaduck.fences".into(), fences.join(",")));
+        let list = |v: &[u64]| {
+            v.iter()
+                .chain([&f.last])
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let kv = [
+            ("pocaduck.format", SEGMENT_FORMAT.to_string()),
+            ("pocaduck.fences", list(&f.fences)),
+            ("pocaduck.page_entries", PAGE_ENTRIES.to_string()),
+            ("pocaduck.page_fences", list(&f.page_fences)),
+        ];
+        for (k, v) in kv {
+            f.writer
+                .append_key_value_metadata(KeyValue::new(k.into(), v));
+        }
         let bytes = f.writer.into_inner().map_err(enc)?;
         let path = crate::layout::segment_file(self.run, &self.session, self.done.len() as u32);
         let size = bytes.len() as u64;
@@ -304,6 +334,13 @@ pub fn supersede(entries: &mut Vec<UnifiedEntry>) {
 struct Footer {
     meta: ArrowReaderMetadata,
     fences: Vec<u64>,
+    /// First row of every row group, then the row count.
+    rg_start: Vec<u64>,
+    /// The stretches a lookup selects, as (first row, rows): the pages when the file has page
+    /// fences (written since page fences exist), else the row groups.
+    units: Vec<(u64, u64)>,
+    /// The first label of every unit, then the file's last label.
+    unit_fences: Vec<u64>,
 }
 
 /// Segment footers per (store, file).
@@ -358,20 +395,59 @@ async fn footer(store: &Store, r: &SegmentRef, cached: bool) -> Result<Arc<Foote
             "segment format {format} is newer than this pocaduck supports ({SEGMENT_FORMAT})"
         )));
     }
-    let fences: Vec<u64> = get("pocaduck.fences")
-        .unwrap_or_default()
-        .split(',')
-        .map(|x| x.parse::<u64>())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| err(&format!("bad fences: {e}")))?;
-    if fences.len() != meta.metadata().num_row_groups() + 1 {
+    let list = |k: &str| -> Result<Vec<u64>> {
+        get(k)
+            .unwrap_or_default()
+            .split(',')
+            .map(|x| x.parse::<u64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| err(&format!("bad {k}: {e}")))
+    };
+    let fences = list("pocaduck.fences")?;
+    let rgs = meta.metadata().row_groups();
+    if fences.len() != rgs.len() + 1 {
         return Err(err(&format!(
             "{} fences for {} row groups",
             fences.len(),
-            meta.metadata().num_row_groups()
+            rgs.len()
         )));
     }
-    let f = Arc::new(Footer { meta, fences });
+    let mut rg_start = vec![0u64];
+    for g in rgs {
+        rg_start.push(rg_start[rg_start.len() - 1].saturating_add(g.num_rows().max(0) as u64));
+    }
+    let mut units: Vec<(u64, u64)> = rg_start.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
+    let mut unit_fences = fences.clone();
+    if let Some(pe) = get("pocaduck.page_entries") {
+        let pe: u64 = pe
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| err(&format!("bad pocaduck.page_entries '{pe}'")))?;
+        let pf = list("pocaduck.page_fences")?;
+        // Count before listing the pages: a corrupt footer may claim any number of rows.
+        let count = units
+            .iter()
+            .try_fold(0u64, |acc, &(_, n)| acc.checked_add(n.div_ceil(pe)));
+        if count != Some(pf.len() as u64 - 1) {
+            return Err(err(&format!(
+                "{} page fences for {count:?} pages",
+                pf.len()
+            )));
+        }
+        let pages: Vec<(u64, u64)> = units
+            .iter()
+            .flat_map(|&(s, n)| (0..n.div_ceil(pe)).map(move |k| (s + k * pe, pe.min(n - k * pe))))
+            .collect();
+        (units, unit_fences) = (pages, pf);
+    }
+    let f = Arc::new(Footer {
+        meta,
+        fences,
+        rg_start,
+        units,
+        unit_fences,
+    });
     if let Ok(mut c) = footer_cache().lock() {
         if c.len() >= FOOTER_CACHE {
             c.clear();
@@ -418,7 +494,7 @@ pub(crate) fn decode_entries(
     bad: &dyn Fn(&str) -> Error,
     out: &mut Vec<UnifiedEntry>,
 ) -> Result<()> {
-    if b.num_columns() != 13 {
+    if b.num_columns() != 13 && b.num_columns() != 7 {
         return Err(bad("expected 13 columns"));
     }
     let u = |i: usize| {
@@ -435,7 +511,8 @@ pub(crate) fn decode_entries(
     };
     let (label, commit, start, count) = (u(0)?, u(3)?, u(5)?, u(6)?);
     let (worker, part) = (s(2)?, s(4)?);
-    let bbox: Vec<&Float64Array> = (7..13)
+    // Without the box columns (a projected read), entries are unbounded.
+    let bbox: Vec<&Float64Array> = (7..b.num_columns())
         .map(|i| {
             b.column(i)
                 .as_any()
@@ -464,37 +541,64 @@ pub(crate) fn decode_entries(
                 part: part.value(r).to_string(),
                 row_start: start.value(r),
                 row_count: count.value(r),
-                bbox: std::array::from_fn(|i| bbox[i].value(r)),
+                bbox: std::array::from_fn(|i| match bbox.get(i) {
+                    Some(a) => a.value(r),
+                    None if i < 3 => f64::NEG_INFINITY,
+                    None => f64::INFINITY,
+                }),
             },
         });
     }
     Ok(())
 }
 
-/// Streams the row groups `groups` of a segment, decoding the entries with labels in
-/// `lo ..= hi`; `each` receives every decoded batch of entries (in file order).
+/// What [`read_groups`] reads of a segment: row groups, a selection of their rows, and whether
+/// the bounding-box columns are wanted.
+struct Read {
+    groups: Vec<usize>,
+    selection: Option<Vec<parquet::arrow::arrow_reader::RowSelector>>,
+    with_bbox: bool,
+}
+
+impl Read {
+    fn groups(groups: Vec<usize>) -> Read {
+        Read {
+            groups,
+            selection: None,
+            with_bbox: true,
+        }
+    }
+}
+
+/// Streams rows of a segment (see [`Read`]), decoding the entries with labels in `lo ..= hi`;
+/// `each` receives every decoded batch of entries (in file order).
 async fn read_groups(
     store: &Store,
     r: &SegmentRef,
     f: &Footer,
-    groups: Vec<usize>,
+    read: Read,
     ids: &WorkerIds,
     (lo, hi): (u64, u64),
     mut each: impl FnMut(Vec<UnifiedEntry>) -> Result<bool>,
 ) -> Result<()> {
-    if groups.is_empty() {
+    if read.groups.is_empty() {
         return Ok(());
     }
     let err = |e: &dyn std::fmt::Display| {
         Error::file(&store.name, r.file.as_str(), format!("index segment: {e}"))
     };
-    let reader = ParquetObjectReader::new(store.objects.clone(), Path::from(r.file.as_str()))
-        .with_file_size(r.bytes);
-    let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, f.meta.clone())
-        .with_row_groups(groups)
-        .with_batch_size(ROW_GROUP_ENTRIES)
-        .build()
-        .map_err(|e| err(&e))?;
+    let reader = store.parquet_reader(&Path::from(r.file.as_str()), Some(r.bytes));
+    let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, f.meta.clone())
+        .with_row_groups(read.groups)
+        .with_batch_size(ROW_GROUP_ENTRIES);
+    if let Some(sel) = read.selection {
+        builder = builder.with_row_selection(sel.into());
+    }
+    if !read.with_bbox {
+        let schema = f.meta.metadata().file_metadata().schema_descr();
+        builder = builder.with_projection(parquet::arrow::ProjectionMask::roots(schema, 0..7));
+    }
+    let mut stream = builder.build().map_err(|e| err(&e))?;
     loop {
         let next = AssertUnwindSafe(stream.next())
             .catch_unwind()
@@ -573,6 +677,12 @@ impl IndexView {
     /// labels without entries are left out), superseded entries dropped. Each row group of
     /// each segment is fetched at most once.
     pub fn entries_of(&self, labels: &[u64]) -> Result<Vec<(u64, Vec<UnifiedEntry>)>> {
+        self.lookup(labels, true)
+    }
+
+    /// Like [`IndexView::entries_of`]; without `with_bbox` the entries' boxes are not read
+    /// (they are left unbounded), which spares six columns of decoding.
+    pub fn lookup(&self, labels: &[u64], with_bbox: bool) -> Result<Vec<(u64, Vec<UnifiedEntry>)>> {
         let mut labels = labels.to_vec();
         labels.sort_unstable();
         labels.dedup();
@@ -592,7 +702,7 @@ impl IndexView {
                 let i = labels.partition_point(|&x| x < r.lo);
                 i < labels.len() && labels[i] <= r.hi
             })
-            .map(|r| self.lookup_segment(r, &labels));
+            .map(|r| self.lookup_segment(r, &labels, with_bbox));
         let found = block_on(
             futures::stream::iter(jobs)
                 .buffer_unordered(16)
@@ -616,21 +726,38 @@ impl IndexView {
         Ok(out)
     }
 
-    async fn lookup_segment(&self, r: &SegmentRef, labels: &[u64]) -> Result<Vec<UnifiedEntry>> {
+    async fn lookup_segment(
+        &self,
+        r: &SegmentRef,
+        labels: &[u64],
+        with_bbox: bool,
+    ) -> Result<Vec<UnifiedEntry>> {
         let f = footer(&self.store, r, self.cached).await?;
-        let n = f.fences.len() - 1;
-        let groups: Vec<usize> = (0..n)
-            .filter(|&g| {
-                let (a, b) = (f.fences[g].max(r.lo), f.fences[g + 1].min(r.hi));
-                let i = labels.partition_point(|&x| x < a);
-                a <= b && i < labels.len() && labels[i] <= b
-            })
-            .collect();
+        // The units (pages, or row groups of older files) whose fences enclose a wanted label,
+        // as row ranges of the file; adjacent units merge.
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for (u, &(start, n)) in f.units.iter().enumerate() {
+            let (a, b) = (f.unit_fences[u].max(r.lo), f.unit_fences[u + 1].min(r.hi));
+            let i = labels.partition_point(|&x| x < a);
+            if !(a <= b && i < labels.len() && labels[i] <= b) {
+                continue;
+            }
+            match ranges.last_mut() {
+                Some(last) if last.0 + last.1 == start => last.1 += n,
+                _ => ranges.push((start, n)),
+            }
+        }
+        let (groups, selection) = crate::reader::plan_selection(&f.rg_start, &ranges);
         let mut out = Vec::new();
         // Decode only rows inside the wanted labels' span (and the segment's range).
         let lo = r.lo.max(labels[0]);
         let hi = r.hi.min(labels[labels.len() - 1]);
-        read_groups(&self.store, r, &f, groups, &self.ids, (lo, hi), |v| {
+        let read = Read {
+            groups,
+            selection: Some(selection),
+            with_bbox,
+        };
+        read_groups(&self.store, r, &f, read, &self.ids, (lo, hi), |v| {
             out.extend(
                 v.into_iter()
                     .filter(|e| labels.binary_search(&e.entry.label).is_ok()),
@@ -712,7 +839,7 @@ impl Cursor {
                         &view.store,
                         r,
                         &f,
-                        vec![g],
+                        Read::groups(vec![g]),
                         &view.ids,
                         (lo, hi),
                         |v| {

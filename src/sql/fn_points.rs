@@ -6,7 +6,7 @@ use duckdb::core::LogicalTypeId;
 
 use super::args::{arg_labels, bbox_value};
 use super::index_db::DuckDbCodec;
-use super::vtab::{BatchIter, Bind, TableFn};
+use super::vtab::{BatchIter, Bind, Pieces, TableFn};
 use crate::error::{Error, Result};
 use crate::reader::{self, BBox, ScanRequest};
 use crate::schema::{col, FIXED};
@@ -55,9 +55,27 @@ fn bind_points(
     })
 }
 
+impl Pieces for reader::SharedPoints {
+    fn next_piece(&self) -> Option<Result<Vec<arrow::array::RecordBatch>>> {
+        self.next_window()
+    }
+}
+
+/// The rows as windows that DuckDB's threads decode in parallel: one thread per
+/// [`reader::WINDOW_ROWS`] rows to read (a small label: one thread).
+fn shared_points(args: &PointsArgs, columns: &[usize]) -> Result<Option<(Box<dyn Pieces>, u64)>> {
+    let s = open_stream(args, columns)?;
+    let threads = s.rows_left().div_ceil(reader::WINDOW_ROWS).max(1);
+    Ok(Some((Box::new(s.shared()), threads)))
+}
+
 /// Shared execution: opened again per execution, so a prepared statement sees the newest
 /// generation.
 fn stream_points(args: &PointsArgs, columns: &[usize]) -> Result<BatchIter> {
+    Ok(Box::new(open_stream(args, columns)?))
+}
+
+fn open_stream(args: &PointsArgs, columns: &[usize]) -> Result<reader::PointStream> {
     let wanted: Vec<usize> = columns
         .iter()
         .filter_map(|i| args.part_cols.get(*i).copied())
@@ -67,9 +85,7 @@ fn stream_points(args: &PointsArgs, columns: &[usize]) -> Result<BatchIter> {
         Some(ls) => ScanRequest::labels(ls.clone()),
         None => ScanRequest::all(),
     };
-    Ok(Box::new(
-        req.bbox(args.bbox).columns(wanted).stream(&index)?,
-    ))
+    req.bbox(args.bbox).columns(wanted).stream(&index)
 }
 
 impl TableFn for Points {
@@ -91,6 +107,10 @@ impl TableFn for Points {
     fn rows(args: &PointsArgs, columns: &[usize]) -> Result<BatchIter> {
         stream_points(args, columns)
     }
+
+    fn pieces(args: &PointsArgs, columns: &[usize]) -> Result<Option<(Box<dyn Pieces>, u64)>> {
+        shared_points(args, columns)
+    }
 }
 
 impl TableFn for PointsInBox {
@@ -110,5 +130,9 @@ impl TableFn for PointsInBox {
 
     fn rows(args: &PointsArgs, columns: &[usize]) -> Result<BatchIter> {
         stream_points(args, columns)
+    }
+
+    fn pieces(args: &PointsArgs, columns: &[usize]) -> Result<Option<(Box<dyn Pieces>, u64)>> {
+        shared_points(args, columns)
     }
 }

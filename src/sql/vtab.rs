@@ -61,6 +61,19 @@ pub trait TableFn: 'static {
     /// The rows of one execution. `columns` holds the indices of the result columns DuckDB wants
     /// when [`TableFn::PROJECTION`] is set (empty otherwise).
     fn rows(args: &Self::Args, columns: &[usize]) -> Result<BatchIter>;
+
+    /// Rows that several DuckDB threads may produce at once, made when an execution starts: a
+    /// source of independent pieces and the number of threads worth using. `None` (the
+    /// default): [`TableFn::rows`] on one thread.
+    fn pieces(_args: &Self::Args, _columns: &[usize]) -> Result<Option<(Box<dyn Pieces>, u64)>> {
+        Ok(None)
+    }
+}
+
+/// Rows made in independent pieces (see [`TableFn::pieces`]); any thread may take the next one.
+pub trait Pieces: Send + Sync {
+    /// The next piece's batches (`None`: no pieces left).
+    fn next_piece(&self) -> Option<Result<Vec<RecordBatch>>>;
 }
 
 /// A table function whose result is one row of UBIGINT figures (`pocaduck_consolidate`,
@@ -272,6 +285,62 @@ impl Emitter {
 pub struct Execution {
     columns: Vec<usize>,
     rows: Mutex<Option<Emitter>>,
+    shared: Option<Shared>,
+}
+
+/// Rows of an execution that several threads produce: the pieces, and decoded batches waiting
+/// to be emitted (with the position in the first).
+struct Shared {
+    pieces: Box<dyn Pieces>,
+    queue: Mutex<(std::collections::VecDeque<RecordBatch>, usize)>,
+}
+
+impl Shared {
+    /// Fills `output` with the next rows. A thread that finds no rows waiting makes the next
+    /// piece itself (outside the lock, so pieces are made in parallel); it reports the end only
+    /// when no piece is left — a piece another thread is still making is emitted by that thread,
+    /// whose scan goes on until it finds nothing left.
+    fn emit(
+        &self,
+        func: &'static str,
+        output: &mut DataChunkHandle,
+    ) -> std::result::Result<(), BoxErr> {
+        loop {
+            {
+                let mut q = self
+                    .queue
+                    .lock()
+                    .map_err(|_| format!("{func}: execution lock poisoned"))?;
+                let (batches, pos) = &mut *q;
+                if let Some(b) = batches.front() {
+                    let n = (b.num_rows() - *pos).min(2048);
+                    let piece = b.slice(*pos, n);
+                    *pos += n;
+                    if *pos >= b.num_rows() {
+                        batches.pop_front();
+                        *pos = 0;
+                    }
+                    drop(q);
+                    record_batch_to_duckdb_data_chunk(&piece, output)?;
+                    output.set_len(n);
+                    return Ok(());
+                }
+            }
+            match run(func, || self.pieces.next_piece().transpose())? {
+                Some(bs) => {
+                    let mut q = self
+                        .queue
+                        .lock()
+                        .map_err(|_| format!("{func}: execution lock poisoned"))?;
+                    q.0.extend(bs.into_iter().filter(|b| b.num_rows() > 0));
+                }
+                None => {
+                    output.set_len(0);
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 /// The duckdb-rs table function of a [`TableFn`].
@@ -294,9 +363,21 @@ impl<T: TableFn> VTab for Table<T> {
         } else {
             vec![]
         };
+        // SAFETY: duckdb-rs stored a `Box<T::Args>` as this function's bind data in `bind`
+        // (the bind data type of `Table<T>`), and DuckDB keeps it alive until the execution ends.
+        let args = unsafe { init.get_bind_data::<T::Args>().as_ref() }
+            .ok_or_else(|| format!("{}: no bind data", T::NAME))?;
+        let shared = run(T::NAME, || T::pieces(args, &columns))?.map(|(pieces, threads)| {
+            init.set_max_threads(threads.max(1));
+            Shared {
+                pieces,
+                queue: Mutex::new((Default::default(), 0)),
+            }
+        });
         Ok(Execution {
             columns,
             rows: Mutex::new(None),
+            shared,
         })
     }
 
@@ -305,6 +386,9 @@ impl<T: TableFn> VTab for Table<T> {
         output: &mut DataChunkHandle,
     ) -> std::result::Result<(), BoxErr> {
         let exec = func.get_init_data();
+        if let Some(sh) = &exec.shared {
+            return sh.emit(T::NAME, output);
+        }
         let mut rows = exec
             .rows
             .lock()
