@@ -15,6 +15,10 @@
 //! - A failed statement rolls back its own rows if they are still in the buffer; otherwise the
 //!   whole uncommitted session is discarded (its parts deleted), so nothing half-written is ever
 //!   referenced.
+//!
+//! Files: this one holds the [`Session`] (options, schema negotiation, buffering, statement
+//! marks, commits); `encode` sorts buffers and writes them into parts on the encoder thread;
+//! `statement` holds the per-process session slots and the [`Statement`] guard.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -32,6 +36,12 @@ use crate::part_sink::PartSink;
 use crate::schema::{col, normalize, schema_for_input, StoreSchema};
 use crate::storage::{OpenMode, Store};
 
+mod encode;
+mod statement;
+
+use encode::{Encoder, PartWriter};
+pub use statement::{lock_slot, session_slot, Slot, SlotAccess, Statement, StatementEnd};
+
 /// Default target size of a part file: 128 MiB.
 pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
 /// Default in-memory buffer bound: 256 MiB.
@@ -41,8 +51,6 @@ pub const MIN_BUFFER_SIZE: u64 = 1 << 20;
 /// Largest buffer bound: a quarter of it is sorted at once (see `Session::append`), with 32-bit
 /// row numbers and 32-bit string offsets, which stay far from overflowing below 4 GiB.
 pub const MAX_BUFFER_SIZE: u64 = 4 << 30;
-/// Rows encoded between part size checks.
-const SLICE_ROWS: usize = 8192;
 
 /// Settings of a writer session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,166 +111,6 @@ pub struct CommitSummary {
     pub points: u64,
     /// (label, block) entries committed.
     pub entries: u64,
-}
-
-/// Sorts buffers and writes them into part files; owned by the encoder thread.
-struct PartWriter {
-    sink: PartSink,
-    entries: Vec<SegmentEntry>,
-}
-
-impl PartWriter {
-    fn encode(&mut self, batches: Vec<RecordBatch>, target: u64) -> Result<()> {
-        // Sort on the label and block columns only, then gather the rows straight from the
-        // buffered batches (no concatenated copy of the coordinates).
-        let key_cols = batches
-            .iter()
-            .map(|b| b.project(&[col::LABEL, col::BLOCK]))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let Some(first) = key_cols.first() else {
-            return Ok(());
-        };
-        let keys = concat_batches(&first.schema(), &key_cols)?;
-        drop(key_cols);
-        let (idx, ranks) = sort_order(&keys)?;
-        drop(keys);
-        let mut starts = Vec::with_capacity(batches.len());
-        let mut acc = 0usize;
-        for b in &batches {
-            starts.push(acc);
-            acc += b.num_rows();
-        }
-        let pairs: Vec<(usize, usize)> = idx
-            .values()
-            .iter()
-            .map(|&g| {
-                let g = g as usize;
-                let bi = starts.partition_point(|&s| s <= g) - 1;
-                (bi, g - starts[bi])
-            })
-            .collect();
-        drop(idx);
-        let refs: Vec<&RecordBatch> = batches.iter().collect();
-        let sorted = arrow::compute::interleave_record_batch(&refs, &pairs)?;
-        drop(pairs);
-        drop(refs);
-        drop(batches);
-        let mut off = 0;
-        while off < sorted.num_rows() {
-            let n = SLICE_ROWS.min(sorted.num_rows() - off);
-            self.write_slice(&sorted.slice(off, n), &ranks[off..off + n], target)?;
-            off += n;
-        }
-        Ok(())
-    }
-
-    fn write_slice(&mut self, slice: &RecordBatch, ranks: &[u32], target: u64) -> Result<()> {
-        let runs = runs(slice, ranks)?;
-        let (part_name, base) = self.sink.write(slice)?;
-        let full = self.sink.size() >= target;
-        for mut r in runs {
-            r.part = part_name.clone();
-            r.row_start += base;
-            if !self.entries.last_mut().is_some_and(|l| l.absorb(&r)) {
-                self.entries.push(r);
-            }
-        }
-        if full {
-            self.sink.close()?;
-        }
-        Ok(())
-    }
-
-    /// Abandons the open part (its upload never completes, so no file appears) and deletes the
-    /// parts completed so far.
-    fn discard(&mut self) {
-        self.sink.discard();
-        self.entries.clear();
-    }
-}
-
-/// A [`PartWriter`] on its own thread, fed buffers through a rendezvous channel.
-struct Encoder {
-    tx: std::sync::mpsc::SyncSender<(Vec<RecordBatch>, u64)>,
-    handle: std::thread::JoinHandle<(Option<PartWriter>, Result<()>)>,
-}
-
-impl Encoder {
-    fn spawn(mut pw: PartWriter) -> Result<Encoder> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<RecordBatch>, u64)>(0);
-        let handle = std::thread::Builder::new()
-            .name("pocaduck-encode".into())
-            .spawn(move || {
-                for (batches, target) in rx {
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        pw.encode(batches, target)
-                    }));
-                    match r {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return (Some(pw), Err(e)),
-                        Err(_) => {
-                            return (Some(pw), Err(Error::Internal("encoder panicked".into())))
-                        }
-                    }
-                }
-                (Some(pw), Ok(()))
-            })
-            .map_err(|e| Error::Internal(format!("cannot start encoder thread: {e}")))?;
-        Ok(Encoder { tx, handle })
-    }
-
-    /// Queues a buffer; fails if the encoder has stopped (on an error).
-    fn send(&mut self, batches: Vec<RecordBatch>, target: u64) -> std::result::Result<(), ()> {
-        self.tx.send((batches, target)).map_err(|_| ())
-    }
-
-    /// Waits for the encoder to finish everything queued.
-    fn join(self) -> (Option<PartWriter>, Result<()>) {
-        drop(self.tx);
-        self.handle
-            .join()
-            .unwrap_or_else(|_| (None, Err(Error::Internal("encoder thread panicked".into()))))
-    }
-}
-
-/// The order that sorts a batch by (label, block), and the block rank (position of the block
-/// among the batch's distinct blocks) of each row in that order.
-///
-/// Sorting packed `label << 64 | rank << 32 | row` keys keeps the comparisons on contiguous
-/// integers (no indirection), which is several times faster than a comparator sort.
-fn sort_order(b: &RecordBatch) -> Result<(arrow::array::UInt32Array, Vec<u32>)> {
-    let labels = crate::schema::labels(b).values();
-    let blocks = b.column(col::BLOCK);
-    let ranks: Vec<u32> =
-        if let Some(ints) = blocks.as_any().downcast_ref::<arrow::array::Int64Array>() {
-            let mut distinct: Vec<i64> = ints.values().to_vec();
-            distinct.sort_unstable();
-            distinct.dedup();
-            let rank: HashMap<i64, u32> = distinct
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (*v, i as u32))
-                .collect();
-            ints.values().iter().map(|v| rank[v]).collect()
-        } else {
-            let strs = blocks.as_string::<i32>();
-            let mut distinct: Vec<&str> = strs.iter().map(|s| s.unwrap_or_default()).collect();
-            distinct.sort_unstable();
-            distinct.dedup();
-            let rank: HashMap<&str, u32> = distinct
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (*n, i as u32))
-                .collect();
-            strs.iter().map(|s| rank[s.unwrap_or_default()]).collect()
-        };
-    let mut keys: Vec<u128> = (0..b.num_rows())
-        .map(|i| ((labels[i] as u128) << 64) | ((ranks[i] as u128) << 32) | i as u128)
-        .collect();
-    keys.sort_unstable();
-    let idx = arrow::array::UInt32Array::from_iter_values(keys.iter().map(|k| *k as u32));
-    let sorted_ranks = keys.iter().map(|k| (*k >> 32) as u32).collect();
-    Ok((idx, sorted_ranks))
 }
 
 /// A worker's uncommitted writes in this process.
@@ -678,218 +526,9 @@ pub fn latest_commit(store: &Store, worker: &str) -> Result<u64> {
         .unwrap_or(0))
 }
 
-/// Splits a batch sorted by (label, block) into runs of equal (label, block) with bounding boxes.
-/// `ranks` are the rows' block ranks (equal rank, equal block). `part` is left empty and
-/// `row_start` is relative to the batch.
-fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> {
-    let labels = crate::schema::labels(b);
-    let coords: Vec<ArrayRef> = col::XYZ
-        .iter()
-        .map(|&i| arrow::compute::cast(b.column(i), &DataType::Float64))
-        .collect::<std::result::Result<_, _>>()?;
-    let xyz: Vec<&[f64]> = coords
-        .iter()
-        .map(|c| c.as_primitive::<Float64Type>().values().as_ref())
-        .collect();
-    let mut out: Vec<SegmentEntry> = Vec::new();
-    let mut start = 0;
-    for r in 1..=b.num_rows() {
-        if r == b.num_rows() || labels.value(r) != labels.value(start) || ranks[r] != ranks[start] {
-            let mut bbox = [
-                f64::INFINITY,
-                f64::INFINITY,
-                f64::INFINITY,
-                f64::NEG_INFINITY,
-                f64::NEG_INFINITY,
-                f64::NEG_INFINITY,
-            ];
-            for (d, col) in xyz.iter().enumerate() {
-                for v in &col[start..r] {
-                    bbox[d] = bbox[d].min(*v);
-                    bbox[d + 3] = bbox[d + 3].max(*v);
-                }
-            }
-            out.push(SegmentEntry {
-                label: labels.value(start),
-                block: block_ids(&b.column(col::BLOCK).slice(start, 1))?.remove(0),
-                part: String::new(),
-                row_start: start as u64,
-                row_count: (r - start) as u64,
-                bbox,
-            });
-            start = r;
-        }
-    }
-    Ok(out)
-}
-
-type Key = (std::path::PathBuf, String);
-/// A worker's session slot: empty when no session is open.
-pub type Slot = Arc<Mutex<Option<Session>>>;
-
-/// The sessions of this process, by (store directory, worker).
-fn sessions() -> &'static Mutex<HashMap<Key, Slot>> {
-    static S: OnceLock<Mutex<HashMap<Key, Slot>>> = OnceLock::new();
-    S.get_or_init(Default::default)
-}
-
-/// A handle on the session slot of (store, worker) in this process; the slot is empty when no
-/// session is open.
-pub fn session_slot(store_name: &str, worker: &str, mode: OpenMode) -> Result<Slot> {
-    layout::check_worker_id(worker, "WORKER")?;
-    let store = Store::open(store_name, mode)?;
-    let key = (store.cache_key(), worker.to_string());
-    let mut map = sessions()
-        .lock()
-        .map_err(|_| Error::Internal("session registry poisoned".into()))?;
-    Ok(map.entry(key).or_default().clone())
-}
-
-/// Locks a session slot, recovering from a poisoned lock (the session inside is discarded).
-pub fn lock_slot(slot: &Mutex<Option<Session>>) -> std::sync::MutexGuard<'_, Option<Session>> {
-    match slot.lock() {
-        Ok(g) => g,
-        Err(p) => {
-            let mut g = p.into_inner();
-            *g = None;
-            g
-        }
-    }
-}
-
-/// How a [`Statement`] reaches its session slot.
-///
-/// A held lock ([`std::sync::MutexGuard`]) keeps the slot locked for the whole statement (a
-/// statement that runs within one call, like `pocaduck_write`); the [`Slot`] itself is locked
-/// for each step (a statement that spans many callbacks, like COPY, where other statements must
-/// be refused rather than wait).
-pub trait SlotAccess {
-    /// Runs `f` on the content of the slot.
-    fn with_slot<T>(&mut self, f: impl FnOnce(&mut Option<Session>) -> T) -> T;
-}
-
-impl SlotAccess for Slot {
-    fn with_slot<T>(&mut self, f: impl FnOnce(&mut Option<Session>) -> T) -> T {
-        f(&mut lock_slot(self))
-    }
-}
-
-impl SlotAccess for std::sync::MutexGuard<'_, Option<Session>> {
-    fn with_slot<T>(&mut self, f: impl FnOnce(&mut Option<Session>) -> T) -> T {
-        f(self)
-    }
-}
-
-/// How a [`Statement`] ended.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StatementEnd {
-    /// Points of the session not yet committed (0 after a commit).
-    pub pending_points: u64,
-    /// What the commit made durable, if the statement committed a session.
-    pub commit: Option<CommitSummary>,
-}
-
-/// One writing statement in a worker's session (rule 5 of ARCHITECTURE.md), as a guard.
-///
-/// [`Statement::begin`] opens the session if the slot is empty and marks the statement's start;
-/// [`Statement::finish`] ends it (commits, or keeps its rows in the session). Dropped unfinished
-/// (the statement failed), it rolls the statement's rows back, and drops the session if that was
-/// impossible (rows already encoded: the whole uncommitted session is discarded) or left it
-/// empty (so a failed first statement fixes no types). Every path also drops a session it leaves
-/// empty.
-pub struct Statement<A: SlotAccess> {
-    access: A,
-    worker: String,
-    finished: bool,
-}
-
-impl<A: SlotAccess> Statement<A> {
-    /// Begins a statement: starts a session with `start` if the slot has none, runs `prepare` on
-    /// it (checks against the statement), then [`Session::begin_statement`]. On an error the
-    /// session is dropped if it is empty and no other statement is in it.
-    pub fn begin(
-        mut access: A,
-        start: impl FnOnce() -> Result<Session>,
-        prepare: impl FnOnce(&mut Session) -> Result<()>,
-    ) -> Result<Statement<A>> {
-        let worker = access.with_slot(|slot| -> Result<String> {
-            if slot.is_none() {
-                *slot = Some(start()?);
-            }
-            let s = slot
-                .as_mut()
-                .ok_or_else(|| Error::Internal("no session".into()))?;
-            let started = prepare(s).and_then(|_| s.begin_statement());
-            if let Err(e) = started {
-                if s.is_empty() && !s.in_statement() {
-                    *slot = None;
-                }
-                return Err(e);
-            }
-            Ok(s.worker.clone())
-        })?;
-        Ok(Statement {
-            access,
-            worker,
-            finished: false,
-        })
-    }
-
-    /// Appends rows to the session ([`Session::append`]).
-    pub fn append(&mut self, batch: &RecordBatch) -> Result<()> {
-        let worker = &self.worker;
-        self.access.with_slot(|slot| match slot.as_mut() {
-            Some(s) => s.append(batch),
-            None => Err(Error::Internal(format!(
-                "the session of worker '{worker}' was closed during the statement"
-            ))),
-        })
-    }
-
-    /// Ends the statement: with `commit`, commits the session (and closes it); otherwise keeps
-    /// its rows in the session, which is dropped if empty.
-    pub fn finish(mut self, commit: bool) -> Result<StatementEnd> {
-        self.finished = true;
-        self.access.with_slot(|slot| {
-            if commit {
-                let summary = slot.take().map(Session::commit).transpose()?;
-                return Ok(StatementEnd {
-                    pending_points: 0,
-                    commit: summary,
-                });
-            }
-            let mut end = StatementEnd::default();
-            if let Some(s) = slot.as_mut() {
-                s.end_statement();
-                end.pending_points = s.pending_points();
-                if s.is_empty() {
-                    *slot = None;
-                }
-            }
-            Ok(end)
-        })
-    }
-}
-
-impl<A: SlotAccess> Drop for Statement<A> {
-    fn drop(&mut self) {
-        // During a panic the lock is poisoned, and the next `lock_slot` discards the session:
-        // nothing to do here (and nothing that could panic twice).
-        if self.finished || std::thread::panicking() {
-            return;
-        }
-        self.access.with_slot(|slot| {
-            if let Some(s) = slot.as_mut() {
-                if !s.rollback_statement() || s.is_empty() {
-                    *slot = None;
-                }
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::encode::{runs, sort_order};
     use super::*;
     use arrow::array::{Int32Array, Int64Array, StringArray, UInt64Array};
 
