@@ -19,7 +19,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ArrowWriter;
 
 use crate::error::{Error, Result};
@@ -197,8 +197,16 @@ fn decode_segment_inner(bytes: Bytes, store: &str, file: &str) -> Result<Vec<Seg
     let bad = |e: &dyn std::fmt::Display| {
         Error::file(store, file, format!("corrupt commit segment: {e}"))
     };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| bad(&e))?
+    let size = bytes.len() as u64;
+    let md = match crate::footer::decode(&bytes, size, false).map_err(|e| bad(&e))? {
+        crate::footer::Footer::Meta(m) => m,
+        crate::footer::Footer::Need(n) => {
+            return Err(bad(&format!("needs {n} bytes of a {size}-byte file")))
+        }
+    };
+    let meta =
+        ArrowReaderMetadata::try_new(Arc::new(*md), Default::default()).map_err(|e| bad(&e))?;
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta)
         .build()
         .map_err(|e| bad(&e))?;
     let mut out = Vec::new();

@@ -17,6 +17,7 @@
 pub mod check;
 pub mod consolidate;
 pub mod error;
+pub mod footer;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod index;

@@ -20,11 +20,10 @@ use std::panic::AssertUnwindSafe;
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
 };
-use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 
 use crate::error::{Error, Result};
@@ -692,52 +691,6 @@ async fn read_window(
     Ok(out)
 }
 
-/// Reads a part's footer and page index with suffix requests; returns them and the part's size.
-async fn suffix_meta(
-    store: &Store,
-    path: &Path,
-    opts: ArrowReaderOptions,
-) -> Result<(ArrowReaderMetadata, u64)> {
-    use parquet::errors::ParquetError;
-    use parquet::file::metadata::ParquetMetaDataReader;
-    let err = |e: &dyn std::fmt::Display| Error::file(&store.name, path.as_ref(), e);
-    let fetch = |n: u64| async move {
-        let r = store
-            .objects
-            .get_opts(
-                path,
-                object_store::GetOptions {
-                    range: Some(object_store::GetRange::Suffix(n)),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let size = r.meta.size;
-        Ok::<_, object_store::Error>((r.bytes().await?, size))
-    };
-    let (mut bytes, size) = fetch(64 << 10).await.map_err(|e| err(&e))?;
-    let mut reader = ParquetMetaDataReader::new()
-        .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
-    loop {
-        match reader.try_parse_sized(&bytes, size) {
-            Ok(()) => break,
-            Err(ParquetError::NeedMoreData(needed)) if (needed as u64) > bytes.len() as u64 => {
-                bytes = fetch(needed as u64).await.map_err(|e| err(&e))?.0;
-                if reader.has_metadata() {
-                    reader
-                        .read_page_indexes_sized(&bytes, size)
-                        .map_err(|e| err(&e))?;
-                    break;
-                }
-            }
-            Err(e) => return Err(err(&e)),
-        }
-    }
-    let md = reader.finish().map_err(|e| err(&e))?;
-    let meta = ArrowReaderMetadata::try_new(Arc::new(md), opts).map_err(|e| err(&e))?;
-    Ok((meta, size))
-}
-
 /// A part's metadata (with its offset index) and its size.
 async fn part_meta(store: &Store, part: &Arc<str>) -> Result<(ArrowReaderMetadata, Option<u64>)> {
     let key = (store.cache_key(), part.clone());
@@ -746,28 +699,13 @@ async fn part_meta(store: &Store, part: &Arc<str>) -> Result<(ArrowReaderMetadat
     }
     let path = Path::from(part.as_ref());
     let err = |e: &dyn std::fmt::Display| Error::file(&store.name, part.as_ref(), e);
+    // One suffix request fetches the footer and the page index, and tells the size (no HEAD;
+    // Azure serves no suffix ranges and gets a HEAD first); a second one only if they are
+    // larger than the first fetch.
+    let (md, size) = crate::footer::load(store, &path, None, 64 << 10, true, "").await?;
     let opts = ArrowReaderOptions::new()
         .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
-    let (meta, size) = if store.suffix_ranges() {
-        // One suffix request fetches the footer and the page index, and tells the size (no
-        // HEAD); a second one only if they are larger than the first fetch.
-        AssertUnwindSafe(suffix_meta(store, &path, opts))
-            .catch_unwind()
-            .await
-            .map_err(|p| err(&panic_message(p)))??
-    } else {
-        // Azure serves no suffix ranges: HEAD for the size, then the footer.
-        let head = store.objects.head(&path).await.map_err(|e| err(&e))?;
-        let mut reader = ParquetObjectReader::new(store.objects.clone(), path.clone())
-            .with_file_size(head.size)
-            .with_footer_size_hint(64 << 10);
-        let meta = AssertUnwindSafe(ArrowReaderMetadata::load_async(&mut reader, opts))
-            .catch_unwind()
-            .await
-            .map_err(|p| err(&panic_message(p)))?
-            .map_err(|e| err(&e))?;
-        (meta, head.size)
-    };
+    let meta = ArrowReaderMetadata::try_new(Arc::new(md), opts).map_err(|e| err(&e))?;
     let size = Some(size);
     if let Ok(mut c) = part_cache().lock() {
         if c.len() >= PART_CACHE {

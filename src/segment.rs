@@ -26,7 +26,7 @@ use arrow::datatypes::SchemaRef;
 use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -371,17 +371,17 @@ async fn footer(store: &Store, r: &SegmentRef, cached: bool) -> Result<Arc<Foote
     let err = |e: &dyn std::fmt::Display| {
         Error::file(&store.name, r.file.as_str(), format!("index segment: {e}"))
     };
-    let mut reader = ParquetObjectReader::new(store.objects.clone(), Path::from(r.file.as_str()))
-        .with_file_size(r.bytes)
-        .with_footer_size_hint(256 << 10);
-    let meta = AssertUnwindSafe(ArrowReaderMetadata::load_async(
-        &mut reader,
-        ArrowReaderOptions::new(),
-    ))
-    .catch_unwind()
-    .await
-    .map_err(|_| err(&"corrupt file: the Parquet decoder failed"))?
-    .map_err(|e| err(&e))?;
+    let (md, _) = crate::footer::load(
+        store,
+        &Path::from(r.file.as_str()),
+        Some(r.bytes),
+        256 << 10,
+        false,
+        "index segment: ",
+    )
+    .await?;
+    let meta = ArrowReaderMetadata::try_new(Arc::new(md), ArrowReaderOptions::new())
+        .map_err(|e| err(&e))?;
     let kv = meta.metadata().file_metadata().key_value_metadata();
     let get = |k: &str| {
         kv.and_then(|kv| kv.iter().find(|x| x.key == k))
