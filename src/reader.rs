@@ -930,6 +930,63 @@ mod tests {
         assert_eq!(stats, vec![(5, 4, 3), (6, 1, 1), (7, 1, 1)]);
     }
 
+    /// Parts written by the release before LZ4 parts (zstd level 1, dictionary-encoded label and
+    /// block columns, 8,192-row pages) read back exactly.
+    #[test]
+    fn parts_of_the_previous_release_read_back() {
+        use parquet::basic::{Compression, Encoding, ZstdLevel};
+        use parquet::file::properties::{EnabledStatistics, WriterProperties};
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let n = 30_000;
+        let labels: Vec<u64> = (0..n).map(|i| (i * 7919 % 97) as u64).collect();
+        let pts: Vec<[i32; 3]> = (0..n).map(|i| [i as i32, 0, 0]).collect();
+        write(name, "w", &[rows(&labels, "a", &pts)]);
+        let mut rewritten = 0;
+        for f in std::fs::read_dir(dir.path().join("workers/w/parts")).unwrap() {
+            let path = f.unwrap().path();
+            let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&path).unwrap(),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+            let batches: Vec<RecordBatch> = r.map(|b| b.unwrap()).collect();
+            let schema = batches[0].schema();
+            let mut props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()))
+                .set_data_page_row_count_limit(8192)
+                .set_write_batch_size(8192)
+                .set_statistics_enabled(EnabledStatistics::Page);
+            for f in schema.fields().iter().skip(2) {
+                let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
+                props = props
+                    .set_column_dictionary_enabled(col.clone(), false)
+                    .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
+            }
+            let mut out = Vec::new();
+            let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, Some(props.build()))
+                .unwrap();
+            for b in &batches {
+                w.write(b).unwrap();
+            }
+            w.close().unwrap();
+            std::fs::write(&path, out).unwrap();
+            rewritten += 1;
+        }
+        assert!(rewritten > 0);
+        consolidate(&Store::open(name, OpenMode::Existing).unwrap(), &JsonCodec).unwrap();
+        let idx = open(name, &JsonCodec).unwrap();
+        for l in [0u64, 1, 50, 96] {
+            let want: Vec<i32> = (0..n)
+                .filter(|&i| labels[i] == l)
+                .map(|i| i as i32)
+                .collect();
+            assert!(!want.is_empty());
+            assert_eq!(xs(&idx.points(&[l], &[2]).unwrap()), want, "label {l}");
+        }
+    }
+
     #[test]
     fn selection_spans_row_groups_and_parts() {
         // Many labels over several parts; every label must come back exactly.

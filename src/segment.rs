@@ -495,7 +495,10 @@ pub(crate) fn decode_entries(
     out: &mut Vec<UnifiedEntry>,
 ) -> Result<()> {
     if b.num_columns() != 13 && b.num_columns() != 7 {
-        return Err(bad("expected 13 columns"));
+        return Err(bad(&format!(
+            "expected 13 columns (or the first 7, without the boxes), found {}",
+            b.num_columns()
+        )));
     }
     let u = |i: usize| {
         b.column(i)

@@ -636,7 +636,9 @@ impl parquet::arrow::async_reader::AsyncFileReader for LocalParquet {
             });
             let mut n = size.min(64 << 10);
             loop {
-                let tail = self.read(std::slice::from_ref(&(size - n..size)))?.remove(0);
+                let tail = self
+                    .read(std::slice::from_ref(&(size - n..size)))?
+                    .remove(0);
                 match crate::footer::decode(&tail, size, offset_index)
                     .map_err(parquet::errors::ParquetError::General)?
                 {
