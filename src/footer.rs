@@ -16,9 +16,12 @@
 //! Walking is linear in the footer's size, so the decoder's allocations stay proportional to the
 //! bytes actually present.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 
 use crate::error::{Error, Result};
@@ -119,6 +122,17 @@ fn decode_inner(
     r.finish()
         .map(|m| Footer::Meta(Box::new(m)))
         .map_err(|e| format!("corrupt offset index: {e}"))
+}
+
+/// The Arrow view of decoded metadata (the Arrow schema stored in the footer is decoded here,
+/// and arrow-ipc panics on some corrupt schemas: the panic becomes an error).
+pub fn arrow_metadata(
+    md: ParquetMetaData,
+    opts: ArrowReaderOptions,
+) -> std::result::Result<ArrowReaderMetadata, String> {
+    std::panic::catch_unwind(move || ArrowReaderMetadata::try_new(Arc::new(md), opts))
+        .map_err(|_| "corrupt Arrow schema in the Parquet footer: the decoder failed".to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// Reads and decodes the footer of the file at `path` in `store` (see [`decode`]); `size` when

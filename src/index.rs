@@ -19,7 +19,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 
 use crate::error::{Error, Result};
@@ -204,8 +204,7 @@ fn decode_segment_inner(bytes: Bytes, store: &str, file: &str) -> Result<Vec<Seg
             return Err(bad(&format!("needs {n} bytes of a {size}-byte file")))
         }
     };
-    let meta =
-        ArrowReaderMetadata::try_new(Arc::new(*md), Default::default()).map_err(|e| bad(&e))?;
+    let meta = crate::footer::arrow_metadata(*md, Default::default()).map_err(|e| bad(&e))?;
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta)
         .build()
         .map_err(|e| bad(&e))?;

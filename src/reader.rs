@@ -705,7 +705,7 @@ async fn part_meta(store: &Store, part: &Arc<str>) -> Result<(ArrowReaderMetadat
     let (md, size) = crate::footer::load(store, &path, None, 64 << 10, true, "").await?;
     let opts = ArrowReaderOptions::new()
         .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
-    let meta = ArrowReaderMetadata::try_new(Arc::new(md), opts).map_err(|e| err(&e))?;
+    let meta = crate::footer::arrow_metadata(md, opts).map_err(|e| err(&e))?;
     let size = Some(size);
     if let Ok(mut c) = part_cache().lock() {
         if c.len() >= PART_CACHE {

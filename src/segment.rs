@@ -380,8 +380,7 @@ async fn footer(store: &Store, r: &SegmentRef, cached: bool) -> Result<Arc<Foote
         "index segment: ",
     )
     .await?;
-    let meta = ArrowReaderMetadata::try_new(Arc::new(md), ArrowReaderOptions::new())
-        .map_err(|e| err(&e))?;
+    let meta = crate::footer::arrow_metadata(md, ArrowReaderOptions::new()).map_err(|e| err(&e))?;
     let kv = meta.metadata().file_metadata().key_value_metadata();
     let get = |k: &str| {
         kv.and_then(|kv| kv.iter().find(|x| x.key == k))
