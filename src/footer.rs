@@ -184,6 +184,110 @@ pub async fn load(
     }
 }
 
+/// Most values a page may claim. parquet-rs sizes a dictionary by its page header's value count
+/// before decoding it (a corrupt count of 2^30 made it fill 9 GB); pocaduck writes pages of at
+/// most 8,192 rows, parquet-rs' defaults at most 20,000 rows and 1 MiB dictionaries.
+pub const MAX_PAGE_VALUES: i64 = 1 << 22;
+/// Largest uncompressed page accepted (parquet-rs allocates and fills it before decompressing).
+pub const MAX_PAGE_BYTES: i64 = 256 << 20;
+
+/// Checks that `buf` is a sequence of whole Parquet pages (as parquet-rs fetches them: a column
+/// chunk, or single pages), each header well-formed with sizes and a value count within bounds
+/// and its data inside `buf`.
+pub fn check_pages(buf: &[u8]) -> std::result::Result<(), String> {
+    let mut pos = 0usize;
+    while pos < buf.len() {
+        let mut w = Walk {
+            buf: &buf[pos..],
+            pos: 0,
+        };
+        let h = w
+            .page_header()
+            .map_err(|e| format!("corrupt page header at byte {pos} of a column chunk: {e}"))?;
+        let bad = |what: &str, v: i64, max: i64| {
+            format!("corrupt page header at byte {pos} of a column chunk: {what} {v} (at most {max} accepted)")
+        };
+        if !(0..=MAX_PAGE_BYTES).contains(&h.uncompressed) {
+            return Err(bad("uncompressed size", h.uncompressed, MAX_PAGE_BYTES));
+        }
+        if !(0..=MAX_PAGE_VALUES).contains(&h.values) {
+            return Err(bad("value count", h.values, MAX_PAGE_VALUES));
+        }
+        let left = (buf.len() - pos - w.pos) as i64;
+        if !(0..=left).contains(&h.compressed) {
+            return Err(bad("compressed size", h.compressed, left));
+        }
+        pos += w.pos + h.compressed as usize;
+    }
+    Ok(())
+}
+
+/// Checks every page of every column chunk of a whole file in memory, given its metadata.
+pub fn check_file_pages(file: &[u8], md: &ParquetMetaData) -> std::result::Result<(), String> {
+    for rg in md.row_groups() {
+        for cc in rg.columns() {
+            let (start, len) = cc.byte_range();
+            let end = start.saturating_add(len);
+            if end > file.len() as u64 {
+                return Err(format!(
+                    "corrupt Parquet footer: a column chunk at bytes {start}..{end} of a {}-byte file",
+                    file.len()
+                ));
+            }
+            check_pages(&file[start as usize..end as usize])?;
+        }
+    }
+    Ok(())
+}
+
+/// An [`AsyncFileReader`](parquet::arrow::async_reader::AsyncFileReader) that checks the pages
+/// of every byte range it returns ([`check_pages`]) before parquet-rs decodes them. The arrow
+/// reader only asks for whole column chunks or whole pages once it has the metadata.
+pub struct CheckedPages(pub Box<dyn parquet::arrow::async_reader::AsyncFileReader>);
+
+impl parquet::arrow::async_reader::AsyncFileReader for CheckedPages {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        let f = self.0.get_bytes(range);
+        Box::pin(async move {
+            let b = f.await?;
+            check_pages(&b).map_err(parquet::errors::ParquetError::General)?;
+            Ok(b)
+        })
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        let f = self.0.get_byte_ranges(ranges);
+        Box::pin(async move {
+            let bs = f.await?;
+            for b in &bs {
+                check_pages(b).map_err(parquet::errors::ParquetError::General)?;
+            }
+            Ok(bs)
+        })
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> futures::future::BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        self.0.get_metadata(options)
+    }
+}
+
+/// The sizes and value count of a page header.
+#[derive(Default)]
+struct PageSizes {
+    uncompressed: i64,
+    compressed: i64,
+    values: i64,
+}
+
 /// Thrift compact-protocol type codes.
 mod ty {
     pub const STOP: u8 = 0;
@@ -494,6 +598,32 @@ mod schema {
         (8, Struct(&[(1, AES), (2, AES)])),
         (9, Bin),
     ]);
+    /// The headers inside a `PageHeader` (fields 5 to 8); field 1 of each is read apart.
+    pub const PAGE_HEADER: T = Struct(&[
+        (1, Int),
+        (2, Int),
+        (3, Int),
+        (4, Int),
+        (
+            5,
+            Struct(&[(1, Int), (2, Int), (3, Int), (4, Int), (5, STATISTICS)]),
+        ),
+        (6, EMPTY),
+        (7, Struct(&[(1, Int), (2, Int), (3, Bool)])),
+        (
+            8,
+            Struct(&[
+                (1, Int),
+                (2, Int),
+                (3, Int),
+                (4, Int),
+                (5, Int),
+                (6, Int),
+                (7, Bool),
+                (8, STATISTICS),
+            ]),
+        ),
+    ]);
     pub const OFFSET_INDEX: T = Struct(&[
         (1, List(&Struct(&[(1, Int), (2, Int), (3, Int)]))),
         (2, List(&Int)),
@@ -541,6 +671,49 @@ impl Walk<'_> {
             }
             _ => self.value(wire, depth),
         }
+    }
+}
+
+impl Walk<'_> {
+    /// Walks a `PageHeader` (checked against [`schema::PAGE_HEADER`]), returning its sizes and
+    /// the value count of its data, dictionary or v2 header.
+    fn page_header(&mut self) -> Check<PageSizes> {
+        let T::Struct(known) = schema::PAGE_HEADER else {
+            return Err("page header schema".into());
+        };
+        let mut p = PageSizes {
+            uncompressed: -1,
+            compressed: -1,
+            values: 0,
+        };
+        self.fields(1, |w, id, wire| {
+            let Some((_, t)) = known.iter().find(|(k, _)| i64::from(*k) == id) else {
+                return w.value(wire, 1);
+            };
+            if !t.wire_ok(wire) {
+                return Err(format!(
+                    "a value of Thrift type {wire} where the format has another, at byte {}",
+                    w.pos
+                ));
+            }
+            match (id, t) {
+                (2, _) => p.uncompressed = w.zigzag()?,
+                (3, _) => p.compressed = w.zigzag()?,
+                (5 | 7 | 8, T::Struct(inner)) => w.fields(2, |w, id, wire| {
+                    if id == 1 && T::Int.wire_ok(wire) {
+                        p.values = p.values.max(w.zigzag()?);
+                        return Ok(());
+                    }
+                    match inner.iter().find(|(k, _)| i64::from(*k) == id) {
+                        Some((_, t)) => w.typed(*t, wire, 2, 0),
+                        None => w.value(wire, 2),
+                    }
+                })?,
+                _ => w.typed(*t, wire, 1, 0)?,
+            }
+            Ok(())
+        })?;
+        Ok(p)
     }
 }
 
@@ -619,6 +792,38 @@ mod tests {
             Footer::Need(n) => assert_eq!(n, footer(&f).len() as u64 + 8),
             Footer::Meta(_) => panic!("the footer is not in the tail"),
         }
+    }
+
+    #[test]
+    fn pages_are_checked() {
+        let f = file();
+        let all = Bytes::from(f.clone());
+        let Footer::Meta(m) = decode(&all, f.len() as u64, false).unwrap() else {
+            panic!("whole file");
+        };
+        check_file_pages(&f, &m).unwrap();
+        let (start, len) = m.row_group(0).column(0).byte_range();
+        let chunk = &f[start as usize..(start + len) as usize];
+        check_pages(chunk).unwrap();
+        // A truncated chunk: the last page's data runs past the end.
+        let e = check_pages(&chunk[..chunk.len() - 1]).unwrap_err();
+        assert!(e.contains("compressed size"), "{e}");
+        // PageHeader { 1: DICTIONARY_PAGE, 2: 16, 3: 0, 7: { 1: num_values = 2^30, 2: PLAIN } }
+        let mut h = vec![0x15, 0x04, 0x15, 0x20, 0x15, 0x00, 0x4c, 0x15];
+        h.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x08]);
+        h.extend_from_slice(&[0x15, 0x00, 0x00, 0x00]);
+        let e = check_pages(&h).unwrap_err();
+        assert!(e.contains("value count 1073741824"), "{e}");
+        // The same header claiming 2 values passes.
+        let ok = [
+            0x15, 0x04, 0x15, 0x20, 0x15, 0x00, 0x4c, 0x15, 0x04, 0x15, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(check_pages(&ok), Ok(()));
+        // An uncompressed size beyond the bound.
+        let big = [
+            0x15, 0x00, 0x15, 0x80, 0x80, 0x80, 0x80, 0x08, 0x15, 0x00, 0x00,
+        ];
+        assert!(check_pages(&big).unwrap_err().contains("uncompressed size"));
     }
 
     /// FileMetaData { 1: version i32 = 1, 2: schema list<struct> claiming `n` elements }

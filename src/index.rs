@@ -204,6 +204,7 @@ fn decode_segment_inner(bytes: Bytes, store: &str, file: &str) -> Result<Vec<Seg
             return Err(bad(&format!("needs {n} bytes of a {size}-byte file")))
         }
     };
+    crate::footer::check_file_pages(&bytes, &md).map_err(|e| bad(&e))?;
     let meta = crate::footer::arrow_metadata(*md, Default::default()).map_err(|e| bad(&e))?;
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta)
         .build()

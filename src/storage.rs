@@ -394,7 +394,7 @@ impl Store {
         path: &Path,
         size: Option<u64>,
     ) -> Box<dyn parquet::arrow::async_reader::AsyncFileReader> {
-        match &self.local_dir {
+        let r: Box<dyn parquet::arrow::async_reader::AsyncFileReader> = match &self.local_dir {
             Some(dir) => Box::new(LocalParquet {
                 path: dir.join(path.as_ref()),
                 file: None,
@@ -410,7 +410,9 @@ impl Store {
                     None => r,
                 })
             }
-        }
+        };
+        // Pages are checked before parquet-rs decodes them (see `footer`).
+        Box::new(crate::footer::CheckedPages(r))
     }
 
     /// Whether the store serves suffix byte ranges (`bytes=-N`): local, S3 and GCS do, Azure
