@@ -311,7 +311,8 @@ struct Walk<'a> {
     pos: usize,
 }
 
-type Check<T = ()> = std::result::Result<T, String>;
+/// The walk's result: errors are boxed so that the hot path returns one word.
+type Check<T = ()> = std::result::Result<T, Box<String>>;
 
 impl<'a> Walk<'a> {
     fn left(&self) -> usize {
@@ -336,7 +337,10 @@ impl<'a> Walk<'a> {
                 return Ok(v);
             }
         }
-        Err(format!("varint longer than 10 bytes at byte {}", self.pos))
+        Err(Box::new(format!(
+            "varint longer than 10 bytes at byte {}",
+            self.pos
+        )))
     }
 
     fn zigzag(&mut self) -> Check<i64> {
@@ -346,11 +350,11 @@ impl<'a> Walk<'a> {
 
     fn skip(&mut self, n: u64) -> Check {
         if n > self.left() as u64 {
-            return Err(format!(
+            return Err(Box::new(format!(
                 "{n} bytes claimed at byte {} with {} left",
                 self.pos,
                 self.left()
-            ));
+            )));
         }
         self.pos += n as usize;
         Ok(())
@@ -359,11 +363,11 @@ impl<'a> Walk<'a> {
     /// A count of elements that each take at least one byte.
     fn count(&mut self, n: u64, what: &str) -> Check<u64> {
         if n > self.left() as u64 {
-            return Err(format!(
+            return Err(Box::new(format!(
                 "a {what} of {n} elements at byte {} with {} bytes left",
                 self.pos,
                 self.left()
-            ));
+            )));
         }
         Ok(n)
     }
@@ -390,7 +394,10 @@ impl<'a> Walk<'a> {
             d => *last + i64::from(d),
         };
         if i16::try_from(id).is_err() {
-            return Err(format!("field id {id} out of range at byte {}", self.pos));
+            return Err(Box::new(format!(
+                "field id {id} out of range at byte {}",
+                self.pos
+            )));
         }
         *last = id;
         Ok(Some((id, t)))
@@ -399,7 +406,7 @@ impl<'a> Walk<'a> {
     /// Skips one value of type `t`.
     fn value(&mut self, t: u8, depth: usize) -> Check {
         if depth > MAX_DEPTH {
-            return Err(format!("nesting deeper than {MAX_DEPTH}"));
+            return Err(Box::new(format!("nesting deeper than {MAX_DEPTH}")));
         }
         match t {
             ty::TRUE | ty::FALSE => Ok(()),
@@ -435,7 +442,10 @@ impl<'a> Walk<'a> {
                 Ok(())
             }
             ty::STRUCT => self.fields(depth + 1, |w, _, t| w.value(t, depth + 1)),
-            _ => Err(format!("unknown Thrift type {t} at byte {}", self.pos)),
+            _ => Err(Box::new(format!(
+                "unknown Thrift type {t} at byte {}",
+                self.pos
+            ))),
         }
     }
 
@@ -443,7 +453,7 @@ impl<'a> Walk<'a> {
     /// the value.
     fn fields(&mut self, depth: usize, mut f: impl FnMut(&mut Self, i64, u8) -> Check) -> Check {
         if depth > MAX_DEPTH {
-            return Err(format!("nesting deeper than {MAX_DEPTH}"));
+            return Err(Box::new(format!("nesting deeper than {MAX_DEPTH}")));
         }
         let mut last = 0;
         while let Some((id, t)) = self.field_header(&mut last)? {
@@ -635,13 +645,13 @@ impl Walk<'_> {
     /// of the innermost enclosing list.
     fn typed(&mut self, t: T, wire: u8, depth: usize, list_len: u64) -> Check {
         if depth > MAX_DEPTH {
-            return Err(format!("nesting deeper than {MAX_DEPTH}"));
+            return Err(Box::new(format!("nesting deeper than {MAX_DEPTH}")));
         }
         if !t.wire_ok(wire) {
-            return Err(format!(
+            return Err(Box::new(format!(
                 "a value of Thrift type {wire} where the format has another, at byte {}",
                 self.pos
-            ));
+            )));
         }
         match t {
             T::List(et) => {
@@ -654,18 +664,18 @@ impl Walk<'_> {
                 }
                 Ok(())
             }
-            T::Struct(known) => self.fields(depth + 1, |w, id, wire| {
-                match known.iter().find(|(k, _)| i64::from(*k) == id) {
-                    Some((_, t)) => w.typed(*t, wire, depth + 1, list_len),
-                    None => w.value(wire, depth + 1),
-                }
+            T::Struct(known) => self.fields(depth + 1, |w, id, wire| match field(known, id) {
+                // Scalars inline: most fields are integers.
+                Some(T::Int) if T::Int.wire_ok(wire) => w.varint().map(|_| ()),
+                Some(t) => w.typed(t, wire, depth + 1, list_len),
+                None => w.value(wire, depth + 1),
             }),
             T::Children => {
                 let c = self.zigzag()?;
                 if c < 0 || c as u64 > list_len {
-                    return Err(format!(
+                    return Err(Box::new(format!(
                         "a schema element claims {c} children in a schema of {list_len} elements"
-                    ));
+                    )));
                 }
                 Ok(())
             }
@@ -679,7 +689,7 @@ impl Walk<'_> {
     /// the value count of its data, dictionary or v2 header.
     fn page_header(&mut self) -> Check<PageSizes> {
         let T::Struct(known) = schema::PAGE_HEADER else {
-            return Err("page header schema".into());
+            return Err(Box::new("page header schema".to_string()));
         };
         let mut p = PageSizes {
             uncompressed: -1,
@@ -687,14 +697,14 @@ impl Walk<'_> {
             values: 0,
         };
         self.fields(1, |w, id, wire| {
-            let Some((_, t)) = known.iter().find(|(k, _)| i64::from(*k) == id) else {
+            let Some(t) = field(known, id) else {
                 return w.value(wire, 1);
             };
             if !t.wire_ok(wire) {
-                return Err(format!(
+                return Err(Box::new(format!(
                     "a value of Thrift type {wire} where the format has another, at byte {}",
                     w.pos
-                ));
+                )));
             }
             match (id, t) {
                 (2, _) => p.uncompressed = w.zigzag()?,
@@ -704,16 +714,28 @@ impl Walk<'_> {
                         p.values = p.values.max(w.zigzag()?);
                         return Ok(());
                     }
-                    match inner.iter().find(|(k, _)| i64::from(*k) == id) {
-                        Some((_, t)) => w.typed(*t, wire, 2, 0),
+                    match field(inner, id) {
+                        Some(t) => w.typed(t, wire, 2, 0),
                         None => w.value(wire, 2),
                     }
                 })?,
-                _ => w.typed(*t, wire, 1, 0)?,
+                _ => w.typed(t, wire, 1, 0)?,
             }
             Ok(())
         })?;
         Ok(p)
+    }
+}
+
+/// The type of field `id` in a struct's table (ids are mostly 1, 2, 3, …: tried by position
+/// first).
+fn field(known: &[(i16, T)], id: i64) -> Option<T> {
+    match usize::try_from(id - 1).ok().and_then(|i| known.get(i)) {
+        Some(&(k, t)) if i64::from(k) == id => Some(t),
+        _ => known
+            .iter()
+            .find(|(k, _)| i64::from(*k) == id)
+            .map(|&(_, t)| t),
     }
 }
 
