@@ -51,8 +51,9 @@ pub const ROW_GROUP_ENTRIES: usize = 8192;
 pub const PAGE_ENTRIES: usize = 1024;
 
 /// A run's file is closed at the first label boundary after this many entries, so that a
-/// footer stays small (~250 row groups) and a lookup touches one file of a run.
-pub const FILE_ENTRIES: u64 = 2 << 20;
+/// footer stays small (128 row groups, ~115 KB, parsed by a cold lookup) and a lookup touches
+/// one file of a run.
+pub const FILE_ENTRIES: u64 = 1 << 20;
 
 /// Runs merge when a tier holds this many.
 pub const FANOUT: usize = 8;
