@@ -19,10 +19,28 @@ pub fn session_slot(store_name: &str, worker: &str, mode: OpenMode) -> Result<Sl
     layout::check_worker_id(worker, "WORKER")?;
     let store = Store::open(store_name, mode)?;
     let key = (store.cache_key(), worker.to_string());
-    let mut map = sessions()
+    let slot = sessions()
         .lock()
-        .map_err(|_| Error::Internal("session registry poisoned".into()))?;
-    Ok(map.entry(key).or_default().clone())
+        .map_err(|_| Error::Internal("session registry poisoned".into()))?
+        .entry(key)
+        .or_default()
+        .clone();
+    wait_for_statement_end(&slot);
+    Ok(slot)
+}
+
+/// Waits (up to 2 s) while the slot's session is inside a statement. A failed COPY releases its
+/// statement when DuckDB destroys its state, which DuckDB 2.0 may do on the last worker thread
+/// to let go of it, a moment after the failure was reported: the next statement must not find
+/// that statement's session still open. A statement really running at the same time is still
+/// refused afterwards (rule 4).
+fn wait_for_statement_end(slot: &Slot) {
+    for _ in 0..200 {
+        if !lock_slot(slot).as_ref().is_some_and(|s| s.in_statement()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Locks a session slot, recovering from a poisoned lock (the session inside is discarded).
