@@ -720,6 +720,25 @@ pub(crate) mod tests {
         assert_eq!(c.points, 300_000);
     }
 
+    /// A statement that ends a moment after the next one asks for the session (as a failed COPY
+    /// whose state DuckDB destroys late) is waited for: the next one finds no session left.
+    #[test]
+    fn next_statement_waits_for_a_late_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let slot = session_slot(name, "w1", OpenMode::Create).unwrap();
+        let start = || Session::start(name, "w1", vec![], "ATTRIBUTES", WriterOptions::default());
+        let mut st = Statement::begin(slot.clone(), start, |_| Ok(())).unwrap();
+        st.append(&rows(&[1], "b", &[[1, 1, 1]])).unwrap();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(st);
+        });
+        let again = session_slot(name, "w1", OpenMode::Create).unwrap();
+        assert!(lock_slot(&again).is_none(), "the failed statement's session is gone");
+        late.join().unwrap();
+    }
+
     #[test]
     fn statement_guard_rolls_back_unless_finished() {
         let dir = tempfile::tempdir().unwrap();
