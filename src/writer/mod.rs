@@ -735,7 +735,10 @@ pub(crate) mod tests {
             drop(st);
         });
         let again = session_slot(name, "w1", OpenMode::Create).unwrap();
-        assert!(lock_slot(&again).is_none(), "the failed statement's session is gone");
+        assert!(
+            lock_slot(&again).is_none(),
+            "the failed statement's session is gone"
+        );
         late.join().unwrap();
     }
 
