@@ -27,16 +27,23 @@
 //! - Old parts are not deleted (readers may hold older generations); see `pocaduck_stats`'
 //!   `unreferenced_bytes`.
 
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, AsArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
+use arrow::datatypes::UInt32Type;
 use object_store::path::Path;
 
+use crate::entry_chunks::{c, f64s, u32s, u64s, Blocks, ChunkScan, PartNames};
 use crate::error::{Error, Result};
-use crate::index::{IndexCodec, SegmentEntry, UnifiedEntry};
+use crate::index::{IndexCodec, UnifiedEntry};
 use crate::layout;
 use crate::log::{self, Manifest, SegmentRef};
 use crate::part_sink::PartSink;
-use crate::reader::LoadedIndex;
+use crate::reader::{gather_rows, LoadedIndex, RowRanges};
 use crate::segment::RunWriter;
-use crate::storage::Store;
+use crate::storage::{block_on, Store};
 use crate::writer::new_session_id;
 
 /// Settings of one optimize run.
@@ -45,8 +52,12 @@ pub struct OptimizeOptions {
     /// A new part is started once the current one reaches this many bytes (checked between
     /// windows).
     pub target_file_size: u64,
-    /// Most rows copied at once (a window).
+    /// Most rows read at once (rows of fragmented labels are read in pieces of whole entries
+    /// of at most this many rows, or one entry if bigger).
     pub chunk_rows: u64,
+    /// Index entries scanned at once: the label-range chunk whose rewritten entries are
+    /// computed and written together (about 100 bytes each).
+    pub chunk_entries: usize,
     /// Only labels `lo ..= hi` (`None`: all).
     pub labels: Option<(u64, u64)>,
 }
@@ -56,6 +67,7 @@ impl Default for OptimizeOptions {
         OptimizeOptions {
             target_file_size: crate::writer::WriterOptions::default().target_file_size,
             chunk_rows: 1 << 20,
+            chunk_entries: 1 << 16,
             labels: None,
         }
     }
@@ -101,38 +113,49 @@ const FLUSH_ROWS: usize = 1 << 16;
 /// The optimized parts being written.
 struct Output {
     sink: PartSink,
+    /// The open part's id in the scan's part names.
+    part: Option<u32>,
     /// Rows appended but not yet written to the open part (written in one batch).
-    pending: Vec<arrow::array::RecordBatch>,
+    pending: Vec<RecordBatch>,
     pending_rows: usize,
     /// Estimated bytes of a row in memory (for deciding when to encode).
     row_bytes: usize,
 }
 
 impl Output {
-    /// Appends rows to the open part (opening one if needed).
-    fn append(&mut self, rows: arrow::array::RecordBatch) -> Result<()> {
-        self.current()?;
+    /// Appends rows to the open part (opened by [`Output::current`]).
+    fn append(&mut self, rows: RecordBatch) {
         self.pending_rows += rows.num_rows();
         self.pending.push(rows);
-        Ok(())
     }
 
     /// Encodes the pending rows.
     fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let batch = arrow::compute::concat_batches(self.sink.schema(), &self.pending)?;
+        let batch = match self.pending.len() {
+            0 => return Ok(()),
+            1 => self.pending.pop(),
+            _ => Some(arrow::compute::concat_batches(
+                self.sink.schema(),
+                &self.pending,
+            )?),
+        };
         self.pending.clear();
         self.pending_rows = 0;
-        self.sink.write(&batch).map(|_| ())
+        match batch {
+            Some(b) => self.sink.write(&b).map(|_| ()),
+            None => Ok(()),
+        }
     }
 
-    /// The open part's name and its rows so far (appended ones), opening a part if needed.
-    fn current(&mut self) -> Result<(&str, u64)> {
+    /// The open part's id and its rows so far (appended ones), opening a part if needed.
+    fn current(&mut self, names: &mut PartNames) -> Result<(u32, u64)> {
         let pending = self.pending_rows as u64;
         let (name, written) = self.sink.current()?;
-        Ok((name, written + pending))
+        let id = match self.part {
+            Some(id) => id,
+            None => *self.part.insert(names.id(name)),
+        };
+        Ok((id, written + pending))
     }
 
     /// At a point where the part may close: once enough rows are waiting (in `rows` and here),
@@ -140,7 +163,7 @@ impl Output {
     fn boundary(&mut self, rows: &mut RowCursor, target: u64) -> Result<()> {
         let waiting = rows.pending() + self.pending_rows;
         if waiting >= FLUSH_ROWS || (waiting * self.row_bytes) as u64 >= target / 2 {
-            rows.cut(self)?;
+            rows.cut(self);
             self.flush()?;
             self.close_if_full(target)?;
         }
@@ -149,6 +172,7 @@ impl Output {
 
     fn close(&mut self) -> Result<()> {
         self.flush()?;
+        self.part = None;
         self.sink.close()
     }
 
@@ -209,11 +233,14 @@ pub fn optimize(
         in_range.windows(2).all(|w| w[0].run == w[1].run) && in_range.iter().all(|r| r.optimized);
     if one_run {
         let mut fragmented = false;
-        for r in idx.view.scan_range(lo, hi) {
-            let (_, v) = r?;
-            summary.labels += 1;
-            summary.entries_before += v.len() as u64;
-            fragmented |= !is_contiguous(&v);
+        let mut scan = ChunkScan::new(&idx.view, lo, hi, opts.chunk_entries)?;
+        while let Some(chunk) = scan.next_chunk()? {
+            summary.labels += chunk.labels.len() as u64 - 1;
+            summary.entries_before += chunk.batch.num_rows() as u64;
+            fragmented |= chunk
+                .labels
+                .windows(2)
+                .any(|g| !contiguous(&chunk.batch, &scan.parts, g[0], g[1]));
         }
         if !fragmented {
             summary.entries_after = summary.entries_before;
@@ -228,19 +255,24 @@ pub fn optimize(
     let paths = Box::new(move |n| layout::optimized_part(&session, n));
     let mut out = Output {
         sink: PartSink::new(store.clone(), idx.schema.arrow(), paths),
+        part: None,
         pending: Vec::new(),
         pending_rows: 0,
         row_bytes: 8 * (idx.schema.part_columns()),
     };
     let mut written: Vec<Path> = Vec::new();
     let res = (|| {
-        let run = base.next_run;
-        let mut w = RunWriter::new(store, &base, run, true);
-        let r = rewrite(&idx, lo, hi, &mut out, &mut w, opts, &mut summary);
-        written.extend(w.written());
-        r?;
-        let refs = w.finish()?;
-        written.extend(refs.iter().map(|r| Path::from(r.file.as_str())));
+        let refs = copy_and_index(
+            store,
+            &idx,
+            &base,
+            lo,
+            hi,
+            &mut out,
+            opts,
+            &mut summary,
+            &mut written,
+        )?;
         out.close()?;
         store.sync(out.sink.done())?;
         publish_rebased(store, codec, &base, lo, hi, refs)
@@ -259,6 +291,57 @@ pub fn optimize(
             Err(e)
         }
     }
+}
+
+/// Runs [`rewrite`] while the new run's segments are encoded and written on a thread of their
+/// own (the two take about as long). Returns the run's files; `written` receives every segment
+/// file written, for the caller to delete if the optimize fails.
+#[allow(clippy::too_many_arguments)]
+fn copy_and_index(
+    store: &Store,
+    idx: &LoadedIndex,
+    base: &Manifest,
+    lo: u64,
+    hi: u64,
+    out: &mut Output,
+    opts: &OptimizeOptions,
+    summary: &mut OptimizeSummary,
+    written: &mut Vec<Path>,
+) -> Result<Vec<SegmentRef>> {
+    let copied = std::sync::atomic::AtomicBool::new(false);
+    let (copy, index, files) = std::thread::scope(|sc| {
+        // One batch in the channel, one being encoded: the copy runs at most two chunks ahead.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(1);
+        let copied = &copied;
+        let writer = sc.spawn(move || {
+            let mut w = RunWriter::new(store, base, base.next_run, true);
+            let mut r = rx.iter().try_for_each(|b| w.push_batch(b));
+            // The copy failed: the run is abandoned, so its last file is not written.
+            if r.is_ok() && copied.load(std::sync::atomic::Ordering::Acquire) {
+                r = w.finish().map(|_| ());
+            }
+            (r.map(|()| w.done()), w.written())
+        });
+        let seg_schema = crate::index::entry_schema(base.schema.block_type(), true);
+        let copy = rewrite(idx, lo, hi, out, &tx, &seg_schema, opts, summary);
+        copied.store(copy.is_ok(), std::sync::atomic::Ordering::Release);
+        drop(tx);
+        match writer.join() {
+            Ok((index, files)) => (copy, index, files),
+            Err(_) => (
+                copy,
+                Err(Error::Internal(
+                    "optimize: the index segment writer panicked".into(),
+                )),
+                Vec::new(),
+            ),
+        }
+    });
+    written.extend(files);
+    // The writer's error first: a copy that failed to hand it a batch failed because of it.
+    let refs = index?;
+    copy?;
+    Ok(refs)
 }
 
 /// `base`'s segments without labels `lo ..= hi`.
@@ -349,161 +432,240 @@ fn publish_rebased(
     })
 }
 
-/// Streams labels `lo ..= hi` of `idx` into `w`, copying fragmented labels into `out` window by
-/// window.
+/// True if rows `s .. e` of a chunk (one label's entries, in index order) need no rewrite; see
+/// [`is_contiguous`].
+fn contiguous(b: &RecordBatch, names: &PartNames, s: usize, e: usize) -> bool {
+    let (part, start, count) = (
+        u32s(b, c::PART),
+        u64s(b, c::ROW_START),
+        u64s(b, c::ROW_COUNT),
+    );
+    (s + 1..e).all(|k| {
+        let (a, b) = (k - 1, k);
+        if part[a] == part[b] {
+            start[a] + count[a] == start[b]
+        } else {
+            names.optimized(part[a])
+                && names.optimized(part[b])
+                && names.name(part[a]) < names.name(part[b])
+                && start[b] == 0
+        }
+    })
+}
+
+/// The entries of the new run for one chunk, as columns: each is an entry of the chunk (`src`)
+/// with a new place (part, rows) and box.
+struct NewEntries {
+    src: Vec<u32>,
+    part: Vec<u32>,
+    row_start: Vec<u64>,
+    row_count: Vec<u64>,
+    bbox: [Vec<f64>; 6],
+}
+
+impl NewEntries {
+    fn with_capacity(n: usize) -> NewEntries {
+        NewEntries {
+            src: Vec::with_capacity(n),
+            part: Vec::with_capacity(n),
+            row_start: Vec::with_capacity(n),
+            row_count: Vec::with_capacity(n),
+            bbox: std::array::from_fn(|_| Vec::with_capacity(n)),
+        }
+    }
+
+    fn push(&mut self, src: usize, part: u32, row_start: u64, row_count: u64, bbox: [f64; 6]) {
+        self.src.push(src as u32);
+        self.part.push(part);
+        self.row_start.push(row_start);
+        self.row_count.push(row_count);
+        for (v, x) in self.bbox.iter_mut().zip(bbox) {
+            v.push(x);
+        }
+    }
+
+    /// The entries in the segment schema.
+    fn batch(
+        self,
+        chunk: &RecordBatch,
+        workers: &StringArray,
+        names: &PartNames,
+        schema: &arrow::datatypes::SchemaRef,
+    ) -> Result<RecordBatch> {
+        use arrow::compute::take;
+        let src = UInt32Array::from(self.src);
+        let worker_ids = take(chunk.column(c::WORKER), &src, None)?;
+        let part_names = StringArray::from_iter_values(names.names().iter().map(|n| n.as_ref()));
+        let u = |v: Vec<u64>| -> ArrayRef { Arc::new(UInt64Array::from(v)) };
+        let mut cols: Vec<ArrayRef> = vec![
+            take(chunk.column(c::LABEL), &src, None)?,
+            take(chunk.column(c::BLOCK), &src, None)?,
+            take(workers, worker_ids.as_primitive::<UInt32Type>(), None)?,
+            take(chunk.column(c::COMMIT), &src, None)?,
+            take(&part_names, &UInt32Array::from(self.part), None)?,
+            u(self.row_start),
+            u(self.row_count),
+        ];
+        for v in self.bbox {
+            cols.push(Arc::new(Float64Array::from(v)));
+        }
+        Ok(RecordBatch::try_new(schema.clone(), cols)?)
+    }
+}
+
+/// Scans labels `lo ..= hi` of `idx` chunk by chunk, copies the fragmented labels' rows into
+/// `out` (read in pieces of at most `chunk_rows` rows) and passes every label's entries —
+/// moved or kept — to `w`.
+#[allow(clippy::too_many_arguments)]
 fn rewrite(
     idx: &LoadedIndex,
     lo: u64,
     hi: u64,
     out: &mut Output,
-    w: &mut RunWriter,
+    w: &std::sync::mpsc::SyncSender<RecordBatch>,
+    seg_schema: &arrow::datatypes::SchemaRef,
     opts: &OptimizeOptions,
     summary: &mut OptimizeSummary,
 ) -> Result<()> {
     let cols: Vec<usize> = (0..idx.schema.part_columns()).collect();
-    // Labels waiting for their window to be copied, in label order: (entries, fragmented).
-    let mut window: Vec<(Vec<UnifiedEntry>, bool)> = Vec::new();
-    let mut rows = 0u64;
-    for r in idx.view.scan_range(lo, hi) {
-        let (_, v) = r?;
-        summary.labels += 1;
-        summary.entries_before += v.len() as u64;
-        let frag = !is_contiguous(&v);
-        let n: u64 = v.iter().map(|e| e.entry.row_count).sum();
-        // A window closes before it would exceed chunk_rows fragmented rows, or holds too many
-        // labels that stay where they are (memory).
-        if (frag && rows > 0 && rows + n > opts.chunk_rows) || window.len() >= 1 << 16 {
-            copy_window(
-                idx,
-                std::mem::take(&mut window),
-                &cols,
-                out,
-                w,
-                opts,
-                summary,
-            )?;
-            rows = 0;
-        }
-        if frag {
-            rows += n;
-            summary.labels_rewritten += 1;
-        }
-        window.push((v, frag));
-    }
-    copy_window(idx, window, &cols, out, w, opts, summary)
-}
-
-/// Copies the fragmented labels of `window` (one read per source part; a label bigger than a
-/// window in chunks of whole entries) and passes every label's entries to `w`.
-fn copy_window(
-    idx: &LoadedIndex,
-    window: Vec<(Vec<UnifiedEntry>, bool)>,
-    cols: &[usize],
-    out: &mut Output,
-    w: &mut RunWriter,
-    opts: &OptimizeOptions,
-    summary: &mut OptimizeSummary,
-) -> Result<()> {
-    // Chunks of whole entries of the fragmented labels, at most chunk_rows rows each (a chunk
-    // is never empty).
-    let frag: Vec<&UnifiedEntry> = window
-        .iter()
-        .filter(|x| x.1)
-        .flat_map(|x| x.0.iter())
-        .collect();
-    let mut batches: Vec<arrow::array::RecordBatch> = Vec::new();
-    let mut c = 0;
-    while c < frag.len() {
-        let mut end = c + 1;
-        let mut rows = frag[c].entry.row_count;
-        while end < frag.len() && rows + frag[end].entry.row_count <= opts.chunk_rows {
-            rows += frag[end].entry.row_count;
-            end += 1;
-        }
-        let chunk = &frag[c..end];
-        let got = idx.read_entry_rows(chunk.iter().copied(), cols)?;
-        let n: usize = got.iter().map(|b| b.num_rows()).sum();
-        if n as u64 != rows {
-            return Err(Error::Internal(format!(
-                "optimize read {n} rows for labels {}..={}, the index says {rows}",
-                chunk[0].entry.label,
-                chunk[chunk.len() - 1].entry.label
-            )));
-        }
-        batches.extend(got);
-        c = end;
-    }
-    // The rows are in entry order: append them in spans as long as possible (cut only where a
-    // part may close or a batch ends), and compute each new entry from its offset.
-    let mut rows = RowCursor {
-        batches: batches.into_iter(),
-        cur: None,
-        start: 0,
-        pos: 0,
-    };
-    for (entries, frag) in window {
-        if !frag {
-            summary.entries_after += entries.len() as u64;
-            w.push_label(entries)?;
-            continue;
-        }
-        let mut new: Vec<UnifiedEntry> = Vec::new();
-        // A part closes at the target size between labels, or within a label bigger than
-        // chunk_rows every chunk_rows rows (so a label is split only when it must be).
-        let mut since_check = 0u64;
-        for old in entries {
-            let (part_name, base) = out.current()?;
-            let row_start = base + rows.pending() as u64;
-            let n = old.entry.row_count;
-            summary.points_rewritten += n;
-            // Extends the previous new entry when this one continues it (same worker, commit,
-            // label, block and part, next row); else a new entry (the old one's fields moved).
-            let merged = new.last_mut().is_some_and(|l| {
-                let e = &mut l.entry;
-                let cont = l.worker == old.worker
-                    && l.commit == old.commit
-                    && e.label == old.entry.label
-                    && e.block == old.entry.block
-                    && e.part == part_name
-                    && e.row_start + e.row_count == row_start;
-                if cont {
-                    e.row_count += n;
-                    for d in 0..3 {
-                        e.bbox[d] = e.bbox[d].min(old.entry.bbox[d]);
-                        e.bbox[d + 3] = e.bbox[d + 3].max(old.entry.bbox[d + 3]);
-                    }
+    let schema = idx.projected(&cols);
+    let workers =
+        StringArray::from_iter_values(idx.view.manifest.workers.iter().map(|w| w.worker.as_str()));
+    let mut scan = ChunkScan::new(&idx.view, lo, hi, opts.chunk_entries)?;
+    while let Some(chunk) = scan.next_chunk()? {
+        let b = &chunk.batch;
+        let groups = chunk.labels.len() - 1;
+        summary.labels += groups as u64;
+        summary.entries_before += b.num_rows() as u64;
+        let frag: Vec<bool> = chunk
+            .labels
+            .windows(2)
+            .map(|g| !contiguous(b, &scan.parts, g[0], g[1]))
+            .collect();
+        // Entries of the fragmented labels, in order: their rows are read in pieces of at
+        // most chunk_rows rows (of whole entries), each when the copy reaches it.
+        let moved: Vec<u32> = chunk
+            .labels
+            .windows(2)
+            .zip(&frag)
+            .filter(|x| *x.1)
+            .flat_map(|(g, _)| g[0] as u32..g[1] as u32)
+            .collect();
+        let (label, worker, commit) = (u64s(b, c::LABEL), u32s(b, c::WORKER), u64s(b, c::COMMIT));
+        let (part, start, count) = (
+            u32s(b, c::PART),
+            u64s(b, c::ROW_START),
+            u64s(b, c::ROW_COUNT),
+        );
+        let bx: Vec<&[f64]> = (0..6).map(|d| f64s(b, c::BBOX + d)).collect();
+        let bbox = |i: usize| -> [f64; 6] { std::array::from_fn(|d| bx[d][i]) };
+        let blocks = Blocks::of(b.column(c::BLOCK))?;
+        let mut new = NewEntries::with_capacity(b.num_rows());
+        let mut rows = RowCursor::default();
+        let (mut q, mut read_end) = (0usize, 0usize);
+        for (g, &fr) in frag.iter().enumerate() {
+            let (s, e) = (chunk.labels[g], chunk.labels[g + 1]);
+            if !fr {
+                for i in s..e {
+                    new.push(i, part[i], start[i], count[i], bbox(i));
                 }
-                cont
-            });
-            if !merged {
-                new.push(UnifiedEntry {
-                    worker: old.worker,
-                    commit: old.commit,
-                    entry: SegmentEntry {
-                        part: part_name.to_string(),
-                        row_start,
-                        ..old.entry
-                    },
-                });
+                continue;
             }
-            rows.advance(n as usize, out)?;
-            since_check += old.entry.row_count;
-            if since_check >= opts.chunk_rows {
-                since_check = 0;
-                out.boundary(&mut rows, opts.target_file_size)?;
+            summary.labels_rewritten += 1;
+            // Entries of `new` from this index on were moved (and may be extended).
+            let moved_from = new.src.len();
+            // A part closes at the target size between labels, or within a label bigger than
+            // chunk_rows every chunk_rows rows (so a label is split only when it must be).
+            let mut since_check = 0u64;
+            for i in s..e {
+                if q == read_end {
+                    rows.cut(out);
+                    let mut n = count[moved[q] as usize];
+                    read_end = q + 1;
+                    while read_end < moved.len()
+                        && n + count[moved[read_end] as usize] <= opts.chunk_rows
+                    {
+                        n += count[moved[read_end] as usize];
+                        read_end += 1;
+                    }
+                    let sel = &moved[q..read_end];
+                    let pick =
+                        |v: &[u64]| -> Vec<u64> { sel.iter().map(|&i| v[i as usize]).collect() };
+                    let p: Vec<u32> = sel.iter().map(|&i| part[i as usize]).collect();
+                    let (st, ct) = (pick(start), pick(count));
+                    let got = block_on(gather_rows(
+                        &idx.store,
+                        RowRanges {
+                            parts: scan.parts.names(),
+                            part: &p,
+                            start: &st,
+                            count: &ct,
+                        },
+                        &cols,
+                        &schema,
+                        None,
+                    ))?;
+                    let m: usize = got.iter().map(|b| b.num_rows()).sum();
+                    if m as u64 != n {
+                        return Err(Error::Internal(format!(
+                            "optimize read {m} rows for labels {}..={}, the index says {n}",
+                            label[moved[q] as usize],
+                            label[moved[read_end - 1] as usize]
+                        )));
+                    }
+                    rows.load(got);
+                }
+                q += 1;
+                let (pid, base) = out.current(&mut scan.parts)?;
+                let row_start = base + rows.pending() as u64;
+                let n = count[i];
+                summary.points_rewritten += n;
+                // Extends the previous new entry when this one continues it (same label,
+                // block, worker and commit, same part, next row); else a new entry.
+                let k = new.src.len();
+                let merged = k > moved_from && {
+                    let j = new.src[k - 1] as usize;
+                    label[j] == label[i]
+                        && blocks.cmp(j, i).is_eq()
+                        && worker[j] == worker[i]
+                        && commit[j] == commit[i]
+                        && new.part[k - 1] == pid
+                        && new.row_start[k - 1] + new.row_count[k - 1] == row_start
+                };
+                if merged {
+                    new.row_count[k - 1] += n;
+                    for d in 0..3 {
+                        let v = &mut new.bbox[d][k - 1];
+                        *v = v.min(bx[d][i]);
+                        let v = &mut new.bbox[d + 3][k - 1];
+                        *v = v.max(bx[d + 3][i]);
+                    }
+                } else {
+                    new.push(i, pid, row_start, n, bbox(i));
+                }
+                rows.advance(n as usize, out)?;
+                since_check += n;
+                if since_check >= opts.chunk_rows {
+                    since_check = 0;
+                    out.boundary(&mut rows, opts.target_file_size)?;
+                }
             }
+            out.boundary(&mut rows, opts.target_file_size)?;
         }
-        out.boundary(&mut rows, opts.target_file_size)?;
-        summary.entries_after += new.len() as u64;
-        w.push_label(new)?;
+        rows.cut(out);
+        summary.entries_after += new.src.len() as u64;
+        let batch = new.batch(b, &workers, &scan.parts, seg_schema)?;
+        w.send(batch)
+            .map_err(|_| Error::Internal("optimize: the index segment writer stopped".into()))?;
     }
-    rows.cut(out)
+    Ok(())
 }
 
-/// Rows read for a window, in entry order, consumed in spans.
+/// Rows read for the moved entries, in entry order, consumed in spans.
+#[derive(Default)]
 struct RowCursor {
-    batches: std::vec::IntoIter<arrow::array::RecordBatch>,
-    cur: Option<arrow::array::RecordBatch>,
+    batches: std::collections::VecDeque<RecordBatch>,
+    cur: Option<RecordBatch>,
     /// Start of the span not yet appended to the output.
     start: usize,
     pos: usize,
@@ -515,25 +677,32 @@ impl RowCursor {
         self.pos - self.start
     }
 
+    /// Replaces the rows (all consumed and cut) by the next ones read.
+    fn load(&mut self, batches: Vec<RecordBatch>) {
+        self.batches = batches.into();
+        self.cur = None;
+        self.start = 0;
+        self.pos = 0;
+    }
+
     /// Appends the pending span to `out`.
-    fn cut(&mut self, out: &mut Output) -> Result<()> {
+    fn cut(&mut self, out: &mut Output) {
         if let Some(b) = &self.cur {
             if self.pos > self.start {
-                out.append(b.slice(self.start, self.pos - self.start))?;
+                out.append(b.slice(self.start, self.pos - self.start));
             }
         }
         self.start = self.pos;
-        Ok(())
     }
 
     /// Consumes `n` rows (appending spans to `out` as batches end).
     fn advance(&mut self, mut n: usize, out: &mut Output) -> Result<()> {
         while n > 0 {
             if self.cur.as_ref().is_none_or(|b| self.pos >= b.num_rows()) {
-                self.cut(out)?;
+                self.cut(out);
                 self.cur = Some(
                     self.batches
-                        .next()
+                        .pop_front()
                         .ok_or_else(|| Error::Internal("optimize: rows ran out".into()))?,
                 );
                 self.start = 0;
@@ -607,6 +776,7 @@ mod tests {
         OptimizeOptions {
             target_file_size: 1024,
             chunk_rows: 7,
+            chunk_entries: 3,
             labels: None,
         }
     }

@@ -133,7 +133,9 @@ fn entries_batch(
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 
-/// Writes one run of segment files from entries given in label order.
+/// Writes one run of segment files from entries given in label order: label by label
+/// ([`RunWriter::push_label`]) or as batches of whole labels in the segment schema
+/// ([`RunWriter::push_batch`]).
 pub struct RunWriter<'a> {
     store: &'a Store,
     block: ColumnType,
@@ -142,7 +144,11 @@ pub struct RunWriter<'a> {
     run: u64,
     session: String,
     optimized: bool,
-    pending: Vec<UnifiedEntry>,
+    /// Entries pushed label by label, not yet turned into a batch.
+    staged: Vec<UnifiedEntry>,
+    /// Batches of whole labels not yet written (less than a row group once a push returns).
+    pending: std::collections::VecDeque<RecordBatch>,
+    pending_rows: usize,
     file: Option<OpenFile>,
     done: Vec<SegmentRef>,
     total: u64,
@@ -157,6 +163,10 @@ struct OpenFile {
     last: u64,
 }
 
+fn encode_err(e: parquet::errors::ParquetError) -> Error {
+    Error::Internal(format!("segment encode: {e}"))
+}
+
 impl<'a> RunWriter<'a> {
     /// A writer of run `run`; `workers` names the worker indexes of the entries.
     pub fn new(store: &'a Store, m: &Manifest, run: u64, optimized: bool) -> RunWriter<'a> {
@@ -168,63 +178,137 @@ impl<'a> RunWriter<'a> {
             run,
             session: crate::writer::new_session_id(),
             optimized,
-            pending: Vec::new(),
+            staged: Vec::new(),
+            pending: Default::default(),
+            pending_rows: 0,
             file: None,
             done: Vec::new(),
             total: 0,
         }
     }
 
+    /// The Arrow schema of the batches [`RunWriter::push_batch`] takes (the segment schema).
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
     /// Appends the entries of one label (all of them: a label never spans two files of a run).
     pub fn push_label(&mut self, entries: Vec<UnifiedEntry>) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        if self
-            .file
-            .as_ref()
-            .is_some_and(|f| f.entries + self.pending.len() as u64 >= FILE_ENTRIES)
-        {
-            self.flush_pending(true)?;
-            self.close_file()?;
-        }
-        self.pending.extend(entries);
-        if self.pending.len() >= ROW_GROUP_ENTRIES {
-            self.flush_pending(false)?;
+        self.staged.extend(entries);
+        if self.staged.len() >= ROW_GROUP_ENTRIES {
+            self.push_staged()?;
         }
         Ok(())
     }
 
+    fn push_staged(&mut self) -> Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let b = entries_batch(&staged, &self.workers, &self.schema, self.block)?;
+        self.push_batch(b)
+    }
+
+    /// Appends a batch of entries in the segment schema ([`RunWriter::schema`]): whole labels,
+    /// sorted, all after the labels pushed before. A file closes at the first label boundary
+    /// after [`FILE_ENTRIES`] entries.
+    pub fn push_batch(&mut self, b: RecordBatch) -> Result<()> {
+        self.push_staged()?;
+        let labels = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .ok_or_else(|| Error::Internal("segment batch: label is not UBIGINT".into()))?
+            .values()
+            .clone();
+        let n = b.num_rows();
+        let mut start = 0;
+        while start < n {
+            let have = self.file.as_ref().map_or(0, |f| f.entries) + self.pending_rows as u64;
+            let need = FILE_ENTRIES.saturating_sub(have) as usize;
+            // The first label boundary at or after `need` more entries closes the file.
+            let mut j = start + need;
+            while j < n && j > start && labels[j] == labels[j - 1] {
+                j += 1;
+            }
+            if j >= n {
+                self.append(b.slice(start, n - start));
+                break;
+            }
+            if j > start {
+                self.append(b.slice(start, j - start));
+            }
+            self.flush_pending(true)?;
+            self.close_file()?;
+            start = j;
+        }
+        self.flush_pending(false)
+    }
+
+    fn append(&mut self, b: RecordBatch) {
+        self.pending_rows += b.num_rows();
+        self.pending.push_back(b);
+    }
+
+    /// The first `n` pending entries as one batch.
+    fn take_pending(&mut self, n: usize) -> Result<RecordBatch> {
+        let mut parts = Vec::new();
+        let mut got = 0;
+        while got < n {
+            let Some(b) = self.pending.pop_front() else {
+                break;
+            };
+            let k = b.num_rows().min(n - got);
+            if k < b.num_rows() {
+                self.pending.push_front(b.slice(k, b.num_rows() - k));
+            }
+            parts.push(b.slice(0, k));
+            got += k;
+        }
+        self.pending_rows -= got;
+        Ok(match parts.len() {
+            1 => parts
+                .pop()
+                .unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone())),
+            _ => arrow::compute::concat_batches(&self.schema, &parts)?,
+        })
+    }
+
     fn flush_pending(&mut self, all: bool) -> Result<()> {
-        let enc =
-            |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
-        while self.pending.len() >= ROW_GROUP_ENTRIES || (all && !self.pending.is_empty()) {
-            let n = self.pending.len().min(ROW_GROUP_ENTRIES);
-            let chunk: Vec<UnifiedEntry> = self.pending.drain(..n).collect();
+        while self.pending_rows >= ROW_GROUP_ENTRIES || (all && self.pending_rows > 0) {
+            let n = self.pending_rows.min(ROW_GROUP_ENTRIES);
+            let batch = self.take_pending(n)?;
+            let labels = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .ok_or_else(|| Error::Internal("segment batch: label is not UBIGINT".into()))?
+                .values()
+                .clone();
             if self.file.is_none() {
                 let writer = ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(props()))
-                    .map_err(enc)?;
+                    .map_err(encode_err)?;
                 self.file = Some(OpenFile {
                     writer,
                     fences: Vec::new(),
                     page_fences: Vec::new(),
                     entries: 0,
-                    lo: chunk[0].entry.label,
+                    lo: labels[0],
                     last: 0,
                 });
             }
-            let batch = entries_batch(&chunk, &self.workers, &self.schema, self.block)?;
             let f = self
                 .file
                 .as_mut()
                 .ok_or_else(|| Error::Internal("no file".into()))?;
-            f.fences.push(chunk[0].entry.label);
+            f.fences.push(labels[0]);
             f.page_fences
-                .extend(chunk.iter().step_by(PAGE_ENTRIES).map(|e| e.entry.label));
-            f.last = chunk[n - 1].entry.label;
+                .extend(labels.iter().step_by(PAGE_ENTRIES).copied());
+            f.last = labels[n - 1];
             f.entries += n as u64;
-            f.writer.write(&batch).map_err(enc)?;
-            f.writer.flush().map_err(enc)?;
+            f.writer.write(&batch).map_err(encode_err)?;
+            f.writer.flush().map_err(encode_err)?;
         }
         Ok(())
     }
@@ -233,8 +317,6 @@ impl<'a> RunWriter<'a> {
         let Some(mut f) = self.file.take() else {
             return Ok(());
         };
-        let enc =
-            |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
         let list = |v: &[u64]| {
             v.iter()
                 .chain([&f.last])
@@ -252,7 +334,7 @@ impl<'a> RunWriter<'a> {
             f.writer
                 .append_key_value_metadata(KeyValue::new(k.into(), v));
         }
-        let bytes = f.writer.into_inner().map_err(enc)?;
+        let bytes = f.writer.into_inner().map_err(encode_err)?;
         let path = crate::layout::segment_file(self.run, &self.session, self.done.len() as u32);
         let size = bytes.len() as u64;
         if !crate::log::create(self.store, &path, bytes.into())? {
@@ -273,14 +355,20 @@ impl<'a> RunWriter<'a> {
     }
 
     /// Writes what is left and returns the run's files (none if no entry was pushed).
-    pub fn finish(mut self) -> Result<Vec<SegmentRef>> {
+    pub fn finish(&mut self) -> Result<Vec<SegmentRef>> {
+        self.push_staged()?;
         self.flush_pending(true)?;
         self.close_file()?;
         let tier = tier_of(self.total);
         for r in &mut self.done {
             r.tier = tier;
         }
-        Ok(std::mem::take(&mut self.done))
+        Ok(self.done())
+    }
+
+    /// The files completed so far.
+    pub fn done(&self) -> Vec<SegmentRef> {
+        self.done.clone()
     }
 
     /// Files written so far (to delete them when the run is abandoned).
@@ -331,8 +419,8 @@ pub fn supersede(entries: &mut Vec<UnifiedEntry>) {
 }
 
 /// A segment file's footer, parsed once per process.
-struct Footer {
-    meta: ArrowReaderMetadata,
+pub(crate) struct Footer {
+    pub(crate) meta: ArrowReaderMetadata,
     fences: Vec<u64>,
     /// First row of every row group, then the row count.
     rg_start: Vec<u64>,
@@ -354,7 +442,7 @@ fn footer_cache() -> &'static FooterCache {
 /// Footers kept per process; beyond this the cache is emptied (footers are ~100 KB).
 const FOOTER_CACHE: usize = 512;
 
-async fn footer(store: &Store, r: &SegmentRef, cached: bool) -> Result<Arc<Footer>> {
+pub(crate) async fn footer(store: &Store, r: &SegmentRef, cached: bool) -> Result<Arc<Footer>> {
     let key = (store.cache_key(), r.file.clone());
     if !cached {
         if let Ok(mut c) = footer_cache().lock() {
@@ -465,7 +553,7 @@ pub fn clear_caches() {
 }
 
 /// Row groups of a file that may hold labels in `lo ..= hi`.
-fn groups_for(f: &Footer, lo: u64, hi: u64) -> Vec<usize> {
+pub(crate) fn groups_for(f: &Footer, lo: u64, hi: u64) -> Vec<usize> {
     let n = f.fences.len() - 1;
     (0..n)
         .filter(|&g| f.fences[g] <= hi && f.fences[g + 1] >= lo)
