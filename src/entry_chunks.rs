@@ -26,9 +26,9 @@ use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::ProjectionMask;
 
 use crate::error::{Error, Result};
-use crate::index::BBOX;
 use crate::schema::ColumnType;
 use crate::segment::{footer, groups_for, IndexView, ROW_GROUP_ENTRIES};
 use crate::storage::block_on;
@@ -49,14 +49,19 @@ pub(crate) mod c {
     pub const ROW_START: usize = 5;
     /// `row_count UBIGINT`
     pub const ROW_COUNT: usize = 6;
-    /// `min_x … max_z DOUBLE`: columns `BBOX .. BBOX + 6`
-    pub const BBOX: usize = 7;
+    /// `src UBIGINT`: where the entry is, for [`super::ChunkScan::boxes`] (the scan's segment
+    /// number << 40 | the row in that segment file)
+    pub const SRC: usize = 7;
 }
 
-/// The schema of a chunk's batch: the segment schema with worker and part as ids.
+/// Columns of a segment file up to `row_count`: what a chunk reads first.
+const READ_COLUMNS: usize = 7;
+
+/// The schema of a chunk's batch: the segment schema up to `row_count` with worker and part as
+/// ids, then `src`. (The boxes are read only for the entries that need them.)
 pub(crate) fn chunk_schema(block: ColumnType) -> SchemaRef {
     let u64f = |n: &str| Field::new(n, DataType::UInt64, false);
-    let mut f = vec![
+    let f = vec![
         u64f("label"),
         Field::new("block", block.arrow(), false),
         Field::new("worker", DataType::UInt32, false),
@@ -64,11 +69,8 @@ pub(crate) fn chunk_schema(block: ColumnType) -> SchemaRef {
         Field::new("part", DataType::UInt32, false),
         u64f("row_start"),
         u64f("row_count"),
+        u64f("src"),
     ];
-    f.extend(
-        BBOX.iter()
-            .map(|n| Field::new(*n, DataType::Float64, false)),
-    );
     Arc::new(Schema::new(f))
 }
 
@@ -178,16 +180,11 @@ pub(crate) fn u32s(b: &RecordBatch, i: usize) -> &[u32] {
         .values()
 }
 
-/// The `Float64` column `i` of a chunk batch.
-pub(crate) fn f64s(b: &RecordBatch, i: usize) -> &[f64] {
-    b.column(i)
-        .as_primitive::<arrow::datatypes::Float64Type>()
-        .values()
-}
-
 /// Decoded entries of one segment, waiting to be taken into a chunk (label-sorted).
 struct Cursor {
     seg: usize,
+    /// First row of every row group, then the row count.
+    rg_start: Vec<u64>,
     lo: u64,
     hi: u64,
     /// Row groups not yet read.
@@ -269,6 +266,7 @@ impl<'a> ChunkScan<'a> {
             }
             let f = block_on(footer(&view.store, r, true))?;
             let groups: VecDeque<usize> = groups_for(&f, a, b).into();
+            let rg_start = f.rg_start.clone();
             let opts = ArrowReaderOptions::new().with_schema(hint.clone());
             let meta =
                 ArrowReaderMetadata::try_new(f.meta.metadata().clone(), opts).map_err(|e| {
@@ -277,6 +275,7 @@ impl<'a> ChunkScan<'a> {
             runs.push(r.run);
             cursors.push(Cursor {
                 seg,
+                rg_start,
                 lo: a,
                 hi: b,
                 groups,
@@ -325,8 +324,13 @@ impl<'a> ChunkScan<'a> {
         let reader = view
             .store
             .parquet_reader(&Path::from(r.file.as_str()), Some(r.bytes));
+        // The groups are consecutive: rows are numbered on from the first group's start.
+        let mut row = cur.rg_start[groups[0]];
+        let schema = cur.meta.metadata().file_metadata().schema_descr();
+        let mask = ProjectionMask::roots(schema, 0..READ_COLUMNS);
         let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, cur.meta.clone())
             .with_row_groups(groups)
+            .with_projection(mask)
             .with_batch_size(ROW_GROUP_ENTRIES)
             .build()
             .map_err(|e| err(&e))?;
@@ -334,11 +338,14 @@ impl<'a> ChunkScan<'a> {
         let batches: Vec<_> = block_on(AssertUnwindSafe(stream.collect::<Vec<_>>()).catch_unwind())
             .map_err(|_| err(&"corrupt file: the Parquet decoder failed"))?;
         let (lo, hi) = (cur.lo, cur.hi);
+        let tag = (k as u64) << 40;
         for b in batches {
             let b = b.map_err(|e| err(&e))?;
-            if b.num_columns() != 13 {
-                return Err(bad("expected 13 columns"));
+            if b.num_columns() != READ_COLUMNS {
+                return Err(bad(&format!("expected {READ_COLUMNS} columns")));
             }
+            let first_row = row;
+            row += b.num_rows() as u64;
             let labels = b
                 .column(c::LABEL)
                 .as_any()
@@ -351,6 +358,7 @@ impl<'a> ChunkScan<'a> {
                 continue;
             }
             let b = b.slice(first, last - first);
+            let src = first_row + first as u64;
             let worker = ids(b.column(c::WORKER), &bad, |s| {
                 self.workers
                     .get(s)
@@ -367,11 +375,9 @@ impl<'a> ChunkScan<'a> {
                     return Err(bad("a UBIGINT column has another type"));
                 }
             }
-            for i in c::BBOX..c::BBOX + 6 {
-                if cols[i].data_type() != &DataType::Float64 {
-                    return Err(bad("a bbox column is not DOUBLE"));
-                }
-            }
+            cols.push(Arc::new(UInt64Array::from_iter_values(
+                (0..b.num_rows() as u64).map(|i| tag | (src + i)),
+            )));
             let b =
                 RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| bad(&e.to_string()))?;
             let cur = &mut self.cursors[k];
@@ -519,6 +525,98 @@ impl<'a> ChunkScan<'a> {
             labels: label_starts(u64s(&batch, c::LABEL)),
             batch,
         })
+    }
+}
+
+impl ChunkScan<'_> {
+    /// The boxes (min x, y, z, max x, y, z) of rows `rows` of `chunk`, as six columns in the
+    /// order of `rows`: read from the segments, only the row groups and pages holding them.
+    pub(crate) fn boxes(&self, chunk: &EntryChunk, rows: &[u32]) -> Result<[Vec<f64>; 6]> {
+        let mut out: [Vec<f64>; 6] = std::array::from_fn(|_| vec![0.0; rows.len()]);
+        let src = u64s(&chunk.batch, c::SRC);
+        let mut want: Vec<(u64, u32)> = rows
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| (src[i as usize], k as u32))
+            .collect();
+        if !want.windows(2).all(|w| w[0].0 <= w[1].0) {
+            want.sort_unstable();
+        }
+        let mut a = 0;
+        while a < want.len() {
+            let k = (want[a].0 >> 40) as usize;
+            let mut b = a + 1;
+            while b < want.len() && (want[b].0 >> 40) as usize == k {
+                b += 1;
+            }
+            self.read_boxes(k, &want[a..b], &mut out)?;
+            a = b;
+        }
+        Ok(out)
+    }
+
+    /// Reads the boxes of `want` ((src, output position), sorted) of cursor `k` into `out`.
+    fn read_boxes(&self, k: usize, want: &[(u64, u32)], out: &mut [Vec<f64>; 6]) -> Result<()> {
+        let cur = &self.cursors[k];
+        let view = self.view;
+        let r = &view.manifest.segments[cur.seg];
+        let err = |e: &dyn std::fmt::Display| {
+            Error::file(
+                &view.store.name,
+                r.file.as_str(),
+                format!("index segment: {e}"),
+            )
+        };
+        let mask = (1u64 << 40) - 1;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for &(s, _) in want {
+            let row = s & mask;
+            match ranges.last_mut() {
+                Some(last) if last.0 + last.1 == row => last.1 += 1,
+                _ => ranges.push((row, 1)),
+            }
+        }
+        let (groups, selection) = crate::reader::plan_selection(&cur.rg_start, &ranges);
+        let reader = view
+            .store
+            .parquet_reader(&Path::from(r.file.as_str()), Some(r.bytes));
+        let schema = cur.meta.metadata().file_metadata().schema_descr();
+        let proj = ProjectionMask::roots(schema, c::ROW_COUNT + 1..c::ROW_COUNT + 7);
+        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, cur.meta.clone())
+            .with_row_groups(groups)
+            .with_row_selection(selection.into())
+            .with_projection(proj)
+            .with_batch_size(ROW_GROUP_ENTRIES)
+            .build()
+            .map_err(|e| err(&e))?;
+        let batches: Vec<_> = block_on(AssertUnwindSafe(stream.collect::<Vec<_>>()).catch_unwind())
+            .map_err(|_| err(&"corrupt file: the Parquet decoder failed"))?;
+        let mut i = 0;
+        for b in batches {
+            let b = b.map_err(|e| err(&e))?;
+            let cols: Vec<&[f64]> = (0..6)
+                .map(|d| {
+                    b.column(d)
+                        .as_any()
+                        .downcast_ref::<arrow::array::Float64Array>()
+                        .map(|a| a.values().as_ref())
+                        .ok_or_else(|| err(&"corrupt index segment: a bbox column is not DOUBLE"))
+                })
+                .collect::<Result<_>>()?;
+            for r in 0..b.num_rows() {
+                let Some(&(_, pos)) = want.get(i) else {
+                    return Err(err(&"corrupt index segment: more box rows than selected"));
+                };
+                for d in 0..6 {
+                    out[d][pos as usize] = cols[d][r];
+                }
+                i += 1;
+            }
+        }
+        if i != want.len() {
+            return Err(err(&"corrupt index segment: fewer box rows than selected"));
+        }
+        Ok(())
     }
 }
 

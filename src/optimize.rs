@@ -35,13 +35,14 @@ use arrow::array::{
 use arrow::datatypes::UInt32Type;
 use object_store::path::Path;
 
-use crate::entry_chunks::{c, f64s, u32s, u64s, Blocks, ChunkScan, PartNames};
+use crate::entry_chunks::{c, u32s, u64s, Blocks, ChunkScan, PartNames};
 use crate::error::{Error, Result};
 use crate::index::{IndexCodec, UnifiedEntry};
 use crate::layout;
 use crate::log::{self, Manifest, SegmentRef};
 use crate::part_sink::PartSink;
 use crate::reader::{gather_rows, LoadedIndex, RowRanges};
+use crate::schema::col;
 use crate::segment::RunWriter;
 use crate::storage::{block_on, Store};
 use crate::writer::new_session_id;
@@ -311,19 +312,23 @@ fn copy_and_index(
     let copied = std::sync::atomic::AtomicBool::new(false);
     let (copy, index, files) = std::thread::scope(|sc| {
         // One batch in the channel, one being encoded: the copy runs at most two chunks ahead.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
         let copied = &copied;
+        let workers = StringArray::from_iter_values(base.workers.iter().map(|w| w.worker.as_str()));
         let writer = sc.spawn(move || {
             let mut w = RunWriter::new(store, base, base.next_run, true);
-            let mut r = rx.iter().try_for_each(|b| w.push_batch(b));
+            let schema = w.schema().clone();
+            let mut r = rx.iter().try_for_each(|j| {
+                let b = j.new.batch(&j.chunk, &workers, &j.parts, &schema)?;
+                w.push_batch(b)
+            });
             // The copy failed: the run is abandoned, so its last file is not written.
             if r.is_ok() && copied.load(std::sync::atomic::Ordering::Acquire) {
                 r = w.finish().map(|_| ());
             }
             (r.map(|()| w.done()), w.written())
         });
-        let seg_schema = crate::index::entry_schema(base.schema.block_type(), true);
-        let copy = rewrite(idx, lo, hi, out, &tx, &seg_schema, opts, summary);
+        let copy = rewrite(idx, lo, hi, out, &tx, opts, summary);
         copied.store(copy.is_ok(), std::sync::atomic::Ordering::Release);
         drop(tx);
         match writer.join() {
@@ -485,24 +490,34 @@ impl NewEntries {
     }
 
     /// The entries in the segment schema.
+    /// The entries in the segment schema. `chunk` is the chunk they come from, `workers` the
+    /// worker names by index, `parts` the part paths by id.
     fn batch(
         self,
         chunk: &RecordBatch,
         workers: &StringArray,
-        names: &PartNames,
+        parts: &StringArray,
         schema: &arrow::datatypes::SchemaRef,
     ) -> Result<RecordBatch> {
         use arrow::compute::take;
+        // Usually every entry of the chunk, in order (nothing merged): no gather needed.
+        let same = self.src.len() == chunk.num_rows()
+            && self.src.iter().enumerate().all(|(k, &i)| k == i as usize);
         let src = UInt32Array::from(self.src);
-        let worker_ids = take(chunk.column(c::WORKER), &src, None)?;
-        let part_names = StringArray::from_iter_values(names.names().iter().map(|n| n.as_ref()));
+        let pick = |i: usize| -> Result<ArrayRef> {
+            Ok(match same {
+                true => chunk.column(i).clone(),
+                false => take(chunk.column(i), &src, None)?,
+            })
+        };
+        let worker_ids = pick(c::WORKER)?;
         let u = |v: Vec<u64>| -> ArrayRef { Arc::new(UInt64Array::from(v)) };
         let mut cols: Vec<ArrayRef> = vec![
-            take(chunk.column(c::LABEL), &src, None)?,
-            take(chunk.column(c::BLOCK), &src, None)?,
+            pick(c::LABEL)?,
+            pick(c::BLOCK)?,
             take(workers, worker_ids.as_primitive::<UInt32Type>(), None)?,
-            take(chunk.column(c::COMMIT), &src, None)?,
-            take(&part_names, &UInt32Array::from(self.part), None)?,
+            pick(c::COMMIT)?,
+            take(parts, &UInt32Array::from(self.part), None)?,
             u(self.row_start),
             u(self.row_count),
         ];
@@ -511,6 +526,14 @@ impl NewEntries {
         }
         Ok(RecordBatch::try_new(schema.clone(), cols)?)
     }
+}
+
+/// A chunk's new entries, handed to the segment writer's thread (which builds their batch).
+struct Job {
+    chunk: RecordBatch,
+    new: NewEntries,
+    /// Part paths by id (as of the chunk).
+    parts: StringArray,
 }
 
 /// Scans labels `lo ..= hi` of `idx` chunk by chunk, copies the fragmented labels' rows into
@@ -522,15 +545,12 @@ fn rewrite(
     lo: u64,
     hi: u64,
     out: &mut Output,
-    w: &std::sync::mpsc::SyncSender<RecordBatch>,
-    seg_schema: &arrow::datatypes::SchemaRef,
+    w: &std::sync::mpsc::SyncSender<Job>,
     opts: &OptimizeOptions,
     summary: &mut OptimizeSummary,
 ) -> Result<()> {
     let cols: Vec<usize> = (0..idx.schema.part_columns()).collect();
     let schema = idx.projected(&cols);
-    let workers =
-        StringArray::from_iter_values(idx.view.manifest.workers.iter().map(|w| w.worker.as_str()));
     let mut scan = ChunkScan::new(&idx.view, lo, hi, opts.chunk_entries)?;
     while let Some(chunk) = scan.next_chunk()? {
         let b = &chunk.batch;
@@ -557,8 +577,16 @@ fn rewrite(
             u64s(b, c::ROW_START),
             u64s(b, c::ROW_COUNT),
         );
-        let bx: Vec<&[f64]> = (0..6).map(|d| f64s(b, c::BBOX + d)).collect();
-        let bbox = |i: usize| -> [f64; 6] { std::array::from_fn(|d| bx[d][i]) };
+        // Boxes of the kept entries come from the index; those of moved entries from their rows.
+        let kept: Vec<u32> = chunk
+            .labels
+            .windows(2)
+            .zip(&frag)
+            .filter(|x| !*x.1)
+            .flat_map(|(g, _)| g[0] as u32..g[1] as u32)
+            .collect();
+        let kept_boxes = scan.boxes(&chunk, &kept)?;
+        let mut kept_at = 0;
         let blocks = Blocks::of(b.column(c::BLOCK))?;
         let mut new = NewEntries::with_capacity(b.num_rows());
         let mut rows = RowCursor::default();
@@ -567,7 +595,9 @@ fn rewrite(
             let (s, e) = (chunk.labels[g], chunk.labels[g + 1]);
             if !fr {
                 for i in s..e {
-                    new.push(i, part[i], start[i], count[i], bbox(i));
+                    let bbox = std::array::from_fn(|d| kept_boxes[d][kept_at]);
+                    kept_at += 1;
+                    new.push(i, part[i], start[i], count[i], bbox);
                 }
                 continue;
             }
@@ -622,6 +652,7 @@ fn rewrite(
                 summary.points_rewritten += n;
                 // Extends the previous new entry when this one continues it (same label,
                 // block, worker and commit, same part, next row); else a new entry.
+                let bbox = rows.advance(n as usize, out)?;
                 let k = new.src.len();
                 let merged = k > moved_from && {
                     let j = new.src[k - 1] as usize;
@@ -636,14 +667,13 @@ fn rewrite(
                     new.row_count[k - 1] += n;
                     for d in 0..3 {
                         let v = &mut new.bbox[d][k - 1];
-                        *v = v.min(bx[d][i]);
+                        *v = v.min(bbox[d]);
                         let v = &mut new.bbox[d + 3][k - 1];
-                        *v = v.max(bx[d + 3][i]);
+                        *v = v.max(bbox[d + 3]);
                     }
                 } else {
-                    new.push(i, pid, row_start, n, bbox(i));
+                    new.push(i, pid, row_start, n, bbox);
                 }
-                rows.advance(n as usize, out)?;
                 since_check += n;
                 if since_check >= opts.chunk_rows {
                     since_check = 0;
@@ -654,8 +684,13 @@ fn rewrite(
         }
         rows.cut(out);
         summary.entries_after += new.src.len() as u64;
-        let batch = new.batch(b, &workers, &scan.parts, seg_schema)?;
-        w.send(batch)
+        let parts = StringArray::from_iter_values(scan.parts.names().iter().map(|n| n.as_ref()));
+        let job = Job {
+            chunk: chunk.batch.clone(),
+            new,
+            parts,
+        };
+        w.send(job)
             .map_err(|_| Error::Internal("optimize: the index segment writer stopped".into()))?;
     }
     Ok(())
@@ -665,7 +700,8 @@ fn rewrite(
 #[derive(Default)]
 struct RowCursor {
     batches: std::collections::VecDeque<RecordBatch>,
-    cur: Option<RecordBatch>,
+    /// The batch being consumed, and its x, y, z as DOUBLE (for the boxes).
+    cur: Option<(RecordBatch, [Float64Array; 3])>,
     /// Start of the span not yet appended to the output.
     start: usize,
     pos: usize,
@@ -687,7 +723,7 @@ impl RowCursor {
 
     /// Appends the pending span to `out`.
     fn cut(&mut self, out: &mut Output) {
-        if let Some(b) = &self.cur {
+        if let Some((b, _)) = &self.cur {
             if self.pos > self.start {
                 out.append(b.slice(self.start, self.pos - self.start));
             }
@@ -695,26 +731,48 @@ impl RowCursor {
         self.start = self.pos;
     }
 
-    /// Consumes `n` rows (appending spans to `out` as batches end).
-    fn advance(&mut self, mut n: usize, out: &mut Output) -> Result<()> {
+    /// Consumes `n` rows (appending spans to `out` as batches end); returns their box, computed
+    /// as writers compute it (coordinates as DOUBLE; min and max ignore NaN).
+    fn advance(&mut self, mut n: usize, out: &mut Output) -> Result<[f64; 6]> {
+        let mut bbox = [
+            f64::INFINITY,
+            f64::INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+        ];
         while n > 0 {
-            if self.cur.as_ref().is_none_or(|b| self.pos >= b.num_rows()) {
+            let len = self.cur.as_ref().map_or(0, |c| c.0.num_rows());
+            if self.pos >= len {
                 self.cut(out);
-                self.cur = Some(
-                    self.batches
-                        .pop_front()
-                        .ok_or_else(|| Error::Internal("optimize: rows ran out".into()))?,
-                );
+                let b = self
+                    .batches
+                    .pop_front()
+                    .ok_or_else(|| Error::Internal("optimize: rows ran out".into()))?;
+                let xyz = col::XYZ.map(|i| {
+                    arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Float64)
+                        .map(|a| a.as_primitive::<arrow::datatypes::Float64Type>().clone())
+                });
+                let [x, y, z] = xyz;
+                self.cur = Some((b, [x?, y?, z?]));
                 self.start = 0;
                 self.pos = 0;
                 continue;
             }
-            let len = self.cur.as_ref().map(|b| b.num_rows()).unwrap_or(0);
             let k = n.min(len - self.pos);
+            if let Some((_, xyz)) = &self.cur {
+                for (d, a) in xyz.iter().enumerate() {
+                    for &v in &a.values()[self.pos..self.pos + k] {
+                        bbox[d] = bbox[d].min(v);
+                        bbox[d + 3] = bbox[d + 3].max(v);
+                    }
+                }
+            }
             self.pos += k;
             n -= k;
         }
-        Ok(())
+        Ok(bbox)
     }
 }
 
