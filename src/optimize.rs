@@ -7,9 +7,14 @@
 //! within a label in index order (block, then worker), into new parts under `optimized/`, and
 //! publishes a new generation whose single run of segments points there.
 //!
-//! - Each page is decoded about once: fragmented labels are gathered into windows of up to
-//!   `chunk_rows` rows, and each source part is read once per window (one row selection for
-//!   all of the window's ranges in it), whatever the number of labels.
+//! - Columnar: the index is scanned in label-range chunks of whole labels as Arrow columns
+//!   ([`crate::entry_chunks`]); a chunk's fragmented labels are read in pieces of at most
+//!   `chunk_rows` rows, one row selection per source part (each page decoded about once per
+//!   piece that needs it), gathered into label order with one `take` per column; the new
+//!   entries are built as columns and written as one batch per chunk by the segment writer, on
+//!   its own thread while the next chunk is copied. Nothing is done per entry but arithmetic.
+//! - Boxes of moved entries are computed from their rows (as writers compute them); the index's
+//!   box columns are read only for labels left in place.
 //! - Block ids, workers and commit numbers are kept: each old entry becomes one new entry (adjacent
 //!   entries of the same (label, block, worker, commit) are merged), so supersession by a later
 //!   commit of the same worker works exactly as before, and `pocaduck_blocks` is unchanged.
@@ -19,8 +24,9 @@
 //!   index is kept by reference. Several processes can optimize disjoint ranges at once: one
 //!   that loses the publish race re-bases onto the winner's generation when the segments it
 //!   replaced are unchanged there, and fails with a conflict error otherwise.
-//! - Bounded memory: one window of rows, one row group per index segment, one index row group
-//!   being written.
+//! - Bounded memory: about three chunks of `chunk_entries` entries (one being copied, one
+//!   waiting for the writer, one being encoded), one piece of `chunk_rows` rows, a part's row
+//!   group and an index row group being encoded.
 //! - Safe to interrupt: new parts and segments are complete before the new generation is
 //!   published with put-if-absent; until then readers use the previous generation. A run that
 //!   fails deletes what it wrote.
@@ -114,8 +120,8 @@ const FLUSH_ROWS: usize = 1 << 16;
 /// The optimized parts being written.
 struct Output {
     sink: PartSink,
-    /// The open part's id in the scan's part names.
-    part: Option<u32>,
+    /// The open part's id in the scan's part names, and its rows written to the sink.
+    part: Option<(u32, u64)>,
     /// Rows appended but not yet written to the open part (written in one batch).
     pending: Vec<RecordBatch>,
     pending_rows: usize,
@@ -142,19 +148,23 @@ impl Output {
         };
         self.pending.clear();
         self.pending_rows = 0;
-        match batch {
-            Some(b) => self.sink.write(&b).map(|_| ()),
-            None => Ok(()),
+        let Some(b) = batch else { return Ok(()) };
+        self.sink.write(&b)?;
+        if let Some(p) = &mut self.part {
+            p.1 += b.num_rows() as u64;
         }
+        Ok(())
     }
 
     /// The open part's id and its rows so far (appended ones), opening a part if needed.
     fn current(&mut self, names: &mut PartNames) -> Result<(u32, u64)> {
         let pending = self.pending_rows as u64;
-        let (name, written) = self.sink.current()?;
-        let id = match self.part {
-            Some(id) => id,
-            None => *self.part.insert(names.id(name)),
+        let (id, written) = match self.part {
+            Some(p) => p,
+            None => {
+                let (name, written) = self.sink.current()?;
+                *self.part.insert((names.id(name), written))
+            }
         };
         Ok((id, written + pending))
     }
@@ -577,16 +587,23 @@ fn rewrite(
             u64s(b, c::ROW_START),
             u64s(b, c::ROW_COUNT),
         );
-        // Boxes of the kept entries come from the index; those of moved entries from their rows.
-        let kept: Vec<u32> = chunk
-            .labels
-            .windows(2)
-            .zip(&frag)
-            .filter(|x| !*x.1)
-            .flat_map(|(g, _)| g[0] as u32..g[1] as u32)
-            .collect();
+        // Boxes of the kept entries come from the index; those of moved entries from their
+        // rows, unless entries are long (then reading a box is cheaper than scanning its rows).
+        let moved_rows: u64 = moved.iter().map(|&i| count[i as usize]).sum();
+        let index_boxes = moved_rows >= 64 * moved.len() as u64;
+        let kept: Vec<u32> = match index_boxes {
+            true => (0..b.num_rows() as u32).collect(),
+            false => chunk
+                .labels
+                .windows(2)
+                .zip(&frag)
+                .filter(|x| !*x.1)
+                .flat_map(|(g, _)| g[0] as u32..g[1] as u32)
+                .collect(),
+        };
         let kept_boxes = scan.boxes(&chunk, &kept)?;
         let mut kept_at = 0;
+        let index_box = |i: usize| -> [f64; 6] { std::array::from_fn(|d| kept_boxes[d][i]) };
         let blocks = Blocks::of(b.column(c::BLOCK))?;
         let mut new = NewEntries::with_capacity(b.num_rows());
         let mut rows = RowCursor::default();
@@ -595,7 +612,7 @@ fn rewrite(
             let (s, e) = (chunk.labels[g], chunk.labels[g + 1]);
             if !fr {
                 for i in s..e {
-                    let bbox = std::array::from_fn(|d| kept_boxes[d][kept_at]);
+                    let bbox = index_box(if index_boxes { i } else { kept_at });
                     kept_at += 1;
                     new.push(i, part[i], start[i], count[i], bbox);
                 }
@@ -652,16 +669,22 @@ fn rewrite(
                 summary.points_rewritten += n;
                 // Extends the previous new entry when this one continues it (same label,
                 // block, worker and commit, same part, next row); else a new entry.
-                let bbox = rows.advance(n as usize, out)?;
+                let bbox = match index_boxes {
+                    true => {
+                        rows.advance(n as usize, out, false)?;
+                        index_box(i)
+                    }
+                    false => rows.advance(n as usize, out, true)?,
+                };
                 let k = new.src.len();
                 let merged = k > moved_from && {
                     let j = new.src[k - 1] as usize;
-                    label[j] == label[i]
-                        && blocks.cmp(j, i).is_eq()
-                        && worker[j] == worker[i]
+                    worker[j] == worker[i]
                         && commit[j] == commit[i]
+                        && label[j] == label[i]
                         && new.part[k - 1] == pid
                         && new.row_start[k - 1] + new.row_count[k - 1] == row_start
+                        && blocks.cmp(j, i).is_eq()
                 };
                 if merged {
                     new.row_count[k - 1] += n;
@@ -701,7 +724,7 @@ fn rewrite(
 struct RowCursor {
     batches: std::collections::VecDeque<RecordBatch>,
     /// The batch being consumed, and its x, y, z as DOUBLE (for the boxes).
-    cur: Option<(RecordBatch, [Float64Array; 3])>,
+    cur: Option<(RecordBatch, Option<[Float64Array; 3]>)>,
     /// Start of the span not yet appended to the output.
     start: usize,
     pos: usize,
@@ -731,9 +754,10 @@ impl RowCursor {
         self.start = self.pos;
     }
 
-    /// Consumes `n` rows (appending spans to `out` as batches end); returns their box, computed
-    /// as writers compute it (coordinates as DOUBLE; min and max ignore NaN).
-    fn advance(&mut self, mut n: usize, out: &mut Output) -> Result<[f64; 6]> {
+    /// Consumes `n` rows (appending spans to `out` as batches end); returns their box (with
+    /// `want_box`; else an empty box), computed as writers compute it (coordinates as DOUBLE;
+    /// min and max ignore NaN).
+    fn advance(&mut self, mut n: usize, out: &mut Output, want_box: bool) -> Result<[f64; 6]> {
         let mut bbox = [
             f64::INFINITY,
             f64::INFINITY,
@@ -750,19 +774,21 @@ impl RowCursor {
                     .batches
                     .pop_front()
                     .ok_or_else(|| Error::Internal("optimize: rows ran out".into()))?;
-                let xyz = col::XYZ.map(|i| {
-                    arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Float64)
-                        .map(|a| a.as_primitive::<arrow::datatypes::Float64Type>().clone())
-                });
-                let [x, y, z] = xyz;
-                self.cur = Some((b, [x?, y?, z?]));
+                self.cur = Some((b, None));
                 self.start = 0;
                 self.pos = 0;
                 continue;
             }
             let k = n.min(len - self.pos);
-            if let Some((_, xyz)) = &self.cur {
-                for (d, a) in xyz.iter().enumerate() {
+            if let Some((b, xyz)) = self.cur.as_mut().filter(|_| want_box) {
+                if xyz.is_none() {
+                    let [x, y, z] = col::XYZ.map(|i| {
+                        arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Float64)
+                            .map(|a| a.as_primitive::<arrow::datatypes::Float64Type>().clone())
+                    });
+                    *xyz = Some([x?, y?, z?]);
+                }
+                for (d, a) in xyz.iter().flatten().enumerate() {
                     for &v in &a.values()[self.pos..self.pos + k] {
                         bbox[d] = bbox[d].min(v);
                         bbox[d + 3] = bbox[d + 3].max(v);
@@ -880,6 +906,7 @@ mod tests {
         };
         let (ok, n) = contiguous_labels(name);
         assert!(ok < n, "the test needs fragmented labels: {ok} of {n}");
+        let boxes_before = boxes(name);
 
         let s = optimize(&store, &JsonCodec, &small()).unwrap();
         assert_eq!(s.generation, 2);
@@ -889,6 +916,7 @@ mod tests {
         assert!(s.files_written > 1, "{s:?}");
         assert!(s.entries_after <= s.entries_before, "{s:?}");
         assert_eq!(read_all(name), expect);
+        assert_eq!(boxes(name), boxes_before);
         let idx = crate::reader::open(name, &JsonCodec).unwrap();
         let blocks_after: Vec<_> = (1..6).map(|l| idx.blocks(l).unwrap()).collect();
         assert_eq!(blocks_after, blocks_before);
@@ -922,6 +950,111 @@ mod tests {
         assert_eq!(read_all(name), expect);
         let (ok, n) = contiguous_labels(name);
         assert_eq!(ok, n);
+    }
+
+    /// Every label's (block → union of its entries' boxes), from a scan of the index.
+    fn boxes(name: &str) -> BTreeMap<(u64, String), [f64; 6]> {
+        let idx = crate::reader::open(name, &JsonCodec).unwrap();
+        let mut out: BTreeMap<(u64, String), [f64; 6]> = BTreeMap::new();
+        for r in idx.view.scan() {
+            for e in r.unwrap().1 {
+                let b = out
+                    .entry((e.entry.label, e.entry.block.to_string()))
+                    .or_insert([
+                        f64::INFINITY,
+                        f64::INFINITY,
+                        f64::INFINITY,
+                        f64::NEG_INFINITY,
+                        f64::NEG_INFINITY,
+                        f64::NEG_INFINITY,
+                    ]);
+                for d in 0..3 {
+                    b[d] = b[d].min(e.entry.bbox[d]);
+                    b[d + 3] = b[d + 3].max(e.entry.bbox[d + 3]);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn chunked_rewrite_keeps_points_boxes_and_blocks_across_chunks_parts_and_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let mut expect = Points::new();
+        // 4,000 labels in 3 blocks, by 3 workers, each in two commits (two parts each): over
+        // 12,000 entries, so the index scan takes several row groups and chunks. Labels that
+        // are a multiple of 7 are written once, by one worker in one block: contiguous, kept.
+        let n = 4000u64;
+        for (wi, w) in ["w1", "w2", "w3"].iter().enumerate() {
+            for half in 0..2u64 {
+                let blk = wi as u32;
+                let mut ls = Vec::new();
+                let mut ps = Vec::new();
+                for l in (0..n).filter(|l| l % 2 == half) {
+                    if l % 7 == 0 && wi > 0 {
+                        continue;
+                    }
+                    // 1 to 3 points, the first one off the label's grid so boxes differ.
+                    let k = 1 + (l % 3) as u32;
+                    let p: Vec<[i32; 3]> = (0..k)
+                        .map(|i| {
+                            [
+                                l as i32,
+                                blk as i32 * 100 + i as i32,
+                                -(i as i32) * (l % 5) as i32,
+                            ]
+                        })
+                        .collect();
+                    add(&mut expect, l, blk, &p);
+                    ls.extend(std::iter::repeat_n(l, p.len()));
+                    ps.extend(p);
+                }
+                write(name, w, &[rows(&ls, &format!("b{blk}"), &ps)]);
+            }
+        }
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        assert_eq!(read_all(name), expect);
+        let boxes_before = boxes(name);
+        let opts = |labels| OptimizeOptions {
+            target_file_size: 4 << 10,
+            chunk_rows: 1000,
+            chunk_entries: 5000,
+            labels,
+        };
+        // Two label ranges, one after the other (the split of `labels := [lo, hi)`).
+        let a = optimize(&store, &JsonCodec, &opts(Some((0, 2499)))).unwrap();
+        let b = optimize(&store, &JsonCodec, &opts(Some((2500, u64::MAX)))).unwrap();
+        assert_eq!(a.labels + b.labels, n, "{a:?} {b:?}");
+        let kept = (0..n).filter(|l| l % 7 == 0).count() as u64;
+        assert_eq!(a.labels_rewritten + b.labels_rewritten, n - kept);
+        assert!(a.files_written > 1 && b.files_written > 1, "{a:?} {b:?}");
+        assert_eq!(read_all(name), expect);
+        assert_eq!(boxes(name), boxes_before);
+        assert_eq!(contiguous_labels(name), (n as usize, n as usize));
+
+        // A rerun of some (label, block)s by w2, consolidated: those labels are fragmented
+        // again (superseded entries in an older run), the rest kept with their boxes read
+        // from the optimized run.
+        let mut ls = Vec::new();
+        let mut ps = Vec::new();
+        for l in (0..n).filter(|l| l % 11 == 1) {
+            let p = vec![[7, 7, l as i32]];
+            expect.get_mut(&l).unwrap().retain(|q| q.0 != "b1");
+            add(&mut expect, l, 1, &p);
+            ls.push(l);
+            ps.extend(p);
+        }
+        write(name, "w2", &[rows(&ls, "b1", &ps)]);
+        consolidate(&store, &JsonCodec).unwrap();
+        assert_eq!(read_all(name), expect);
+        let boxes_before = boxes(name);
+        let c = optimize(&store, &JsonCodec, &opts(None)).unwrap();
+        assert_eq!(c.labels_rewritten, ls.len() as u64, "{c:?}");
+        assert_eq!(read_all(name), expect);
+        assert_eq!(boxes(name), boxes_before);
+        assert_eq!(contiguous_labels(name), (n as usize, n as usize));
     }
 
     #[test]

@@ -643,19 +643,19 @@ pub(crate) async fn gather_rows(
     }
     let mut off = vec![0usize; n];
     let mut jobs = Vec::with_capacity(used.len());
+    let mut sorted: Vec<(u64, u32)> = Vec::new();
     for (k, &p) in used.iter().enumerate() {
-        let g = &mut by_part[first[k]..first[k + 1]];
-        if !g
-            .windows(2)
-            .all(|w| start[w[0] as usize] <= start[w[1] as usize])
-        {
+        let g = &by_part[first[k]..first[k + 1]];
+        sorted.clear();
+        sorted.extend(g.iter().map(|&i| (start[i as usize], i)));
+        if !sorted.windows(2).all(|w| w[0].0 <= w[1].0) {
             // Stable and run-adaptive: a part of several sorted flushes is a few runs.
-            g.sort_by_key(|&i| start[i as usize]);
+            sorted.sort_by_key(|x| x.0);
         }
         let mut merged: Vec<(u64, u64)> = Vec::new();
         let mut o = 0usize;
-        for &i in g.iter() {
-            let (s, c) = (start[i as usize], count[i as usize]);
+        for &(s, i) in &sorted {
+            let c = count[i as usize];
             match merged.last_mut() {
                 Some(last) if last.0 + last.1 > s => {
                     return Err(Error::file(

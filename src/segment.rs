@@ -153,6 +153,8 @@ pub struct RunWriter<'a> {
     file: Option<OpenFile>,
     done: Vec<SegmentRef>,
     total: u64,
+    /// A file closes at the first label boundary after this many entries ([`FILE_ENTRIES`]).
+    file_entries: u64,
 }
 
 struct OpenFile {
@@ -185,7 +187,15 @@ impl<'a> RunWriter<'a> {
             file: None,
             done: Vec::new(),
             total: 0,
+            file_entries: FILE_ENTRIES,
         }
+    }
+
+    /// Closes files after `n` entries instead of [`FILE_ENTRIES`] (tests).
+    #[cfg(test)]
+    pub(crate) fn with_file_entries(mut self, n: u64) -> Self {
+        self.file_entries = n;
+        self
     }
 
     /// The Arrow schema of the batches [`RunWriter::push_batch`] takes (the segment schema).
@@ -227,7 +237,7 @@ impl<'a> RunWriter<'a> {
         let mut start = 0;
         while start < n {
             let have = self.file.as_ref().map_or(0, |f| f.entries) + self.pending_rows as u64;
-            let need = FILE_ENTRIES.saturating_sub(have) as usize;
+            let need = self.file_entries.saturating_sub(have) as usize;
             // The first label boundary at or after `need` more entries closes the file.
             let mut j = start + need;
             while j < n && j > start && labels[j] == labels[j - 1] {
@@ -1029,5 +1039,88 @@ impl<V: std::ops::Deref<Target = IndexView>> Iterator for Scan<V> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::BlockId;
+    use crate::schema::StoreSchema;
+    use crate::storage::OpenMode;
+
+    fn entry(label: u64, k: u64) -> UnifiedEntry {
+        UnifiedEntry {
+            worker: 0,
+            commit: 1,
+            entry: SegmentEntry {
+                label,
+                block: BlockId::Int(k as i64),
+                part: format!("workers/w/parts/p{}.parquet", label % 3),
+                row_start: label * 10 + k,
+                row_count: 1,
+                bbox: [k as f64, 0.0, 0.0, k as f64, 1.0, 2.0],
+            },
+        }
+    }
+
+    #[test]
+    fn batches_split_into_files_at_label_boundaries_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), OpenMode::Create).unwrap();
+        let schema = StoreSchema::from_json(
+            br#"{"format": 1, "columns": [{"name": "block", "type": "BIGINT"},
+                {"name": "x", "type": "INTEGER"}, {"name": "y", "type": "INTEGER"},
+                {"name": "z", "type": "INTEGER"}]}"#,
+        )
+        .unwrap();
+        let mut m = Manifest::empty(schema);
+        m.workers.push(crate::index::WorkerState {
+            worker: "w".into(),
+            last_commit: 1,
+        });
+        // Labels of 1 to 7 entries; batches cut anywhere between labels.
+        let all: Vec<UnifiedEntry> = (0..3000u64)
+            .flat_map(|l| (0..1 + l % 7).map(move |k| entry(l, k)))
+            .collect();
+        let mut w = RunWriter::new(&store, &m, 1, true).with_file_entries(5000);
+        let schema = w.schema().clone();
+        let mut at = 0;
+        // Batches of whole labels, of very different sizes; then labels one by one.
+        for n in [1u64, 400, 2000, 2600] {
+            let end = all.partition_point(|e| e.entry.label < n);
+            let b = entries_batch(&all[at..end], &["w".into()], &schema, ColumnType::Bigint);
+            w.push_batch(b.unwrap()).unwrap();
+            at = end;
+        }
+        for l in 2600..3000u64 {
+            let end = all.partition_point(|e| e.entry.label <= l);
+            w.push_label(all[at..end].to_vec()).unwrap();
+            at = end;
+        }
+        assert_eq!(at, all.len());
+        let refs = w.finish().unwrap();
+        assert!(refs.len() >= 2, "{refs:?}");
+        for f in refs.windows(2) {
+            assert!(
+                f[0].hi < f[1].lo,
+                "files overlap or split a label: {refs:?}"
+            );
+        }
+        for f in &refs {
+            // A file closes at the first label boundary after 5000 entries: at most one label
+            // (of at most 7 entries) beyond.
+            assert!(f.entries <= 5000 + 7, "{f:?}");
+        }
+        m.segments = refs;
+        let view = IndexView::new(
+            store.clone(),
+            crate::log::Generation {
+                manifest: m,
+                legacy: None,
+            },
+        );
+        let got: Vec<UnifiedEntry> = view.scan().flat_map(|r| r.unwrap().1).collect();
+        assert_eq!(got, all);
     }
 }
