@@ -607,8 +607,8 @@ impl ChunkScan<'_> {
                 let Some(&(_, pos)) = want.get(i) else {
                     return Err(err(&"corrupt index segment: more box rows than selected"));
                 };
-                for d in 0..6 {
-                    out[d][pos as usize] = cols[d][r];
+                for (o, col) in out.iter_mut().zip(&cols) {
+                    o[pos as usize] = col[r];
                 }
                 i += 1;
             }
