@@ -24,6 +24,8 @@ con.execute(f"FROM pocaduck_consolidate('{store}')").fetchall()
 shutil.copy(next((store / "segments").glob("*.parquet")), out / "index_segment/seed.parquet")
 shutil.rmtree(store)
 PY
+# Inputs that once crashed a target are replayed first.
+for t in segment part index_segment; do [ -d "fuzz/regressions/$t" ] && cp fuzz/regressions/$t/* "$corpus/$t/"; done
 for t in segment part index_segment; do
   echo "== fuzz $t for ${secs}s"
   cargo fuzz run -O --fuzz-dir fuzz "$t" "$corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=4096 2>&1 \

@@ -95,6 +95,55 @@ pub fn index_segment(dir: &std::path::Path, data: &[u8]) -> Result<usize> {
 mod tests {
     use super::*;
 
+    /// Inputs the fuzzers once crashed on (`fuzz/regressions/<target>/`) give errors, without a
+    /// panic. `segment/oom-footer-list-size`: its footer declares field 2 an integer whose bytes,
+    /// read as parquet-rs reads field 2 (a list header, whatever the declared type), claim 205
+    /// million schema elements, which parquet-rs would reserve (19.7 GB) before reading one: the
+    /// footer check must refuse it first. `index_segment/panic-arrow-schema-int-width`: its
+    /// embedded Arrow schema makes arrow-ipc panic (an integer 10,485,824 bits wide).
+    /// `segment/oom-dictionary-page-values`: a dictionary page header claims 1.15 billion values,
+    /// which parquet-rs would allocate and fill (9.2 GB) before decoding the page.
+    #[test]
+    fn fuzz_regressions_give_errors() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+        let work = tempfile::tempdir().unwrap();
+        let mut n = 0;
+        for target in ["segment", "index_segment", "part"] {
+            let Ok(dir) = std::fs::read_dir(root.join(target)) else {
+                continue;
+            };
+            for f in dir {
+                let path = f.unwrap().path();
+                let data = std::fs::read(&path).unwrap();
+                let r = std::panic::catch_unwind(|| match target {
+                    "segment" => segment(&data).map(|_| ()),
+                    "index_segment" => index_segment(work.path(), &data).map(|_| ()),
+                    // As fuzz/fuzz_targets/part.rs: the first byte × 7 is the rows claimed.
+                    _ => match data.split_first() {
+                        Some((r, body)) => part(work.path(), body, *r as u64 * 7).map(|_| ()),
+                        None => part(work.path(), &data, 0).map(|_| ()),
+                    },
+                });
+                let e = r
+                    .unwrap_or_else(|_| panic!("{} panicked", path.display()))
+                    .unwrap_err()
+                    .to_string();
+                let name = path.file_name().unwrap().to_str().unwrap();
+                let want = match name {
+                    "oom-footer-list-size" => {
+                        "corrupt Parquet footer: a value of Thrift type 5 where the format has another"
+                    }
+                    "panic-arrow-schema-int-width" => "corrupt Arrow schema in the Parquet footer",
+                    "oom-dictionary-page-values" => "value count",
+                    _ => "",
+                };
+                assert!(e.contains(want), "{name}: {e}");
+                n += 1;
+            }
+        }
+        assert!(n >= 3);
+    }
+
     /// A deterministic mutation smoke test of the fuzz entry points (the real fuzzing runs with
     /// `cargo fuzz`, see `scripts/fuzz.sh`).
     #[test]

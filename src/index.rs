@@ -197,8 +197,16 @@ fn decode_segment_inner(bytes: Bytes, store: &str, file: &str) -> Result<Vec<Seg
     let bad = |e: &dyn std::fmt::Display| {
         Error::file(store, file, format!("corrupt commit segment: {e}"))
     };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| bad(&e))?
+    let size = bytes.len() as u64;
+    let md = match crate::footer::decode(&bytes, size, false).map_err(|e| bad(&e))? {
+        crate::footer::Footer::Meta(m) => m,
+        crate::footer::Footer::Need(n) => {
+            return Err(bad(&format!("needs {n} bytes of a {size}-byte file")))
+        }
+    };
+    crate::footer::check_file_pages(&bytes, &md).map_err(|e| bad(&e))?;
+    let meta = crate::footer::arrow_metadata(*md, Default::default()).map_err(|e| bad(&e))?;
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta)
         .build()
         .map_err(|e| bad(&e))?;
     let mut out = Vec::new();

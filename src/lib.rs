@@ -19,6 +19,7 @@ pub mod check;
 pub mod consolidate;
 pub(crate) mod entry_chunks;
 pub mod error;
+pub mod footer;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod index;

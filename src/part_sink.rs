@@ -145,6 +145,11 @@ impl PartSink {
         Ok(())
     }
 
+    /// How many parts this sink has opened (the next one is `paths(made())`).
+    pub(crate) fn made(&self) -> u32 {
+        self.next
+    }
+
     /// The parts completed (and not yet taken).
     pub(crate) fn done(&self) -> &[Path] {
         &self.done

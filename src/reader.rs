@@ -20,11 +20,10 @@ use std::panic::AssertUnwindSafe;
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
 };
-use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 
 use crate::error::{Error, Result};
@@ -772,52 +771,6 @@ pub(crate) async fn gather_rows(
     Ok(out)
 }
 
-/// Reads a part's footer and page index with suffix requests; returns them and the part's size.
-async fn suffix_meta(
-    store: &Store,
-    path: &Path,
-    opts: ArrowReaderOptions,
-) -> Result<(ArrowReaderMetadata, u64)> {
-    use parquet::errors::ParquetError;
-    use parquet::file::metadata::ParquetMetaDataReader;
-    let err = |e: &dyn std::fmt::Display| Error::file(&store.name, path.as_ref(), e);
-    let fetch = |n: u64| async move {
-        let r = store
-            .objects
-            .get_opts(
-                path,
-                object_store::GetOptions {
-                    range: Some(object_store::GetRange::Suffix(n)),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let size = r.meta.size;
-        Ok::<_, object_store::Error>((r.bytes().await?, size))
-    };
-    let (mut bytes, size) = fetch(64 << 10).await.map_err(|e| err(&e))?;
-    let mut reader = ParquetMetaDataReader::new()
-        .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
-    loop {
-        match reader.try_parse_sized(&bytes, size) {
-            Ok(()) => break,
-            Err(ParquetError::NeedMoreData(needed)) if (needed as u64) > bytes.len() as u64 => {
-                bytes = fetch(needed as u64).await.map_err(|e| err(&e))?.0;
-                if reader.has_metadata() {
-                    reader
-                        .read_page_indexes_sized(&bytes, size)
-                        .map_err(|e| err(&e))?;
-                    break;
-                }
-            }
-            Err(e) => return Err(err(&e)),
-        }
-    }
-    let md = reader.finish().map_err(|e| err(&e))?;
-    let meta = ArrowReaderMetadata::try_new(Arc::new(md), opts).map_err(|e| err(&e))?;
-    Ok((meta, size))
-}
-
 /// A part's metadata (with its offset index) and its size.
 async fn part_meta(store: &Store, part: &Arc<str>) -> Result<(ArrowReaderMetadata, Option<u64>)> {
     let key = (store.cache_key(), part.clone());
@@ -826,28 +779,13 @@ async fn part_meta(store: &Store, part: &Arc<str>) -> Result<(ArrowReaderMetadat
     }
     let path = Path::from(part.as_ref());
     let err = |e: &dyn std::fmt::Display| Error::file(&store.name, part.as_ref(), e);
+    // One suffix request fetches the footer and the page index, and tells the size (no HEAD;
+    // Azure serves no suffix ranges and gets a HEAD first); a second one only if they are
+    // larger than the first fetch.
+    let (md, size) = crate::footer::load(store, &path, None, 64 << 10, true, "").await?;
     let opts = ArrowReaderOptions::new()
         .with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
-    let (meta, size) = if store.suffix_ranges() {
-        // One suffix request fetches the footer and the page index, and tells the size (no
-        // HEAD); a second one only if they are larger than the first fetch.
-        AssertUnwindSafe(suffix_meta(store, &path, opts))
-            .catch_unwind()
-            .await
-            .map_err(|p| err(&panic_message(p)))??
-    } else {
-        // Azure serves no suffix ranges: HEAD for the size, then the footer.
-        let head = store.objects.head(&path).await.map_err(|e| err(&e))?;
-        let mut reader = ParquetObjectReader::new(store.objects.clone(), path.clone())
-            .with_file_size(head.size)
-            .with_footer_size_hint(64 << 10);
-        let meta = AssertUnwindSafe(ArrowReaderMetadata::load_async(&mut reader, opts))
-            .catch_unwind()
-            .await
-            .map_err(|p| err(&panic_message(p)))?
-            .map_err(|e| err(&e))?;
-        (meta, head.size)
-    };
+    let meta = crate::footer::arrow_metadata(md, opts).map_err(|e| err(&e))?;
     let size = Some(size);
     if let Ok(mut c) = part_cache().lock() {
         if c.len() >= PART_CACHE {
@@ -1070,6 +1008,63 @@ mod tests {
         );
         let stats: Vec<_> = idx.label_stats().map(|r| r.unwrap()).collect();
         assert_eq!(stats, vec![(5, 4, 3), (6, 1, 1), (7, 1, 1)]);
+    }
+
+    /// Parts written by the release before LZ4 parts (zstd level 1, dictionary-encoded label and
+    /// block columns, 8,192-row pages) read back exactly.
+    #[test]
+    fn parts_of_the_previous_release_read_back() {
+        use parquet::basic::{Compression, Encoding, ZstdLevel};
+        use parquet::file::properties::{EnabledStatistics, WriterProperties};
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let n = 30_000;
+        let labels: Vec<u64> = (0..n).map(|i| (i * 7919 % 97) as u64).collect();
+        let pts: Vec<[i32; 3]> = (0..n).map(|i| [i as i32, 0, 0]).collect();
+        write(name, "w", &[rows(&labels, "a", &pts)]);
+        let mut rewritten = 0;
+        for f in std::fs::read_dir(dir.path().join("workers/w/parts")).unwrap() {
+            let path = f.unwrap().path();
+            let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&path).unwrap(),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+            let batches: Vec<RecordBatch> = r.map(|b| b.unwrap()).collect();
+            let schema = batches[0].schema();
+            let mut props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()))
+                .set_data_page_row_count_limit(8192)
+                .set_write_batch_size(8192)
+                .set_statistics_enabled(EnabledStatistics::Page);
+            for f in schema.fields().iter().skip(2) {
+                let col = parquet::schema::types::ColumnPath::from(f.name().as_str());
+                props = props
+                    .set_column_dictionary_enabled(col.clone(), false)
+                    .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
+            }
+            let mut out = Vec::new();
+            let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, Some(props.build()))
+                .unwrap();
+            for b in &batches {
+                w.write(b).unwrap();
+            }
+            w.close().unwrap();
+            std::fs::write(&path, out).unwrap();
+            rewritten += 1;
+        }
+        assert!(rewritten > 0);
+        consolidate(&Store::open(name, OpenMode::Existing).unwrap(), &JsonCodec).unwrap();
+        let idx = open(name, &JsonCodec).unwrap();
+        for l in [0u64, 1, 50, 96] {
+            let want: Vec<i32> = (0..n)
+                .filter(|&i| labels[i] == l)
+                .map(|i| i as i32)
+                .collect();
+            assert!(!want.is_empty());
+            assert_eq!(xs(&idx.points(&[l], &[2]).unwrap()), want, "label {l}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use arrow::datatypes::SchemaRef;
 use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding};
 use parquet::file::metadata::KeyValue;
@@ -51,8 +51,9 @@ pub const ROW_GROUP_ENTRIES: usize = 8192;
 pub const PAGE_ENTRIES: usize = 1024;
 
 /// A run's file is closed at the first label boundary after this many entries, so that a
-/// footer stays small (~250 row groups) and a lookup touches one file of a run.
-pub const FILE_ENTRIES: u64 = 2 << 20;
+/// footer stays small (128 row groups, ~115 KB, parsed by a cold lookup) and a lookup touches
+/// one file of a run.
+pub const FILE_ENTRIES: u64 = 1 << 20;
 
 /// Runs merge when a tier holds this many.
 pub const FANOUT: usize = 8;
@@ -471,17 +472,16 @@ pub(crate) async fn footer(store: &Store, r: &SegmentRef, cached: bool) -> Resul
     let err = |e: &dyn std::fmt::Display| {
         Error::file(&store.name, r.file.as_str(), format!("index segment: {e}"))
     };
-    let mut reader = ParquetObjectReader::new(store.objects.clone(), Path::from(r.file.as_str()))
-        .with_file_size(r.bytes)
-        .with_footer_size_hint(256 << 10);
-    let meta = AssertUnwindSafe(ArrowReaderMetadata::load_async(
-        &mut reader,
-        ArrowReaderOptions::new(),
-    ))
-    .catch_unwind()
-    .await
-    .map_err(|_| err(&"corrupt file: the Parquet decoder failed"))?
-    .map_err(|e| err(&e))?;
+    let (md, _) = crate::footer::load(
+        store,
+        &Path::from(r.file.as_str()),
+        Some(r.bytes),
+        256 << 10,
+        false,
+        "index segment: ",
+    )
+    .await?;
+    let meta = crate::footer::arrow_metadata(md, ArrowReaderOptions::new()).map_err(|e| err(&e))?;
     let kv = meta.metadata().file_metadata().key_value_metadata();
     let get = |k: &str| {
         kv.and_then(|kv| kv.iter().find(|x| x.key == k))
@@ -595,7 +595,10 @@ pub(crate) fn decode_entries(
     out: &mut Vec<UnifiedEntry>,
 ) -> Result<()> {
     if b.num_columns() != 13 && b.num_columns() != 7 {
-        return Err(bad("expected 13 columns"));
+        return Err(bad(&format!(
+            "expected 13 columns (or the first 7, without the boxes), found {}",
+            b.num_columns()
+        )));
     }
     let u = |i: usize| {
         b.column(i)

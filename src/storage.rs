@@ -394,7 +394,7 @@ impl Store {
         path: &Path,
         size: Option<u64>,
     ) -> Box<dyn parquet::arrow::async_reader::AsyncFileReader> {
-        match &self.local_dir {
+        let r: Box<dyn parquet::arrow::async_reader::AsyncFileReader> = match &self.local_dir {
             Some(dir) => Box::new(LocalParquet {
                 path: dir.join(path.as_ref()),
                 file: None,
@@ -410,7 +410,9 @@ impl Store {
                     None => r,
                 })
             }
-        }
+        };
+        // Pages are checked before parquet-rs decodes them (see `footer`).
+        Box::new(crate::footer::CheckedPages(r))
     }
 
     /// Whether the store serves suffix byte ranges (`bytes=-N`): local, S3 and GCS do, Azure
@@ -547,6 +549,15 @@ impl LocalParquet {
             .ok_or_else(|| parquet::errors::ParquetError::General("no file".into()))
     }
 
+    fn size(&mut self) -> parquet::errors::Result<u64> {
+        if let Some(s) = self.size {
+            return Ok(s);
+        }
+        let s = self.file()?.metadata()?.len();
+        self.size = Some(s);
+        Ok(s)
+    }
+
     /// Reads `ranges` (merging those closer than [`COALESCE_GAP`] into one read).
     fn read(&mut self, ranges: &[std::ops::Range<u64>]) -> parquet::errors::Result<Vec<Bytes>> {
         use std::os::unix::fs::FileExt;
@@ -562,6 +573,14 @@ impl LocalParquet {
             while j < order.len() && ranges[order[j]].start <= end.saturating_add(COALESCE_GAP) {
                 end = end.max(ranges[order[j]].end);
                 j += 1;
+            }
+            // Ranges come from file metadata: refuse any past the end before allocating.
+            let size = self.size()?;
+            if end > size {
+                return Err(parquet::errors::ParquetError::General(format!(
+                    "{}: bytes {start}..{end} are past the end of the {size}-byte file",
+                    self.path.display()
+                )));
             }
             let len = usize::try_from(end.saturating_sub(start)).map_err(|_| {
                 parquet::errors::ParquetError::General(format!("range {start}..{end} too large"))
@@ -613,17 +632,27 @@ impl parquet::arrow::async_reader::AsyncFileReader for LocalParquet {
         parquet::errors::Result<Arc<parquet::file::metadata::ParquetMetaData>>,
     > {
         Box::pin(async move {
-            let size = match self.size {
-                Some(s) => s,
-                None => self.file()?.metadata()?.len(),
-            };
-            let mut reader = parquet::file::metadata::ParquetMetaDataReader::new();
-            if let Some(o) = options {
-                reader = reader
-                    .with_column_index_policy(o.column_index_policy())
-                    .with_offset_index_policy(o.offset_index_policy());
+            let size = self.size()?;
+            let offset_index = options.is_some_and(|o| {
+                o.offset_index_policy() != parquet::file::metadata::PageIndexPolicy::Skip
+            });
+            let mut n = size.min(64 << 10);
+            loop {
+                let tail = self
+                    .read(std::slice::from_ref(&(size - n..size)))?
+                    .remove(0);
+                match crate::footer::decode(&tail, size, offset_index)
+                    .map_err(parquet::errors::ParquetError::General)?
+                {
+                    crate::footer::Footer::Meta(m) => return Ok(Arc::new(*m)),
+                    crate::footer::Footer::Need(k) if k > n && k <= size => n = k,
+                    crate::footer::Footer::Need(k) => {
+                        return Err(parquet::errors::ParquetError::General(format!(
+                            "corrupt Parquet footer: needs the last {k} bytes of a {size}-byte file"
+                        )))
+                    }
+                }
             }
-            Ok(Arc::new(reader.load_and_finish(self, size).await?))
         })
     }
 }

@@ -6,7 +6,7 @@ use duckdb::core::LogicalTypeId;
 
 use super::args::{arg_labels, bbox_value};
 use super::index_db::DuckDbCodec;
-use super::vtab::{BatchIter, Bind, Pieces, TableFn};
+use super::vtab::{Bind, Pieces, TableFn};
 use crate::error::{Error, Result};
 use crate::reader::{self, BBox, ScanRequest};
 use crate::schema::{col, FIXED};
@@ -69,12 +69,6 @@ fn shared_points(args: &PointsArgs, columns: &[usize]) -> Result<Option<(Box<dyn
     Ok(Some((Box::new(s.shared()), threads)))
 }
 
-/// Shared execution: opened again per execution, so a prepared statement sees the newest
-/// generation.
-fn stream_points(args: &PointsArgs, columns: &[usize]) -> Result<BatchIter> {
-    Ok(Box::new(open_stream(args, columns)?))
-}
-
 fn open_stream(args: &PointsArgs, columns: &[usize]) -> Result<reader::PointStream> {
     let wanted: Vec<usize> = columns
         .iter()
@@ -104,10 +98,6 @@ impl TableFn for Points {
         bind_points(b, Some(labels), with_label, bbox)
     }
 
-    fn rows(args: &PointsArgs, columns: &[usize]) -> Result<BatchIter> {
-        stream_points(args, columns)
-    }
-
     fn pieces(args: &PointsArgs, columns: &[usize]) -> Result<Option<(Box<dyn Pieces>, u64)>> {
         shared_points(args, columns)
     }
@@ -126,10 +116,6 @@ impl TableFn for PointsInBox {
         }
         let bbox = bbox_value(&v, "bbox")?;
         bind_points(b, None, true, Some(bbox))
-    }
-
-    fn rows(args: &PointsArgs, columns: &[usize]) -> Result<BatchIter> {
-        stream_points(args, columns)
     }
 
     fn pieces(args: &PointsArgs, columns: &[usize]) -> Result<Option<(Box<dyn Pieces>, u64)>> {

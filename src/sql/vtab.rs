@@ -4,9 +4,9 @@
 //! - [`Bind`]: the bind prologue (`SET pocaduck_storage_options` applied, the `store` argument,
 //!   named arguments, result columns);
 //! - [`Table`]: the adapter from a [`TableFn`] to duckdb-rs' `VTab`. It binds inside [`run`] (an
-//!   error or a panic becomes `<function>: <message>`), and produces the rows at the first `func`
-//!   call of each execution, so a prepared statement executed again does its work again and sees
-//!   the newest generation;
+//!   error or a panic becomes `<function>: <message>`), and starts the rows anew for each
+//!   execution (its pieces at init, or its single stream at the first `func` call), so a prepared
+//!   statement executed again does its work again and sees the newest generation;
 //! - [`Emitter`]: hands result batches to DuckDB in chunks of at most 2048 rows, pulling a stream
 //!   only as far as DuckDB asks (`LIMIT` stops reading);
 //! - [`ubigint_row`], [`one_batch`]: the result of a one-row function.
@@ -58,9 +58,15 @@ pub trait TableFn: 'static {
     /// Validates the arguments and declares the result columns.
     fn bind(b: &Bind) -> Result<Self::Args>;
 
-    /// The rows of one execution. `columns` holds the indices of the result columns DuckDB wants
-    /// when [`TableFn::PROJECTION`] is set (empty otherwise).
-    fn rows(args: &Self::Args, columns: &[usize]) -> Result<BatchIter>;
+    /// The rows of one execution, on one thread. `columns` holds the indices of the result
+    /// columns DuckDB wants when [`TableFn::PROJECTION`] is set (empty otherwise). A function
+    /// whose [`TableFn::pieces`] always returns `Some` need not implement it.
+    fn rows(_args: &Self::Args, _columns: &[usize]) -> Result<BatchIter> {
+        Err(Error::Internal(format!(
+            "{}: neither rows nor pieces to produce",
+            Self::NAME
+        )))
+    }
 
     /// Rows that several DuckDB threads may produce at once, made when an execution starts: a
     /// source of independent pieces and the number of threads worth using. `None` (the
@@ -261,11 +267,7 @@ impl Emitter {
     pub fn emit(&mut self, output: &mut DataChunkHandle) -> std::result::Result<(), BoxErr> {
         loop {
             if let Some(b) = self.cur.as_ref().filter(|b| self.pos < b.num_rows()) {
-                let n = (b.num_rows() - self.pos).min(2048);
-                record_batch_to_duckdb_data_chunk(&b.slice(self.pos, n), output)?;
-                output.set_len(n);
-                self.pos += n;
-                return Ok(());
+                return fill(output, &next_slice(b, &mut self.pos));
             }
             match run(self.func, || self.iter.next().transpose())? {
                 Some(b) => {
@@ -279,6 +281,21 @@ impl Emitter {
             }
         }
     }
+}
+
+/// The rows of `b` from `*pos` that fit one DuckDB vector (2048), advancing `*pos` past them.
+fn next_slice(b: &RecordBatch, pos: &mut usize) -> RecordBatch {
+    let n = (b.num_rows() - *pos).min(2048);
+    let out = b.slice(*pos, n);
+    *pos += n;
+    out
+}
+
+/// Writes `b` (at most one vector of rows) into `output`.
+fn fill(output: &mut DataChunkHandle, b: &RecordBatch) -> std::result::Result<(), BoxErr> {
+    record_batch_to_duckdb_data_chunk(b, output)?;
+    output.set_len(b.num_rows());
+    Ok(())
 }
 
 /// The state of one execution: the columns wanted, then the rows once started.
@@ -313,17 +330,13 @@ impl Shared {
                     .map_err(|_| format!("{func}: execution lock poisoned"))?;
                 let (batches, pos) = &mut *q;
                 if let Some(b) = batches.front() {
-                    let n = (b.num_rows() - *pos).min(2048);
-                    let piece = b.slice(*pos, n);
-                    *pos += n;
+                    let piece = next_slice(b, pos);
                     if *pos >= b.num_rows() {
                         batches.pop_front();
                         *pos = 0;
                     }
                     drop(q);
-                    record_batch_to_duckdb_data_chunk(&piece, output)?;
-                    output.set_len(n);
-                    return Ok(());
+                    return fill(output, &piece);
                 }
             }
             match run(func, || self.pieces.next_piece().transpose())? {

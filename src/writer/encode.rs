@@ -10,10 +10,28 @@ const SLICE_ROWS: usize = 8192;
 pub(super) struct PartWriter {
     pub(super) sink: PartSink,
     pub(super) entries: Vec<SegmentEntry>,
+    /// `entries.len()` after each buffer (job) encoded, so that a statement's jobs can be
+    /// dropped: entries never span two jobs.
+    pub(super) job_ends: Vec<usize>,
 }
 
 impl PartWriter {
+    pub(super) fn new(sink: PartSink) -> PartWriter {
+        PartWriter {
+            sink,
+            entries: Vec::new(),
+            job_ends: Vec::new(),
+        }
+    }
+
+    /// Encodes one buffer (a job).
     pub(super) fn encode(&mut self, batches: Vec<RecordBatch>, target: u64) -> Result<()> {
+        self.encode_job(batches, target)?;
+        self.job_ends.push(self.entries.len());
+        Ok(())
+    }
+
+    fn encode_job(&mut self, batches: Vec<RecordBatch>, target: u64) -> Result<()> {
         // Sort on the label and block columns only, then gather the rows straight from the
         // buffered batches (no concatenated copy of the coordinates).
         let key_cols = batches
@@ -61,10 +79,13 @@ impl PartWriter {
         let runs = runs(slice, ranks)?;
         let (part_name, base) = self.sink.write(slice)?;
         let full = self.sink.size() >= target;
+        let job_start = self.job_ends.last().copied().unwrap_or(0);
         for mut r in runs {
             r.part = part_name.clone();
             r.row_start += base;
-            if !self.entries.last_mut().is_some_and(|l| l.absorb(&r)) {
+            let absorbed = self.entries.len() > job_start
+                && self.entries.last_mut().is_some_and(|l| l.absorb(&r));
+            if !absorbed {
                 self.entries.push(r);
             }
         }
@@ -79,6 +100,7 @@ impl PartWriter {
     pub(super) fn discard(&mut self) {
         self.sink.discard();
         self.entries.clear();
+        self.job_ends.clear();
     }
 }
 

@@ -12,8 +12,12 @@
 //! - [`Session::commit`] closes the open part and then creates the worker's next commit segment
 //!   with put-if-absent. **The commit segment is the durability point**: before it exists none of
 //!   the session's rows are visible to consolidate; after, all are.
-//! - A failed statement rolls back its own rows if they are still in the buffer; otherwise the
-//!   whole uncommitted session is discarded (its parts deleted), so nothing half-written is ever
+//! - A failed statement rolls back its own rows, and only those: rows still buffered are dropped;
+//!   rows already encoded are dropped from the session's entries (an encoded buffer never mixes
+//!   two statements' rows, and entries never span two buffers), and parts left holding none of
+//!   the session's remaining rows are deleted. Rows of a rolled-back statement that share a part
+//!   with kept rows stay in that part, unreferenced. Only if the encoder itself failed is the
+//!   whole uncommitted session discarded (its parts deleted), so nothing half-written is ever
 //!   referenced.
 //!
 //! Files: this one holds the [`Session`] (options, schema negotiation, buffering, statement
@@ -131,9 +135,12 @@ pub struct Session {
     parts_done: Vec<Path>,
     entries: Vec<SegmentEntry>,
     points: u64,
-    /// Incremented whenever buffered rows are encoded; a statement can be rolled back exactly only
-    /// if no encode happened since it began.
+    /// Buffers handed to the encoder so far (jobs, numbered from 0).
     encodes: u64,
+    /// `entries.len()` after each job, for the jobs the encoder has finished and handed over.
+    job_ends: Vec<usize>,
+    /// Parts opened by earlier encoders of this session (a new encoder numbers on from here).
+    parts_made: u32,
     /// Where the current statement began, for [`Session::rollback_statement`].
     stmt_start: StatementMark,
     /// A statement is writing into the session.
@@ -147,8 +154,8 @@ struct StatementMark {
     buffered_batches: usize,
     /// Bytes in the buffer.
     buffered_bytes: usize,
-    /// [`Session::encodes`]: the rollback is exact only while it is unchanged.
-    encodes: u64,
+    /// The first job holding rows of this statement: jobs before it hold only earlier rows.
+    first_job: u64,
     /// Points written in the session.
     points: u64,
 }
@@ -206,6 +213,8 @@ impl Session {
             entries: Vec::new(),
             points: 0,
             encodes: 0,
+            job_ends: Vec::new(),
+            parts_made: 0,
             stmt_start: StatementMark::default(),
             in_statement: false,
         })
@@ -255,7 +264,7 @@ impl Session {
         self.stmt_start = StatementMark {
             buffered_batches: self.buffer.len(),
             buffered_bytes: self.buffered_bytes,
-            encodes: self.encodes,
+            first_job: self.encodes,
             points: self.points,
         };
         Ok(())
@@ -271,18 +280,43 @@ impl Session {
         self.in_statement = false;
     }
 
-    /// Undoes the current statement's rows and ends it. Returns `false` if that was impossible
-    /// because some of them were already encoded; the caller must then drop the session (which
-    /// discards everything uncommitted).
+    /// Undoes the current statement's rows and ends it, keeping every earlier row of the session.
+    /// Returns `false` if that was impossible because the encoder failed; the caller must then
+    /// drop the session (which discards everything uncommitted).
     pub fn rollback_statement(&mut self) -> bool {
         self.in_statement = false;
         let mark = self.stmt_start;
-        if self.encodes != mark.encodes {
-            return false;
-        }
         self.buffer.truncate(mark.buffered_batches);
         self.buffered_bytes = mark.buffered_bytes;
         self.points = mark.points;
+        if self.encodes == mark.first_job {
+            return true;
+        }
+        // Some of the statement's rows are encoded: wait for the encoder, then keep the entries
+        // of the jobs before the statement's.
+        if self.finish_encoder().is_err() {
+            return false;
+        }
+        let keep = match mark.first_job {
+            0 => 0,
+            j => match self.job_ends.get(j as usize - 1) {
+                Some(&k) => k,
+                None => return false,
+            },
+        };
+        self.entries.truncate(keep);
+        self.job_ends.truncate(mark.first_job as usize);
+        self.encodes = mark.first_job;
+        let used: std::collections::HashSet<&str> =
+            self.entries.iter().map(|e| e.part.as_str()).collect();
+        let (kept, unused): (Vec<Path>, Vec<Path>) = std::mem::take(&mut self.parts_done)
+            .into_iter()
+            .partition(|p| used.contains(p.as_ref()));
+        self.parts_done = kept;
+        for p in unused {
+            // A part left behind (delete failed) is referenced by no commit: never read.
+            let _ = self.store.delete(&p);
+        }
         true
     }
 
@@ -372,8 +406,29 @@ impl Session {
     /// encodes them into parts while new rows are buffered. Waits while the encoder is busy with
     /// the previous buffer (so at most two buffers exist).
     fn encode_buffer(&mut self) -> Result<()> {
+        // Rows of earlier statements still buffered go into a job of their own, so that this
+        // statement's rows can be rolled back alone.
+        let earlier = self.stmt_start.buffered_batches;
+        if self.in_statement && earlier > 0 && earlier < self.buffer.len() {
+            let rest = self.buffer.split_off(earlier);
+            let rest_bytes = self.buffered_bytes - self.stmt_start.buffered_bytes;
+            self.send_buffer()?;
+            self.buffer = rest;
+            self.buffered_bytes = rest_bytes;
+        }
+        self.send_buffer()
+    }
+
+    /// Hands the whole buffer to the encoder as one job.
+    fn send_buffer(&mut self) -> Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
+        }
+        if self.in_statement && self.stmt_start.buffered_batches > 0 {
+            // The buffer holds only earlier rows (none of this statement's yet).
+            self.stmt_start.buffered_batches = 0;
+            self.stmt_start.buffered_bytes = 0;
+            self.stmt_start.first_job = self.encodes + 1;
         }
         self.encodes += 1;
         if self.encoder.is_none() {
@@ -383,11 +438,13 @@ impl Session {
                 .ok_or_else(|| Error::Internal("no schema".into()))?
                 .arrow();
             let (worker, session) = (self.worker.clone(), self.id.clone());
-            let paths = Box::new(move |n| layout::part_file(&worker, &session, n));
-            self.encoder = Some(Encoder::spawn(PartWriter {
-                sink: PartSink::new(self.store.clone(), schema, paths),
-                entries: Vec::new(),
-            })?);
+            let base = self.parts_made;
+            let paths = Box::new(move |n| layout::part_file(&worker, &session, base + n));
+            self.encoder = Some(Encoder::spawn(PartWriter::new(PartSink::new(
+                self.store.clone(),
+                schema,
+                paths,
+            )))?);
         }
         let batches = std::mem::take(&mut self.buffer);
         self.buffered_bytes = 0;
@@ -411,7 +468,10 @@ impl Session {
         let (pw, res) = enc.join();
         if let Some(mut pw) = pw {
             let res = res.and_then(|_| pw.sink.close());
+            self.parts_made += pw.sink.made();
             self.parts_done.append(&mut pw.sink.take_done());
+            let base = self.entries.len();
+            self.job_ends.extend(pw.job_ends.iter().map(|e| base + e));
             self.entries.append(&mut pw.entries);
             if res.is_err() {
                 pw.discard();
@@ -473,6 +533,7 @@ impl Session {
         )?;
         summary.commit = seq;
         self.entries.clear();
+        self.job_ends.clear();
         self.parts_done.clear();
         Ok(summary)
     }
@@ -489,6 +550,7 @@ impl Session {
             let _ = self.store.delete(&p);
         }
         self.entries.clear();
+        self.job_ends.clear();
         self.points = 0;
     }
 
@@ -698,6 +760,85 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(end.commit.map(|c| (c.commit, c.points)), Some((1, 1)));
         assert!(lock_slot(&slot).is_none());
+    }
+
+    /// A failed statement whose rows were partly encoded already (small buffer) rolls back its
+    /// own rows only: every row of the earlier statements is committed, whether it was encoded
+    /// before the failing statement began or still buffered with the failing statement's rows.
+    #[test]
+    fn statement_rollback_keeps_earlier_encoded_rows() {
+        use crate::consolidate::tests::JsonCodec;
+        for buffered_first in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let name = dir.path().to_str().unwrap();
+            let opts = WriterOptions {
+                target_file_size: 64 << 10,
+                buffer_size: 1 << 20,
+            };
+            let mut s = Session::start(name, "w", vec![], "ATTRIBUTES", opts).unwrap();
+            let block = |k: i32, n: usize| {
+                let labels: Vec<u64> = (0..n).map(|i| (i % 50) as u64).collect();
+                let pts: Vec<[i32; 3]> = (0..n).map(|i| [k, i as i32, 0]).collect();
+                rows(&labels, &format!("b{k}"), &pts)
+            };
+            // Three statements that succeed: blocks 1..=3, 20,000 rows each (several encodes).
+            for k in 1..=3 {
+                s.begin_statement().unwrap();
+                s.append(&block(k, 20_000)).unwrap();
+                s.end_statement();
+            }
+            if buffered_first {
+                // A small statement whose rows stay buffered when the next one begins.
+                s.begin_statement().unwrap();
+                s.append(&block(4, 10)).unwrap();
+                s.end_statement();
+            }
+            let kept = s.pending_points();
+            let encodes = s.encodes;
+            s.begin_statement().unwrap();
+            for _ in 0..4 {
+                s.append(&block(9, 20_000)).unwrap();
+            }
+            assert!(
+                s.encodes > encodes,
+                "the failing statement's rows were encoded"
+            );
+            assert!(s.rollback_statement());
+            assert_eq!(s.pending_points(), kept);
+            // The session goes on: one more statement, then the commit.
+            s.begin_statement().unwrap();
+            s.append(&block(5, 1000)).unwrap();
+            s.end_statement();
+            let c = s.commit().unwrap();
+            assert_eq!(c.points, kept + 1000);
+            let store = Store::open(name, OpenMode::Existing).unwrap();
+            crate::consolidate::consolidate(&store, &JsonCodec).unwrap();
+            let idx = crate::reader::open(name, &JsonCodec).unwrap();
+            let labels: Vec<u64> = (0..50).collect();
+            let got = idx.points(&labels, &[2]).unwrap();
+            let mut per_block = std::collections::BTreeMap::<i32, u64>::new();
+            for b in &got {
+                let xs = b.column(0).as_any().downcast_ref::<Int32Array>().unwrap();
+                for x in xs.values() {
+                    *per_block.entry(*x).or_default() += 1;
+                }
+            }
+            let mut want = std::collections::BTreeMap::from([
+                (1, 20_000),
+                (2, 20_000),
+                (3, 20_000),
+                (5, 1000),
+            ]);
+            if buffered_first {
+                want.insert(4, 10);
+            }
+            assert_eq!(per_block, want, "buffered_first={buffered_first}");
+            // No part is left that holds none of the committed rows.
+            let parts = std::fs::read_dir(dir.path().join("workers/w/parts"))
+                .unwrap()
+                .count();
+            assert_eq!(parts as u64, c.parts, "buffered_first={buffered_first}");
+        }
     }
 
     #[test]
