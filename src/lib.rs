@@ -4,6 +4,7 @@
 //! - [`storage`]: object-store I/O; [`layout`]: where files live in a store;
 //! - [`schema`]: store schema and input validation; [`index`]: index entries, commit segments;
 //! - [`log`]: generations (manifests) and publishing; [`segment`]: index segments and lookups;
+//!   `entry_chunks`: index entries as columns, in label-range chunks (for optimize);
 //! - [`writer`]: ingest sessions; [`part_sink`]: writing part files (for writer and optimize);
 //! - [`consolidate`]: building the unified index;
 //! - [`optimize`]: rewriting fragmented labels; [`reader`]: points, labels and blocks queries.
@@ -16,6 +17,7 @@
 
 pub mod check;
 pub mod consolidate;
+pub(crate) mod entry_chunks;
 pub mod error;
 pub mod footer;
 #[doc(hidden)]

@@ -7,9 +7,14 @@
 //! within a label in index order (block, then worker), into new parts under `optimized/`, and
 //! publishes a new generation whose single run of segments points there.
 //!
-//! - Each page is decoded about once: fragmented labels are gathered into windows of up to
-//!   `chunk_rows` rows, and each source part is read once per window (one row selection for
-//!   all of the window's ranges in it), whatever the number of labels.
+//! - Columnar: the index is scanned in label-range chunks of whole labels as Arrow columns
+//!   ([`crate::entry_chunks`]); a chunk's fragmented labels are read in pieces of at most
+//!   `chunk_rows` rows, one row selection per source part (each page decoded about once per
+//!   piece that needs it), gathered into label order with one `take` per column; the new
+//!   entries are built as columns and written as one batch per chunk by the segment writer, on
+//!   its own thread while the next chunk is copied. Nothing is done per entry but arithmetic.
+//! - Boxes of moved entries are computed from their rows (as writers compute them); the index's
+//!   box columns are read only for labels left in place.
 //! - Block ids, workers and commit numbers are kept: each old entry becomes one new entry (adjacent
 //!   entries of the same (label, block, worker, commit) are merged), so supersession by a later
 //!   commit of the same worker works exactly as before, and `pocaduck_blocks` is unchanged.
@@ -19,24 +24,33 @@
 //!   index is kept by reference. Several processes can optimize disjoint ranges at once: one
 //!   that loses the publish race re-bases onto the winner's generation when the segments it
 //!   replaced are unchanged there, and fails with a conflict error otherwise.
-//! - Bounded memory: one window of rows, one row group per index segment, one index row group
-//!   being written.
+//! - Bounded memory: about three chunks of `chunk_entries` entries (one being copied, one
+//!   waiting for the writer, one being encoded), one piece of `chunk_rows` rows, a part's row
+//!   group and an index row group being encoded.
 //! - Safe to interrupt: new parts and segments are complete before the new generation is
 //!   published with put-if-absent; until then readers use the previous generation. A run that
 //!   fails deletes what it wrote.
 //! - Old parts are not deleted (readers may hold older generations); see `pocaduck_stats`'
 //!   `unreferenced_bytes`.
 
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, AsArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
+use arrow::datatypes::UInt32Type;
 use object_store::path::Path;
 
+use crate::entry_chunks::{c, u32s, u64s, Blocks, ChunkScan, PartNames};
 use crate::error::{Error, Result};
-use crate::index::{IndexCodec, SegmentEntry, UnifiedEntry};
+use crate::index::{IndexCodec, UnifiedEntry};
 use crate::layout;
 use crate::log::{self, Manifest, SegmentRef};
 use crate::part_sink::PartSink;
-use crate::reader::LoadedIndex;
+use crate::reader::{gather_rows, LoadedIndex, RowRanges};
+use crate::schema::col;
 use crate::segment::RunWriter;
-use crate::storage::Store;
+use crate::storage::{block_on, Store};
 use crate::writer::new_session_id;
 
 /// Settings of one optimize run.
@@ -45,8 +59,12 @@ pub struct OptimizeOptions {
     /// A new part is started once the current one reaches this many bytes (checked between
     /// windows).
     pub target_file_size: u64,
-    /// Most rows copied at once (a window).
+    /// Most rows read at once (rows of fragmented labels are read in pieces of whole entries
+    /// of at most this many rows, or one entry if bigger).
     pub chunk_rows: u64,
+    /// Index entries scanned at once: the label-range chunk whose rewritten entries are
+    /// computed and written together (about 100 bytes each).
+    pub chunk_entries: usize,
     /// Only labels `lo ..= hi` (`None`: all).
     pub labels: Option<(u64, u64)>,
 }
@@ -56,6 +74,7 @@ impl Default for OptimizeOptions {
         OptimizeOptions {
             target_file_size: crate::writer::WriterOptions::default().target_file_size,
             chunk_rows: 1 << 20,
+            chunk_entries: 1 << 16,
             labels: None,
         }
     }
@@ -101,38 +120,53 @@ const FLUSH_ROWS: usize = 1 << 16;
 /// The optimized parts being written.
 struct Output {
     sink: PartSink,
+    /// The open part's id in the scan's part names, and its rows written to the sink.
+    part: Option<(u32, u64)>,
     /// Rows appended but not yet written to the open part (written in one batch).
-    pending: Vec<arrow::array::RecordBatch>,
+    pending: Vec<RecordBatch>,
     pending_rows: usize,
     /// Estimated bytes of a row in memory (for deciding when to encode).
     row_bytes: usize,
 }
 
 impl Output {
-    /// Appends rows to the open part (opening one if needed).
-    fn append(&mut self, rows: arrow::array::RecordBatch) -> Result<()> {
-        self.current()?;
+    /// Appends rows to the open part (opened by [`Output::current`]).
+    fn append(&mut self, rows: RecordBatch) {
         self.pending_rows += rows.num_rows();
         self.pending.push(rows);
-        Ok(())
     }
 
     /// Encodes the pending rows.
     fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let batch = arrow::compute::concat_batches(self.sink.schema(), &self.pending)?;
+        let batch = match self.pending.len() {
+            0 => return Ok(()),
+            1 => self.pending.pop(),
+            _ => Some(arrow::compute::concat_batches(
+                self.sink.schema(),
+                &self.pending,
+            )?),
+        };
         self.pending.clear();
         self.pending_rows = 0;
-        self.sink.write(&batch).map(|_| ())
+        let Some(b) = batch else { return Ok(()) };
+        self.sink.write(&b)?;
+        if let Some(p) = &mut self.part {
+            p.1 += b.num_rows() as u64;
+        }
+        Ok(())
     }
 
-    /// The open part's name and its rows so far (appended ones), opening a part if needed.
-    fn current(&mut self) -> Result<(&str, u64)> {
+    /// The open part's id and its rows so far (appended ones), opening a part if needed.
+    fn current(&mut self, names: &mut PartNames) -> Result<(u32, u64)> {
         let pending = self.pending_rows as u64;
-        let (name, written) = self.sink.current()?;
-        Ok((name, written + pending))
+        let (id, written) = match self.part {
+            Some(p) => p,
+            None => {
+                let (name, written) = self.sink.current()?;
+                *self.part.insert((names.id(name), written))
+            }
+        };
+        Ok((id, written + pending))
     }
 
     /// At a point where the part may close: once enough rows are waiting (in `rows` and here),
@@ -140,7 +174,7 @@ impl Output {
     fn boundary(&mut self, rows: &mut RowCursor, target: u64) -> Result<()> {
         let waiting = rows.pending() + self.pending_rows;
         if waiting >= FLUSH_ROWS || (waiting * self.row_bytes) as u64 >= target / 2 {
-            rows.cut(self)?;
+            rows.cut(self);
             self.flush()?;
             self.close_if_full(target)?;
         }
@@ -149,6 +183,7 @@ impl Output {
 
     fn close(&mut self) -> Result<()> {
         self.flush()?;
+        self.part = None;
         self.sink.close()
     }
 
@@ -209,11 +244,14 @@ pub fn optimize(
         in_range.windows(2).all(|w| w[0].run == w[1].run) && in_range.iter().all(|r| r.optimized);
     if one_run {
         let mut fragmented = false;
-        for r in idx.view.scan_range(lo, hi) {
-            let (_, v) = r?;
-            summary.labels += 1;
-            summary.entries_before += v.len() as u64;
-            fragmented |= !is_contiguous(&v);
+        let mut scan = ChunkScan::new(&idx.view, lo, hi, opts.chunk_entries)?;
+        while let Some(chunk) = scan.next_chunk()? {
+            summary.labels += chunk.labels.len() as u64 - 1;
+            summary.entries_before += chunk.batch.num_rows() as u64;
+            fragmented |= chunk
+                .labels
+                .windows(2)
+                .any(|g| !contiguous(&chunk.batch, &scan.parts, g[0], g[1]));
         }
         if !fragmented {
             summary.entries_after = summary.entries_before;
@@ -228,19 +266,24 @@ pub fn optimize(
     let paths = Box::new(move |n| layout::optimized_part(&session, n));
     let mut out = Output {
         sink: PartSink::new(store.clone(), idx.schema.arrow(), paths),
+        part: None,
         pending: Vec::new(),
         pending_rows: 0,
         row_bytes: 8 * (idx.schema.part_columns()),
     };
     let mut written: Vec<Path> = Vec::new();
     let res = (|| {
-        let run = base.next_run;
-        let mut w = RunWriter::new(store, &base, run, true);
-        let r = rewrite(&idx, lo, hi, &mut out, &mut w, opts, &mut summary);
-        written.extend(w.written());
-        r?;
-        let refs = w.finish()?;
-        written.extend(refs.iter().map(|r| Path::from(r.file.as_str())));
+        let refs = copy_and_index(
+            store,
+            &idx,
+            &base,
+            lo,
+            hi,
+            &mut out,
+            opts,
+            &mut summary,
+            &mut written,
+        )?;
         out.close()?;
         store.sync(out.sink.done())?;
         publish_rebased(store, codec, &base, lo, hi, refs)
@@ -259,6 +302,61 @@ pub fn optimize(
             Err(e)
         }
     }
+}
+
+/// Runs [`rewrite`] while the new run's segments are encoded and written on a thread of their
+/// own (the two take about as long). Returns the run's files; `written` receives every segment
+/// file written, for the caller to delete if the optimize fails.
+#[allow(clippy::too_many_arguments)]
+fn copy_and_index(
+    store: &Store,
+    idx: &LoadedIndex,
+    base: &Manifest,
+    lo: u64,
+    hi: u64,
+    out: &mut Output,
+    opts: &OptimizeOptions,
+    summary: &mut OptimizeSummary,
+    written: &mut Vec<Path>,
+) -> Result<Vec<SegmentRef>> {
+    let copied = std::sync::atomic::AtomicBool::new(false);
+    let (copy, index, files) = std::thread::scope(|sc| {
+        // One batch in the channel, one being encoded: the copy runs at most two chunks ahead.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
+        let copied = &copied;
+        let workers = StringArray::from_iter_values(base.workers.iter().map(|w| w.worker.as_str()));
+        let writer = sc.spawn(move || {
+            let mut w = RunWriter::new(store, base, base.next_run, true);
+            let schema = w.schema().clone();
+            let mut r = rx.iter().try_for_each(|j| {
+                let b = j.new.batch(&j.chunk, &workers, &j.parts, &schema)?;
+                w.push_batch(b)
+            });
+            // The copy failed: the run is abandoned, so its last file is not written.
+            if r.is_ok() && copied.load(std::sync::atomic::Ordering::Acquire) {
+                r = w.finish().map(|_| ());
+            }
+            (r.map(|()| w.done()), w.written())
+        });
+        let copy = rewrite(idx, lo, hi, out, &tx, opts, summary);
+        copied.store(copy.is_ok(), std::sync::atomic::Ordering::Release);
+        drop(tx);
+        match writer.join() {
+            Ok((index, files)) => (copy, index, files),
+            Err(_) => (
+                copy,
+                Err(Error::Internal(
+                    "optimize: the index segment writer panicked".into(),
+                )),
+                Vec::new(),
+            ),
+        }
+    });
+    written.extend(files);
+    // The writer's error first: a copy that failed to hand it a batch failed because of it.
+    let refs = index?;
+    copy?;
+    Ok(refs)
 }
 
 /// `base`'s segments without labels `lo ..= hi`.
@@ -349,161 +447,284 @@ fn publish_rebased(
     })
 }
 
-/// Streams labels `lo ..= hi` of `idx` into `w`, copying fragmented labels into `out` window by
-/// window.
+/// True if rows `s .. e` of a chunk (one label's entries, in index order) need no rewrite; see
+/// [`is_contiguous`].
+fn contiguous(b: &RecordBatch, names: &PartNames, s: usize, e: usize) -> bool {
+    let (part, start, count) = (
+        u32s(b, c::PART),
+        u64s(b, c::ROW_START),
+        u64s(b, c::ROW_COUNT),
+    );
+    (s + 1..e).all(|k| {
+        let (a, b) = (k - 1, k);
+        if part[a] == part[b] {
+            start[a] + count[a] == start[b]
+        } else {
+            names.optimized(part[a])
+                && names.optimized(part[b])
+                && names.name(part[a]) < names.name(part[b])
+                && start[b] == 0
+        }
+    })
+}
+
+/// The entries of the new run for one chunk, as columns: each is an entry of the chunk (`src`)
+/// with a new place (part, rows) and box.
+struct NewEntries {
+    src: Vec<u32>,
+    part: Vec<u32>,
+    row_start: Vec<u64>,
+    row_count: Vec<u64>,
+    bbox: [Vec<f64>; 6],
+}
+
+impl NewEntries {
+    fn with_capacity(n: usize) -> NewEntries {
+        NewEntries {
+            src: Vec::with_capacity(n),
+            part: Vec::with_capacity(n),
+            row_start: Vec::with_capacity(n),
+            row_count: Vec::with_capacity(n),
+            bbox: std::array::from_fn(|_| Vec::with_capacity(n)),
+        }
+    }
+
+    fn push(&mut self, src: usize, part: u32, row_start: u64, row_count: u64, bbox: [f64; 6]) {
+        self.src.push(src as u32);
+        self.part.push(part);
+        self.row_start.push(row_start);
+        self.row_count.push(row_count);
+        for (v, x) in self.bbox.iter_mut().zip(bbox) {
+            v.push(x);
+        }
+    }
+
+    /// The entries in the segment schema.
+    /// The entries in the segment schema. `chunk` is the chunk they come from, `workers` the
+    /// worker names by index, `parts` the part paths by id.
+    fn batch(
+        self,
+        chunk: &RecordBatch,
+        workers: &StringArray,
+        parts: &StringArray,
+        schema: &arrow::datatypes::SchemaRef,
+    ) -> Result<RecordBatch> {
+        use arrow::compute::take;
+        // Usually every entry of the chunk, in order (nothing merged): no gather needed.
+        let same = self.src.len() == chunk.num_rows()
+            && self.src.iter().enumerate().all(|(k, &i)| k == i as usize);
+        let src = UInt32Array::from(self.src);
+        let pick = |i: usize| -> Result<ArrayRef> {
+            Ok(match same {
+                true => chunk.column(i).clone(),
+                false => take(chunk.column(i), &src, None)?,
+            })
+        };
+        let worker_ids = pick(c::WORKER)?;
+        let u = |v: Vec<u64>| -> ArrayRef { Arc::new(UInt64Array::from(v)) };
+        let mut cols: Vec<ArrayRef> = vec![
+            pick(c::LABEL)?,
+            pick(c::BLOCK)?,
+            take(workers, worker_ids.as_primitive::<UInt32Type>(), None)?,
+            pick(c::COMMIT)?,
+            take(parts, &UInt32Array::from(self.part), None)?,
+            u(self.row_start),
+            u(self.row_count),
+        ];
+        for v in self.bbox {
+            cols.push(Arc::new(Float64Array::from(v)));
+        }
+        Ok(RecordBatch::try_new(schema.clone(), cols)?)
+    }
+}
+
+/// A chunk's new entries, handed to the segment writer's thread (which builds their batch).
+struct Job {
+    chunk: RecordBatch,
+    new: NewEntries,
+    /// Part paths by id (as of the chunk).
+    parts: StringArray,
+}
+
+/// Scans labels `lo ..= hi` of `idx` chunk by chunk, copies the fragmented labels' rows into
+/// `out` (read in pieces of at most `chunk_rows` rows) and passes every label's entries —
+/// moved or kept — to `w`.
+#[allow(clippy::too_many_arguments)]
 fn rewrite(
     idx: &LoadedIndex,
     lo: u64,
     hi: u64,
     out: &mut Output,
-    w: &mut RunWriter,
+    w: &std::sync::mpsc::SyncSender<Job>,
     opts: &OptimizeOptions,
     summary: &mut OptimizeSummary,
 ) -> Result<()> {
     let cols: Vec<usize> = (0..idx.schema.part_columns()).collect();
-    // Labels waiting for their window to be copied, in label order: (entries, fragmented).
-    let mut window: Vec<(Vec<UnifiedEntry>, bool)> = Vec::new();
-    let mut rows = 0u64;
-    for r in idx.view.scan_range(lo, hi) {
-        let (_, v) = r?;
-        summary.labels += 1;
-        summary.entries_before += v.len() as u64;
-        let frag = !is_contiguous(&v);
-        let n: u64 = v.iter().map(|e| e.entry.row_count).sum();
-        // A window closes before it would exceed chunk_rows fragmented rows, or holds too many
-        // labels that stay where they are (memory).
-        if (frag && rows > 0 && rows + n > opts.chunk_rows) || window.len() >= 1 << 16 {
-            copy_window(
-                idx,
-                std::mem::take(&mut window),
-                &cols,
-                out,
-                w,
-                opts,
-                summary,
-            )?;
-            rows = 0;
-        }
-        if frag {
-            rows += n;
-            summary.labels_rewritten += 1;
-        }
-        window.push((v, frag));
-    }
-    copy_window(idx, window, &cols, out, w, opts, summary)
-}
-
-/// Copies the fragmented labels of `window` (one read per source part; a label bigger than a
-/// window in chunks of whole entries) and passes every label's entries to `w`.
-fn copy_window(
-    idx: &LoadedIndex,
-    window: Vec<(Vec<UnifiedEntry>, bool)>,
-    cols: &[usize],
-    out: &mut Output,
-    w: &mut RunWriter,
-    opts: &OptimizeOptions,
-    summary: &mut OptimizeSummary,
-) -> Result<()> {
-    // Chunks of whole entries of the fragmented labels, at most chunk_rows rows each (a chunk
-    // is never empty).
-    let frag: Vec<&UnifiedEntry> = window
-        .iter()
-        .filter(|x| x.1)
-        .flat_map(|x| x.0.iter())
-        .collect();
-    let mut batches: Vec<arrow::array::RecordBatch> = Vec::new();
-    let mut c = 0;
-    while c < frag.len() {
-        let mut end = c + 1;
-        let mut rows = frag[c].entry.row_count;
-        while end < frag.len() && rows + frag[end].entry.row_count <= opts.chunk_rows {
-            rows += frag[end].entry.row_count;
-            end += 1;
-        }
-        let chunk = &frag[c..end];
-        let got = idx.read_entry_rows(chunk.iter().copied(), cols)?;
-        let n: usize = got.iter().map(|b| b.num_rows()).sum();
-        if n as u64 != rows {
-            return Err(Error::Internal(format!(
-                "optimize read {n} rows for labels {}..={}, the index says {rows}",
-                chunk[0].entry.label,
-                chunk[chunk.len() - 1].entry.label
-            )));
-        }
-        batches.extend(got);
-        c = end;
-    }
-    // The rows are in entry order: append them in spans as long as possible (cut only where a
-    // part may close or a batch ends), and compute each new entry from its offset.
-    let mut rows = RowCursor {
-        batches: batches.into_iter(),
-        cur: None,
-        start: 0,
-        pos: 0,
-    };
-    for (entries, frag) in window {
-        if !frag {
-            summary.entries_after += entries.len() as u64;
-            w.push_label(entries)?;
-            continue;
-        }
-        let mut new: Vec<UnifiedEntry> = Vec::new();
-        // A part closes at the target size between labels, or within a label bigger than
-        // chunk_rows every chunk_rows rows (so a label is split only when it must be).
-        let mut since_check = 0u64;
-        for old in entries {
-            let (part_name, base) = out.current()?;
-            let row_start = base + rows.pending() as u64;
-            let n = old.entry.row_count;
-            summary.points_rewritten += n;
-            // Extends the previous new entry when this one continues it (same worker, commit,
-            // label, block and part, next row); else a new entry (the old one's fields moved).
-            let merged = new.last_mut().is_some_and(|l| {
-                let e = &mut l.entry;
-                let cont = l.worker == old.worker
-                    && l.commit == old.commit
-                    && e.label == old.entry.label
-                    && e.block == old.entry.block
-                    && e.part == part_name
-                    && e.row_start + e.row_count == row_start;
-                if cont {
-                    e.row_count += n;
-                    for d in 0..3 {
-                        e.bbox[d] = e.bbox[d].min(old.entry.bbox[d]);
-                        e.bbox[d + 3] = e.bbox[d + 3].max(old.entry.bbox[d + 3]);
-                    }
+    let schema = idx.projected(&cols);
+    let mut scan = ChunkScan::new(&idx.view, lo, hi, opts.chunk_entries)?;
+    while let Some(chunk) = scan.next_chunk()? {
+        let b = &chunk.batch;
+        let groups = chunk.labels.len() - 1;
+        summary.labels += groups as u64;
+        summary.entries_before += b.num_rows() as u64;
+        let frag: Vec<bool> = chunk
+            .labels
+            .windows(2)
+            .map(|g| !contiguous(b, &scan.parts, g[0], g[1]))
+            .collect();
+        // Entries of the fragmented labels, in order: their rows are read in pieces of at
+        // most chunk_rows rows (of whole entries), each when the copy reaches it.
+        let moved: Vec<u32> = chunk
+            .labels
+            .windows(2)
+            .zip(&frag)
+            .filter(|x| *x.1)
+            .flat_map(|(g, _)| g[0] as u32..g[1] as u32)
+            .collect();
+        let (label, worker, commit) = (u64s(b, c::LABEL), u32s(b, c::WORKER), u64s(b, c::COMMIT));
+        let (part, start, count) = (
+            u32s(b, c::PART),
+            u64s(b, c::ROW_START),
+            u64s(b, c::ROW_COUNT),
+        );
+        // Boxes of the kept entries come from the index; those of moved entries from their
+        // rows, unless entries are long (then reading a box is cheaper than scanning its rows).
+        let moved_rows: u64 = moved.iter().map(|&i| count[i as usize]).sum();
+        let index_boxes = moved_rows >= 64 * moved.len() as u64;
+        let kept: Vec<u32> = match index_boxes {
+            true => (0..b.num_rows() as u32).collect(),
+            false => chunk
+                .labels
+                .windows(2)
+                .zip(&frag)
+                .filter(|x| !*x.1)
+                .flat_map(|(g, _)| g[0] as u32..g[1] as u32)
+                .collect(),
+        };
+        let kept_boxes = scan.boxes(&chunk, &kept)?;
+        let mut kept_at = 0;
+        let index_box = |i: usize| -> [f64; 6] { std::array::from_fn(|d| kept_boxes[d][i]) };
+        let blocks = Blocks::of(b.column(c::BLOCK))?;
+        let mut new = NewEntries::with_capacity(b.num_rows());
+        let mut rows = RowCursor::default();
+        let (mut q, mut read_end) = (0usize, 0usize);
+        for (g, &fr) in frag.iter().enumerate() {
+            let (s, e) = (chunk.labels[g], chunk.labels[g + 1]);
+            if !fr {
+                for i in s..e {
+                    let bbox = index_box(if index_boxes { i } else { kept_at });
+                    kept_at += 1;
+                    new.push(i, part[i], start[i], count[i], bbox);
                 }
-                cont
-            });
-            if !merged {
-                new.push(UnifiedEntry {
-                    worker: old.worker,
-                    commit: old.commit,
-                    entry: SegmentEntry {
-                        part: part_name.to_string(),
-                        row_start,
-                        ..old.entry
-                    },
-                });
+                continue;
             }
-            rows.advance(n as usize, out)?;
-            since_check += old.entry.row_count;
-            if since_check >= opts.chunk_rows {
-                since_check = 0;
-                out.boundary(&mut rows, opts.target_file_size)?;
+            summary.labels_rewritten += 1;
+            // Entries of `new` from this index on were moved (and may be extended).
+            let moved_from = new.src.len();
+            // A part closes at the target size between labels, or within a label bigger than
+            // chunk_rows every chunk_rows rows (so a label is split only when it must be).
+            let mut since_check = 0u64;
+            for i in s..e {
+                if q == read_end {
+                    rows.cut(out);
+                    let mut n = count[moved[q] as usize];
+                    read_end = q + 1;
+                    while read_end < moved.len()
+                        && n + count[moved[read_end] as usize] <= opts.chunk_rows
+                    {
+                        n += count[moved[read_end] as usize];
+                        read_end += 1;
+                    }
+                    let sel = &moved[q..read_end];
+                    let pick =
+                        |v: &[u64]| -> Vec<u64> { sel.iter().map(|&i| v[i as usize]).collect() };
+                    let p: Vec<u32> = sel.iter().map(|&i| part[i as usize]).collect();
+                    let (st, ct) = (pick(start), pick(count));
+                    let got = block_on(gather_rows(
+                        &idx.store,
+                        RowRanges {
+                            parts: scan.parts.names(),
+                            part: &p,
+                            start: &st,
+                            count: &ct,
+                        },
+                        &cols,
+                        &schema,
+                        None,
+                    ))?;
+                    let m: usize = got.iter().map(|b| b.num_rows()).sum();
+                    if m as u64 != n {
+                        return Err(Error::Internal(format!(
+                            "optimize read {m} rows for labels {}..={}, the index says {n}",
+                            label[moved[q] as usize],
+                            label[moved[read_end - 1] as usize]
+                        )));
+                    }
+                    rows.load(got);
+                }
+                q += 1;
+                let (pid, base) = out.current(&mut scan.parts)?;
+                let row_start = base + rows.pending() as u64;
+                let n = count[i];
+                summary.points_rewritten += n;
+                // Extends the previous new entry when this one continues it (same label,
+                // block, worker and commit, same part, next row); else a new entry.
+                let bbox = match index_boxes {
+                    true => {
+                        rows.advance(n as usize, out, false)?;
+                        index_box(i)
+                    }
+                    false => rows.advance(n as usize, out, true)?,
+                };
+                let k = new.src.len();
+                let merged = k > moved_from && {
+                    let j = new.src[k - 1] as usize;
+                    worker[j] == worker[i]
+                        && commit[j] == commit[i]
+                        && label[j] == label[i]
+                        && new.part[k - 1] == pid
+                        && new.row_start[k - 1] + new.row_count[k - 1] == row_start
+                        && blocks.cmp(j, i).is_eq()
+                };
+                if merged {
+                    new.row_count[k - 1] += n;
+                    for d in 0..3 {
+                        let v = &mut new.bbox[d][k - 1];
+                        *v = v.min(bbox[d]);
+                        let v = &mut new.bbox[d + 3][k - 1];
+                        *v = v.max(bbox[d + 3]);
+                    }
+                } else {
+                    new.push(i, pid, row_start, n, bbox);
+                }
+                since_check += n;
+                if since_check >= opts.chunk_rows {
+                    since_check = 0;
+                    out.boundary(&mut rows, opts.target_file_size)?;
+                }
             }
+            out.boundary(&mut rows, opts.target_file_size)?;
         }
-        out.boundary(&mut rows, opts.target_file_size)?;
-        summary.entries_after += new.len() as u64;
-        w.push_label(new)?;
+        rows.cut(out);
+        summary.entries_after += new.src.len() as u64;
+        let parts = StringArray::from_iter_values(scan.parts.names().iter().map(|n| n.as_ref()));
+        let job = Job {
+            chunk: chunk.batch.clone(),
+            new,
+            parts,
+        };
+        w.send(job)
+            .map_err(|_| Error::Internal("optimize: the index segment writer stopped".into()))?;
     }
-    rows.cut(out)
+    Ok(())
 }
 
-/// Rows read for a window, in entry order, consumed in spans.
+/// Rows read for the moved entries, in entry order, consumed in spans.
+#[derive(Default)]
 struct RowCursor {
-    batches: std::vec::IntoIter<arrow::array::RecordBatch>,
-    cur: Option<arrow::array::RecordBatch>,
+    batches: std::collections::VecDeque<RecordBatch>,
+    /// The batch being consumed, and its x, y, z as DOUBLE (for the boxes).
+    cur: Option<(RecordBatch, Option<[Float64Array; 3]>)>,
     /// Start of the span not yet appended to the output.
     start: usize,
     pos: usize,
@@ -515,37 +736,69 @@ impl RowCursor {
         self.pos - self.start
     }
 
+    /// Replaces the rows (all consumed and cut) by the next ones read.
+    fn load(&mut self, batches: Vec<RecordBatch>) {
+        self.batches = batches.into();
+        self.cur = None;
+        self.start = 0;
+        self.pos = 0;
+    }
+
     /// Appends the pending span to `out`.
-    fn cut(&mut self, out: &mut Output) -> Result<()> {
-        if let Some(b) = &self.cur {
+    fn cut(&mut self, out: &mut Output) {
+        if let Some((b, _)) = &self.cur {
             if self.pos > self.start {
-                out.append(b.slice(self.start, self.pos - self.start))?;
+                out.append(b.slice(self.start, self.pos - self.start));
             }
         }
         self.start = self.pos;
-        Ok(())
     }
 
-    /// Consumes `n` rows (appending spans to `out` as batches end).
-    fn advance(&mut self, mut n: usize, out: &mut Output) -> Result<()> {
+    /// Consumes `n` rows (appending spans to `out` as batches end); returns their box (with
+    /// `want_box`; else an empty box), computed as writers compute it (coordinates as DOUBLE;
+    /// min and max ignore NaN).
+    fn advance(&mut self, mut n: usize, out: &mut Output, want_box: bool) -> Result<[f64; 6]> {
+        let mut bbox = [
+            f64::INFINITY,
+            f64::INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+        ];
         while n > 0 {
-            if self.cur.as_ref().is_none_or(|b| self.pos >= b.num_rows()) {
-                self.cut(out)?;
-                self.cur = Some(
-                    self.batches
-                        .next()
-                        .ok_or_else(|| Error::Internal("optimize: rows ran out".into()))?,
-                );
+            let len = self.cur.as_ref().map_or(0, |c| c.0.num_rows());
+            if self.pos >= len {
+                self.cut(out);
+                let b = self
+                    .batches
+                    .pop_front()
+                    .ok_or_else(|| Error::Internal("optimize: rows ran out".into()))?;
+                self.cur = Some((b, None));
                 self.start = 0;
                 self.pos = 0;
                 continue;
             }
-            let len = self.cur.as_ref().map(|b| b.num_rows()).unwrap_or(0);
             let k = n.min(len - self.pos);
+            if let Some((b, xyz)) = self.cur.as_mut().filter(|_| want_box) {
+                if xyz.is_none() {
+                    let [x, y, z] = col::XYZ.map(|i| {
+                        arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Float64)
+                            .map(|a| a.as_primitive::<arrow::datatypes::Float64Type>().clone())
+                    });
+                    *xyz = Some([x?, y?, z?]);
+                }
+                for (d, a) in xyz.iter().flatten().enumerate() {
+                    for &v in &a.values()[self.pos..self.pos + k] {
+                        bbox[d] = bbox[d].min(v);
+                        bbox[d + 3] = bbox[d + 3].max(v);
+                    }
+                }
+            }
             self.pos += k;
             n -= k;
         }
-        Ok(())
+        Ok(bbox)
     }
 }
 
@@ -607,6 +860,7 @@ mod tests {
         OptimizeOptions {
             target_file_size: 1024,
             chunk_rows: 7,
+            chunk_entries: 3,
             labels: None,
         }
     }
@@ -652,6 +906,7 @@ mod tests {
         };
         let (ok, n) = contiguous_labels(name);
         assert!(ok < n, "the test needs fragmented labels: {ok} of {n}");
+        let boxes_before = boxes(name);
 
         let s = optimize(&store, &JsonCodec, &small()).unwrap();
         assert_eq!(s.generation, 2);
@@ -661,6 +916,7 @@ mod tests {
         assert!(s.files_written > 1, "{s:?}");
         assert!(s.entries_after <= s.entries_before, "{s:?}");
         assert_eq!(read_all(name), expect);
+        assert_eq!(boxes(name), boxes_before);
         let idx = crate::reader::open(name, &JsonCodec).unwrap();
         let blocks_after: Vec<_> = (1..6).map(|l| idx.blocks(l).unwrap()).collect();
         assert_eq!(blocks_after, blocks_before);
@@ -694,6 +950,111 @@ mod tests {
         assert_eq!(read_all(name), expect);
         let (ok, n) = contiguous_labels(name);
         assert_eq!(ok, n);
+    }
+
+    /// Every label's (block → union of its entries' boxes), from a scan of the index.
+    fn boxes(name: &str) -> BTreeMap<(u64, String), [f64; 6]> {
+        let idx = crate::reader::open(name, &JsonCodec).unwrap();
+        let mut out: BTreeMap<(u64, String), [f64; 6]> = BTreeMap::new();
+        for r in idx.view.scan() {
+            for e in r.unwrap().1 {
+                let b = out
+                    .entry((e.entry.label, e.entry.block.to_string()))
+                    .or_insert([
+                        f64::INFINITY,
+                        f64::INFINITY,
+                        f64::INFINITY,
+                        f64::NEG_INFINITY,
+                        f64::NEG_INFINITY,
+                        f64::NEG_INFINITY,
+                    ]);
+                for d in 0..3 {
+                    b[d] = b[d].min(e.entry.bbox[d]);
+                    b[d + 3] = b[d + 3].max(e.entry.bbox[d + 3]);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn chunked_rewrite_keeps_points_boxes_and_blocks_across_chunks_parts_and_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let mut expect = Points::new();
+        // 4,000 labels in 3 blocks, by 3 workers, each in two commits (two parts each): over
+        // 12,000 entries, so the index scan takes several row groups and chunks. Labels that
+        // are a multiple of 7 are written once, by one worker in one block: contiguous, kept.
+        let n = 4000u64;
+        for (wi, w) in ["w1", "w2", "w3"].iter().enumerate() {
+            for half in 0..2u64 {
+                let blk = wi as u32;
+                let mut ls = Vec::new();
+                let mut ps = Vec::new();
+                for l in (0..n).filter(|l| l % 2 == half) {
+                    if l % 7 == 0 && wi > 0 {
+                        continue;
+                    }
+                    // 1 to 3 points, the first one off the label's grid so boxes differ.
+                    let k = 1 + (l % 3) as u32;
+                    let p: Vec<[i32; 3]> = (0..k)
+                        .map(|i| {
+                            [
+                                l as i32,
+                                blk as i32 * 100 + i as i32,
+                                -(i as i32) * (l % 5) as i32,
+                            ]
+                        })
+                        .collect();
+                    add(&mut expect, l, blk, &p);
+                    ls.extend(std::iter::repeat_n(l, p.len()));
+                    ps.extend(p);
+                }
+                write(name, w, &[rows(&ls, &format!("b{blk}"), &ps)]);
+            }
+        }
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        assert_eq!(read_all(name), expect);
+        let boxes_before = boxes(name);
+        let opts = |labels| OptimizeOptions {
+            target_file_size: 4 << 10,
+            chunk_rows: 1000,
+            chunk_entries: 5000,
+            labels,
+        };
+        // Two label ranges, one after the other (the split of `labels := [lo, hi)`).
+        let a = optimize(&store, &JsonCodec, &opts(Some((0, 2499)))).unwrap();
+        let b = optimize(&store, &JsonCodec, &opts(Some((2500, u64::MAX)))).unwrap();
+        assert_eq!(a.labels + b.labels, n, "{a:?} {b:?}");
+        let kept = (0..n).filter(|l| l % 7 == 0).count() as u64;
+        assert_eq!(a.labels_rewritten + b.labels_rewritten, n - kept);
+        assert!(a.files_written > 1 && b.files_written > 1, "{a:?} {b:?}");
+        assert_eq!(read_all(name), expect);
+        assert_eq!(boxes(name), boxes_before);
+        assert_eq!(contiguous_labels(name), (n as usize, n as usize));
+
+        // A rerun of some (label, block)s by w2, consolidated: those labels are fragmented
+        // again (superseded entries in an older run), the rest kept with their boxes read
+        // from the optimized run.
+        let mut ls = Vec::new();
+        let mut ps = Vec::new();
+        for l in (0..n).filter(|l| l % 11 == 1) {
+            let p = vec![[7, 7, l as i32]];
+            expect.get_mut(&l).unwrap().retain(|q| q.0 != "b1");
+            add(&mut expect, l, 1, &p);
+            ls.push(l);
+            ps.extend(p);
+        }
+        write(name, "w2", &[rows(&ls, "b1", &ps)]);
+        consolidate(&store, &JsonCodec).unwrap();
+        assert_eq!(read_all(name), expect);
+        let boxes_before = boxes(name);
+        let c = optimize(&store, &JsonCodec, &opts(None)).unwrap();
+        assert_eq!(c.labels_rewritten, ls.len() as u64, "{c:?}");
+        assert_eq!(read_all(name), expect);
+        assert_eq!(boxes(name), boxes_before);
+        assert_eq!(contiguous_labels(name), (n as usize, n as usize));
     }
 
     #[test]

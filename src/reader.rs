@@ -11,7 +11,7 @@
 //! [`WINDOW_ROWS`] rows (the first window is smaller, so `LIMIT` queries return early), with at
 //! most [`PARTS_IN_FLIGHT`] part reads at a time (bounded open files and requests).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -555,48 +555,165 @@ async fn read_window(
     schema: &arrow::datatypes::SchemaRef,
     trace: Option<&ReadTrace>,
 ) -> Result<Vec<RecordBatch>> {
-    if entries.is_empty() {
+    // Part names as dense ids (entries share the `Arc`s of a few parts).
+    let mut parts: Vec<Arc<str>> = Vec::new();
+    let mut ids: HashMap<Arc<str>, u32> = HashMap::new();
+    let part: Vec<u32> = entries
+        .iter()
+        .map(|e| {
+            *ids.entry(e.part.clone()).or_insert_with(|| {
+                parts.push(e.part.clone());
+                parts.len() as u32 - 1
+            })
+        })
+        .collect();
+    let start: Vec<u64> = entries.iter().map(|e| e.row_start).collect();
+    let count: Vec<u64> = entries.iter().map(|e| e.row_count).collect();
+    let ranges = RowRanges {
+        parts: &parts,
+        part: &part,
+        start: &start,
+        count: &count,
+    };
+    gather_rows(store, ranges, cols, schema, trace).await
+}
+
+/// Row ranges of parts, as columns: range `i` is rows `start[i] .. start[i] + count[i]` of
+/// part `parts[part[i]]`.
+pub(crate) struct RowRanges<'a> {
+    /// Part paths by id.
+    pub parts: &'a [Arc<str>],
+    /// Part id of each range.
+    pub part: &'a [u32],
+    /// First row of each range.
+    pub start: &'a [u64],
+    /// Rows of each range.
+    pub count: &'a [u64],
+}
+
+/// Reads `ranges`, returning their rows in range order as batches of the projected `schema`:
+/// one row selection per part (each page decoded once), parts read concurrently, at most
+/// [`PARTS_IN_FLIGHT`] at a time; then zero-copy slices when ranges are long, one `take` per
+/// column when they are short.
+pub(crate) async fn gather_rows(
+    store: &Store,
+    ranges: RowRanges<'_>,
+    cols: &[usize],
+    schema: &arrow::datatypes::SchemaRef,
+    trace: Option<&ReadTrace>,
+) -> Result<Vec<RecordBatch>> {
+    let RowRanges {
+        parts,
+        part,
+        start,
+        count,
+    } = ranges;
+    let n = part.len();
+    if n == 0 {
         return Ok(Vec::new());
     }
-    // Group by part; remember where each entry's rows land in its part's output.
-    let mut by_part: BTreeMap<Arc<str>, Vec<(u64, u64, usize)>> = BTreeMap::new();
-    for (i, e) in entries.iter().enumerate() {
-        by_part
-            .entry(e.part.clone())
-            .or_default()
-            .push((e.row_start, e.row_count, i));
+    // Ranges grouped by part (a counting sort; parts in first-use order), each group in row
+    // order; `off[i]`: where range i's rows land in its part's output.
+    let mut slot = vec![u32::MAX; parts.len()];
+    let mut used: Vec<u32> = Vec::new();
+    let mut sizes: Vec<usize> = Vec::new();
+    for &p in part {
+        let s = &mut slot[p as usize];
+        if *s == u32::MAX {
+            *s = used.len() as u32;
+            used.push(p);
+            sizes.push(0);
+        }
+        sizes[*s as usize] += 1;
     }
-    let mut placed = vec![(0usize, 0usize, 0u64); entries.len()];
-    let mut jobs = Vec::with_capacity(by_part.len());
-    for (k, (p, mut rs)) in by_part.into_iter().enumerate() {
-        rs.sort_unstable();
-        if let Some(w) = rs.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
-            return Err(Error::file(
-                &store.name,
-                p.as_ref(),
-                format!(
-                    "the index references overlapping rows {}..{} and {}..{}",
-                    w[0].0,
-                    w[0].0 + w[0].1,
-                    w[1].0,
-                    w[1].0 + w[1].1
-                ),
-            ));
+    let mut first: Vec<usize> = Vec::with_capacity(used.len() + 1);
+    let mut acc = 0;
+    for &z in &sizes {
+        first.push(acc);
+        acc += z;
+    }
+    first.push(acc);
+    let mut fill = first.clone();
+    let mut by_part = vec![0u32; n];
+    for (i, &p) in part.iter().enumerate() {
+        let s = slot[p as usize] as usize;
+        by_part[fill[s]] = i as u32;
+        fill[s] += 1;
+    }
+    let mut off = vec![0usize; n];
+    let mut jobs = Vec::with_capacity(used.len());
+    let mut sorted: Vec<(u64, u32)> = Vec::new();
+    for (k, &p) in used.iter().enumerate() {
+        let g = &by_part[first[k]..first[k + 1]];
+        sorted.clear();
+        sorted.extend(g.iter().map(|&i| (start[i as usize], i)));
+        if !sorted.windows(2).all(|w| w[0].0 <= w[1].0) {
+            // Stable and run-adaptive: a part of several sorted flushes is a few runs.
+            sorted.sort_by_key(|x| x.0);
         }
-        let mut off = 0u64;
-        for &(_, n, i) in &rs {
-            placed[i] = (k, off as usize, n);
-            off += n;
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        let mut o = 0usize;
+        for &(s, i) in &sorted {
+            let c = count[i as usize];
+            match merged.last_mut() {
+                Some(last) if last.0 + last.1 > s => {
+                    return Err(Error::file(
+                        &store.name,
+                        parts[p as usize].as_ref(),
+                        format!(
+                            "the index references overlapping rows {}..{} and {s}..{}",
+                            last.0,
+                            last.0 + last.1,
+                            s + c
+                        ),
+                    ));
+                }
+                Some(last) if last.0 + last.1 == s => last.1 += c,
+                _ => merged.push((s, c)),
+            }
+            off[i as usize] = o;
+            o += c as usize;
         }
-        let ranges: Vec<(u64, u64)> = rs.iter().map(|&(s, n, _)| (s, n)).collect();
-        jobs.push(read_part(store, p, ranges, cols, trace));
+        jobs.push(read_part(
+            store,
+            parts[p as usize].clone(),
+            merged,
+            cols,
+            trace,
+        ));
     }
     let per_part: Vec<Vec<RecordBatch>> = futures::stream::iter(jobs)
         .buffered(PARTS_IN_FLIGHT)
         .try_collect()
         .await?;
-    // Entries' rows in entry order, as zero-copy slices of the decoded batches; runs of small
-    // slices are gathered into one batch (DuckDB takes chunks of up to 2,048 rows).
+    let total: usize = count.iter().map(|&c| c as usize).sum();
+    if n * 1024 > total {
+        // Many small ranges: all rows in one batch, then one gather per column.
+        let flat: Vec<RecordBatch> = per_part.into_iter().flatten().collect();
+        let all = arrow::compute::concat_batches(schema, &flat)?;
+        drop(flat);
+        let mut base = vec![0usize; used.len()];
+        let mut acc = 0;
+        for k in 0..used.len() {
+            base[k] = acc;
+            let g = &by_part[first[k]..first[k + 1]];
+            acc += g.iter().map(|&i| count[i as usize] as usize).sum::<usize>();
+        }
+        let mut idx: Vec<u32> = Vec::with_capacity(total);
+        for i in 0..n {
+            let from = base[slot[part[i] as usize] as usize] + off[i];
+            idx.extend(from as u32..(from + count[i] as usize) as u32);
+        }
+        if idx.iter().enumerate().all(|(k, &x)| k == x as usize) {
+            return Ok(vec![all]);
+        }
+        return Ok(vec![arrow::compute::take_record_batch(
+            &all,
+            &arrow::array::UInt32Array::from(idx),
+        )?]);
+    }
+    // Long ranges: zero-copy slices of the decoded batches; runs of small slices are gathered
+    // into one batch (DuckDB takes chunks of up to 2,048 rows).
     let starts: Vec<Vec<usize>> = per_part
         .iter()
         .map(|bs| {
@@ -613,44 +730,6 @@ async fn read_window(
             v
         })
         .collect();
-    let total: usize = placed.iter().map(|p| p.2 as usize).sum();
-    if placed.len() * 1024 > total {
-        // Many small entries: one gather per column instead of a slice per entry.
-        let flat: Vec<&RecordBatch> = per_part.iter().flatten().collect();
-        if flat.is_empty() {
-            return Ok(Vec::new());
-        }
-        let first: Vec<usize> = per_part
-            .iter()
-            .scan(0, |acc, bs| {
-                let f = *acc;
-                *acc += bs.len();
-                Some(f)
-            })
-            .collect();
-        let mut idx: Vec<(usize, usize)> = Vec::with_capacity(total);
-        for &(k, off, n) in &placed {
-            let st = &starts[k];
-            let (mut pos, end) = (off, off + n as usize);
-            let mut i = st.partition_point(|&x| x <= pos).saturating_sub(1);
-            while pos < end {
-                let b1 = st[i + 1];
-                while pos < end.min(b1) {
-                    idx.push((first[k] + i, pos - st[i]));
-                    pos += 1;
-                }
-                i += 1;
-            }
-        }
-        let cols: Vec<arrow::array::ArrayRef> = (0..schema.fields().len())
-            .map(|c| {
-                let arrays: Vec<&dyn arrow::array::Array> =
-                    flat.iter().map(|b| b.column(c).as_ref()).collect();
-                arrow::compute::interleave(&arrays, &idx)
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        return Ok(vec![RecordBatch::try_new(schema.clone(), cols)?]);
-    }
     let mut out: Vec<RecordBatch> = Vec::new();
     let mut small: Vec<RecordBatch> = Vec::new();
     let mut small_rows = 0;
@@ -663,14 +742,15 @@ async fn read_window(
         small.clear();
         Ok(())
     };
-    for &(k, off, n) in &placed {
+    for i in 0..n {
+        let k = slot[part[i] as usize] as usize;
         let (bs, st) = (&per_part[k], &starts[k]);
-        let (mut pos, end) = (off, off + n as usize);
-        let mut i = st.partition_point(|&x| x <= pos).saturating_sub(1);
+        let (mut pos, end) = (off[i], off[i] + count[i] as usize);
+        let mut j = st.partition_point(|&x| x <= pos).saturating_sub(1);
         while pos < end {
-            let (b0, b1) = (st[i], st[i + 1]);
+            let (b0, b1) = (st[j], st[j + 1]);
             let take = end.min(b1) - pos;
-            let piece = bs[i].slice(pos - b0, take);
+            let piece = bs[j].slice(pos - b0, take);
             if take >= 2048 {
                 flush(&mut small, &mut out)?;
                 small_rows = 0;
@@ -684,7 +764,7 @@ async fn read_window(
                 }
             }
             pos += take;
-            i += 1;
+            j += 1;
         }
     }
     flush(&mut small, &mut out)?;
