@@ -49,10 +49,27 @@ pub fn load_legacy(store: &Store, gen: u64, codec: &dyn IndexCodec) -> Result<Un
         Some(dir) => dir.join(file.as_ref()),
         None => cached_index_file(store, gen)?,
     };
-    let mut u = codec.read(&local).map_err(|e| match e {
+    let named = |e: Error| match e {
         Error::Internal(m) => Error::file(&store.name, file.as_ref(), m),
         other => other,
-    })?;
+    };
+    let mut u = match codec.read(&local) {
+        // Another process holds the database open for writing (plain DuckDB's `ATTACH` without
+        // `READ_ONLY`): read a copy instead of failing every query on the store.
+        Err(Error::Internal(m)) if store.local_dir.is_some() && m.contains("lock") => {
+            let copy = std::env::temp_dir().join(format!(
+                "pocaduck-index-{}.duckdb",
+                crate::writer::new_session_id()
+            ));
+            let r = std::fs::copy(&local, &copy)
+                .map_err(|e| Error::file(&store.name, file.as_ref(), format!("cannot copy: {e}")))
+                .and_then(|_| codec.read(&copy).map_err(named));
+            let _ = std::fs::remove_file(&copy);
+            let _ = std::fs::remove_file(copy.with_extension("duckdb.wal"));
+            r?
+        }
+        r => r.map_err(named)?,
+    };
     u.sort();
     Ok(u)
 }
@@ -295,7 +312,7 @@ pub(crate) mod tests {
 
     pub(crate) fn write(store: &str, worker: &str, rows: &[arrow::array::RecordBatch]) {
         let mut s = Session::start(
-            store,
+            &Store::open(store, OpenMode::Create).unwrap(),
             worker,
             vec![],
             "ATTRIBUTES",

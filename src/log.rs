@@ -143,16 +143,32 @@ fn parse(m: object_store::ObjectMeta) -> Option<GenerationFile> {
     })
 }
 
-/// The newest generation of `store` (`None`: never consolidated). One listing of `index/`.
-pub fn latest(store: &Store) -> Result<Option<GenerationFile>> {
-    Ok(store
-        .list(&layout::index_dir())?
-        .into_iter()
-        .filter_map(parse)
-        .max_by_key(|g| (g.generation, !g.legacy)))
+/// The newest of `files`. Once a store holds a format-2 manifest, format-1 files (`.duckdb`)
+/// never count again: this release never writes one, so a `.duckdb` file in `index/` next to a
+/// manifest is not a generation (plain DuckDB creates one when it `ATTACH`es a missing path
+/// there), and it must neither hide the manifests nor fail every read.
+fn newest(files: impl IntoIterator<Item = GenerationFile>) -> Option<GenerationFile> {
+    let (manifests, legacy): (Vec<_>, Vec<_>) = files.into_iter().partition(|g| !g.legacy);
+    let pick = if manifests.is_empty() {
+        legacy
+    } else {
+        manifests
+    };
+    pick.into_iter().max_by_key(|g| g.generation)
 }
 
-/// Every generation file of `store`, oldest first.
+/// The newest generation of `store` (`None`: never consolidated). One listing of `index/`.
+pub fn latest(store: &Store) -> Result<Option<GenerationFile>> {
+    Ok(newest(
+        store
+            .list(&layout::index_dir())?
+            .into_iter()
+            .filter_map(parse),
+    ))
+}
+
+/// Every generation file of `store`, oldest first (format-1 files only up to the first
+/// manifest, as in [`latest`]).
 pub fn all(store: &Store) -> Result<Vec<GenerationFile>> {
     let mut v: Vec<GenerationFile> = store
         .list(&layout::index_dir())?
@@ -160,6 +176,10 @@ pub fn all(store: &Store) -> Result<Vec<GenerationFile>> {
         .filter_map(parse)
         .collect();
     v.sort_by_key(|g| (g.generation, !g.legacy));
+    if let Some(first) = v.iter().position(|g| !g.legacy) {
+        let upgraded = v[first].generation;
+        v.retain(|g| !g.legacy || g.generation <= upgraded);
+    }
     Ok(v)
 }
 
@@ -168,11 +188,12 @@ pub fn all(store: &Store) -> Result<Vec<GenerationFile>> {
 /// `known` is gone too (the store was rewritten: call [`latest`]).
 pub fn latest_since(store: &Store, known: u64) -> Result<Option<GenerationFile>> {
     let offset = Path::from(format!("{}/{known:010}", layout::index_dir()));
-    Ok(store
-        .list_from(&layout::index_dir(), &offset)?
-        .into_iter()
-        .filter_map(parse)
-        .max_by_key(|g| (g.generation, !g.legacy)))
+    Ok(newest(
+        store
+            .list_from(&layout::index_dir(), &offset)?
+            .into_iter()
+            .filter_map(parse),
+    ))
 }
 
 /// Latest generation number (0 if never consolidated).
@@ -352,4 +373,41 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::OpenMode;
+
+    /// A `.duckdb` file newer than the newest manifest (what plain DuckDB leaves behind when it
+    /// `ATTACH`es a missing path in `index/`) is not a generation: readers and consolidate keep
+    /// using the manifests. Before any manifest, `.duckdb` files are the generations.
+    #[test]
+    fn duckdb_files_after_the_upgrade_are_not_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), OpenMode::Existing).unwrap();
+        let idx = dir.path().join("index");
+        std::fs::create_dir_all(&idx).unwrap();
+        let touch = |n: &str| std::fs::write(idx.join(n), b"x").unwrap();
+        touch("0000000001.duckdb");
+        touch("0000000002.duckdb");
+        let g = latest(&store).unwrap().unwrap();
+        assert_eq!((g.generation, g.legacy), (2, true));
+        touch("0000000003.json");
+        touch("0000000009.duckdb");
+        touch("0000000009.duckdb.wal");
+        let g = latest(&store).unwrap().unwrap();
+        assert_eq!((g.generation, g.legacy), (3, false));
+        let g = latest_since(&store, 3).unwrap().unwrap();
+        assert_eq!((g.generation, g.legacy), (3, false));
+        let g = latest_since(&store, 2).unwrap().unwrap();
+        assert_eq!((g.generation, g.legacy), (3, false));
+        let names: Vec<(u64, bool)> = all(&store)
+            .unwrap()
+            .iter()
+            .map(|g| (g.generation, g.legacy))
+            .collect();
+        assert_eq!(names, vec![(1, true), (2, true), (3, false)]);
+    }
 }

@@ -31,7 +31,7 @@ use crate::index::{BlockId, IndexCodec, UnifiedEntry};
 use crate::log;
 use crate::schema::StoreSchema;
 use crate::segment::IndexView;
-use crate::storage::{block_on, OpenMode, Store};
+use crate::storage::{block_on, OpenMode, StorageOptions, Store};
 
 /// Most rows a [`PointStream`] reads at once.
 pub const WINDOW_ROWS: u64 = 1 << 20;
@@ -117,8 +117,12 @@ pub struct LoadedIndex {
     pub view: Arc<IndexView>,
 }
 
-fn cache() -> &'static Mutex<HashMap<std::path::PathBuf, Arc<LoadedIndex>>> {
-    static C: OnceLock<Mutex<HashMap<std::path::PathBuf, Arc<LoadedIndex>>>> = OnceLock::new();
+/// Loaded generations per (store, options): a connection never reads through a client opened
+/// with another connection's options.
+type IndexCache = Mutex<HashMap<(std::path::PathBuf, Arc<StorageOptions>), Arc<LoadedIndex>>>;
+
+fn cache() -> &'static IndexCache {
+    static C: OnceLock<IndexCache> = OnceLock::new();
     C.get_or_init(Default::default)
 }
 
@@ -137,8 +141,12 @@ fn no_index(store: &Store) -> Result<Error> {
 /// Opens the current index generation of `store_name`, from the process cache when it is
 /// current. `codec` reads format-1 generations.
 pub fn open(store_name: &str, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>> {
-    let store = Store::open(store_name, OpenMode::Existing)?;
-    let key = store.cache_key();
+    open_store(Store::open(store_name, OpenMode::Existing)?, codec)
+}
+
+/// [`open`] for a store already opened (with the caller's storage options).
+pub fn open_store(store: Store, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>> {
+    let key = store.client_key();
     let hit = cache().lock().ok().and_then(|c| c.get(&key).cloned());
     let latest = match &hit {
         // Only names from the cached generation on are listed.
@@ -1076,7 +1084,14 @@ mod tests {
             target_file_size: 16 << 10,
             buffer_size: 1 << 20,
         };
-        let mut s = crate::writer::Session::start(name, "w1", vec![], "ATTRIBUTES", opts).unwrap();
+        let mut s = crate::writer::Session::start(
+            &Store::open(name, OpenMode::Create).unwrap(),
+            "w1",
+            vec![],
+            "ATTRIBUTES",
+            opts,
+        )
+        .unwrap();
         let mut expect: HashMap<u64, Vec<i32>> = HashMap::new();
         for blk in 0..20 {
             let n = 20_000;

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -60,6 +60,8 @@ pub struct Store {
     pub objects: Arc<dyn ObjectStore>,
     /// Local directory of the store, when it is on the local file system.
     pub local_dir: Option<std::path::PathBuf>,
+    /// The caller's options this store was opened with (empty: the environment's only).
+    options: Arc<StorageOptions>,
 }
 
 /// Whether [`Store::open`] may create the store directory.
@@ -71,11 +73,10 @@ pub enum OpenMode {
     Create,
 }
 
-/// Options for object stores set with `SET pocaduck_storage_options`, process-wide.
-fn storage_options() -> &'static RwLock<Vec<(String, String)>> {
-    static O: OnceLock<RwLock<Vec<(String, String)>>> = OnceLock::new();
-    O.get_or_init(Default::default)
-}
+/// Object-store options given by the caller (`SET pocaduck_storage_options` of the connection
+/// that runs the statement), applied on top of the environment when a remote store is opened.
+/// Validated `key=value` pairs (see [`parse_storage_options`]); empty for none.
+pub type StorageOptions = Vec<(String, String)>;
 
 /// Parses `key=value` pairs separated by commas, semicolons or newlines (`object_store` config
 /// keys such as `aws_endpoint`, `aws_region`, `aws_allow_http`, `google_service_account`,
@@ -114,13 +115,6 @@ fn is_storage_option_key(key: &str) -> bool {
     object_store::aws::AmazonS3ConfigKey::from_str(key).is_ok()
         || object_store::gcp::GoogleConfigKey::from_str(key).is_ok()
         || object_store::azure::AzureConfigKey::from_str(key).is_ok()
-}
-
-/// Sets the object-store options used by every store opened from now on in this process.
-pub fn set_storage_options(opts: Vec<(String, String)>) {
-    if let Ok(mut o) = storage_options().write() {
-        *o = opts;
-    }
 }
 
 /// Requests and bytes moved through object stores by this process (all stores), for
@@ -272,8 +266,15 @@ const REMOTE_SCHEMES: [&str; 8] = ["s3", "s3a", "gs", "az", "adl", "azure", "abf
 impl Store {
     /// Opens the store named `name`: a local path, a `file://` URL, or an object-store URL
     /// (`s3://bucket/prefix`, `gs://…`, `az://…`). Object-store settings come from the
-    /// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`), overridden by `pocaduck_storage_options`.
+    /// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
     pub fn open(name: &str, mode: OpenMode) -> Result<Store> {
+        Store::open_with(name, mode, &[])
+    }
+
+    /// Like [`Store::open`], with `options` applied over the environment for object stores
+    /// (ignored for local stores). Each (store, options) gets its own client: two connections
+    /// with different endpoints or credentials for the same URL work side by side.
+    pub fn open_with(name: &str, mode: OpenMode, options: &[(String, String)]) -> Result<Store> {
         if name.is_empty() {
             return Err(Error::arg("store", "must not be empty"));
         }
@@ -285,7 +286,7 @@ impl Store {
             name[7..].to_string()
         } else if let Some((scheme, _)) = name.split_once("://") {
             if REMOTE_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
-                return Store::open_remote(name, mode);
+                return Store::open_remote(name, mode, options);
             }
             return Err(Error::store(
                 name,
@@ -316,10 +317,11 @@ impl Store {
             name: name.to_string(),
             objects: Arc::new(Counted(Arc::new(os))),
             local_dir: Some(abs),
+            options: Default::default(),
         })
     }
 
-    fn open_remote(name: &str, mode: OpenMode) -> Result<Store> {
+    fn open_remote(name: &str, mode: OpenMode, options: &[(String, String)]) -> Result<Store> {
         let url = url::Url::parse(name.trim_end_matches('/'))
             .map_err(|e| Error::store(name, format!("is not a valid URL: {e}")))?;
         // Environment first, then the SET options; deliberate timeouts so that a wrong endpoint
@@ -333,9 +335,7 @@ impl Store {
                 opts.push((k.to_ascii_lowercase(), v));
             }
         }
-        if let Ok(o) = storage_options().read() {
-            opts.extend(o.iter().cloned());
-        }
+        opts.extend(options.iter().cloned());
         // One client per (store, options) per process: connections are reused across queries,
         // and the existence probe below runs once.
         type Key = (String, Vec<(String, String)>);
@@ -354,6 +354,7 @@ impl Store {
             name: name.to_string(),
             objects: os,
             local_dir: None,
+            options: Arc::new(options.to_vec()),
         };
         // One listing proves the bucket and the credentials (fails fast, naming the store).
         let top = block_on(store.objects.list_with_delimiter(None)).map_err(|e| {
@@ -371,7 +372,15 @@ impl Store {
         Ok(store)
     }
 
-    /// A key identifying the store in process caches.
+    /// A key identifying the store's location and the options it was opened with: what a cache
+    /// of things read *through* this client is keyed by (a connection with other credentials or
+    /// another endpoint must not be served what this one read).
+    pub fn client_key(&self) -> (std::path::PathBuf, Arc<StorageOptions>) {
+        (self.cache_key(), self.options.clone())
+    }
+
+    /// A key identifying the store's location in process caches (immutable files, writer
+    /// sessions).
     pub fn cache_key(&self) -> std::path::PathBuf {
         self.local_dir.clone().unwrap_or_else(|| {
             // `S3://b/p` and `s3://b/p` are the same store.

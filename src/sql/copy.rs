@@ -25,7 +25,7 @@ use super::args::{attribute_names, parse_size, shown};
 use super::{c_string, from_c, guard, ClientContext};
 use crate::error::{Error, Result};
 use crate::schema::{col, schema_for_input, FIXED};
-use crate::storage::OpenMode;
+use crate::storage::{OpenMode, StorageOptions, Store};
 use crate::writer::{session_slot, Session, Slot, Statement, WriterOptions};
 
 const F: &str = "COPY TO (FORMAT pocaduck)";
@@ -36,6 +36,8 @@ struct BindData {
     commit: bool,
     opts: WriterOptions,
     types: Vec<DataType>,
+    /// The connection's `SET pocaduck_storage_options`.
+    storage: StorageOptions,
 }
 
 struct GlobalState {
@@ -115,7 +117,7 @@ unsafe fn parse_options(
     // SAFETY: `info` is live (caller); ClientContext owns the returned context and destroys it.
     let ctx =
         ClientContext::new(unsafe { ffi::duckdb_copy_function_bind_get_client_context(info) });
-    ctx.apply_storage_options()?;
+    let storage = ctx.storage_options()?;
     let mut opts = ctx.writer_options()?;
     // Sizes are named in errors by where they came from: the option, or the SET setting.
     let mut target_arg = super::SET_TARGET_FILE_SIZE;
@@ -242,6 +244,7 @@ unsafe fn parse_options(
         commit,
         opts,
         types,
+        storage,
     })
 }
 
@@ -306,7 +309,8 @@ unsafe extern "C" fn global_init(info: ffi::duckdb_copy_function_global_init_inf
         // by `from_c`.
         let store = unsafe { from_c(ffi::duckdb_copy_function_global_init_get_file_path(info)) };
         refuse_per_thread_path(&store)?;
-        let slot = session_slot(&store, &b.worker, OpenMode::Create)?;
+        let store = Store::open_with(&store, OpenMode::Create, &b.storage)?;
+        let slot = session_slot(&store, &b.worker)?;
         let statement = Statement::begin(
             slot,
             || {

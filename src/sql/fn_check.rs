@@ -8,18 +8,18 @@ use arrow::array::{ArrayRef, BooleanArray, StringArray};
 use duckdb::core::LogicalTypeId;
 
 use super::index_db::DuckDbCodec;
-use super::vtab::{batch, one_batch, BatchIter, Bind, TableFn};
+use super::vtab::{batch, one_batch, BatchIter, Bind, StoreArg, TableFn};
 use crate::error::Result;
-use crate::storage::{OpenMode, Store};
+use crate::storage::OpenMode;
 
 /// `pocaduck_check(store)`.
 pub struct Check;
 
 impl TableFn for Check {
     const NAME: &'static str = "pocaduck_check";
-    type Args = String;
+    type Args = StoreArg;
 
-    fn bind(b: &Bind) -> Result<String> {
+    fn bind(b: &Bind) -> Result<StoreArg> {
         let store = b.existing_store()?;
         b.columns(&[
             ("ok", LogicalTypeId::Boolean),
@@ -29,8 +29,8 @@ impl TableFn for Check {
         Ok(store)
     }
 
-    fn rows(name: &String, _: &[usize]) -> Result<BatchIter> {
-        let store = Store::open(name, OpenMode::Existing)?;
+    fn rows(name: &StoreArg, _: &[usize]) -> Result<BatchIter> {
+        let store = name.open(OpenMode::Existing)?;
         let r = crate::check::check(&store, &DuckDbCodec)?;
         let mut ok: Vec<bool> = r.problems.iter().map(|_| false).collect();
         let mut file: Vec<Option<String>> =

@@ -2,10 +2,10 @@
 //! [`crate::consolidate`]); one row about what it did.
 
 use super::index_db::DuckDbCodec;
-use super::vtab::{Bind, OneRow};
+use super::vtab::{Bind, OneRow, StoreArg};
 use crate::consolidate::consolidate;
 use crate::error::Result;
-use crate::storage::{OpenMode, Store};
+use crate::storage::OpenMode;
 
 /// `pocaduck_consolidate(store)`.
 pub struct Consolidate;
@@ -21,14 +21,14 @@ impl OneRow for Consolidate {
         "new_entries",
         "segments",
     ];
-    type Args = String;
+    type Args = StoreArg;
 
-    fn bind(b: &Bind) -> Result<String> {
+    fn bind(b: &Bind) -> Result<StoreArg> {
         b.existing_store()
     }
 
-    fn compute(name: &String) -> Result<Vec<u64>> {
-        let s = consolidate(&Store::open(name, OpenMode::Existing)?, &DuckDbCodec)?;
+    fn compute(name: &StoreArg) -> Result<Vec<u64>> {
+        let s = consolidate(&name.open(OpenMode::Existing)?, &DuckDbCodec)?;
         Ok(vec![
             s.generation,
             s.workers,

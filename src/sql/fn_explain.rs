@@ -9,17 +9,16 @@ use arrow::array::{ArrayRef, Float64Array, UInt64Array};
 use duckdb::core::LogicalTypeId;
 
 use super::args::{arg_labels, bbox_value};
-use super::index_db::DuckDbCodec;
-use super::vtab::{batch, one_batch, BatchIter, Bind, TableFn};
+use super::vtab::{batch, one_batch, BatchIter, Bind, StoreArg, TableFn};
 use crate::error::Result;
-use crate::reader::{self, BBox, ReadTrace, ScanRequest};
+use crate::reader::{BBox, ReadTrace, ScanRequest};
 
 /// `pocaduck_explain(store, label)`.
 pub struct Explain;
 
 /// Bind data of `pocaduck_explain`.
 pub struct ExplainArgs {
-    store: String,
+    store: StoreArg,
     labels: Vec<u64>,
     bbox: Option<BBox>,
 }
@@ -53,7 +52,7 @@ impl TableFn for Explain {
             Some(v) => Some(bbox_value(&v, "bbox")?),
             None => None,
         };
-        reader::open(&store, &DuckDbCodec)?;
+        store.index()?;
         b.ubigint_columns(&COUNTS);
         b.columns(&TIMES.map(|n| (n, LogicalTypeId::Double)));
         Ok(ExplainArgs {
@@ -68,7 +67,7 @@ impl TableFn for Explain {
         let ld = |f: &AtomicU64| f.load(Ordering::Relaxed);
         let before = [ld(&io.lists), ld(&io.gets), ld(&io.bytes_read)];
         let t0 = Instant::now();
-        let index = reader::open(&a.store, &DuckDbCodec)?;
+        let index = a.store.index()?;
         let t1 = Instant::now();
         let trace = Arc::new(ReadTrace::default());
         let cols: Vec<usize> = (0..index.schema.part_columns()).collect();

@@ -7,28 +7,26 @@ use arrow::array::UInt64Array;
 use duckdb::core::LogicalTypeId;
 
 use super::args::value_label;
-use super::index_db::DuckDbCodec;
-use super::vtab::{batch, one_batch, BatchIter, Bind, TableFn};
+use super::vtab::{batch, one_batch, BatchIter, Bind, StoreArg, TableFn};
 use crate::error::Result;
 use crate::index::{block_array, BlockId};
-use crate::reader;
 
 /// `pocaduck_labels(store)`: label, point_count, block_count, from the index.
 pub struct Labels;
 
 impl TableFn for Labels {
     const NAME: &'static str = "pocaduck_labels";
-    type Args = String;
+    type Args = StoreArg;
 
-    fn bind(b: &Bind) -> Result<String> {
+    fn bind(b: &Bind) -> Result<StoreArg> {
         let store = b.store()?;
-        reader::open(&store, &DuckDbCodec)?;
+        store.index()?;
         b.ubigint_columns(&["label", "point_count", "block_count"]);
         Ok(store)
     }
 
-    fn rows(store: &String, _: &[usize]) -> Result<BatchIter> {
-        let index = reader::open(store, &DuckDbCodec)?;
+    fn rows(store: &StoreArg, _: &[usize]) -> Result<BatchIter> {
+        let index = store.index()?;
         // Streamed over the index segments, a batch of labels at a time.
         let mut stats = index.label_stats();
         let iter = std::iter::from_fn(move || {
@@ -64,19 +62,19 @@ pub struct Blocks;
 impl TableFn for Blocks {
     const NAME: &'static str = "pocaduck_blocks";
     const PARAMETERS: &'static [&'static str] = &["label"];
-    type Args = (String, u64);
+    type Args = (StoreArg, u64);
 
-    fn bind(b: &Bind) -> Result<(String, u64)> {
+    fn bind(b: &Bind) -> Result<(StoreArg, u64)> {
         let store = b.store()?;
         let label = value_label(&b.param(1), "label")?;
-        let index = reader::open(&store, &DuckDbCodec)?;
+        let index = store.index()?;
         b.arrow_column("block", &index.schema.block_type().arrow())?;
         b.columns(&[("point_count", LogicalTypeId::UBigint)]);
         Ok((store, label))
     }
 
-    fn rows((store, label): &(String, u64), _: &[usize]) -> Result<BatchIter> {
-        let index = reader::open(store, &DuckDbCodec)?;
+    fn rows((store, label): &(StoreArg, u64), _: &[usize]) -> Result<BatchIter> {
+        let index = store.index()?;
         let blocks: Vec<(BlockId, u64)> = index.blocks(*label)?;
         let bt = index.schema.block_type();
         Ok(one_batch(batch(vec![

@@ -3,11 +3,11 @@
 
 use super::args::arg_labels;
 use super::index_db::DuckDbCodec;
-use super::vtab::{Bind, OneRow};
+use super::vtab::{Bind, OneRow, StoreArg};
 use super::SET_TARGET_FILE_SIZE;
 use crate::error::{Error, Result};
 use crate::optimize::{optimize, OptimizeOptions};
-use crate::storage::{OpenMode, Store};
+use crate::storage::OpenMode;
 
 /// `pocaduck_optimize(store)`.
 pub struct Optimize;
@@ -39,9 +39,9 @@ impl OneRow for Optimize {
         "entries_after",
         "files_written",
     ];
-    type Args = (String, OptimizeOptions);
+    type Args = (StoreArg, OptimizeOptions);
 
-    fn bind(b: &Bind) -> Result<(String, OptimizeOptions)> {
+    fn bind(b: &Bind) -> Result<(StoreArg, OptimizeOptions)> {
         let store = b.store()?;
         let default = b.context().setting_size(
             SET_TARGET_FILE_SIZE,
@@ -53,12 +53,12 @@ impl OneRow for Optimize {
             labels,
             ..Default::default()
         };
-        Store::open(&store, OpenMode::Existing)?;
+        store.open(OpenMode::Existing)?;
         Ok((store, opts))
     }
 
-    fn compute((name, opts): &(String, OptimizeOptions)) -> Result<Vec<u64>> {
-        let s = optimize(&Store::open(name, OpenMode::Existing)?, &DuckDbCodec, opts)?;
+    fn compute((name, opts): &(StoreArg, OptimizeOptions)) -> Result<Vec<u64>> {
+        let s = optimize(&name.open(OpenMode::Existing)?, &DuckDbCodec, opts)?;
         Ok(vec![
             s.generation,
             s.labels,

@@ -5,8 +5,7 @@
 use duckdb::core::LogicalTypeId;
 
 use super::args::{arg_labels, bbox_value};
-use super::index_db::DuckDbCodec;
-use super::vtab::{Bind, Pieces, TableFn};
+use super::vtab::{Bind, Pieces, StoreArg, TableFn};
 use crate::error::{Error, Result};
 use crate::reader::{self, BBox, ScanRequest};
 use crate::schema::{col, FIXED};
@@ -19,7 +18,7 @@ pub struct PointsInBox;
 
 /// Bind data of `pocaduck_points` and `pocaduck_points_in_box`.
 pub struct PointsArgs {
-    store: String,
+    store: StoreArg,
     /// `None`: every label.
     labels: Option<Vec<u64>>,
     bbox: Option<BBox>,
@@ -35,7 +34,7 @@ fn bind_points(
     bbox: Option<BBox>,
 ) -> Result<PointsArgs> {
     let store = b.store()?;
-    let index = reader::open(&store, &DuckDbCodec)?;
+    let index = store.index()?;
     let mut part_cols = Vec::new();
     if with_label {
         b.columns(&[(FIXED[col::LABEL], LogicalTypeId::UBigint)]);
@@ -74,7 +73,7 @@ fn open_stream(args: &PointsArgs, columns: &[usize]) -> Result<reader::PointStre
         .iter()
         .filter_map(|i| args.part_cols.get(*i).copied())
         .collect();
-    let index = reader::open(&args.store, &DuckDbCodec)?;
+    let index = args.store.index()?;
     let req = match &args.labels {
         Some(ls) => ScanRequest::labels(ls.clone()),
         None => ScanRequest::all(),

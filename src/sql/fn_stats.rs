@@ -1,10 +1,10 @@
 //! `pocaduck_stats(store)`: one row of figures about a store (see [`crate::stats`]).
 
 use super::index_db::DuckDbCodec;
-use super::vtab::{Bind, OneRow};
+use super::vtab::{Bind, OneRow, StoreArg};
 use crate::error::Result;
 use crate::stats::stats;
-use crate::storage::{OpenMode, Store};
+use crate::storage::OpenMode;
 
 /// `pocaduck_stats(store)`.
 pub struct Stats;
@@ -28,14 +28,14 @@ impl OneRow for Stats {
         "segments",
         "skipped_commits",
     ];
-    type Args = String;
+    type Args = StoreArg;
 
-    fn bind(b: &Bind) -> Result<String> {
+    fn bind(b: &Bind) -> Result<StoreArg> {
         b.existing_store()
     }
 
-    fn compute(name: &String) -> Result<Vec<u64>> {
-        let s = stats(&Store::open(name, OpenMode::Existing)?, &DuckDbCodec)?;
+    fn compute(name: &StoreArg) -> Result<Vec<u64>> {
+        let s = stats(&name.open(OpenMode::Existing)?, &DuckDbCodec)?;
         Ok(vec![
             s.generation,
             s.workers,

@@ -13,14 +13,14 @@ use duckdb::core::LogicalTypeId;
 use duckdb::vtab::Value;
 
 use super::args::{attribute_names, is_integer, shown, value_label};
-use super::vtab::{batch, one_batch, BatchIter, Bind, TableFn};
+use super::vtab::{batch, one_batch, BatchIter, Bind, StoreArg, TableFn};
 use crate::error::{Error, Result};
 use crate::storage::OpenMode;
 use crate::writer::{lock_slot, session_slot, CommitSummary, Session, Statement, WriterOptions};
 
 /// Arguments of `pocaduck_write`, validated.
 pub struct WriteArgs {
-    store: String,
+    store: StoreArg,
     worker: String,
     attributes: Vec<String>,
     commit: bool,
@@ -256,13 +256,14 @@ impl TableFn for Write {
     }
 
     fn rows(a: &WriteArgs, _: &[usize]) -> Result<BatchIter> {
-        let slot = session_slot(&a.store, &a.worker, OpenMode::Create)?;
+        let store = a.store.open(OpenMode::Create)?;
+        let slot = session_slot(&store, &a.worker)?;
         // The slot stays locked for the whole statement.
         let mut statement = Statement::begin(
             lock_slot(&slot),
             || {
                 Session::start(
-                    &a.store,
+                    &store,
                     &a.worker,
                     a.attributes.clone(),
                     "attributes",
@@ -291,21 +292,21 @@ impl TableFn for Write {
 impl TableFn for Commit {
     const NAME: &'static str = "pocaduck_commit";
     const NAMED: &'static [&'static str] = &["worker"];
-    type Args = (String, String);
+    type Args = (StoreArg, String);
 
-    fn bind(b: &Bind) -> Result<(String, String)> {
+    fn bind(b: &Bind) -> Result<(StoreArg, String)> {
         let store = b.store()?;
         let worker = worker_arg(b)?;
         b.columns(&SUMMARY_COLUMNS);
         Ok((store, worker))
     }
 
-    fn rows((store, worker): &(String, String), _: &[usize]) -> Result<BatchIter> {
-        let slot = session_slot(store, worker, OpenMode::Existing)?;
+    fn rows((store, worker): &(StoreArg, String), _: &[usize]) -> Result<BatchIter> {
+        let slot = session_slot(&store.open(OpenMode::Existing)?, worker)?;
         let mut guard = lock_slot(&slot);
         if guard.as_ref().is_some_and(Session::in_statement) {
             return Err(Error::Conflict {
-                store: store.clone(),
+                store: store.name.clone(),
                 msg: format!(
                     "worker '{worker}' is being written by a running statement; commit after it ends"
                 ),

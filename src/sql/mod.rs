@@ -110,11 +110,12 @@ impl ClientContext {
         parse_size(&v, name)
     }
 
-    /// Applies `SET pocaduck_storage_options` to the stores opened from now on (process-wide:
-    /// the latest statement's value wins).
-    pub fn apply_storage_options(&self) -> Result<()> {
+    /// The connection's `SET pocaduck_storage_options`, checked (an unknown key is an error
+    /// naming it). They follow the statement, not the process: each statement opens its stores
+    /// with its own connection's options.
+    pub fn storage_options(&self) -> Result<crate::storage::StorageOptions> {
         if self.0.is_null() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let cname = c_string(SET_STORAGE_OPTIONS);
         let mut scope: ffi::duckdb_config_option_scope = 0;
@@ -123,7 +124,7 @@ impl ClientContext {
             ffi::duckdb_client_context_get_config_option(self.0, cname.as_ptr(), &mut scope)
         };
         if raw.is_null() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let v = Value::from(raw);
         let text = if v.is_null() {
@@ -131,9 +132,7 @@ impl ClientContext {
         } else {
             v.to_string()
         };
-        let opts = crate::storage::parse_storage_options(&text, SET_STORAGE_OPTIONS)?;
-        crate::storage::set_storage_options(opts);
-        Ok(())
+        crate::storage::parse_storage_options(&text, SET_STORAGE_OPTIONS)
     }
 
     /// Writer options from the `SET` settings (unchecked: the caller checks them with

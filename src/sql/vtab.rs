@@ -29,7 +29,8 @@ use duckdb::{ffi, Connection};
 use super::args::{arg_string, parse_size};
 use super::{guard, ClientContext};
 use crate::error::{Error, Result};
-use crate::storage::{OpenMode, Store};
+use crate::reader;
+use crate::storage::{OpenMode, StorageOptions, Store};
 
 /// The error type of duckdb-rs callbacks.
 pub type BoxErr = Box<dyn std::error::Error>;
@@ -130,14 +131,39 @@ impl<T: OneRow> TableFn for T {
 pub struct Bind<'a> {
     info: &'a BindInfo,
     ctx: ClientContext,
+    options: StorageOptions,
+}
+
+/// A `store` argument and the storage options (`SET pocaduck_storage_options`) of the connection
+/// whose statement named it: the statement opens the store with those, whichever thread runs it.
+#[derive(Clone, Debug)]
+pub struct StoreArg {
+    /// The store as the user named it.
+    pub name: String,
+    options: StorageOptions,
+}
+
+impl StoreArg {
+    /// Opens the store with the connection's options.
+    pub fn open(&self, mode: OpenMode) -> Result<Store> {
+        Store::open_with(&self.name, mode, &self.options)
+    }
+
+    /// The store's current index generation (see [`reader::open_store`]).
+    pub fn index(&self) -> Result<Arc<reader::LoadedIndex>> {
+        reader::open_store(
+            self.open(OpenMode::Existing)?,
+            &super::index_db::DuckDbCodec,
+        )
+    }
 }
 
 const _: () =
     assert!(std::mem::size_of::<BindInfo>() == std::mem::size_of::<ffi::duckdb_bind_info>());
 
 impl<'a> Bind<'a> {
-    /// The prologue every bind starts with: `SET pocaduck_storage_options` applied to the stores
-    /// opened from now on.
+    /// The prologue every bind starts with: the connection's `SET pocaduck_storage_options`
+    /// read (and checked) for the stores the statement opens.
     fn new(info: &'a BindInfo) -> Result<Self> {
         // SAFETY: BindInfo is a single-field wrapper around duckdb_bind_info (size checked above).
         let raw: ffi::duckdb_bind_info =
@@ -147,19 +173,22 @@ impl<'a> Bind<'a> {
         // context written to `ctx`, and handles it staying null.
         unsafe { ffi::duckdb_table_function_get_client_context(raw, &mut ctx) };
         let ctx = ClientContext::new(ctx);
-        ctx.apply_storage_options()?;
-        Ok(Bind { info, ctx })
+        let options = ctx.storage_options()?;
+        Ok(Bind { info, ctx, options })
     }
 
-    /// The `store` argument (the first one).
-    pub fn store(&self) -> Result<String> {
-        arg_string(Some(self.info.get_parameter(0)), "store")
+    /// The `store` argument (the first one), with the connection's storage options.
+    pub fn store(&self) -> Result<StoreArg> {
+        Ok(StoreArg {
+            name: arg_string(Some(self.info.get_parameter(0)), "store")?,
+            options: self.options.clone(),
+        })
     }
 
     /// The `store` argument, which must name an existing store.
-    pub fn existing_store(&self) -> Result<String> {
+    pub fn existing_store(&self) -> Result<StoreArg> {
         let store = self.store()?;
-        Store::open(&store, OpenMode::Existing)?;
+        store.open(OpenMode::Existing)?;
         Ok(store)
     }
 

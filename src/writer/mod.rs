@@ -38,7 +38,7 @@ use crate::index::{block_ids, encode_segment, SegmentEntry};
 use crate::layout;
 use crate::part_sink::PartSink;
 use crate::schema::{col, normalize, schema_for_input, StoreSchema};
-use crate::storage::{OpenMode, Store};
+use crate::storage::Store;
 
 mod encode;
 mod statement;
@@ -174,7 +174,7 @@ impl Session {
     /// Starts a session. The store directory is created if missing; its schema is read if present.
     /// `attr_arg` names the attributes argument in errors (`ATTRIBUTES` for COPY).
     pub fn start(
-        store_name: &str,
+        store: &Store,
         worker: &str,
         attr_names: Vec<String>,
         attr_arg: &str,
@@ -183,7 +183,7 @@ impl Session {
         layout::check_worker_id(worker, "WORKER")?;
         crate::schema::check_attribute_names(&attr_names, attr_arg)?;
         opts.check()?;
-        let store = Store::open(store_name, OpenMode::Create)?;
+        let store = store.clone();
         let schema = read_schema(&store)?;
         if let Some(s) = &schema {
             let have: Vec<&str> = s.attributes().map(|c| c.name.as_str()).collect();
@@ -592,6 +592,7 @@ pub fn latest_commit(store: &Store, worker: &str) -> Result<u64> {
 pub(crate) mod tests {
     use super::encode::{runs, sort_order};
     use super::*;
+    use crate::storage::OpenMode;
     use arrow::array::{Int32Array, Int64Array, StringArray, UInt64Array};
 
     pub(crate) fn rows(labels: &[u64], block: &str, xyz: &[[i32; 3]]) -> RecordBatch {
@@ -661,8 +662,14 @@ pub(crate) mod tests {
     fn nothing_is_visible_before_commit_and_everything_after() {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
-        let mut s =
-            Session::start(name, "w1", vec![], "ATTRIBUTES", WriterOptions::default()).unwrap();
+        let mut s = Session::start(
+            &Store::open(name, OpenMode::Create).unwrap(),
+            "w1",
+            vec![],
+            "ATTRIBUTES",
+            WriterOptions::default(),
+        )
+        .unwrap();
         s.append(&rows(&[3, 1, 3], "b0", &[[1, 2, 3], [4, 5, 6], [7, 8, 9]]))
             .unwrap();
         assert_eq!(latest_commit(s.store(), "w1").unwrap(), 0);
@@ -680,7 +687,14 @@ pub(crate) mod tests {
             target_file_size: 1024,
             buffer_size: 1 << 20,
         };
-        let mut s = Session::start(name, "w1", vec![], "ATTRIBUTES", opts).unwrap();
+        let mut s = Session::start(
+            &Store::open(name, OpenMode::Create).unwrap(),
+            "w1",
+            vec![],
+            "ATTRIBUTES",
+            opts,
+        )
+        .unwrap();
         let pts: Vec<[i32; 3]> = (0..50_000).map(|i| [i, i, i]).collect();
         let labels: Vec<u64> = (0..50_000).map(|i| i % 97).collect();
         s.append(&rows(&labels, "b", &pts)).unwrap();
@@ -698,7 +712,14 @@ pub(crate) mod tests {
             target_file_size: 256 << 10,
             buffer_size: 4 << 20,
         };
-        let mut s = Session::start(name, "w1", vec![], "ATTRIBUTES", opts).unwrap();
+        let mut s = Session::start(
+            &Store::open(name, OpenMode::Create).unwrap(),
+            "w1",
+            vec![],
+            "ATTRIBUTES",
+            opts,
+        )
+        .unwrap();
         for blk in 0..300 {
             let pts: Vec<[i32; 3]> = (0..1000).map(|i| [i * 7 + blk, i * 13, blk * i]).collect();
             let labels: Vec<u64> = (0..1000).map(|i| (i % 10) as u64 + blk as u64).collect();
@@ -726,15 +747,23 @@ pub(crate) mod tests {
     fn next_statement_waits_for_a_late_rollback() {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
-        let slot = session_slot(name, "w1", OpenMode::Create).unwrap();
-        let start = || Session::start(name, "w1", vec![], "ATTRIBUTES", WriterOptions::default());
+        let slot = session_slot(&Store::open(name, OpenMode::Create).unwrap(), "w1").unwrap();
+        let start = || {
+            Session::start(
+                &Store::open(name, OpenMode::Create).unwrap(),
+                "w1",
+                vec![],
+                "ATTRIBUTES",
+                WriterOptions::default(),
+            )
+        };
         let mut st = Statement::begin(slot.clone(), start, |_| Ok(())).unwrap();
         st.append(&rows(&[1], "b", &[[1, 1, 1]])).unwrap();
         let late = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(200));
             drop(st);
         });
-        let again = session_slot(name, "w1", OpenMode::Create).unwrap();
+        let again = session_slot(&Store::open(name, OpenMode::Create).unwrap(), "w1").unwrap();
         assert!(
             lock_slot(&again).is_none(),
             "the failed statement's session is gone"
@@ -747,7 +776,15 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
         let slot: Slot = Default::default();
-        let start = || Session::start(name, "w1", vec![], "ATTRIBUTES", WriterOptions::default());
+        let start = || {
+            Session::start(
+                &Store::open(name, OpenMode::Create).unwrap(),
+                "w1",
+                vec![],
+                "ATTRIBUTES",
+                WriterOptions::default(),
+            )
+        };
         // A failed first statement leaves no session behind.
         let mut st = Statement::begin(slot.clone(), start, |_| Ok(())).unwrap();
         st.append(&rows(&[1], "b", &[[1, 1, 1]])).unwrap();
@@ -797,7 +834,14 @@ pub(crate) mod tests {
                 target_file_size: 64 << 10,
                 buffer_size: 1 << 20,
             };
-            let mut s = Session::start(name, "w", vec![], "ATTRIBUTES", opts).unwrap();
+            let mut s = Session::start(
+                &Store::open(name, OpenMode::Create).unwrap(),
+                "w",
+                vec![],
+                "ATTRIBUTES",
+                opts,
+            )
+            .unwrap();
             let block = |k: i32, n: usize| {
                 let labels: Vec<u64> = (0..n).map(|i| (i % 50) as u64).collect();
                 let pts: Vec<[i32; 3]> = (0..n).map(|i| [k, i as i32, 0]).collect();
@@ -867,7 +911,7 @@ pub(crate) mod tests {
     fn statement_rollback_restores_buffer() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Session::start(
-            dir.path().to_str().unwrap(),
+            &Store::open(dir.path().to_str().unwrap(), OpenMode::Create).unwrap(),
             "w1",
             vec![],
             "ATTRIBUTES",

@@ -14,10 +14,10 @@ fn sessions() -> &'static Mutex<HashMap<Key, Slot>> {
 }
 
 /// A handle on the session slot of (store, worker) in this process; the slot is empty when no
-/// session is open.
-pub fn session_slot(store_name: &str, worker: &str, mode: OpenMode) -> Result<Slot> {
+/// session is open. Keyed by the store's location: connections with different storage options
+/// share the worker's session (opened with the first one's).
+pub fn session_slot(store: &Store, worker: &str) -> Result<Slot> {
     layout::check_worker_id(worker, "WORKER")?;
-    let store = Store::open(store_name, mode)?;
     let key = (store.cache_key(), worker.to_string());
     let slot = sessions()
         .lock()

@@ -96,3 +96,56 @@ def test_format_1_store_is_read_then_upgraded(tmp_path):
     assert con.execute(f"SELECT generation FROM pocaduck_optimize('{store}')").fetchone() == (3,)
     for label in (0, 7, 29):
         assert points(con, store, label) == expected(rows, label)
+
+
+class HeldOpen:
+    """Another process that ATTACHes `path` with plain DuckDB, without READ_ONLY (so it holds the
+    file's write lock, and creates the file if it is missing), until the block ends."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        import subprocess
+        import sys
+
+        code = (
+            "import duckdb, sys; c = duckdb.connect(); "
+            f"c.execute(\"ATTACH '{self.path}' AS x\"); print('ready', flush=True); sys.stdin.read()"
+        )
+        self.p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.p.stdout.readline().strip() == "ready"
+        return self
+
+    def __exit__(self, *exc):
+        self.p.stdin.close()
+        self.p.wait(timeout=30)
+
+
+def test_an_attached_index_file_never_blocks_reads(tmp_path):
+    """Issue 10, finding 9: a plain-DuckDB ATTACH (without READ_ONLY) of a file in `index/` must not
+    break pocaduck. Format 1: the generation being held open (locked) is read from a copy. Format 2:
+    a `.duckdb` file that ATTACH creates in `index/` is not a generation (before, it hid the
+    manifests and every read failed on its lock or on its missing tables)."""
+    store = tmp_path / "old"
+    con = connect()
+    con.execute(
+        f"COPY (SELECT (i % 5)::UBIGINT, i % 2, i::INT, 0, 0 FROM range(100) t(i)) TO '{store}' (FORMAT pocaduck, WORKER 'w')"
+    )
+    write_legacy_generation(store)
+    want = [(b, x, 0, 0) for x in range(100) for b in [x % 2] if x % 5 == 3]
+    with HeldOpen(store / "index/0000000001.duckdb"):
+        assert points(con, store, 3) == sorted(want)
+        assert con.execute(f"SELECT generation, new_commits FROM pocaduck_consolidate('{store}')").fetchone() == (2, 0)
+    stray = store / "index/0000000009.duckdb"
+    with HeldOpen(stray):
+        assert stray.exists()
+        fresh = connect()  # a reader that never saw the store
+        assert points(fresh, store, 3) == sorted(want)
+        con.execute(f"COPY (SELECT 3::UBIGINT, 7, 1000, 0, 0) TO '{store}' (FORMAT pocaduck, WORKER 'w')")
+        assert con.execute(f"SELECT generation, new_commits FROM pocaduck_consolidate('{store}')").fetchone() == (3, 1)
+        assert points(fresh, store, 3) == sorted(want + [(7, 1000, 0, 0)])
+    # Once the other process is gone, the empty file it left is still ignored.
+    assert points(connect(), store, 3) == sorted(want + [(7, 1000, 0, 0)])
+    assert con.execute(f"SELECT bool_and(ok) FROM pocaduck_check('{store}')").fetchone() == (True,)
+    assert con.execute(f"SELECT generation FROM pocaduck_stats('{store}')").fetchone() == (3,)

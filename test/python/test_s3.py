@@ -166,6 +166,51 @@ print(con.execute("SELECT x, y, z FROM pocaduck_points('{store}', 1)").fetchall(
     assert r.stdout.strip() == "[(2, 3, 4)]"
 
 
+def test_storage_options_follow_the_connection(s3, tmp_path):
+    """Issue 10, finding 5: `SET pocaduck_storage_options` belongs to the connection that set it.
+    Two S3 servers hold different stores under the same URL; two connections (two databases of
+    one process, which share the extension) point at one each. A statement prepared on one
+    connection keeps its connection's endpoint however the other connection's statements (or a
+    third connection that never ran SET) interleave; before, every bind overwrote one process-wide
+    value and the prepared statement read the other server's store."""
+    other = S3Server()
+    try:
+        other.bucket("pocaduck-test")
+        store = url()
+        cons = []
+        for srv, x in ((s3, 1), (other, 2)):
+            c = connect()
+            c.execute(
+                f"SET pocaduck_storage_options = 'aws_endpoint={srv.endpoint}, aws_allow_http=true, "
+                "aws_access_key_id=testing, aws_secret_access_key=testing, aws_region=us-east-1'"
+            )
+            c.execute(f"COPY (SELECT 1::UBIGINT, 0, {x}, 0, 0 FROM range({x})) TO '{store}' (FORMAT pocaduck, WORKER 'w')")
+            assert c.execute(f"SELECT generation FROM pocaduck_consolidate('{store}')").fetchone() == (1,)
+            cons.append(c)
+        a, b = cons
+        plain = connect()  # never runs SET: the environment's endpoint (the first server)
+        q = f"SELECT count(*), max(x) FROM pocaduck_points('{store}', 1)"
+        a.execute(f"PREPARE qa AS {q}")
+        b.execute(f"PREPARE qb AS {q}")
+        for _ in range(3):
+            assert b.execute(q).fetchone() == (2, 2)
+            assert a.execute("EXECUTE qa").fetchone() == (1, 1)
+            assert plain.execute(q).fetchone() == (1, 1)
+            assert b.execute("EXECUTE qb").fetchone() == (2, 2)
+            assert a.execute(q).fetchone() == (1, 1)
+            assert b.execute("EXECUTE qb").fetchone() == (2, 2)
+        # Writes too: a COPY bound on b writes to b's server.
+        b.execute(f"COPY (SELECT 2::UBIGINT, 0, 7, 0, 0) TO '{store}' (FORMAT pocaduck, WORKER 'w')")
+        assert b.execute(f"SELECT generation FROM pocaduck_consolidate('{store}')").fetchone() == (2,)
+        assert b.execute(f"SELECT x FROM pocaduck_points('{store}', 2)").fetchall() == [(7,)]
+        assert a.execute(f"SELECT generation FROM pocaduck_stats('{store}')").fetchone() == (1,)
+        prefix = store.split("pocaduck-test/")[1] + "/"
+        assert sum("commits/" in k for k in other.keys("pocaduck-test", prefix)) == 2
+        assert sum("commits/" in k for k in s3.keys("pocaduck-test", prefix)) == 1
+    finally:
+        other.stop()
+
+
 def test_missing_bucket_and_dead_endpoint_fail_fast_naming_the_store(s3):
     con = connect()
     t = time.time()
