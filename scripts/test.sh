@@ -3,7 +3,9 @@
 #   1. cargo fmt --check, clippy -D warnings, cargo test (the core, plain Rust)
 #   2. SQL logic tests (test/sql) against DuckDB 1.5.6 and 2.0.0 (Python), again with every store in
 #      S3 (a local moto_server), and the DuckDB CLI 1.5.6
-#   3. pytest (test/python) with duckdb 1.5.6 and 2.0.0; the real-data end-to-end test with 1.5.6
+#   3. pytest (test/python) with duckdb 1.5.6 and 2.0.0; the real-data end-to-end test with 1.5.6;
+#      a 20 s soak of 8 reader threads on an S3 store while other processes write, consolidate and
+#      optimize it (scripts/soak_s3_readers.py, duckdb 1.5.6)
 #   4. cargo fuzz on the segment and part readers, 60 s per target
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +41,8 @@ print("\n".join(r[0] for r in con.execute(sys.argv[2]).fetchall()))
 export POCADUCK_TEST_S3=1
 echo "== pytest: duckdb 1.5.6"
 .venv/py15/bin/python -m pytest -q -rs test/python
+echo "== soak: 8 reader threads of one process on an S3 store while other processes write, consolidate and optimize (20 s, duckdb 1.5.6)"
+.venv/py15/bin/python scripts/soak_s3_readers.py --seconds 20
 echo "== pytest: duckdb 2.0.0 (real-data test runs once, above)"
 .venv/py20/bin/python -m pytest -q -rs test/python --ignore=test/python/test_real_data.py
 echo "== fuzzing: cargo fuzz, 60 s per target"
