@@ -248,10 +248,12 @@ fn part_rows(
 
 /// Reads `entries` back and verifies each.
 fn read_back(idx: &LoadedIndex, entries: &[UnifiedEntry], cols: &[usize], r: &mut CheckReport) {
-    let batch = idx
+    // Batches of bounded string bytes (a label may hold more strings than one batch can).
+    let schema = idx.projected(cols);
+    let batches = idx
         .read_entry_rows(entries, cols)
-        .and_then(|b| Ok(arrow::compute::concat_batches(&idx.projected(cols), &b)?));
-    let batch = match batch {
+        .and_then(|b| crate::bounded::concat(&schema, b, crate::bounded::STRING_BYTES));
+    let batches = match batches {
         Ok(b) => b,
         Err(e) => {
             let file = match &e {
@@ -262,10 +264,28 @@ fn read_back(idx: &LoadedIndex, entries: &[UnifiedEntry], cols: &[usize], r: &mu
             return;
         }
     };
+    let mut starts = vec![0usize];
+    for b in &batches {
+        starts.push(starts[starts.len() - 1] + b.num_rows());
+    }
+    let total = starts[starts.len() - 1];
+    // Rows off..off + n, as slices of the batches they span.
+    let rows = |off: usize, n: usize| -> Vec<arrow::array::RecordBatch> {
+        let mut pieces = Vec::new();
+        let mut j = starts.partition_point(|&x| x <= off).saturating_sub(1);
+        let mut pos = off;
+        while pos < off + n {
+            let take = (off + n).min(starts[j + 1]) - pos;
+            pieces.push(batches[j].slice(pos - starts[j], take));
+            pos += take;
+            j += 1;
+        }
+        pieces
+    };
     let mut off = 0usize;
     for ue in entries {
         let n = ue.entry.row_count as usize;
-        if off + n > batch.num_rows() {
+        if off + n > total {
             r.problems.push(Problem {
                 file: ue.entry.part.clone(),
                 msg: format!(
@@ -276,7 +296,13 @@ fn read_back(idx: &LoadedIndex, entries: &[UnifiedEntry], cols: &[usize], r: &mu
             });
             break;
         }
-        if let Err(msg) = verify(&batch.slice(off, n), ue) {
+        let mut first = 0u64;
+        let checked = rows(off, n).iter().try_for_each(|b| {
+            let r = verify(b, ue, first);
+            first += b.num_rows() as u64;
+            r
+        });
+        if let Err(msg) = checked {
             r.problems.push(Problem {
                 file: ue.entry.part.clone(),
                 msg,
@@ -295,16 +321,18 @@ fn problem(file: &str, e: &Error) -> Problem {
     }
 }
 
-/// Checks one entry's rows: its label and block only, coordinates inside its bounds.
+/// Checks rows of one entry (`b`, from its row `first` on): its label and block only,
+/// coordinates inside its bounds.
 fn verify(
     b: &arrow::array::RecordBatch,
     ue: &crate::index::UnifiedEntry,
+    first: u64,
 ) -> std::result::Result<(), String> {
     let e = &ue.entry;
     let at = |r: usize| {
         format!(
             "row {} (entry of label {}, block {})",
-            e.row_start + r as u64,
+            e.row_start + first + r as u64,
             e.label,
             e.block
         )

@@ -5,6 +5,7 @@
 //! - [`schema`]: store schema and input validation; [`index`]: index entries, commit segments;
 //! - [`log`]: generations (manifests) and publishing; [`segment`]: index segments and lookups;
 //!   `entry_chunks`: index entries as columns, in label-range chunks (for optimize);
+//! - [`bounded`]: batches bounded by their string bytes (Arrow's 2 GiB per array);
 //! - [`writer`]: ingest sessions; [`part_sink`]: writing part files (for writer and optimize);
 //! - [`consolidate`]: building the unified index;
 //! - [`optimize`]: rewriting fragmented labels; [`reader`]: points, labels and blocks queries.
@@ -15,6 +16,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod bounded;
 pub mod check;
 pub mod consolidate;
 pub(crate) mod entry_chunks;

@@ -138,20 +138,18 @@ impl Output {
 
     /// Encodes the pending rows.
     fn flush(&mut self) -> Result<()> {
-        let batch = match self.pending.len() {
-            0 => return Ok(()),
-            1 => self.pending.pop(),
-            _ => Some(arrow::compute::concat_batches(
-                self.sink.schema(),
-                &self.pending,
-            )?),
-        };
-        self.pending.clear();
+        // One batch, unless its strings would pass what one string array holds.
+        let batches = crate::bounded::concat(
+            self.sink.schema(),
+            std::mem::take(&mut self.pending),
+            crate::bounded::STRING_BYTES,
+        )?;
         self.pending_rows = 0;
-        let Some(b) = batch else { return Ok(()) };
-        self.sink.write(&b)?;
-        if let Some(p) = &mut self.part {
-            p.1 += b.num_rows() as u64;
+        for b in batches {
+            self.sink.write(&b)?;
+            if let Some(p) = &mut self.part {
+                p.1 += b.num_rows() as u64;
+            }
         }
         Ok(())
     }

@@ -23,6 +23,8 @@ use crate::storage::{block_on, Store};
 
 /// Rows per data page; small pages let readers fetch little more than a label's rows.
 const PAGE_ROWS: usize = 8192;
+/// String bytes per write call at most (see [`PartSink::write`]).
+const PAGE_STRING_BYTES: usize = 64 << 20;
 /// Rows per row group at most.
 const ROW_GROUP_ROWS: usize = 1 << 20;
 
@@ -122,7 +124,26 @@ impl PartSink {
         let store_name = self.store.name.clone();
         let p = self.open()?;
         let (name, start) = (p.path.to_string(), p.rows);
-        block_on(p.writer.write(rows)).map_err(|e| Error::file(&store_name, &name, e))?;
+        // parquet-rs closes a data page only between the values of one write call (in runs of
+        // the write batch size): rows with large strings go in smaller calls, so that no page
+        // passes what readers accept (`footer::MAX_PAGE_BYTES`).
+        let pieces = if crate::bounded::string_bytes(rows) > PAGE_STRING_BYTES {
+            let one = [rows];
+            let pairs: Vec<(usize, usize)> = (0..rows.num_rows()).map(|r| (0, r)).collect();
+            let mut v = Vec::new();
+            let mut from = 0;
+            while from < pairs.len() {
+                let to = crate::bounded::cut(&one, &pairs, from, PAGE_ROWS, PAGE_STRING_BYTES);
+                v.push(rows.slice(from, to - from));
+                from = to;
+            }
+            v
+        } else {
+            vec![rows.clone()]
+        };
+        for piece in &pieces {
+            block_on(p.writer.write(piece)).map_err(|e| Error::file(&store_name, &name, e))?;
+        }
         p.rows += rows.num_rows() as u64;
         Ok((name, start))
     }

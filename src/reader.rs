@@ -695,11 +695,16 @@ pub(crate) async fn gather_rows(
         .try_collect()
         .await?;
     let total: usize = count.iter().map(|&c| c as usize).sum();
+    let flat_strings: usize = per_part
+        .iter()
+        .flatten()
+        .map(crate::bounded::string_bytes)
+        .sum();
     if n * 1024 > total {
-        // Many small ranges: all rows in one batch, then one gather per column.
+        // Many small ranges: all rows in one batch, then one gather per column — or, when they
+        // hold more strings than one batch can, gathered from the decoded batches into batches
+        // of bounded string bytes.
         let flat: Vec<RecordBatch> = per_part.into_iter().flatten().collect();
-        let all = arrow::compute::concat_batches(schema, &flat)?;
-        drop(flat);
         let mut base = vec![0usize; used.len()];
         let mut acc = 0;
         for k in 0..used.len() {
@@ -707,10 +712,29 @@ pub(crate) async fn gather_rows(
             let g = &by_part[first[k]..first[k + 1]];
             acc += g.iter().map(|&i| count[i as usize] as usize).sum::<usize>();
         }
+        // Range i's rows in `flat` (concatenated).
+        let rows_of = |i: usize| {
+            let from = base[slot[part[i] as usize] as usize] + off[i];
+            from..from + count[i] as usize
+        };
+        if flat_strings > crate::bounded::STRING_BYTES {
+            let mut loc: Vec<(usize, usize)> = Vec::with_capacity(total);
+            for (bi, b) in flat.iter().enumerate() {
+                loc.extend((0..b.num_rows()).map(|r| (bi, r)));
+            }
+            let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(total);
+            for i in 0..n {
+                pairs.extend_from_slice(&loc[rows_of(i)]);
+            }
+            let refs: Vec<&RecordBatch> = flat.iter().collect();
+            return crate::bounded::interleave(&refs, &pairs, 8192, crate::bounded::STRING_BYTES);
+        }
+        let all = arrow::compute::concat_batches(schema, &flat)?;
+        drop(flat);
         let mut idx: Vec<u32> = Vec::with_capacity(total);
         for i in 0..n {
-            let from = base[slot[part[i] as usize] as usize] + off[i];
-            idx.extend(from as u32..(from + count[i] as usize) as u32);
+            let r = rows_of(i);
+            idx.extend(r.start as u32..r.end as u32);
         }
         if idx.iter().enumerate().all(|(k, &x)| k == x as usize) {
             return Ok(vec![all]);
@@ -742,12 +766,11 @@ pub(crate) async fn gather_rows(
     let mut small: Vec<RecordBatch> = Vec::new();
     let mut small_rows = 0;
     let flush = |small: &mut Vec<RecordBatch>, out: &mut Vec<RecordBatch>| -> Result<()> {
-        match small.len() {
-            0 => {}
-            1 => out.extend(small.pop()),
-            _ => out.push(arrow::compute::concat_batches(schema, small.iter())?),
-        }
-        small.clear();
+        out.extend(crate::bounded::concat(
+            schema,
+            std::mem::take(small),
+            crate::bounded::STRING_BYTES,
+        )?);
         Ok(())
     };
     for i in 0..n {
@@ -835,7 +858,6 @@ async fn read_part(
     if let Some(t) = trace {
         t.record(md, &rg_start, &groups, &ranges, cols);
     }
-    let reader = store.parquet_reader(&Path::from(part.as_ref()), size);
     let mut sorted_cols: Vec<usize> = cols.to_vec();
     sorted_cols.sort_unstable();
     sorted_cols.dedup();
@@ -843,19 +865,32 @@ async fn read_part(
         md.file_metadata().schema_descr(),
         sorted_cols.iter().copied(),
     );
-    let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta.clone())
-        .with_row_groups(groups)
-        .with_row_selection(RowSelection::from(selectors))
-        .with_projection(mask)
-        .with_batch_size(8192)
-        .build()
-        .map_err(|e| err(&e))?;
-    // The Parquet decoder can panic on corrupt pages: report that as this file's error.
-    let batches: Vec<RecordBatch> = AssertUnwindSafe(stream.try_collect::<Vec<_>>())
-        .catch_unwind()
-        .await
-        .map_err(|p| err(&panic_message(p)))?
-        .map_err(|e| err(&e))?;
+    // Batches of 8,192 rows; when the strings of that many rows pass what one Arrow string
+    // array holds (2 GiB: parquet-rs reports an offset overflow), read again with fewer rows
+    // per batch.
+    let mut batch_rows = 8192;
+    let batches: Vec<RecordBatch> = loop {
+        let reader = store.parquet_reader(&Path::from(part.as_ref()), size);
+        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta.clone())
+            .with_row_groups(groups.clone())
+            .with_row_selection(RowSelection::from(selectors.clone()))
+            .with_projection(mask.clone())
+            .with_batch_size(batch_rows)
+            .build()
+            .map_err(|e| err(&e))?;
+        // The Parquet decoder can panic on corrupt pages: report that as this file's error.
+        match AssertUnwindSafe(stream.try_collect::<Vec<_>>())
+            .catch_unwind()
+            .await
+            .map_err(|p| err(&panic_message(p)))?
+        {
+            Ok(b) => break b,
+            Err(e) if batch_rows > 1 && e.to_string().contains("overflow") => {
+                batch_rows = (batch_rows / 16).max(1);
+            }
+            Err(e) => return Err(err(&e)),
+        }
+    };
     let order: Vec<usize> = cols
         .iter()
         .map(|c| sorted_cols.binary_search(c).unwrap_or(0))

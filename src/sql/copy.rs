@@ -45,6 +45,8 @@ struct GlobalState {
     /// still here (the statement failed), it rolls the statement back.
     statement: Option<Statement<Slot>>,
     types: Vec<DataType>,
+    /// Column names (label, block, x, y, z, attributes), for errors.
+    names: Vec<String>,
     commit: bool,
 }
 
@@ -331,6 +333,11 @@ unsafe extern "C" fn global_init(info: ffi::duckdb_copy_function_global_init_inf
         Ok(GlobalState {
             statement: Some(statement),
             types: b.types.clone(),
+            names: ["label", "block", "x", "y", "z"]
+                .iter()
+                .map(|n| n.to_string())
+                .chain(b.attributes.iter().cloned())
+                .collect(),
             commit: b.commit,
         })
     });
@@ -365,15 +372,21 @@ unsafe extern "C" fn drop_global(p: *mut c_void) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(g)));
 }
 
-/// Converts a flat DuckDB chunk to Arrow.
+/// Converts a flat DuckDB chunk to Arrow: one batch, or several when its VARCHAR columns hold
+/// more than [`crate::bounded::STRING_BYTES`] (an Arrow string array holds at most 2 GiB).
 ///
 /// # Safety
 /// `chunk` must be a live, flat chunk whose columns have the physical types `types` (checked at
 /// bind time: the sink receives flat vectors of the bound column types).
-unsafe fn chunk_to_batch(chunk: ffi::duckdb_data_chunk, types: &[DataType]) -> Result<RecordBatch> {
+unsafe fn chunk_to_batches(
+    chunk: ffi::duckdb_data_chunk,
+    types: &[DataType],
+    names: &[String],
+) -> Result<Vec<RecordBatch>> {
     // SAFETY: `chunk` is live (caller).
     let n = unsafe { ffi::duckdb_data_chunk_get_size(chunk) } as usize;
     let mut cols: Vec<(String, ArrayRef)> = Vec::with_capacity(types.len());
+    let mut large_strings = false;
     for (i, dt) in types.iter().enumerate() {
         // SAFETY: `i` is below the chunk's column count (one type per bound column).
         let vec = unsafe { ffi::duckdb_data_chunk_get_vector(chunk, i as u64) };
@@ -418,9 +431,30 @@ unsafe fn chunk_to_batch(chunk: ffi::duckdb_data_chunk, types: &[DataType]) -> R
                 // SAFETY: a flat VARCHAR vector holds `n` `duckdb_string_t` values.
                 let strs =
                     unsafe { std::slice::from_raw_parts(data as *const ffi::duckdb_string_t, n) };
-                let mut b = StringBuilder::with_capacity(n, n * 8);
+                let valid = |r: usize| !nulls.as_ref().is_some_and(|nb| nb.is_null(r));
+                let lens: Vec<usize> = (0..n)
+                    .map(|r| match valid(r) {
+                        // SAFETY: a valid duckdb_string_t holds its length in both union
+                        // variants.
+                        true => unsafe { strs[r].value.inlined.length as usize },
+                        false => 0,
+                    })
+                    .collect();
+                let total: usize = lens.iter().sum();
+                if total > crate::bounded::STRING_BYTES {
+                    large_strings = true;
+                }
+                let max_value = crate::footer::MAX_PAGE_BYTES as usize / 2;
+                if let Some(len) = lens.iter().find(|&&l| l > max_value) {
+                    return Err(Error::Data(format!(
+                        "column '{}' holds a VARCHAR value of {len} bytes; pocaduck stores values of at most {} MiB",
+                        names.get(i).map(String::as_str).unwrap_or("?"),
+                        max_value >> 20
+                    )));
+                }
+                let mut b = StringBuilderOf::new(total > crate::bounded::STRING_BYTES, n, total);
                 for (r, s) in strs.iter().enumerate() {
-                    if nulls.as_ref().is_some_and(|nb| nb.is_null(r)) {
+                    if !valid(r) {
                         b.append_null();
                         continue;
                     }
@@ -438,15 +472,64 @@ unsafe fn chunk_to_batch(chunk: ffi::duckdb_data_chunk, types: &[DataType]) -> R
                             std::slice::from_raw_parts(s.value.pointer.ptr as *const u8, len)
                         }
                     };
-                    b.append_value(String::from_utf8_lossy(bytes));
+                    b.append_value(&String::from_utf8_lossy(bytes));
                 }
-                Arc::new(b.finish())
+                b.finish()
             }
             other => return Err(Error::Internal(format!("unexpected column type {other}"))),
         };
         cols.push((format!("c{i}"), arr));
     }
-    Ok(RecordBatch::try_from_iter(cols)?)
+    let batch = RecordBatch::try_from_iter(cols)?;
+    if !large_strings {
+        return Ok(vec![batch]);
+    }
+    let schema = Arc::new(arrow::datatypes::Schema::new(
+        types
+            .iter()
+            .enumerate()
+            .map(|(i, dt)| arrow::datatypes::Field::new(format!("c{i}"), dt.clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    crate::bounded::split_large(batch, &schema, "COPY", crate::bounded::STRING_BYTES)
+}
+
+/// A string array builder with 32-bit offsets, or 64-bit ones for more than
+/// [`crate::bounded::STRING_BYTES`] (split into 32-bit batches afterwards).
+enum StringBuilderOf {
+    Small(StringBuilder),
+    Large(arrow::array::LargeStringBuilder),
+}
+
+impl StringBuilderOf {
+    fn new(large: bool, rows: usize, bytes: usize) -> Self {
+        if large {
+            StringBuilderOf::Large(arrow::array::LargeStringBuilder::with_capacity(rows, bytes))
+        } else {
+            StringBuilderOf::Small(StringBuilder::with_capacity(rows, bytes))
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            StringBuilderOf::Small(b) => b.append_null(),
+            StringBuilderOf::Large(b) => b.append_null(),
+        }
+    }
+
+    fn append_value(&mut self, v: &str) {
+        match self {
+            StringBuilderOf::Small(b) => b.append_value(v),
+            StringBuilderOf::Large(b) => b.append_value(v),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            StringBuilderOf::Small(b) => Arc::new(b.finish()),
+            StringBuilderOf::Large(b) => Arc::new(b.finish()),
+        }
+    }
 }
 
 /// COPY sink: appends one chunk to the statement.
@@ -465,11 +548,15 @@ unsafe extern "C" fn sink(
             &mut *(ffi::duckdb_copy_function_sink_get_global_state(info) as *mut GlobalState)
         };
         // SAFETY: `chunk` is live and flat, with the bound column types `g.types`.
-        let batch = unsafe { chunk_to_batch(chunk, &g.types)? };
-        g.statement
+        let batches = unsafe { chunk_to_batches(chunk, &g.types, &g.names)? };
+        let statement = g
+            .statement
             .as_mut()
-            .ok_or_else(|| Error::Internal("the COPY statement has already finished".into()))?
-            .append(&batch)
+            .ok_or_else(|| Error::Internal("the COPY statement has already finished".into()))?;
+        for b in &batches {
+            statement.append(b)?;
+        }
+        Ok(())
     });
     if let Err(m) = r {
         // SAFETY: `info` is live; DuckDB copies the message before the CString is dropped.

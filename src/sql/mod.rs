@@ -295,6 +295,20 @@ unsafe fn init(
     }
 }
 
+/// Keeps Rust's default panic output (message, and a backtrace under `RUST_BACKTRACE`) out of the
+/// user's terminal: every panic in pocaduck is caught ([`guard`] and the threads' own catches)
+/// and reported as the statement's error, which carries the message. `POCADUCK_PANIC_OUTPUT=1`
+/// restores the default output (for debugging). The hook is this library's own (the extension
+/// links its own Rust standard library), so other code in the process is not affected.
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("POCADUCK_PANIC_OUTPUT").is_none() {
+            std::panic::set_hook(Box::new(|_| {}));
+        }
+    });
+}
+
 /// The extension entry point called by DuckDB on `LOAD pocaduck`.
 ///
 /// # Safety
@@ -304,6 +318,7 @@ pub unsafe extern "C" fn pocaduck_init_c_api(
     info: ffi::duckdb_extension_info,
     access: *const ffi::duckdb_extension_access,
 ) -> bool {
+    quiet_panics();
     // SAFETY: DuckDB passes valid `info` and `access` (this function's contract).
     let r = catch_unwind(AssertUnwindSafe(|| unsafe { init(info, access) }))
         .unwrap_or_else(|_| Err("pocaduck: panic during load".into()));

@@ -62,15 +62,15 @@ impl PartWriter {
             .collect();
         drop(idx);
         let refs: Vec<&RecordBatch> = batches.iter().collect();
-        let sorted = arrow::compute::interleave_record_batch(&refs, &pairs)?;
-        drop(pairs);
-        drop(refs);
-        drop(batches);
+        // Gathered a slice at a time, each of at most SLICE_ROWS rows and
+        // `bounded::STRING_BYTES` of strings (a job may hold more than a string array can).
         let mut off = 0;
-        while off < sorted.num_rows() {
-            let n = SLICE_ROWS.min(sorted.num_rows() - off);
-            self.write_slice(&sorted.slice(off, n), &ranks[off..off + n], target)?;
-            off += n;
+        while off < pairs.len() {
+            let end =
+                crate::bounded::cut(&refs, &pairs, off, SLICE_ROWS, crate::bounded::STRING_BYTES);
+            let slice = arrow::compute::interleave_record_batch(&refs, &pairs[off..end])?;
+            self.write_slice(&slice, &ranks[off..end], target)?;
+            off = end;
         }
         Ok(())
     }
