@@ -56,7 +56,9 @@ pub fn load_legacy(store: &Store, gen: u64, codec: &dyn IndexCodec) -> Result<Un
     let mut u = match codec.read(&local) {
         // Another process holds the database open for writing (plain DuckDB's `ATTACH` without
         // `READ_ONLY`): read a copy instead of failing every query on the store.
-        Err(Error::Internal(m)) if store.local_dir.is_some() && m.contains("lock") => {
+        Err(Error::Internal(m))
+            if store.local_dir.is_some() && m.contains("Could not set lock") =>
+        {
             let copy = std::env::temp_dir().join(format!(
                 "pocaduck-index-{}.duckdb",
                 crate::writer::new_session_id()

@@ -102,3 +102,28 @@ impl From<arrow::error::ArrowError> for Error {
         Error::Internal(format!("arrow: {e}"))
     }
 }
+
+thread_local! {
+    /// Where the last panic on this thread happened (recorded by the extension's panic hook).
+    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records where a panic happened on this thread (called from a panic hook, which prints
+/// nothing: the panic is caught and reported as an error with [`panic_text`]).
+pub fn record_panic(at: String) {
+    PANIC_AT.with(|p| *p.borrow_mut() = Some(at));
+}
+
+/// The message of a caught panic's payload, with where it happened when the hook recorded it
+/// on this thread.
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    match PANIC_AT.with(|a| a.borrow_mut().take()) {
+        Some(at) => format!("{msg} (at {at})"),
+        None => msg,
+    }
+}

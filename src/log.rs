@@ -188,12 +188,15 @@ pub fn all(store: &Store) -> Result<Vec<GenerationFile>> {
 /// `known` is gone too (the store was rewritten: call [`latest`]).
 pub fn latest_since(store: &Store, known: u64) -> Result<Option<GenerationFile>> {
     let offset = Path::from(format!("{}/{known:010}", layout::index_dir()));
-    Ok(newest(
-        store
-            .list_from(&layout::index_dir(), &offset)?
-            .into_iter()
-            .filter_map(parse),
-    ))
+    let listed: Vec<GenerationFile> = store
+        .list_from(&layout::index_dir(), &offset)?
+        .into_iter()
+        .filter_map(parse)
+        .collect();
+    if !listed.iter().any(|g| g.generation == known) {
+        return Ok(None);
+    }
+    Ok(newest(listed))
 }
 
 /// Latest generation number (0 if never consolidated).
@@ -403,6 +406,8 @@ mod tests {
         assert_eq!((g.generation, g.legacy), (3, false));
         let g = latest_since(&store, 2).unwrap().unwrap();
         assert_eq!((g.generation, g.legacy), (3, false));
+        // The known generation gone (a rewritten store): None, the caller lists everything.
+        assert!(latest_since(&store, 4).unwrap().is_none());
         let names: Vec<(u64, bool)> = all(&store)
             .unwrap()
             .iter()

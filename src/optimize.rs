@@ -341,11 +341,12 @@ fn copy_and_index(
         drop(tx);
         match writer.join() {
             Ok((index, files)) => (copy, index, files),
-            Err(_) => (
+            Err(p) => (
                 copy,
-                Err(Error::Internal(
-                    "optimize: the index segment writer panicked".into(),
-                )),
+                Err(Error::Internal(format!(
+                    "optimize: the index segment writer panicked: {}",
+                    crate::error::panic_text(&*p)
+                ))),
                 Vec::new(),
             ),
         }

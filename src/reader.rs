@@ -174,6 +174,9 @@ pub fn open_store(store: Store, codec: &dyn IndexCodec) -> Result<Arc<LoadedInde
         store,
     });
     if let Ok(mut c) = cache().lock() {
+        // One entry per location: the latest options' (rotating credentials must not keep
+        // an index per token).
+        c.retain(|k, _| k.0 != key.0);
         c.insert(key, loaded.clone());
     }
     Ok(loaded)
@@ -879,17 +882,20 @@ async fn read_part(
             .build()
             .map_err(|e| err(&e))?;
         // The Parquet decoder can panic on corrupt pages: report that as this file's error.
-        match AssertUnwindSafe(stream.try_collect::<Vec<_>>())
+        let got = match AssertUnwindSafe(stream.try_collect::<Vec<_>>())
             .catch_unwind()
             .await
-            .map_err(|p| err(&panic_message(p)))?
         {
-            Ok(b) => break b,
-            Err(e) if batch_rows > 1 && e.to_string().contains("overflow") => {
-                batch_rows = (batch_rows / 16).max(1);
-            }
-            Err(e) => return Err(err(&e)),
+            Ok(Ok(b)) => break b,
+            Ok(Err(e)) => e.to_string(),
+            Err(p) => panic_message(p),
+        };
+        // parquet-rs's error (or, decoding a dictionary, panic) for a string array past 2 GiB.
+        if batch_rows > 1 && got.contains("index overflow decoding byte array") {
+            batch_rows = (batch_rows / 16).max(1);
+            continue;
         }
+        return Err(err(&got));
     };
     let order: Vec<usize> = cols
         .iter()

@@ -444,7 +444,7 @@ unsafe fn chunk_to_batches(
                 if total > crate::bounded::STRING_BYTES {
                     large_strings = true;
                 }
-                let max_value = crate::footer::MAX_PAGE_BYTES as usize / 2;
+                let max_value = crate::bounded::VALUE_BYTES;
                 if let Some(len) = lens.iter().find(|&&l| l > max_value) {
                     return Err(Error::Data(format!(
                         "column '{}' holds a VARCHAR value of {len} bytes; pocaduck stores values of at most {} MiB",
@@ -491,7 +491,7 @@ unsafe fn chunk_to_batches(
             .map(|(i, dt)| arrow::datatypes::Field::new(format!("c{i}"), dt.clone(), true))
             .collect::<Vec<_>>(),
     ));
-    crate::bounded::split_large(batch, &schema, "COPY", crate::bounded::STRING_BYTES)
+    crate::bounded::split_large(batch, &schema, "the input", crate::bounded::STRING_BYTES)
 }
 
 /// A string array builder with 32-bit offsets, or 64-bit ones for more than

@@ -233,6 +233,21 @@ impl TableFn for Write {
         )?;
         // The rows in the input layout (`schema::col`): label, block, x, y, z, attributes.
         let n = cols[0].len();
+        if let Some(v) = block.as_any().downcast_ref::<StringArray>() {
+            let len = v.value_length(0) as usize;
+            if len > crate::bounded::VALUE_BYTES
+                || len.saturating_mul(n) > crate::bounded::STRING_BYTES
+            {
+                return Err(Error::arg(
+                    "block",
+                    format!(
+                        "is a VARCHAR of {len} bytes for {n} points; pocaduck_write takes at most {} MiB of block strings per call (values of at most {} MiB): use COPY",
+                        crate::bounded::STRING_BYTES >> 20,
+                        crate::bounded::VALUE_BYTES >> 20
+                    ),
+                ));
+            }
+        }
         let mut all: Vec<(String, ArrayRef)> = vec![
             ("label".into(), Arc::new(UInt64Array::from(vec![label; n]))),
             (

@@ -65,11 +65,7 @@ pub fn guard<T>(func: &str, f: impl FnOnce() -> Result<T>) -> std::result::Resul
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(user_error(func, &e)),
         Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let msg = crate::error::panic_text(&*p);
             Err(format!("{func}: internal error (please report): {msg}"))
         }
     }
@@ -297,14 +293,19 @@ unsafe fn init(
 
 /// Keeps Rust's default panic output (message, and a backtrace under `RUST_BACKTRACE`) out of the
 /// user's terminal: every panic in pocaduck is caught ([`guard`] and the threads' own catches)
-/// and reported as the statement's error, which carries the message. `POCADUCK_PANIC_OUTPUT=1`
-/// restores the default output (for debugging). The hook is this library's own (the extension
-/// links its own Rust standard library), so other code in the process is not affected.
+/// and reported as the statement's error, with its message and where it happened (the hook
+/// records the place for [`crate::error::panic_text`]). `POCADUCK_PANIC_OUTPUT=1` restores the
+/// default output (for debugging). The hook is this library's own (the extension links its own
+/// Rust standard library), so other code in the process is not affected.
 fn quiet_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("POCADUCK_PANIC_OUTPUT").is_none() {
-            std::panic::set_hook(Box::new(|_| {}));
+            std::panic::set_hook(Box::new(|info| {
+                if let Some(l) = info.location() {
+                    crate::error::record_panic(format!("{}:{}", l.file(), l.line()));
+                }
+            }));
         }
     });
 }

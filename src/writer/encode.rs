@@ -123,8 +123,10 @@ impl Encoder {
                     match r {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return (Some(pw), Err(e)),
-                        Err(_) => {
-                            return (Some(pw), Err(Error::Internal("encoder panicked".into())))
+                        Err(p) => {
+                            let msg =
+                                format!("encoder panicked: {}", crate::error::panic_text(&*p));
+                            return (Some(pw), Err(Error::Internal(msg)));
                         }
                     }
                 }
@@ -146,9 +148,10 @@ impl Encoder {
     /// Waits for the encoder to finish everything queued.
     pub(super) fn join(self) -> (Option<PartWriter>, Result<()>) {
         drop(self.tx);
-        self.handle
-            .join()
-            .unwrap_or_else(|_| (None, Err(Error::Internal("encoder thread panicked".into()))))
+        self.handle.join().unwrap_or_else(|p| {
+            let msg = format!("encoder thread panicked: {}", crate::error::panic_text(&*p));
+            (None, Err(Error::Internal(msg)))
+        })
     }
 }
 

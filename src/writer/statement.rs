@@ -14,8 +14,9 @@ fn sessions() -> &'static Mutex<HashMap<Key, Slot>> {
 }
 
 /// A handle on the session slot of (store, worker) in this process; the slot is empty when no
-/// session is open. Keyed by the store's location: connections with different storage options
-/// share the worker's session (opened with the first one's).
+/// session is open. Keyed by the store's location (one writer per worker): a worker's open
+/// session belongs to the storage options (endpoint, credentials) it was opened with, and a
+/// statement with other options is refused rather than writing through the session's client.
 pub fn session_slot(store: &Store, worker: &str) -> Result<Slot> {
     layout::check_worker_id(worker, "WORKER")?;
     let key = (store.cache_key(), worker.to_string());
@@ -26,6 +27,17 @@ pub fn session_slot(store: &Store, worker: &str) -> Result<Slot> {
         .or_default()
         .clone();
     wait_for_statement_end(&slot);
+    if lock_slot(&slot)
+        .as_ref()
+        .is_some_and(|s| s.store().client_key() != store.client_key())
+    {
+        return Err(Error::Conflict {
+            store: store.name.clone(),
+            msg: format!(
+                "worker '{worker}' has an open session (uncommitted rows) opened with other storage options (SET pocaduck_storage_options): commit it from the connection that opened it, or use the same options"
+            ),
+        });
+    }
     Ok(slot)
 }
 

@@ -12,6 +12,7 @@ import textwrap
 import time
 import uuid
 
+import duckdb
 import numpy as np
 import pytest
 
@@ -207,6 +208,18 @@ def test_storage_options_follow_the_connection(s3, tmp_path):
         prefix = store.split("pocaduck-test/")[1] + "/"
         assert sum("commits/" in k for k in other.keys("pocaduck-test", prefix)) == 2
         assert sum("commits/" in k for k in s3.keys("pocaduck-test", prefix)) == 1
+        # A worker's open session belongs to the options that opened it: another connection's
+        # statement for that worker is refused, not written through the session's client.
+        a.execute(f"COPY (SELECT 3::UBIGINT, 0, 8, 0, 0) TO '{store}' (FORMAT pocaduck, WORKER 'x', COMMIT false)")
+        for stmt in (
+            f"COPY (SELECT 3::UBIGINT, 0, 9, 0, 0) TO '{store}' (FORMAT pocaduck, WORKER 'x')",
+            f"FROM pocaduck_commit('{store}', worker := 'x')",
+        ):
+            with pytest.raises(duckdb.Error, match="worker 'x' has an open session .* opened with other storage options"):
+                b.execute(stmt).fetchall()
+        assert a.execute(f"SELECT points FROM pocaduck_commit('{store}', worker := 'x')").fetchone() == (1,)
+        assert sum("workers/x/commits/" in k for k in s3.keys("pocaduck-test", prefix)) == 1
+        assert not any("workers/x/" in k for k in other.keys("pocaduck-test", prefix))
     finally:
         other.stop()
 
