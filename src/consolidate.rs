@@ -301,7 +301,7 @@ fn merge_tiers(store: &Store, m: &mut Manifest, written: &mut Vec<Path>) -> Resu
 pub(crate) mod tests {
     use super::*;
     use crate::storage::OpenMode;
-    use crate::writer::{Session, WriterOptions};
+    use crate::writer::WriterOptions;
 
     /// A codec that reads a format-1 index stored as JSON, so the core is testable without DuckDB.
     pub(crate) struct JsonCodec;
@@ -313,14 +313,8 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn write(store: &str, worker: &str, rows: &[arrow::array::RecordBatch]) {
-        let mut s = Session::start(
-            &Store::open(store, OpenMode::Create).unwrap(),
-            worker,
-            vec![],
-            "ATTRIBUTES",
-            WriterOptions::default(),
-        )
-        .unwrap();
+        let mut s =
+            crate::writer::tests::session_at(store, worker, WriterOptions::default()).unwrap();
         for r in rows {
             s.append(r).unwrap();
         }

@@ -74,6 +74,16 @@ pub fn block_array(ty: ColumnType, blocks: impl Iterator<Item = BlockId>) -> Arr
     }
 }
 
+/// The box of no points (min +inf, max -inf): the start of a running min/max.
+pub const EMPTY_BBOX: [f64; 6] = [
+    f64::INFINITY,
+    f64::INFINITY,
+    f64::INFINITY,
+    f64::NEG_INFINITY,
+    f64::NEG_INFINITY,
+    f64::NEG_INFINITY,
+];
+
 /// One entry of a commit segment.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentEntry {

@@ -757,14 +757,7 @@ impl RowCursor {
     /// `want_box`; else an empty box), computed as writers compute it (coordinates as DOUBLE;
     /// min and max ignore NaN).
     fn advance(&mut self, mut n: usize, out: &mut Output, want_box: bool) -> Result<[f64; 6]> {
-        let mut bbox = [
-            f64::INFINITY,
-            f64::INFINITY,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::NEG_INFINITY,
-            f64::NEG_INFINITY,
-        ];
+        let mut bbox = crate::index::EMPTY_BBOX;
         while n > 0 {
             let len = self.cur.as_ref().map_or(0, |c| c.0.num_rows());
             if self.pos >= len {
@@ -959,14 +952,7 @@ mod tests {
             for e in r.unwrap().1 {
                 let b = out
                     .entry((e.entry.label, e.entry.block.to_string()))
-                    .or_insert([
-                        f64::INFINITY,
-                        f64::INFINITY,
-                        f64::INFINITY,
-                        f64::NEG_INFINITY,
-                        f64::NEG_INFINITY,
-                        f64::NEG_INFINITY,
-                    ]);
+                    .or_insert(crate::index::EMPTY_BBOX);
                 for d in 0..3 {
                     b[d] = b[d].min(e.entry.bbox[d]);
                     b[d + 3] = b[d + 3].max(e.entry.bbox[d + 3]);

@@ -1125,14 +1125,7 @@ mod tests {
             target_file_size: 16 << 10,
             buffer_size: 1 << 20,
         };
-        let mut s = crate::writer::Session::start(
-            &Store::open(name, OpenMode::Create).unwrap(),
-            "w1",
-            vec![],
-            "ATTRIBUTES",
-            opts,
-        )
-        .unwrap();
+        let mut s = crate::writer::tests::session_at(name, "w1", opts).unwrap();
         let mut expect: HashMap<u64, Vec<i32>> = HashMap::new();
         for blk in 0..20 {
             let n = 20_000;

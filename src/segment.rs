@@ -105,6 +105,16 @@ fn props(block: ColumnType) -> WriterProperties {
     b.build()
 }
 
+/// The label column (the first) of an index segment batch.
+fn label_values(b: &RecordBatch) -> Result<arrow::buffer::ScalarBuffer<u64>> {
+    Ok(b.column(0)
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .ok_or_else(|| Error::Internal("segment batch: label is not UBIGINT".into()))?
+        .values()
+        .clone())
+}
+
 fn entries_batch(
     chunk: &[UnifiedEntry],
     workers: &[String],
@@ -227,13 +237,7 @@ impl<'a> RunWriter<'a> {
     /// after [`FILE_ENTRIES`] entries.
     pub fn push_batch(&mut self, b: RecordBatch) -> Result<()> {
         self.push_staged()?;
-        let labels = b
-            .column(0)
-            .as_any()
-            .downcast_ref::<UInt64Array>()
-            .ok_or_else(|| Error::Internal("segment batch: label is not UBIGINT".into()))?
-            .values()
-            .clone();
+        let labels = label_values(&b)?;
         let n = b.num_rows();
         let mut start = 0;
         while start < n {
@@ -291,13 +295,7 @@ impl<'a> RunWriter<'a> {
         while self.pending_rows >= ROW_GROUP_ENTRIES || (all && self.pending_rows > 0) {
             let n = self.pending_rows.min(ROW_GROUP_ENTRIES);
             let batch = self.take_pending(n)?;
-            let labels = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<UInt64Array>()
-                .ok_or_else(|| Error::Internal("segment batch: label is not UBIGINT".into()))?
-                .values()
-                .clone();
+            let labels = label_values(&batch)?;
             if self.file.is_none() {
                 let writer =
                     ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(props(self.block)))

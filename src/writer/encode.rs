@@ -212,14 +212,7 @@ pub(super) fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> 
     let mut start = 0;
     for r in 1..=b.num_rows() {
         if r == b.num_rows() || labels.value(r) != labels.value(start) || ranks[r] != ranks[start] {
-            let mut bbox = [
-                f64::INFINITY,
-                f64::INFINITY,
-                f64::INFINITY,
-                f64::NEG_INFINITY,
-                f64::NEG_INFINITY,
-                f64::NEG_INFINITY,
-            ];
+            let mut bbox = crate::index::EMPTY_BBOX;
             for (d, col) in xyz.iter().enumerate() {
                 for v in &col[start..r] {
                     bbox[d] = bbox[d].min(*v);

@@ -593,6 +593,17 @@ pub(crate) mod tests {
     use super::encode::{runs, sort_order};
     use super::*;
     use crate::storage::OpenMode;
+
+    /// Starts a session of `worker` (no attributes) on the store at `name`, created if missing.
+    pub(crate) fn session_at(name: &str, worker: &str, opts: WriterOptions) -> Result<Session> {
+        Session::start(
+            &Store::open(name, OpenMode::Create)?,
+            worker,
+            vec![],
+            "ATTRIBUTES",
+            opts,
+        )
+    }
     use arrow::array::{Int32Array, Int64Array, StringArray, UInt64Array};
 
     pub(crate) fn rows(labels: &[u64], block: &str, xyz: &[[i32; 3]]) -> RecordBatch {
@@ -662,14 +673,7 @@ pub(crate) mod tests {
     fn nothing_is_visible_before_commit_and_everything_after() {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
-        let mut s = Session::start(
-            &Store::open(name, OpenMode::Create).unwrap(),
-            "w1",
-            vec![],
-            "ATTRIBUTES",
-            WriterOptions::default(),
-        )
-        .unwrap();
+        let mut s = session_at(name, "w1", WriterOptions::default()).unwrap();
         s.append(&rows(&[3, 1, 3], "b0", &[[1, 2, 3], [4, 5, 6], [7, 8, 9]]))
             .unwrap();
         assert_eq!(latest_commit(s.store(), "w1").unwrap(), 0);
@@ -687,14 +691,7 @@ pub(crate) mod tests {
             target_file_size: 1024,
             buffer_size: 1 << 20,
         };
-        let mut s = Session::start(
-            &Store::open(name, OpenMode::Create).unwrap(),
-            "w1",
-            vec![],
-            "ATTRIBUTES",
-            opts,
-        )
-        .unwrap();
+        let mut s = session_at(name, "w1", opts).unwrap();
         let pts: Vec<[i32; 3]> = (0..50_000).map(|i| [i, i, i]).collect();
         let labels: Vec<u64> = (0..50_000).map(|i| i % 97).collect();
         s.append(&rows(&labels, "b", &pts)).unwrap();
@@ -712,14 +709,7 @@ pub(crate) mod tests {
             target_file_size: 256 << 10,
             buffer_size: 4 << 20,
         };
-        let mut s = Session::start(
-            &Store::open(name, OpenMode::Create).unwrap(),
-            "w1",
-            vec![],
-            "ATTRIBUTES",
-            opts,
-        )
-        .unwrap();
+        let mut s = session_at(name, "w1", opts).unwrap();
         for blk in 0..300 {
             let pts: Vec<[i32; 3]> = (0..1000).map(|i| [i * 7 + blk, i * 13, blk * i]).collect();
             let labels: Vec<u64> = (0..1000).map(|i| (i % 10) as u64 + blk as u64).collect();
@@ -748,15 +738,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
         let slot = session_slot(&Store::open(name, OpenMode::Create).unwrap(), "w1").unwrap();
-        let start = || {
-            Session::start(
-                &Store::open(name, OpenMode::Create).unwrap(),
-                "w1",
-                vec![],
-                "ATTRIBUTES",
-                WriterOptions::default(),
-            )
-        };
+        let start = || session_at(name, "w1", WriterOptions::default());
         let mut st = Statement::begin(slot.clone(), start, |_| Ok(())).unwrap();
         st.append(&rows(&[1], "b", &[[1, 1, 1]])).unwrap();
         let late = std::thread::spawn(move || {
@@ -776,15 +758,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
         let slot: Slot = Default::default();
-        let start = || {
-            Session::start(
-                &Store::open(name, OpenMode::Create).unwrap(),
-                "w1",
-                vec![],
-                "ATTRIBUTES",
-                WriterOptions::default(),
-            )
-        };
+        let start = || session_at(name, "w1", WriterOptions::default());
         // A failed first statement leaves no session behind.
         let mut st = Statement::begin(slot.clone(), start, |_| Ok(())).unwrap();
         st.append(&rows(&[1], "b", &[[1, 1, 1]])).unwrap();
@@ -834,14 +808,7 @@ pub(crate) mod tests {
                 target_file_size: 64 << 10,
                 buffer_size: 1 << 20,
             };
-            let mut s = Session::start(
-                &Store::open(name, OpenMode::Create).unwrap(),
-                "w",
-                vec![],
-                "ATTRIBUTES",
-                opts,
-            )
-            .unwrap();
+            let mut s = session_at(name, "w", opts).unwrap();
             let block = |k: i32, n: usize| {
                 let labels: Vec<u64> = (0..n).map(|i| (i % 50) as u64).collect();
                 let pts: Vec<[i32; 3]> = (0..n).map(|i| [k, i as i32, 0]).collect();
@@ -910,14 +877,8 @@ pub(crate) mod tests {
     #[test]
     fn statement_rollback_restores_buffer() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Session::start(
-            &Store::open(dir.path().to_str().unwrap(), OpenMode::Create).unwrap(),
-            "w1",
-            vec![],
-            "ATTRIBUTES",
-            WriterOptions::default(),
-        )
-        .unwrap();
+        let mut s =
+            session_at(dir.path().to_str().unwrap(), "w1", WriterOptions::default()).unwrap();
         s.append(&rows(&[1], "b", &[[1, 1, 1]])).unwrap();
         s.begin_statement().unwrap();
         let second = s.begin_statement().unwrap_err().to_string();
