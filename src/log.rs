@@ -339,6 +339,9 @@ pub fn publish(store: &Store, m: &Manifest) -> Result<()> {
     let bytes =
         serde_json::to_vec(m).map_err(|e| Error::Internal(format!("manifest encode: {e}")))?;
     if create(store, &layout::manifest_file(m.generation), bytes.into())? {
+        if let Ok(mut p) = published().lock() {
+            *p.entry(store.cache_key()).or_default() += 1;
+        }
         return Ok(());
     }
     Err(Error::Conflict {
@@ -348,6 +351,26 @@ pub fn publish(store: &Store, m: &Manifest) -> Result<()> {
             m.generation
         ),
     })
+}
+
+/// How many generations of each store this process published.
+fn published() -> &'static std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, u64>> {
+    static P: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, u64>>,
+    > = std::sync::OnceLock::new();
+    P.get_or_init(Default::default)
+}
+
+/// How many generations of `store` this process published: a reader allowed to answer from
+/// the generation it holds for a while (bounded staleness) still sees its own process's
+/// consolidates and optimizes at once (also those of a store deleted and written again under
+/// the same name).
+pub fn published_here(store: &Store) -> u64 {
+    published()
+        .lock()
+        .ok()
+        .and_then(|p| p.get(&store.cache_key()).copied())
+        .unwrap_or(0)
 }
 
 /// Publishes `bytes` as the first free file of a numbered sequence at or after `first`

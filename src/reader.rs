@@ -14,6 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use std::panic::AssertUnwindSafe;
@@ -117,9 +118,13 @@ pub struct LoadedIndex {
     pub view: Arc<IndexView>,
 }
 
+/// A loaded generation, when the store was last checked for a newer one, and
+/// [`log::published_here`] then.
+type Cached = (Arc<LoadedIndex>, Instant, u64);
+
 /// Loaded generations per (store, options): a connection never reads through a client opened
 /// with another connection's options.
-type IndexCache = Mutex<HashMap<(std::path::PathBuf, Arc<StorageOptions>), Arc<LoadedIndex>>>;
+type IndexCache = Mutex<HashMap<(std::path::PathBuf, Arc<StorageOptions>), Cached>>;
 
 fn cache() -> &'static IndexCache {
     static C: OnceLock<IndexCache> = OnceLock::new();
@@ -138,16 +143,45 @@ fn no_index(store: &Store) -> Result<Error> {
     Ok(Error::store(&store.name, msg))
 }
 
+/// How old a process's view of an index may be when `SET pocaduck_max_staleness` is `'auto'`:
+/// none for a local store (checking is a directory listing), one second for an object store
+/// (checking is a LIST request, as much as the rest of a warm lookup).
+pub fn default_max_staleness(store: &Store) -> Duration {
+    match store.local_dir {
+        Some(_) => Duration::ZERO,
+        None => Duration::from_secs(1),
+    }
+}
+
 /// Opens the current index generation of `store_name`, from the process cache when it is
 /// current. `codec` reads format-1 generations.
 pub fn open(store_name: &str, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>> {
-    open_store(Store::open(store_name, OpenMode::Existing)?, codec)
+    open_store(
+        Store::open(store_name, OpenMode::Existing)?,
+        codec,
+        Duration::ZERO,
+    )
 }
 
-/// [`open`] for a store already opened (with the caller's storage options).
-pub fn open_store(store: Store, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>> {
+/// [`open`] for a store already opened (with the caller's storage options). The generation
+/// this process holds is used without checking the store when it was checked less than
+/// `max_staleness` ago and no newer one was published by this process since (bounded
+/// staleness: another process's generation is seen at most `max_staleness` late; zero checks
+/// every time).
+pub fn open_store(
+    store: Store,
+    codec: &dyn IndexCodec,
+    max_staleness: Duration,
+) -> Result<Arc<LoadedIndex>> {
     let key = store.client_key();
     let hit = cache().lock().ok().and_then(|c| c.get(&key).cloned());
+    let checked = (Instant::now(), log::published_here(&store));
+    if let Some((h, at, published)) = &hit {
+        if !max_staleness.is_zero() && at.elapsed() < max_staleness && *published == checked.1 {
+            return Ok(h.clone());
+        }
+    }
+    let hit = hit.map(|(h, _, _)| h);
     let latest = match &hit {
         // Only names from the cached generation on are listed.
         Some(h) => match log::latest_since(&store, h.generation)? {
@@ -162,6 +196,11 @@ pub fn open_store(store: Store, codec: &dyn IndexCodec) -> Result<Arc<LoadedInde
     let stamp = crate::storage::object_stamp(&g.meta);
     if let Some(hit) = hit {
         if hit.generation == g.generation && hit.stamp == stamp {
+            if let Ok(mut c) = cache().lock() {
+                if let Some(e) = c.get_mut(&key).filter(|e| Arc::ptr_eq(&e.0, &hit)) {
+                    (e.1, e.2) = checked;
+                }
+            }
             return Ok(hit);
         }
     }
@@ -177,7 +216,7 @@ pub fn open_store(store: Store, codec: &dyn IndexCodec) -> Result<Arc<LoadedInde
         // One entry per location: the latest options' (rotating credentials must not keep
         // an index per token).
         c.retain(|k, _| k.0 != key.0);
-        c.insert(key, loaded.clone());
+        c.insert(key, (loaded.clone(), checked.0, checked.1));
     }
     Ok(loaded)
 }
@@ -1057,6 +1096,50 @@ mod tests {
         );
         let stats: Vec<_> = idx.label_stats().map(|r| r.unwrap()).collect();
         assert_eq!(stats, vec![(5, 4, 3), (6, 1, 1), (7, 1, 1)]);
+    }
+
+    /// Bounded staleness: a process answers from the generation it holds while it was checked
+    /// less than `max_staleness` ago, sees a newer one (another process's) once the bound has
+    /// passed or with a zero bound, and sees its own publications at once.
+    #[test]
+    fn bounded_staleness_holds_a_generation_until_the_bound_or_an_own_publication() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        write(name, "w1", &[rows(&[5], "a", &[[1, 0, 0]])]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        let hour = Duration::from_secs(3600);
+        let gen = |bound| {
+            open_store(store.clone(), &JsonCodec, bound)
+                .unwrap()
+                .generation
+        };
+        assert_eq!(gen(hour), 1);
+        // Another process publishes generation 2 (written here without `log::publish`).
+        let foreign = |g: u64| {
+            let index = dir.path().join("index");
+            let text = std::fs::read_to_string(index.join(format!("{:010}.json", g - 1))).unwrap();
+            let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+            m["generation"] = g.into();
+            std::fs::write(index.join(format!("{g:010}.json")), m.to_string()).unwrap();
+        };
+        foreign(2);
+        assert_eq!(gen(hour), 1, "held within the bound");
+        assert_eq!(gen(Duration::ZERO), 2, "a zero bound checks every time");
+        foreign(3);
+        assert_eq!(gen(hour), 2);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            gen(Duration::from_millis(10)),
+            3,
+            "seen once the bound has passed"
+        );
+        // This process's own consolidate is seen at once, whatever the bound.
+        write(name, "w1", &[rows(&[5], "b", &[[2, 0, 0]])]);
+        consolidate(&store, &JsonCodec).unwrap();
+        let idx = open_store(store.clone(), &JsonCodec, hour).unwrap();
+        assert_eq!(idx.generation, 4);
+        assert_eq!(xs(&idx.points(&[5], &[2]).unwrap()), vec![1, 2]);
     }
 
     /// Parts written by the release before LZ4 parts (zstd level 1, dictionary-encoded label and

@@ -140,6 +140,11 @@ pub fn io_counters() -> &'static IoCounters {
 /// Ranges of one object closer than this are fetched with one request.
 const COALESCE_GAP: u64 = 64 << 10;
 
+/// Ranges of one object that all lie within this many bytes are fetched with one request,
+/// whatever the gaps between them: the pages of a small label in a part (one per column, in
+/// column chunks that are hundreds of KB apart) then cost one GET instead of one per column.
+const ONE_REQUEST_SPAN: u64 = 1 << 20;
+
 /// An `ObjectStore` that counts requests and bytes into [`io_counters`].
 #[derive(Debug)]
 struct Counted(Arc<dyn ObjectStore>);
@@ -185,14 +190,23 @@ impl ObjectStore for Counted {
         Ok(r)
     }
 
-    /// Byte ranges of one object (Parquet pages): ranges closer than 64 KiB are merged into one
-    /// request (object_store's default merges within 1 MiB, which for a small label fetches most
-    /// of a row group), up to 10 requests in parallel.
+    /// Byte ranges of one object (Parquet pages): all in one request when they lie within
+    /// 1 MiB ([`ONE_REQUEST_SPAN`]: requests, not bytes, are what a small lookup costs on an
+    /// object store), otherwise ranges closer than 64 KiB merged into one request
+    /// (object_store's default merges within 1 MiB, which for a large read fetches most of every
+    /// row group touched); up to 10 requests in parallel.
     async fn get_ranges(
         &self,
         location: &Path,
         ranges: &[std::ops::Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
+        let lo = ranges.iter().map(|r| r.start).min().unwrap_or(0);
+        let hi = ranges.iter().map(|r| r.end).max().unwrap_or(0);
+        let gap = if hi.saturating_sub(lo) <= ONE_REQUEST_SPAN {
+            u64::MAX
+        } else {
+            COALESCE_GAP
+        };
         object_store::coalesce_ranges(
             ranges,
             |r| async move {
@@ -202,7 +216,7 @@ impl ObjectStore for Counted {
                 };
                 self.get_opts(location, opts).await?.bytes().await
             },
-            COALESCE_GAP,
+            gap,
         )
         .await
     }

@@ -201,6 +201,46 @@ pub fn parse_size_str(s: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("is too large: '{s}'"))
 }
 
+/// Parses a duration: `'auto'` (`None`), a number of seconds (`'0'`, `'2.5'`), a number with a
+/// unit (`'500ms'`, `'5 s'`, `'2 minutes'`, `'1 hour'`), or DuckDB's text of an `INTERVAL`
+/// (`'00:00:05'`, `'00:01:30.5'`).
+pub fn parse_duration_str(s: &str) -> std::result::Result<Option<std::time::Duration>, String> {
+    let t = s.trim().to_ascii_lowercase();
+    if t == "auto" || t.is_empty() {
+        return Ok(None);
+    }
+    let bad = || format!("must be a duration like '1s', '500ms', '2 minutes' or 'auto', got '{s}'");
+    let secs: f64 = if t.contains(':') {
+        let parts: Vec<&str> = t.split(':').collect();
+        let [h, m, sec] = parts[..] else {
+            return Err(bad());
+        };
+        let num = |x: &str| x.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+        match (num(h), num(m), num(sec)) {
+            (Some(h), Some(m), Some(sec)) => h * 3600.0 + m * 60.0 + sec,
+            _ => return Err(bad()),
+        }
+    } else {
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let mult = match unit.trim() {
+            "ms" | "msec" | "millisecond" | "milliseconds" => 1e-3,
+            "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+            "h" | "hour" | "hours" => 3600.0,
+            "d" | "day" | "days" => 86400.0,
+            _ => return Err(bad()),
+        };
+        n * mult
+    };
+    std::time::Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| bad())
+}
+
 /// Parses `[min_x, min_y, min_z, max_x, max_y, max_z]`.
 pub fn bbox_value(v: &Value, arg: &str) -> Result<BBox> {
     let shape = || {
@@ -278,7 +318,8 @@ fn exact_integer(text: &str, f: f64) -> Option<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::{exact_integer, parse_size_str};
+    use super::{exact_integer, parse_duration_str, parse_size_str};
+    use std::time::Duration;
 
     #[test]
     fn integer_bounds_must_be_exact_doubles() {
@@ -307,5 +348,26 @@ mod tests {
             .unwrap_err()
             .contains("unknown unit"));
         assert!(parse_size_str("MB").is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_interval_text() {
+        let d = |s: &str| parse_duration_str(s);
+        assert_eq!(d("auto"), Ok(None));
+        assert_eq!(d(" AUTO "), Ok(None));
+        assert_eq!(d("0"), Ok(Some(Duration::ZERO)));
+        assert_eq!(d("2.5"), Ok(Some(Duration::from_millis(2500))));
+        assert_eq!(d("500ms"), Ok(Some(Duration::from_millis(500))));
+        assert_eq!(d("5 s"), Ok(Some(Duration::from_secs(5))));
+        assert_eq!(d("2 Minutes"), Ok(Some(Duration::from_secs(120))));
+        assert_eq!(d("1 hour"), Ok(Some(Duration::from_secs(3600))));
+        assert_eq!(d("00:00:05"), Ok(Some(Duration::from_secs(5))));
+        assert_eq!(d("01:01:30.5"), Ok(Some(Duration::from_millis(3_690_500))));
+        for bad in [
+            "-1", "1 parsec", "s", "1:2", "a:b:c", "1e400", "nan", "1..2",
+        ] {
+            let e = d(bad).unwrap_err();
+            assert!(e.contains("must be a duration"), "{bad}: {e}");
+        }
     }
 }

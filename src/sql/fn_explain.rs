@@ -81,6 +81,12 @@ impl TableFn for Explain {
             rows += r?.num_rows() as u64;
         }
         let t2 = Instant::now();
+        // What the query cost, before the entries are looked up again for the figures below.
+        let io_used = [
+            ld(&io.lists) - before[0],
+            ld(&io.gets) - before[1],
+            ld(&io.bytes_read) - before[2],
+        ];
         let entries = index.view.entries_of(&a.labels)?;
         let all = || entries.iter().flat_map(|x| x.1.iter());
         let mut blocks: Vec<(u64, &crate::index::BlockId)> =
@@ -96,9 +102,9 @@ impl TableFn for Explain {
             ld(&trace.pages),
             ld(&trace.page_bytes),
             rows,
-            ld(&io.lists) - before[0],
-            ld(&io.gets) - before[1],
-            ld(&io.bytes_read) - before[2],
+            io_used[0],
+            io_used[1],
+            io_used[2],
         ];
         let ms = |a: Instant, z: Instant| (z - a).as_secs_f64() * 1e3;
         let times = [ms(t0, t1), ms(t1, t2), ms(t0, t2)];

@@ -9,8 +9,8 @@
 //! - [`args`]: SQL argument values checked and converted;
 //! - [`copy`]: `COPY … TO '<store>' (FORMAT pocaduck, …)` through the raw copy-function C API;
 //! - [`index_db`]: the format-1 index as a DuckDB database file;
-//! - here: the settings `pocaduck_target_file_size`, `pocaduck_buffer_size` and
-//!   `pocaduck_storage_options` (`SET …`), the entry point, and [`register`], the one list of
+//! - here: the settings `pocaduck_target_file_size`, `pocaduck_buffer_size`,
+//!   `pocaduck_storage_options` and `pocaduck_max_staleness` (`SET …`), the entry point, and [`register`], the one list of
 //!   everything pocaduck adds to DuckDB.
 //!
 //! No callback may panic into DuckDB: duckdb-rs contains table-function callbacks, and every raw
@@ -47,6 +47,8 @@ use args::parse_size;
 pub const SET_TARGET_FILE_SIZE: &str = "pocaduck_target_file_size";
 /// Name of the object-store options setting.
 pub const SET_STORAGE_OPTIONS: &str = "pocaduck_storage_options";
+/// Name of the setting bounding how old a reader's view of the index may be.
+pub const SET_MAX_STALENESS: &str = "pocaduck_max_staleness";
 /// Name of the writer buffer setting.
 pub const SET_BUFFER_SIZE: &str = "pocaduck_buffer_size";
 /// The DuckDB C API version pocaduck is built for, which is also the oldest DuckDB that loads it.
@@ -85,10 +87,10 @@ impl ClientContext {
         ClientContext(ctx)
     }
 
-    /// Reads a `SET pocaduck_…` size setting.
-    pub fn setting_size(&self, name: &str, default: u64) -> Result<u64> {
+    /// The value of a `SET pocaduck_…` setting (`None`: no context, or NULL).
+    fn setting(&self, name: &str) -> Option<Value> {
         if self.0.is_null() {
-            return Ok(default);
+            return None;
         }
         let cname = c_string(name);
         let mut scope: ffi::duckdb_config_option_scope = 0;
@@ -97,38 +99,37 @@ impl ClientContext {
             ffi::duckdb_client_context_get_config_option(self.0, cname.as_ptr(), &mut scope)
         };
         if raw.is_null() {
-            return Ok(default);
+            return None;
         }
-        let v = Value::from(raw);
-        if v.is_null() {
-            return Ok(default);
+        Some(Value::from(raw)).filter(|v| !v.is_null())
+    }
+
+    /// Reads a `SET pocaduck_…` size setting.
+    pub fn setting_size(&self, name: &str, default: u64) -> Result<u64> {
+        match self.setting(name) {
+            Some(v) => parse_size(&v, name),
+            None => Ok(default),
         }
-        parse_size(&v, name)
     }
 
     /// The connection's `SET pocaduck_storage_options`, checked (an unknown key is an error
     /// naming it). They follow the statement, not the process: each statement opens its stores
     /// with its own connection's options.
     pub fn storage_options(&self) -> Result<crate::storage::StorageOptions> {
-        if self.0.is_null() {
-            return Ok(Vec::new());
-        }
-        let cname = c_string(SET_STORAGE_OPTIONS);
-        let mut scope: ffi::duckdb_config_option_scope = 0;
-        // SAFETY: self.0 is a live context; the returned value is owned and destroyed by Value.
-        let raw = unsafe {
-            ffi::duckdb_client_context_get_config_option(self.0, cname.as_ptr(), &mut scope)
-        };
-        if raw.is_null() {
-            return Ok(Vec::new());
-        }
-        let v = Value::from(raw);
-        let text = if v.is_null() {
-            String::new()
-        } else {
-            v.to_string()
-        };
+        let text = self
+            .setting(SET_STORAGE_OPTIONS)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
         crate::storage::parse_storage_options(&text, SET_STORAGE_OPTIONS)
+    }
+
+    /// The connection's `SET pocaduck_max_staleness` (`None`: `'auto'`, the store's default).
+    pub fn max_staleness(&self) -> Result<Option<std::time::Duration>> {
+        match self.setting(SET_MAX_STALENESS) {
+            Some(v) => args::parse_duration_str(&v.to_string())
+                .map_err(|m| Error::arg(SET_MAX_STALENESS, m)),
+            None => Ok(None),
+        }
     }
 
     /// Writer options from the `SET` settings (unchecked: the caller checks them with
@@ -226,7 +227,12 @@ unsafe fn register(
         (
             SET_STORAGE_OPTIONS,
             SettingDefault::Text(""),
-            "pocaduck: object-store options as key=value pairs (aws_endpoint=…, aws_region=…, aws_allow_http=true, …); process-wide",
+            "pocaduck: object-store options as key=value pairs (aws_endpoint=…, aws_region=…, aws_allow_http=true, …), for this connection's statements",
+        ),
+        (
+            SET_MAX_STALENESS,
+            SettingDefault::Text("auto"),
+            "pocaduck: how long a process may answer queries from the index generation it last saw before checking the store for a newer one ('auto': 0 for local stores, 1s for object stores; '0': check every query; '500ms', '5 s', '2 minutes')",
         ),
     ];
     // SAFETY: `raw` is a valid, open connection (caller).

@@ -132,6 +132,7 @@ pub struct Bind<'a> {
     info: &'a BindInfo,
     ctx: ClientContext,
     options: StorageOptions,
+    max_staleness: Option<std::time::Duration>,
 }
 
 /// A `store` argument and the storage options (`SET pocaduck_storage_options`) of the connection
@@ -141,6 +142,8 @@ pub struct StoreArg {
     /// The store as the user named it.
     pub name: String,
     options: StorageOptions,
+    /// `SET pocaduck_max_staleness` (`None`: the store's default).
+    max_staleness: Option<std::time::Duration>,
 }
 
 impl StoreArg {
@@ -149,12 +152,14 @@ impl StoreArg {
         Store::open_with(&self.name, mode, &self.options)
     }
 
-    /// The store's current index generation (see [`reader::open_store`]).
+    /// The store's current index generation, or the one this process saw within the
+    /// connection's `pocaduck_max_staleness` (see [`reader::open_store`]).
     pub fn index(&self) -> Result<Arc<reader::LoadedIndex>> {
-        reader::open_store(
-            self.open(OpenMode::Existing)?,
-            &super::index_db::DuckDbCodec,
-        )
+        let store = self.open(OpenMode::Existing)?;
+        let staleness = self
+            .max_staleness
+            .unwrap_or_else(|| reader::default_max_staleness(&store));
+        reader::open_store(store, &super::index_db::DuckDbCodec, staleness)
     }
 }
 
@@ -163,7 +168,7 @@ const _: () =
 
 impl<'a> Bind<'a> {
     /// The prologue every bind starts with: the connection's `SET pocaduck_storage_options`
-    /// read (and checked) for the stores the statement opens.
+    /// and `SET pocaduck_max_staleness` read (and checked) for the stores the statement opens.
     fn new(info: &'a BindInfo) -> Result<Self> {
         // SAFETY: BindInfo is a single-field wrapper around duckdb_bind_info (size checked above).
         let raw: ffi::duckdb_bind_info =
@@ -174,7 +179,13 @@ impl<'a> Bind<'a> {
         unsafe { ffi::duckdb_table_function_get_client_context(raw, &mut ctx) };
         let ctx = ClientContext::new(ctx);
         let options = ctx.storage_options()?;
-        Ok(Bind { info, ctx, options })
+        let max_staleness = ctx.max_staleness()?;
+        Ok(Bind {
+            info,
+            ctx,
+            options,
+            max_staleness,
+        })
     }
 
     /// The `store` argument (the first one), with the connection's storage options.
@@ -182,6 +193,7 @@ impl<'a> Bind<'a> {
         Ok(StoreArg {
             name: arg_string(Some(self.info.get_parameter(0)), "store")?,
             options: self.options.clone(),
+            max_staleness: self.max_staleness,
         })
     }
 

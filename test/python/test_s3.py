@@ -85,21 +85,69 @@ def test_same_answers_local_and_s3(s3, tmp_path):
     assert sum("/commits/" in k for k in keys) == 4
 
 
+def explain(con, store, label):
+    return con.execute(
+        f"SELECT list_requests, get_requests, bytes_fetched, rows_returned, parts FROM pocaduck_explain('{store}', {label})"
+    ).fetchone()
+
+
 def test_requests_and_bytes_per_query(s3):
     con = connect()
     store = url()
     con.execute(WORKLOAD[0].format(w=0, s=store))
     con.execute(f"FROM pocaduck_consolidate('{store}')").fetchall()
     con.execute(f"FROM pocaduck_points('{store}', 1)").fetchall()  # warm the caches
-    rows = con.execute(
-        f"SELECT list_requests, get_requests, bytes_fetched, rows_returned, parts FROM pocaduck_explain('{store}', 7)"
-    ).fetchone()
-    lists, gets, fetched, n, parts = rows
+    lists, gets, fetched, n, parts = explain(con, store, 7)
     print(f"\ns3 per-label query (warm): {lists} LIST, {gets} GET, {fetched} bytes for {n} points in {parts} part(s)")
     assert n == 800
-    assert lists == 1  # the index directory, to see whether a new generation exists
+    # Checked for a newer generation less than pocaduck_max_staleness ('auto': 1 s) ago: no LIST.
+    assert lists == 0
     assert 1 <= gets <= 4 * parts
     assert 0 < fetched < 200_000
+    con.execute("SET pocaduck_max_staleness = '0'")
+    assert explain(con, store, 7)[0] == 1  # the index directory, for a newer generation
+    # Optimized, a small label lies in one part: a warm query is one GET of the index row group
+    # and one of the label's pages (all columns' pages within 1 MiB: one request).
+    con.execute("RESET pocaduck_max_staleness")
+    con.execute(f"FROM pocaduck_optimize('{store}')").fetchall()
+    con.execute(f"FROM pocaduck_points('{store}', 1)").fetchall()
+    lists, gets, fetched, n, parts = explain(con, store, 7)
+    print(f"s3 per-label query (warm, optimized): {lists} LIST, {gets} GET, {fetched} bytes for {n} points in {parts} part(s)")
+    assert (n, parts) == (800, 1)
+    assert lists + gets <= 2, (lists, gets)
+
+
+def test_max_staleness_bounds_how_late_another_process_is_seen(s3):
+    """A reader holds the generation it saw for at most pocaduck_max_staleness; another
+    process's consolidate is seen once the bound has passed (or at once with '0'); its own
+    process's consolidate is seen at once."""
+    store = url()
+    con = connect()
+    con.execute(f"COPY (SELECT 1::UBIGINT, 0, 1, 2, 3) TO '{store}' (FORMAT pocaduck, WORKER 'w1')")
+    con.execute(f"FROM pocaduck_consolidate('{store}')").fetchall()
+    con.execute("SET pocaduck_max_staleness = '1 hour'")
+    count = f"SELECT count(*) FROM pocaduck_points('{store}', 1)"
+    assert con.execute(count).fetchone() == (1,)
+    code = f"""
+import duckdb
+con = duckdb.connect(config={{'allow_unsigned_extensions': True}})
+con.execute("LOAD '{EXTENSION}'")
+con.execute("COPY (SELECT 1::UBIGINT, 1, 4, 5, 6) TO '{store}' (FORMAT pocaduck, WORKER 'w2')")
+print(con.execute("SELECT generation FROM pocaduck_consolidate('{store}')").fetchone()[0])
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "2"
+    assert con.execute(count).fetchone() == (1,)  # held: checked less than an hour ago
+    con.execute("SET pocaduck_max_staleness = '0'")
+    assert con.execute(count).fetchone() == (2,)
+    con.execute("SET pocaduck_max_staleness = '1 hour'")
+    con.execute(f"COPY (SELECT 1::UBIGINT, 2, 7, 8, 9) TO '{store}' (FORMAT pocaduck, WORKER 'w1')")
+    con.execute(f"FROM pocaduck_consolidate('{store}')").fetchall()
+    assert con.execute(count).fetchone() == (3,)  # this process's own generation, at once
+    con.execute("SET pocaduck_max_staleness = 'soon'")
+    with pytest.raises(duckdb.Error, match="pocaduck_points: .*pocaduck_max_staleness.*must be a duration"):
+        con.execute(count).fetchall()
 
 
 def test_four_worker_processes_write_one_s3_store(s3):
