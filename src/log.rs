@@ -159,12 +159,16 @@ fn newest(files: impl IntoIterator<Item = GenerationFile>) -> Option<GenerationF
 
 /// The newest generation of `store` (`None`: never consolidated). One listing of `index/`.
 pub fn latest(store: &Store) -> Result<Option<GenerationFile>> {
-    Ok(newest(
+    let g = newest(
         store
             .list(&layout::index_dir())?
             .into_iter()
             .filter_map(parse),
-    ))
+    );
+    if let Some(g) = &g {
+        note(store, g.generation, false);
+    }
+    Ok(g)
 }
 
 /// Every generation file of `store`, oldest first (format-1 files only up to the first
@@ -196,7 +200,11 @@ pub fn latest_since(store: &Store, known: u64) -> Result<Option<GenerationFile>>
     if !listed.iter().any(|g| g.generation == known) {
         return Ok(None);
     }
-    Ok(newest(listed))
+    let g = newest(listed);
+    if let Some(g) = &g {
+        note(store, g.generation, false);
+    }
+    Ok(g)
 }
 
 /// Latest generation number (0 if never consolidated).
@@ -339,9 +347,7 @@ pub fn publish(store: &Store, m: &Manifest) -> Result<()> {
     let bytes =
         serde_json::to_vec(m).map_err(|e| Error::Internal(format!("manifest encode: {e}")))?;
     if create(store, &layout::manifest_file(m.generation), bytes.into())? {
-        if let Ok(mut p) = published().lock() {
-            *p.entry(store.cache_key()).or_default() += 1;
-        }
+        note(store, m.generation, true);
         return Ok(());
     }
     Err(Error::Conflict {
@@ -353,24 +359,36 @@ pub fn publish(store: &Store, m: &Manifest) -> Result<()> {
     })
 }
 
-/// How many generations of each store this process published.
-fn published() -> &'static std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, u64>> {
-    static P: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, u64>>,
-    > = std::sync::OnceLock::new();
-    P.get_or_init(Default::default)
+/// Per store: the newest generation this process has published or listed, and how many it
+/// published.
+type Seen = std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, (u64, u64)>>;
+
+fn seen_map() -> &'static Seen {
+    static S: std::sync::OnceLock<Seen> = std::sync::OnceLock::new();
+    S.get_or_init(Default::default)
 }
 
-/// How many generations of `store` this process published: a reader allowed to answer from
-/// the generation it holds for a while (bounded staleness) still sees its own process's
-/// consolidates and optimizes at once (also those of a store deleted and written again under
-/// the same name).
-pub fn published_here(store: &Store) -> u64 {
-    published()
+/// Records that this process published (`published`) or listed generation `g` of `store`.
+fn note(store: &Store, g: u64, published: bool) {
+    if let Ok(mut s) = seen_map().lock() {
+        let e = s.entry(store.cache_key()).or_default();
+        e.0 = e.0.max(g);
+        e.1 += u64::from(published);
+    }
+}
+
+/// The newest generation of `store` this process has published or listed (by any function),
+/// and how many generations of it this process has published. A reader allowed to answer from
+/// the generation it holds for a while (bounded staleness) uses this to see at once what its
+/// own process published (also a store deleted and written again under the same name, whose
+/// numbers start over) or saw (`pocaduck_stats` never shows a newer generation than the next
+/// query reads).
+pub fn seen(store: &Store) -> (u64, u64) {
+    seen_map()
         .lock()
         .ok()
-        .and_then(|p| p.get(&store.cache_key()).copied())
-        .unwrap_or(0)
+        .and_then(|s| s.get(&store.cache_key()).copied())
+        .unwrap_or_default()
 }
 
 /// Publishes `bytes` as the first free file of a numbered sequence at or after `first`
