@@ -21,6 +21,16 @@ pub struct ExplainArgs {
     store: StoreArg,
     labels: Vec<u64>,
     bbox: Option<BBox>,
+    /// The request counters before the bind opened the store and its index: the first
+    /// execution counts from there (a cold reader's first query includes opening the store).
+    io_at_bind: std::sync::Mutex<Option<[u64; 3]>>,
+}
+
+/// The process-wide request counters: LISTs, GETs, bytes fetched.
+fn io_now() -> [u64; 3] {
+    let io = crate::storage::io_counters();
+    let ld = |f: &AtomicU64| f.load(Ordering::Relaxed);
+    [ld(&io.lists), ld(&io.gets), ld(&io.bytes_read)]
 }
 
 const COUNTS: [&str; 12] = [
@@ -46,26 +56,32 @@ impl TableFn for Explain {
     type Args = ExplainArgs;
 
     fn bind(b: &Bind) -> Result<ExplainArgs> {
+        let io_at_bind = std::sync::Mutex::new(Some(io_now()));
         let store = b.store()?;
         let (labels, _) = arg_labels(b.param(1), "label")?;
         let bbox = match b.named("bbox") {
             Some(v) => Some(bbox_value(&v, "bbox")?),
             None => None,
         };
-        store.index()?;
+        store.bind_index()?;
         b.ubigint_columns(&COUNTS);
         b.columns(&TIMES.map(|n| (n, LogicalTypeId::Double)));
         Ok(ExplainArgs {
             store,
             labels,
             bbox,
+            io_at_bind,
         })
     }
 
     fn rows(a: &ExplainArgs, _: &[usize]) -> Result<BatchIter> {
-        let io = crate::storage::io_counters();
         let ld = |f: &AtomicU64| f.load(Ordering::Relaxed);
-        let before = [ld(&io.lists), ld(&io.gets), ld(&io.bytes_read)];
+        let before = a
+            .io_at_bind
+            .lock()
+            .ok()
+            .and_then(|mut b| b.take())
+            .unwrap_or_else(io_now);
         let t0 = Instant::now();
         let index = a.store.index()?;
         let t1 = Instant::now();
@@ -82,11 +98,8 @@ impl TableFn for Explain {
         }
         let t2 = Instant::now();
         // What the query cost, before the entries are looked up again for the figures below.
-        let io_used = [
-            ld(&io.lists) - before[0],
-            ld(&io.gets) - before[1],
-            ld(&io.bytes_read) - before[2],
-        ];
+        let now = io_now();
+        let io_used = [0, 1, 2].map(|i| now[i] - before[i]);
         let entries = index.view.entries_of(&a.labels)?;
         let all = || entries.iter().flat_map(|x| x.1.iter());
         let mut blocks: Vec<(u64, &crate::index::BlockId)> =

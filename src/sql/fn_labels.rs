@@ -20,7 +20,7 @@ impl TableFn for Labels {
 
     fn bind(b: &Bind) -> Result<StoreArg> {
         let store = b.store()?;
-        store.index()?;
+        store.bind_index()?;
         b.ubigint_columns(&["label", "point_count", "block_count"]);
         Ok(store)
     }
@@ -67,7 +67,7 @@ impl TableFn for Blocks {
     fn bind(b: &Bind) -> Result<(StoreArg, u64)> {
         let store = b.store()?;
         let label = value_label(&b.param(1), "label")?;
-        let index = store.index()?;
+        let index = store.bind_index()?;
         b.arrow_column("block", &index.schema.block_type().arrow())?;
         b.columns(&[("point_count", LogicalTypeId::UBigint)]);
         Ok((store, label))

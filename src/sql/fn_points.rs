@@ -34,7 +34,7 @@ fn bind_points(
     bbox: Option<BBox>,
 ) -> Result<PointsArgs> {
     let store = b.store()?;
-    let index = store.index()?;
+    let index = store.bind_index()?;
     let mut part_cols = Vec::new();
     if with_label {
         b.columns(&[(FIXED[col::LABEL], LogicalTypeId::UBigint)]);

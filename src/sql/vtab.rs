@@ -144,7 +144,27 @@ pub struct StoreArg {
     options: StorageOptions,
     /// `SET pocaduck_max_staleness` (`None`: the store's default).
     max_staleness: Option<std::time::Duration>,
+    /// The index the bind opened, for the execution that follows it at once.
+    at_bind: BindIndex,
 }
+
+/// The index a bind opened and when: the statement's first execution uses it if it starts
+/// within [`BIND_TO_EXECUTION`] (so a query checks the store for a new generation once, not
+/// at bind and again at execution); later executions of a prepared statement check again.
+#[derive(Clone, Default)]
+struct BindIndex(Arc<Mutex<Option<KeptIndex>>>);
+
+/// An index opened at bind, and when.
+type KeptIndex = (Arc<reader::LoadedIndex>, std::time::Instant);
+
+impl std::fmt::Debug for BindIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BindIndex")
+    }
+}
+
+/// How long after its bind an execution may use the index the bind opened.
+const BIND_TO_EXECUTION: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl StoreArg {
     /// Opens the store with the connection's options.
@@ -153,8 +173,28 @@ impl StoreArg {
     }
 
     /// The store's current index generation, or the one this process saw within the
-    /// connection's `pocaduck_max_staleness` (see [`reader::open_store`]).
+    /// connection's `pocaduck_max_staleness` (see [`reader::open_store`]), or the one the bind
+    /// just opened.
     pub fn index(&self) -> Result<Arc<reader::LoadedIndex>> {
+        let kept = self.at_bind.0.lock().ok().and_then(|mut k| k.take());
+        if let Some((index, at)) = kept {
+            if at.elapsed() < BIND_TO_EXECUTION {
+                return Ok(index);
+            }
+        }
+        self.open_index()
+    }
+
+    /// [`StoreArg::index`] at bind: the index is kept for the execution that follows.
+    pub fn bind_index(&self) -> Result<Arc<reader::LoadedIndex>> {
+        let index = self.open_index()?;
+        if let Ok(mut k) = self.at_bind.0.lock() {
+            *k = Some((index.clone(), std::time::Instant::now()));
+        }
+        Ok(index)
+    }
+
+    fn open_index(&self) -> Result<Arc<reader::LoadedIndex>> {
         let store = self.open(OpenMode::Existing)?;
         let staleness = self
             .max_staleness
@@ -194,6 +234,7 @@ impl<'a> Bind<'a> {
             name: arg_string(Some(self.info.get_parameter(0)), "store")?,
             options: self.options.clone(),
             max_staleness: self.max_staleness,
+            at_bind: BindIndex::default(),
         })
     }
 
