@@ -198,6 +198,13 @@ pub fn latest_since(store: &Store, known: u64) -> Result<Option<GenerationFile>>
         .filter_map(parse)
         .collect();
     if !listed.iter().any(|g| g.generation == known) {
+        // The store was deleted and written again (its numbers started over): what this
+        // process saw of the old one says nothing about the new one.
+        if let Ok(mut s) = seen_map().lock() {
+            if let Some(e) = s.get_mut(&store.cache_key()) {
+                e.0 = 0;
+            }
+        }
         return Ok(None);
     }
     let g = newest(listed);

@@ -3,9 +3,11 @@
 //! A [`LoadedIndex`] is one generation of a store's index ready for queries: its manifest and an
 //! [`IndexView`] over its segments (a label's entries are fetched per query from the one or few
 //! segment row groups that hold it; segment footers are cached per process). It is cached per
-//! process and per store and replaced as soon as a newer generation is published, so a query
-//! pays one listing of new generation names, the segment row groups of its labels, and the pages
-//! holding its rows. Part footers (with the offset index) are cached per process.
+//! process and per store and replaced by a newer generation once a query sees one (each query
+//! lists new generation names, or, within `pocaduck_max_staleness` of the last listing, does
+//! not: [`open_store`]), so a query pays at most one listing, the segment row groups of its
+//! labels, and the pages holding its rows. Part footers (with the offset index) are cached per
+//! process.
 //!
 //! Results stream: [`PointStream`] reads a label's entries in windows of at most
 //! [`WINDOW_ROWS`] rows (the first window is smaller, so `LIMIT` queries return early), with at
@@ -163,6 +165,13 @@ pub fn open(store_name: &str, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>
     )
 }
 
+/// Whether this process has neither published a generation of `index`'s store since it had
+/// published `published` of them, nor listed one newer than `index` ([`log::seen`]).
+pub fn nothing_newer_here(index: &LoadedIndex, published: u64) -> bool {
+    let (newest, now_published) = log::seen(&index.store);
+    now_published == published && index.generation >= newest
+}
+
 /// [`open`] for a store already opened (with the caller's storage options). The generation
 /// this process holds is used without checking the store when it was checked less than
 /// `max_staleness` ago and this process has neither published a generation since nor listed a
@@ -177,13 +186,11 @@ pub fn open_store(
     let hit = cache().lock().ok().and_then(|c| c.get(&key).cloned());
     // Read before the listing: a generation this process publishes meanwhile is checked for
     // by the next query.
-    let (newest_seen, published) = log::seen(&store);
-    let checked = (Instant::now(), published);
-    if let Some((h, at, p)) = &hit {
+    let checked = (Instant::now(), log::seen(&store).1);
+    if let Some((h, at, published)) = &hit {
         if !max_staleness.is_zero()
-            && checked.0 - *at < max_staleness
-            && *p == published
-            && h.generation >= newest_seen
+            && checked.0.saturating_duration_since(*at) < max_staleness
+            && nothing_newer_here(h, *published)
         {
             return Ok(h.clone());
         }
@@ -1153,6 +1160,45 @@ mod tests {
         let idx = open_store(store.clone(), &JsonCodec, hour).unwrap();
         assert_eq!(idx.generation, 5);
         assert_eq!(xs(&idx.points(&[5], &[2]).unwrap()), vec![1, 2]);
+    }
+
+    /// A store deleted and written again under the same name (generation numbers start over):
+    /// this process's own new generation is seen at once, and afterwards the bound holds again.
+    #[test]
+    fn bounded_staleness_after_the_store_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let hour = Duration::from_secs(3600);
+        let gen = |bound| {
+            let store = Store::open(name, OpenMode::Existing).unwrap();
+            open_store(store, &JsonCodec, bound).unwrap().generation
+        };
+        for _ in 0..3 {
+            write(name, "w1", &[rows(&[5], "a", &[[1, 0, 0]])]);
+            consolidate(&Store::open(name, OpenMode::Existing).unwrap(), &JsonCodec).unwrap();
+        }
+        assert_eq!(gen(hour), 3);
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            std::fs::remove_dir_all(e.unwrap().path()).ok();
+        }
+        std::fs::remove_file(dir.path().join("_pocaduck.json")).ok();
+        write(name, "w1", &[rows(&[7], "a", &[[9, 0, 0]])]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        let idx = open_store(store.clone(), &JsonCodec, hour).unwrap();
+        assert_eq!(
+            idx.generation, 1,
+            "this process's own generation of the new store"
+        );
+        assert_eq!(xs(&idx.points(&[7], &[2]).unwrap()), vec![9]);
+        // Held again within the bound: another process's generation 2 is not listed yet.
+        let index = dir.path().join("index");
+        let text = std::fs::read_to_string(index.join("0000000001.json")).unwrap();
+        let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        m["generation"] = 2.into();
+        std::fs::write(index.join("0000000002.json"), m.to_string()).unwrap();
+        assert_eq!(gen(hour), 1);
+        assert_eq!(gen(Duration::ZERO), 2);
     }
 
     /// Parts written by the release before LZ4 parts (zstd level 1, dictionary-encoded label and

@@ -210,21 +210,29 @@ pub fn parse_duration_str(s: &str) -> std::result::Result<Option<std::time::Dura
         return Ok(None);
     }
     let bad = || format!("must be a duration like '1s', '500ms', '2 minutes' or 'auto', got '{s}'");
-    let secs: f64 = if t.contains(':') {
-        let parts: Vec<&str> = t.split(':').collect();
-        let [h, m, sec] = parts[..] else {
-            return Err(bad());
-        };
-        let num = |x: &str| x.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
-        match (num(h), num(m), num(sec)) {
-            (Some(h), Some(m), Some(sec)) => h * 3600.0 + m * 60.0 + sec,
+    if t.contains('-') {
+        return Err(bad());
+    }
+    // `[<n> <unit>] [hh:mm:ss]`: DuckDB shows `INTERVAL 1 DAY + 1 HOUR` as '1 day 01:00:00'.
+    let (units, clock) = match t.rfind(' ') {
+        Some(i) if t[i + 1..].contains(':') => (t[..i].trim(), &t[i + 1..]),
+        _ if t.contains(':') => ("", t.as_str()),
+        _ => (t.as_str(), ""),
+    };
+    let mut secs = 0.0f64;
+    if !clock.is_empty() {
+        let num = |x: &str| x.parse::<f64>().ok().filter(|v| v.is_finite());
+        let parts: Vec<Option<f64>> = clock.split(':').map(num).collect();
+        match parts[..] {
+            [Some(h), Some(m), Some(sec)] => secs += h * 3600.0 + m * 60.0 + sec,
             _ => return Err(bad()),
         }
-    } else {
-        let split = t
+    }
+    if !units.is_empty() {
+        let split = units
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
+            .unwrap_or(units.len());
+        let (num, unit) = units.split_at(split);
         let n: f64 = num.parse().map_err(|_| bad())?;
         let mult = match unit.trim() {
             "ms" | "msec" | "millisecond" | "milliseconds" => 1e-3,
@@ -234,8 +242,8 @@ pub fn parse_duration_str(s: &str) -> std::result::Result<Option<std::time::Dura
             "d" | "day" | "days" => 86400.0,
             _ => return Err(bad()),
         };
-        n * mult
-    };
+        secs += n * mult;
+    }
     std::time::Duration::try_from_secs_f64(secs)
         .map(Some)
         .map_err(|_| bad())

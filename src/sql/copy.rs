@@ -333,10 +333,8 @@ unsafe extern "C" fn global_init(info: ffi::duckdb_copy_function_global_init_inf
         Ok(GlobalState {
             statement: Some(statement),
             types: b.types.clone(),
-            names: ["label", "block", "x", "y", "z"]
-                .iter()
-                .map(|n| n.to_string())
-                .chain(b.attributes.iter().cloned())
+            names: (0..b.types.len())
+                .map(|i| column_name(i, &b.attributes))
                 .collect(),
             commit: b.commit,
         })

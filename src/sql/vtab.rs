@@ -1,12 +1,14 @@
 //! The table-function scaffold: what every `pocaduck_*` table function shares, so that a function
 //! is one [`TableFn`] implementation in its own file plus one line in [`super::register`].
 //!
-//! - [`Bind`]: the bind prologue (`SET pocaduck_storage_options` applied, the `store` argument,
-//!   named arguments, result columns);
+//! - [`Bind`]: the bind prologue (`SET pocaduck_storage_options` and `pocaduck_max_staleness`
+//!   applied, the `store` argument, named arguments, result columns);
 //! - [`Table`]: the adapter from a [`TableFn`] to duckdb-rs' `VTab`. It binds inside [`run`] (an
 //!   error or a panic becomes `<function>: <message>`), and starts the rows anew for each
 //!   execution (its pieces at init, or its single stream at the first `func` call), so a prepared
-//!   statement executed again does its work again and sees the newest generation;
+//!   statement executed again does its work again and sees the newest generation (within
+//!   `pocaduck_max_staleness`; the execution right after the bind uses the index the bind
+//!   opened, [`StoreArg::bind_index`]);
 //! - [`Emitter`]: hands result batches to DuckDB in chunks of at most 2048 rows, pulling a stream
 //!   only as far as DuckDB asks (`LIMIT` stops reading);
 //! - [`ubigint_row`], [`one_batch`]: the result of a one-row function.
@@ -149,13 +151,14 @@ pub struct StoreArg {
 }
 
 /// The index a bind opened and when: the statement's first execution uses it if it starts
-/// within [`BIND_TO_EXECUTION`] (so a query checks the store for a new generation once, not
-/// at bind and again at execution); later executions of a prepared statement check again.
+/// within [`BIND_TO_EXECUTION`] and this process has published or seen nothing newer since (so
+/// a query checks the store for a new generation once, not at bind and again at execution);
+/// later executions of a prepared statement check again.
 #[derive(Clone, Default)]
 struct BindIndex(Arc<Mutex<Option<KeptIndex>>>);
 
-/// An index opened at bind, and when.
-type KeptIndex = (Arc<reader::LoadedIndex>, std::time::Instant);
+/// An index opened at bind, when, and how many generations this process had published then.
+type KeptIndex = (Arc<reader::LoadedIndex>, std::time::Instant, u64);
 
 impl std::fmt::Debug for BindIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -164,7 +167,7 @@ impl std::fmt::Debug for BindIndex {
 }
 
 /// How long after its bind an execution may use the index the bind opened.
-const BIND_TO_EXECUTION: std::time::Duration = std::time::Duration::from_millis(100);
+pub const BIND_TO_EXECUTION: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl StoreArg {
     /// Opens the store with the connection's options.
@@ -174,11 +177,11 @@ impl StoreArg {
 
     /// The store's current index generation, or the one this process saw within the
     /// connection's `pocaduck_max_staleness` (see [`reader::open_store`]), or the one the bind
-    /// just opened.
+    /// just opened if nothing newer was published or seen in this process since.
     pub fn index(&self) -> Result<Arc<reader::LoadedIndex>> {
         let kept = self.at_bind.0.lock().ok().and_then(|mut k| k.take());
-        if let Some((index, at)) = kept {
-            if at.elapsed() < BIND_TO_EXECUTION {
+        if let Some((index, at, published)) = kept {
+            if at.elapsed() < BIND_TO_EXECUTION && reader::nothing_newer_here(&index, published) {
                 return Ok(index);
             }
         }
@@ -187,9 +190,11 @@ impl StoreArg {
 
     /// [`StoreArg::index`] at bind: the index is kept for the execution that follows.
     pub fn bind_index(&self) -> Result<Arc<reader::LoadedIndex>> {
+        let at = std::time::Instant::now();
+        let published = crate::log::seen(&self.open(OpenMode::Existing)?).1;
         let index = self.open_index()?;
         if let Ok(mut k) = self.at_bind.0.lock() {
-            *k = Some((index.clone(), std::time::Instant::now()));
+            *k = Some((index.clone(), at, published));
         }
         Ok(index)
     }

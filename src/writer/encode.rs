@@ -63,11 +63,25 @@ impl PartWriter {
         drop(idx);
         let refs: Vec<&RecordBatch> = batches.iter().collect();
         // Gathered a slice at a time, each of at most SLICE_ROWS rows and
-        // `bounded::STRING_BYTES` of strings (a job may hold more than a string array can).
+        // `bounded::STRING_BYTES` of strings (a job may hold more than a string array can);
+        // a job whose strings fit in total needs no per-row sizes.
+        let fits = refs
+            .iter()
+            .map(|b| crate::bounded::string_bytes(b))
+            .sum::<usize>()
+            <= crate::bounded::STRING_BYTES;
         let mut off = 0;
         while off < pairs.len() {
-            let end =
-                crate::bounded::cut(&refs, &pairs, off, SLICE_ROWS, crate::bounded::STRING_BYTES);
+            let end = match fits {
+                true => pairs.len().min(off + SLICE_ROWS),
+                false => crate::bounded::cut(
+                    &refs,
+                    &pairs,
+                    off,
+                    SLICE_ROWS,
+                    crate::bounded::STRING_BYTES,
+                ),
+            };
             let slice = arrow::compute::interleave_record_batch(&refs, &pairs[off..end])?;
             self.write_slice(&slice, &ranks[off..end], target)?;
             off = end;
