@@ -17,6 +17,7 @@
 #![deny(unsafe_code)]
 
 pub mod bounded;
+pub mod cache;
 pub mod check;
 pub mod consolidate;
 pub(crate) mod entry_chunks;

@@ -244,14 +244,16 @@ struct ReadEntry {
 }
 
 /// Part footers per (store, part).
-type PartCache = Mutex<HashMap<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, Option<u64>)>>;
+type PartCache = Mutex<
+    crate::cache::FifoCache<(std::path::PathBuf, Arc<str>), (ArrowReaderMetadata, Option<u64>)>,
+>;
 
 fn part_cache() -> &'static PartCache {
     static C: OnceLock<PartCache> = OnceLock::new();
-    C.get_or_init(Default::default)
+    C.get_or_init(|| Mutex::new(crate::cache::FifoCache::new(PART_CACHE)))
 }
 
-/// Part footers kept per process; beyond this the cache is emptied.
+/// Part footers kept per process; beyond this the oldest go.
 const PART_CACHE: usize = 4096;
 
 impl LoadedIndex {
@@ -861,7 +863,7 @@ pub(crate) async fn gather_rows(
 /// A part's metadata (with its offset index) and its size.
 async fn part_meta(store: &Store, part: &Arc<str>) -> Result<(ArrowReaderMetadata, Option<u64>)> {
     let key = (store.cache_key(), part.clone());
-    if let Some(m) = part_cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
+    if let Some(m) = part_cache().lock().ok().and_then(|c| c.get(&key)) {
         return Ok(m);
     }
     let path = Path::from(part.as_ref());
@@ -876,9 +878,6 @@ async fn part_meta(store: &Store, part: &Arc<str>) -> Result<(ArrowReaderMetadat
     let meta = crate::footer::arrow_metadata(md, opts).map_err(|e| err(&e))?;
     let size = Some(size);
     if let Ok(mut c) = part_cache().lock() {
-        if c.len() >= PART_CACHE {
-            c.clear();
-        }
         c.insert(key, (meta.clone(), size));
     }
     Ok((meta, size))

@@ -443,14 +443,14 @@ pub(crate) struct Footer {
 }
 
 /// Segment footers per (store, file).
-type FooterCache = Mutex<HashMap<(std::path::PathBuf, String), Arc<Footer>>>;
+type FooterCache = Mutex<crate::cache::FifoCache<(std::path::PathBuf, String), Arc<Footer>>>;
 
 fn footer_cache() -> &'static FooterCache {
     static C: OnceLock<FooterCache> = OnceLock::new();
-    C.get_or_init(Default::default)
+    C.get_or_init(|| Mutex::new(crate::cache::FifoCache::new(FOOTER_CACHE)))
 }
 
-/// Footers kept per process; beyond this the cache is emptied (footers are ~100 KB).
+/// Footers kept per process (~100 KB each); beyond this the oldest go.
 const FOOTER_CACHE: usize = 512;
 
 pub(crate) async fn footer(store: &Store, r: &SegmentRef, cached: bool) -> Result<Arc<Footer>> {
@@ -460,11 +460,7 @@ pub(crate) async fn footer(store: &Store, r: &SegmentRef, cached: bool) -> Resul
             c.remove(&key);
         }
     }
-    if let Some(f) = footer_cache()
-        .lock()
-        .ok()
-        .and_then(|c| c.get(&key).cloned())
-    {
+    if let Some(f) = footer_cache().lock().ok().and_then(|c| c.get(&key)) {
         return Ok(f);
     }
     let err = |e: &dyn std::fmt::Display| {
@@ -547,9 +543,6 @@ pub(crate) async fn footer(store: &Store, r: &SegmentRef, cached: bool) -> Resul
         unit_fences,
     });
     if let Ok(mut c) = footer_cache().lock() {
-        if c.len() >= FOOTER_CACHE {
-            c.clear();
-        }
         c.insert(key, f.clone());
     }
     Ok(f)
