@@ -1112,6 +1112,16 @@ mod tests {
         assert_eq!(stats, vec![(5, 4, 3), (6, 1, 1), (7, 1, 1)]);
     }
 
+    /// Publishes generation `g` of the local store in `dir` as another process would (a copy of
+    /// generation `g - 1`'s manifest, written without `log::publish`).
+    fn publish_elsewhere(dir: &std::path::Path, g: u64) {
+        let index = dir.join("index");
+        let text = std::fs::read_to_string(index.join(format!("{:010}.json", g - 1))).unwrap();
+        let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        m["generation"] = g.into();
+        std::fs::write(index.join(format!("{g:010}.json")), m.to_string()).unwrap();
+    }
+
     /// Bounded staleness: a process answers from the generation it holds while it was checked
     /// less than `max_staleness` ago, sees a newer one (another process's) once the bound has
     /// passed or with a zero bound, and sees at once what it published or listed elsewhere.
@@ -1129,14 +1139,8 @@ mod tests {
                 .generation
         };
         assert_eq!(gen(hour), 1);
-        // Another process publishes generation 2 (written here without `log::publish`).
-        let foreign = |g: u64| {
-            let index = dir.path().join("index");
-            let text = std::fs::read_to_string(index.join(format!("{:010}.json", g - 1))).unwrap();
-            let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
-            m["generation"] = g.into();
-            std::fs::write(index.join(format!("{g:010}.json")), m.to_string()).unwrap();
-        };
+        // Another process publishes generation 2.
+        let foreign = |g: u64| publish_elsewhere(dir.path(), g);
         foreign(2);
         assert_eq!(gen(hour), 1, "held within the bound");
         assert_eq!(gen(Duration::ZERO), 2, "a zero bound checks every time");
@@ -1191,11 +1195,7 @@ mod tests {
         );
         assert_eq!(xs(&idx.points(&[7], &[2]).unwrap()), vec![9]);
         // Held again within the bound: another process's generation 2 is not listed yet.
-        let index = dir.path().join("index");
-        let text = std::fs::read_to_string(index.join("0000000001.json")).unwrap();
-        let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
-        m["generation"] = 2.into();
-        std::fs::write(index.join("0000000002.json"), m.to_string()).unwrap();
+        publish_elsewhere(dir.path(), 2);
         assert_eq!(gen(hour), 1);
         assert_eq!(gen(Duration::ZERO), 2);
     }

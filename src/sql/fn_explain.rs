@@ -9,7 +9,7 @@ use arrow::array::{ArrayRef, Float64Array, UInt64Array};
 use duckdb::core::LogicalTypeId;
 
 use super::args::{arg_labels, bbox_value};
-use super::vtab::{batch, one_batch, BatchIter, Bind, StoreArg, TableFn, BIND_TO_EXECUTION};
+use super::vtab::{batch, one_batch, BatchIter, Bind, KeptForExecution, StoreArg, TableFn};
 use crate::error::Result;
 use crate::reader::{BBox, ReadTrace, ScanRequest};
 
@@ -21,10 +21,10 @@ pub struct ExplainArgs {
     store: StoreArg,
     labels: Vec<u64>,
     bbox: Option<BBox>,
-    /// The request counters before the bind opened the store and its index, and when: the
-    /// execution that follows at once counts from there (a cold reader's first query includes
-    /// opening the store).
-    io_at_bind: std::sync::Mutex<Option<([u64; 3], Instant)>>,
+    /// The request counters before the bind opened the store and its index: the execution that
+    /// follows at once counts from there (a cold reader's first query includes opening the
+    /// store).
+    io_at_bind: KeptForExecution<[u64; 3]>,
 }
 
 /// The process-wide request counters: LISTs, GETs, bytes fetched.
@@ -57,7 +57,8 @@ impl TableFn for Explain {
     type Args = ExplainArgs;
 
     fn bind(b: &Bind) -> Result<ExplainArgs> {
-        let io_at_bind = std::sync::Mutex::new(Some((io_now(), Instant::now())));
+        let io_at_bind = KeptForExecution::default();
+        io_at_bind.keep(io_now(), Instant::now());
         let store = b.store()?;
         let (labels, _) = arg_labels(b.param(1), "label")?;
         let bbox = match b.named("bbox") {
@@ -77,14 +78,7 @@ impl TableFn for Explain {
 
     fn rows(a: &ExplainArgs, _: &[usize]) -> Result<BatchIter> {
         let ld = |f: &AtomicU64| f.load(Ordering::Relaxed);
-        let before = a
-            .io_at_bind
-            .lock()
-            .ok()
-            .and_then(|mut b| b.take())
-            .filter(|(_, at)| at.elapsed() < BIND_TO_EXECUTION)
-            .map(|(io, _)| io)
-            .unwrap_or_else(io_now);
+        let before = a.io_at_bind.take().unwrap_or_else(io_now);
         let t0 = Instant::now();
         let index = a.store.index()?;
         let t1 = Instant::now();

@@ -10,8 +10,8 @@
 //! - [`copy`]: `COPY … TO '<store>' (FORMAT pocaduck, …)` through the raw copy-function C API;
 //! - [`index_db`]: the format-1 index as a DuckDB database file;
 //! - here: the settings `pocaduck_target_file_size`, `pocaduck_buffer_size`,
-//!   `pocaduck_storage_options` and `pocaduck_max_staleness` (`SET …`), the entry point, and [`register`], the one list of
-//!   everything pocaduck adds to DuckDB.
+//!   `pocaduck_storage_options` and `pocaduck_max_staleness` (`SET …`), the entry point, and
+//!   [`register`], the one list of everything pocaduck adds to DuckDB.
 //!
 //! No callback may panic into DuckDB: duckdb-rs contains table-function callbacks, and every raw
 //! callback here runs inside [`guard`].

@@ -146,27 +146,51 @@ pub struct StoreArg {
     options: StorageOptions,
     /// `SET pocaduck_max_staleness` (`None`: the store's default).
     max_staleness: Option<std::time::Duration>,
-    /// The index the bind opened, for the execution that follows it at once.
-    at_bind: BindIndex,
+    /// The index the bind opened and how many generations this process had published then,
+    /// for the execution that follows it at once if nothing newer was published or seen since
+    /// (a query checks the store for a new generation once, not at bind and again at execution).
+    at_bind: KeptForExecution<(Arc<reader::LoadedIndex>, u64)>,
 }
 
-/// The index a bind opened and when: the statement's first execution uses it if it starts
-/// within [`BIND_TO_EXECUTION`] and this process has published or seen nothing newer since (so
-/// a query checks the store for a new generation once, not at bind and again at execution);
-/// later executions of a prepared statement check again.
-#[derive(Clone, Default)]
-struct BindIndex(Arc<Mutex<Option<KeptIndex>>>);
+/// A value a bind computed for the execution that follows it: taken by the first execution
+/// that starts within [`BIND_TO_EXECUTION`] of the bind; later executions of a prepared
+/// statement get nothing and compute it again.
+pub struct KeptForExecution<T>(Arc<Mutex<Option<(T, std::time::Instant)>>>);
 
-/// An index opened at bind, when, and how many generations this process had published then.
-type KeptIndex = (Arc<reader::LoadedIndex>, std::time::Instant, u64);
-
-impl std::fmt::Debug for BindIndex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BindIndex")
+impl<T> Default for KeptForExecution<T> {
+    fn default() -> Self {
+        KeptForExecution(Default::default())
     }
 }
 
-/// How long after its bind an execution may use the index the bind opened.
+impl<T> Clone for KeptForExecution<T> {
+    fn clone(&self) -> Self {
+        KeptForExecution(self.0.clone())
+    }
+}
+
+impl<T> std::fmt::Debug for KeptForExecution<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeptForExecution")
+    }
+}
+
+impl<T> KeptForExecution<T> {
+    /// Keeps `v`, computed at `at` (taken before the work it stands for).
+    pub fn keep(&self, v: T, at: std::time::Instant) {
+        if let Ok(mut k) = self.0.lock() {
+            *k = Some((v, at));
+        }
+    }
+
+    /// The kept value, if the bind was less than [`BIND_TO_EXECUTION`] ago (once).
+    pub fn take(&self) -> Option<T> {
+        let (v, at) = self.0.lock().ok()?.take()?;
+        (at.elapsed() < BIND_TO_EXECUTION).then_some(v)
+    }
+}
+
+/// How long after its bind an execution may use what the bind computed.
 pub const BIND_TO_EXECUTION: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl StoreArg {
@@ -179,28 +203,25 @@ impl StoreArg {
     /// connection's `pocaduck_max_staleness` (see [`reader::open_store`]), or the one the bind
     /// just opened if nothing newer was published or seen in this process since.
     pub fn index(&self) -> Result<Arc<reader::LoadedIndex>> {
-        let kept = self.at_bind.0.lock().ok().and_then(|mut k| k.take());
-        if let Some((index, at, published)) = kept {
-            if at.elapsed() < BIND_TO_EXECUTION && reader::nothing_newer_here(&index, published) {
+        if let Some((index, published)) = self.at_bind.take() {
+            if reader::nothing_newer_here(&index, published) {
                 return Ok(index);
             }
         }
-        self.open_index()
+        self.open_index(self.open(OpenMode::Existing)?)
     }
 
     /// [`StoreArg::index`] at bind: the index is kept for the execution that follows.
     pub fn bind_index(&self) -> Result<Arc<reader::LoadedIndex>> {
         let at = std::time::Instant::now();
-        let published = crate::log::seen(&self.open(OpenMode::Existing)?).1;
-        let index = self.open_index()?;
-        if let Ok(mut k) = self.at_bind.0.lock() {
-            *k = Some((index.clone(), at, published));
-        }
+        let store = self.open(OpenMode::Existing)?;
+        let published = crate::log::seen(&store).1;
+        let index = self.open_index(store)?;
+        self.at_bind.keep((index.clone(), published), at);
         Ok(index)
     }
 
-    fn open_index(&self) -> Result<Arc<reader::LoadedIndex>> {
-        let store = self.open(OpenMode::Existing)?;
+    fn open_index(&self, store: Store) -> Result<Arc<reader::LoadedIndex>> {
         let staleness = self
             .max_staleness
             .unwrap_or_else(|| reader::default_max_staleness(&store));
@@ -239,7 +260,7 @@ impl<'a> Bind<'a> {
             name: arg_string(Some(self.info.get_parameter(0)), "store")?,
             options: self.options.clone(),
             max_staleness: self.max_staleness,
-            at_bind: BindIndex::default(),
+            at_bind: KeptForExecution::default(),
         })
     }
 

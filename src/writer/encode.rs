@@ -72,15 +72,10 @@ impl PartWriter {
             <= crate::bounded::STRING_BYTES;
         let mut off = 0;
         while off < pairs.len() {
-            let end = match fits {
-                true => pairs.len().min(off + SLICE_ROWS),
-                false => crate::bounded::cut(
-                    &refs,
-                    &pairs,
-                    off,
-                    SLICE_ROWS,
-                    crate::bounded::STRING_BYTES,
-                ),
+            let end = if fits {
+                pairs.len().min(off + SLICE_ROWS)
+            } else {
+                crate::bounded::cut(&refs, &pairs, off, SLICE_ROWS, crate::bounded::STRING_BYTES)
             };
             let slice = arrow::compute::interleave_record_batch(&refs, &pairs[off..end])?;
             self.write_slice(&slice, &ranks[off..end], target)?;
