@@ -76,17 +76,23 @@ pub fn load_legacy(store: &Store, gen: u64, codec: &dyn IndexCodec) -> Result<Un
     Ok(u)
 }
 
+/// This machine's directory of local copies of `store`'s format-1 generations
+/// (`<temp>/pocaduck-index-cache/<hash of the store>/`, files `<gen:010>-<size>-<version>.duckdb`).
+pub(crate) fn index_cache_dir(store: &Store) -> std::path::PathBuf {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(store.cache_key());
+    std::env::temp_dir()
+        .join("pocaduck-index-cache")
+        .join(format!("{h:016x}"))
+}
+
 /// A local copy of generation `gen` of a remote store's index. Generations are immutable, but a
 /// store can be deleted and written again under the same URL: the copy's name carries the
 /// object's size, modification time and ETag, so only the same object reuses it. Downloaded to a
 /// temporary name, then renamed into place.
 fn cached_index_file(store: &Store, gen: u64) -> Result<std::path::PathBuf> {
     use object_store::ObjectStoreExt;
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(store.cache_key());
-    let dir = std::env::temp_dir()
-        .join("pocaduck-index-cache")
-        .join(format!("{h:016x}"));
+    let dir = index_cache_dir(store);
     let file = layout::index_file(gen);
     let meta = crate::storage::block_on(store.objects.head(&file))
         .map_err(|e| Error::file(&store.name, file.as_ref(), e))?;

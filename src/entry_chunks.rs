@@ -88,6 +88,52 @@ fn read_schema(block: ColumnType) -> SchemaRef {
     Arc::new(Schema::new(f))
 }
 
+/// Every part path index segment `r` names (the whole file, whatever its label range: a
+/// superset of what a generation clipping it references). Reads only the `part` column, as a
+/// dictionary: the cost is its dictionary pages and keys, not a string per entry.
+pub(crate) fn segment_part_names(
+    store: &crate::storage::Store,
+    r: &crate::log::SegmentRef,
+    block: ColumnType,
+) -> Result<Vec<String>> {
+    let err = |e: &dyn std::fmt::Display| {
+        Error::file(&store.name, r.file.as_str(), format!("index segment: {e}"))
+    };
+    let f = block_on(footer(store, r, false))?;
+    let opts = ArrowReaderOptions::new().with_schema(read_schema(block));
+    let meta =
+        ArrowReaderMetadata::try_new(f.meta.metadata().clone(), opts).map_err(|e| err(&e))?;
+    let mask = ProjectionMask::roots(meta.metadata().file_metadata().schema_descr(), [c::PART]);
+    let reader = store.parquet_reader(&Path::from(r.file.as_str()), Some(r.bytes));
+    let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
+        .with_projection(mask)
+        .with_batch_size(ROW_GROUP_ENTRIES)
+        .build()
+        .map_err(|e| err(&e))?;
+    let mut names: std::collections::HashSet<String> = Default::default();
+    let mut stream = AssertUnwindSafe(stream);
+    loop {
+        let next = block_on(AssertUnwindSafe(stream.next()).catch_unwind())
+            .map_err(|_| err(&"corrupt file: the Parquet decoder failed"))?;
+        let Some(b) = next else { break };
+        let b = b.map_err(|e| err(&e))?;
+        let d = b
+            .column(0)
+            .as_dictionary_opt::<Int32Type>()
+            .ok_or_else(|| err(&"corrupt index segment: part is not a string dictionary"))?;
+        let v = d
+            .values()
+            .as_string_opt::<i32>()
+            .ok_or_else(|| err(&"corrupt index segment: part is not a string dictionary"))?;
+        for s in v.iter().flatten() {
+            if !names.contains(s) {
+                names.insert(s.to_string());
+            }
+        }
+    }
+    Ok(names.into_iter().collect())
+}
+
 /// Part paths met by a scan (and added by its user), as dense ids.
 #[derive(Default)]
 pub(crate) struct PartNames {

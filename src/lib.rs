@@ -37,4 +37,5 @@ pub mod segment;
 pub mod sql;
 pub mod stats;
 pub mod storage;
+pub mod vacuum;
 pub mod writer;

@@ -795,7 +795,7 @@ impl RowCursor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::consolidate::consolidate;
     use crate::consolidate::tests::{write, JsonCodec};
@@ -806,10 +806,10 @@ mod tests {
     use arrow::datatypes::Int32Type;
     use std::collections::BTreeMap;
 
-    type Points = BTreeMap<u64, Vec<(String, i32, i32, i32)>>;
+    pub(crate) type Points = BTreeMap<u64, Vec<(String, i32, i32, i32)>>;
 
     /// Every label's points as sorted (block, x, y, z), read through the index.
-    fn read_all(name: &str) -> Points {
+    pub(crate) fn read_all(name: &str) -> Points {
         let idx = crate::reader::open(name, &JsonCodec).unwrap();
         let labels: Vec<u64> = idx.label_stats().map(|s| s.unwrap().0).collect();
         let mut out = Points::new();

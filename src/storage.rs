@@ -540,6 +540,27 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes `paths` (object stores: in batches where the store has a bulk delete); missing
+    /// objects are not an error.
+    pub fn delete_all(&self, paths: Vec<Path>) -> Result<()> {
+        use futures::StreamExt;
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let first = paths[0].clone();
+        let stream = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
+        block_on(async {
+            let mut out = self.objects.delete_stream(stream);
+            while let Some(r) = out.next().await {
+                match r {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.err(&first, e)),
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Deletes `path`; a missing object is not an error.
     pub fn delete(&self, path: &Path) -> Result<()> {
         match block_on(self.objects.delete(path)) {

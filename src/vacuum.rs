@@ -1,0 +1,584 @@
+//! `pocaduck_vacuum`: deletes the files of a store that no retained generation needs.
+//!
+//! **Retained generations**: the newest, and every generation that was the newest at some time
+//! within the retention (its successor was published less than `retain` ago, by the storage's
+//! modification times). A reader holding one of them keeps working.
+//!
+//! **Kept files**: the segments of the retained generations; every part the newest
+//! generation's entries reference (a rerun's superseded entries do not count), and every part
+//! the segment files of older retained generations name (whole files: a superset, so a part
+//! superseded while an older generation is retained stays until `pocaduck_optimize` or a merge
+//! has rewritten the segments naming it; format-1 generations are read whole); the commit segments consolidate has not
+//! merged into the newest generation yet (pending or skipped, see [`log::skipped_commits`]) and
+//! the merged ones younger than the retention, with every part they name; and every file of a
+//! writer session (parts, or a consolidate's or optimize's segments) that wrote a file within the
+//! retention, so that sessions in flight are never touched. A session's parts exist before its
+//! commit names them: the retention must exceed the longest pause between a session's writes
+//! and its commit (hence the minimum of [`MIN_RETAIN`] without `force`).
+//!
+//! **Deleted** (older than the retention, never referenced): generation manifests, merged commit
+//! segments, index segments, parts (superseded by a rerun, optimized away, orphans of sessions
+//! that never committed), staging files of interrupted local uploads (`<file>#<n>`), and the
+//! local copies of deleted format-1 generations (`<temp>/pocaduck-index-cache/`).
+//!
+//! **Order**: data files are listed before the generations and commits are read, so a file
+//! created later is never a candidate; then manifests go first, commits before the parts they
+//! name, segments and parts last. A vacuum killed at any point leaves a readable store whose
+//! leftovers are unreferenced, and a rerun deletes them.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use object_store::path::Path;
+
+use crate::error::{Error, Result};
+use crate::index::IndexCodec;
+use crate::layout;
+use crate::log;
+use crate::storage::Store;
+
+/// Retention when none is given: 7 days (as Delta Lake's `VACUUM`).
+pub const DEFAULT_RETAIN: Duration = Duration::from_secs(7 * 86400);
+
+/// Shortest retention accepted without `force`: 1 day.
+pub const MIN_RETAIN: Duration = Duration::from_secs(86400);
+
+/// The kinds of files vacuum deletes, in the order it deletes them.
+pub const KINDS: [&str; 6] = [
+    "generation",
+    "commit",
+    "segment",
+    "part",
+    "staging",
+    "index_cache",
+];
+
+/// What to vacuum.
+#[derive(Clone, Debug)]
+pub struct VacuumOptions {
+    /// Files (and generations superseded) within this time are kept.
+    pub retain: Duration,
+    /// Only report what would be deleted.
+    pub dry_run: bool,
+    /// Accept a retention shorter than [`MIN_RETAIN`].
+    pub force: bool,
+}
+
+impl Default for VacuumOptions {
+    fn default() -> Self {
+        VacuumOptions {
+            retain: DEFAULT_RETAIN,
+            dry_run: false,
+            force: false,
+        }
+    }
+}
+
+/// Files and bytes of one kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Files deleted (or that would be).
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// What a vacuum deleted (or would delete, `dry_run`), by kind ([`KINDS`] order).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VacuumReport {
+    /// One entry per kind of [`KINDS`].
+    pub kinds: [Reclaimed; 6],
+    /// Generations retained (the newest included).
+    pub generations_retained: u64,
+}
+
+impl VacuumReport {
+    /// The figures of `kind` (one of [`KINDS`]).
+    pub fn of(&self, kind: &str) -> Reclaimed {
+        KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .map(|i| self.kinds[i])
+            .unwrap_or_default()
+    }
+}
+
+/// A file to delete.
+struct Doomed {
+    path: Path,
+    bytes: u64,
+}
+
+/// The writer session a part or segment file belongs to: its path without the trailing
+/// `-<n>.parquet` (parts: `…/<session>-<n>`; segments: `segments/<run>-<session>-<k>`).
+fn session_key(path: &str) -> &str {
+    path.rsplit_once('-').map_or(path, |(a, _)| a)
+}
+
+/// Whether `name` is a staging file of an interrupted local upload (`<file>#<digits>`).
+fn is_staging(name: &str) -> bool {
+    name.rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Vacuums `store` (see the module documentation).
+pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Result<VacuumReport> {
+    if opts.retain < MIN_RETAIN && !opts.force {
+        return Err(Error::arg(
+            "retain",
+            format!(
+                "must be at least {} hours ({}s given): a shorter retention can delete the parts of a write session in flight; pass force := true if nothing writes to the store",
+                MIN_RETAIN.as_secs() / 3600,
+                opts.retain.as_secs_f64()
+            ),
+        ));
+    }
+    if crate::writer::read_schema(store)?.is_none() && log::latest(store)?.is_none() {
+        return Err(Error::store(
+            &store.name,
+            "is not a pocaduck store (no _pocaduck.json and no index)",
+        ));
+    }
+    // Storage times in milliseconds since the epoch (an object store's clock for its objects).
+    let cutoff = log::now_ms() as i64 - opts.retain.as_millis().min(i64::MAX as u128) as i64;
+    let ms = |m: &object_store::ObjectMeta| m.last_modified.timestamp_millis();
+    // 1. Data files first: whatever is created from here on is never a candidate.
+    let mut files = store.list(&layout::workers_dir())?;
+    files.extend(store.list(&layout::optimized_dir())?);
+    files.extend(store.list(&layout::segments_dir())?);
+    // 2. Generations, and which are retained.
+    let gens = log::all(store)?;
+    let mut report = VacuumReport::default();
+    let mut doomed: [Vec<Doomed>; 6] = Default::default();
+    let mut segments: HashSet<String> = HashSet::new();
+    let mut scanned: HashSet<String> = HashSet::new();
+    let mut parts: HashSet<String> = HashSet::new();
+    let mut merged: HashMap<String, u64> = HashMap::new();
+    let mut retained_gens: HashSet<u64> = HashSet::new();
+    for (i, g) in gens.iter().enumerate() {
+        let newest = i + 1 == gens.len();
+        let retained = newest || ms(&gens[i + 1].meta) >= cutoff;
+        if !retained {
+            doomed[0].push(Doomed {
+                path: g.meta.location.clone(),
+                bytes: g.meta.size,
+            });
+            continue;
+        }
+        retained_gens.insert(g.generation);
+        report.generations_retained += 1;
+        let gen = log::load(store, g, codec)?;
+        if newest {
+            merged = gen
+                .manifest
+                .workers
+                .iter()
+                .map(|w| (w.worker.clone(), w.last_commit))
+                .collect();
+        }
+        match &gen.legacy {
+            Some(entries) => parts.extend(entries.iter().map(|e| e.entry.part.clone())),
+            None if newest => {
+                // Exactly what the newest generation references: its entries, superseded ones
+                // (a rerun's earlier rows) dropped.
+                segments.extend(gen.manifest.segments.iter().map(|r| r.file.clone()));
+                let view = crate::segment::IndexView::new(store.clone(), gen);
+                for r in view.scan() {
+                    for e in r?.1 {
+                        if !parts.contains(&e.entry.part) {
+                            parts.insert(e.entry.part);
+                        }
+                    }
+                }
+            }
+            None => {
+                // An older generation: every part its segment files name (a superset: cheap,
+                // and safe for any generation sharing the files).
+                let block = gen.manifest.schema.block_type();
+                for r in &gen.manifest.segments {
+                    if scanned.insert(r.file.clone()) {
+                        parts.extend(crate::entry_chunks::segment_part_names(store, r, block)?);
+                    }
+                    segments.insert(r.file.clone());
+                }
+            }
+        }
+    }
+    // 3. Commits: merged ones older than the retention go; the others keep their parts.
+    let commits: Vec<object_store::ObjectMeta> = files
+        .iter()
+        .filter(|m| m.location.as_ref().contains("/commits/"))
+        .filter(|m| layout::parse_commit_seq(&m.location).is_some())
+        .cloned()
+        .collect();
+    let skipped: HashSet<String> = log::skipped_commits(store, codec, &commits)?
+        .into_iter()
+        .map(|s| s.file)
+        .collect();
+    for m in &commits {
+        let path = m.location.as_ref();
+        let worker = path.split('/').nth(1).unwrap_or_default();
+        let seq = layout::parse_commit_seq(&m.location).unwrap_or(0);
+        let done = merged.get(worker).copied().unwrap_or(0);
+        if seq <= done && !skipped.contains(path) && ms(m) < cutoff {
+            doomed[1].push(Doomed {
+                path: m.location.clone(),
+                bytes: m.size,
+            });
+            continue;
+        }
+        let bytes = store.get(&m.location)?;
+        for e in crate::index::decode_segment(bytes, &store.name, path)? {
+            parts.insert(e.part);
+        }
+    }
+    // 4. Segments and parts: unreferenced, of a session that wrote nothing within the retention.
+    let mut active: HashMap<&str, i64> = HashMap::new();
+    for m in &files {
+        let path = m.location.as_ref();
+        if path.ends_with(".parquet") && !path.contains("/commits/") {
+            let t = active.entry(session_key(path)).or_insert(ms(m));
+            *t = (*t).max(ms(m));
+        }
+    }
+    for m in &files {
+        let path = m.location.as_ref();
+        if !path.ends_with(".parquet") || path.contains("/commits/") {
+            continue;
+        }
+        let kind = if path.starts_with("segments/") {
+            if segments.contains(path) {
+                continue;
+            }
+            2
+        } else {
+            let part_dir = path.starts_with("optimized/") || path.contains("/parts/");
+            if !part_dir || parts.contains(path) {
+                continue;
+            }
+            3
+        };
+        if active.get(session_key(path)).is_some_and(|t| *t >= cutoff) {
+            continue;
+        }
+        doomed[kind].push(Doomed {
+            path: m.location.clone(),
+            bytes: m.size,
+        });
+    }
+    // 5. Local only: staging files of interrupted uploads, and copies of deleted generations.
+    let mut local: [Vec<(std::path::PathBuf, u64)>; 2] = Default::default();
+    let cutoff_sys = std::time::SystemTime::now()
+        .checked_sub(opts.retain)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let old = |md: &std::fs::Metadata| md.modified().is_ok_and(|t| t < cutoff_sys);
+    if let Some(root) = &store.local_dir {
+        staging_files(root, 0, &mut |p, md| {
+            if old(md) {
+                local[0].push((p, md.len()));
+            }
+        });
+    }
+    let cache = crate::consolidate::index_cache_dir(store);
+    if let Ok(rd) = std::fs::read_dir(&cache) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Ok(md) = e.metadata() else { continue };
+            let gen: Option<u64> = name.get(..10).and_then(|g| g.parse().ok());
+            let stale_copy =
+                !name.ends_with(".tmp") && gen.is_some_and(|g| !retained_gens.contains(&g));
+            if md.is_file() && (stale_copy || (name.ends_with(".tmp") && old(&md))) {
+                local[1].push((e.path(), md.len()));
+            }
+        }
+    }
+    for (k, list) in doomed.iter().enumerate() {
+        report.kinds[k].files = list.len() as u64;
+        report.kinds[k].bytes = list.iter().map(|d| d.bytes).sum();
+    }
+    for (k, list) in local.iter().enumerate() {
+        report.kinds[4 + k].files = list.len() as u64;
+        report.kinds[4 + k].bytes = list.iter().map(|d| d.1).sum();
+    }
+    if opts.dry_run {
+        return Ok(report);
+    }
+    for list in doomed {
+        store.delete_all(list.into_iter().map(|d| d.path).collect())?;
+    }
+    for (p, _) in local.iter().flatten() {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::store(
+                    &store.name,
+                    format!("cannot delete {}: {e}", p.display()),
+                ))
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Calls `f` for every staging file (`<file>#<digits>`) under `dir` (a local store's root), at
+/// most 3 directories deep (`workers/<w>/parts/`).
+fn staging_files(
+    dir: &std::path::Path,
+    depth: u32,
+    f: &mut dyn FnMut(std::path::PathBuf, &std::fs::Metadata),
+) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Ok(md) = e.metadata() else { continue };
+        if md.is_dir() && depth < 3 {
+            staging_files(&e.path(), depth + 1, f);
+        } else if md.is_file() && is_staging(&e.file_name().to_string_lossy()) {
+            f(e.path(), &md);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consolidate::consolidate;
+    use crate::consolidate::tests::{write, JsonCodec};
+    use crate::optimize::tests::read_all;
+    use crate::optimize::{optimize, OptimizeOptions};
+    use crate::storage::OpenMode;
+    use crate::writer::tests::rows;
+
+    /// Every file under `dir`, relative, sorted.
+    fn files(dir: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    let p = e.path();
+                    out.push(p.strip_prefix(dir).unwrap().to_string_lossy().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Sets the modification time of every file under `dir` to `days` days ago.
+    fn age(dir: &std::path::Path, days: u64) {
+        let t = std::time::SystemTime::now() - Duration::from_secs(days * 86400);
+        for f in files(dir) {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(dir.join(f))
+                .unwrap();
+            f.set_modified(t).unwrap();
+        }
+    }
+
+    fn count(fs: &[String], f: impl Fn(&str) -> bool) -> u64 {
+        fs.iter().filter(|p| f(p)).count() as u64
+    }
+
+    fn forced(retain: Duration, dry_run: bool) -> VacuumOptions {
+        VacuumOptions {
+            retain,
+            dry_run,
+            force: true,
+        }
+    }
+
+    /// Reruns, consolidates, optimizes, orphans and staging files, all older than the
+    /// retention: vacuum deletes exactly what the newest generation does not reference (checked
+    /// against a listing and `pocaduck_stats`), every label reads the same, and the store checks
+    /// clean.
+    #[test]
+    fn vacuum_deletes_what_no_retained_generation_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let name = root.to_str().unwrap();
+        write(name, "w1", &[rows(&[1, 2], "a", &[[0, 0, 0], [1, 1, 1]])]);
+        write(name, "w2", &[rows(&[2, 3], "b", &[[2, 2, 2], [3, 3, 3]])]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        // A rerun of w1 replaces its (label, block)s: its first part is superseded.
+        write(name, "w1", &[rows(&[1, 2], "a", &[[5, 0, 0], [6, 1, 1]])]);
+        consolidate(&store, &JsonCodec).unwrap();
+        write(name, "w3", &[rows(&[3], "c", &[[7, 7, 7]])]);
+        consolidate(&store, &JsonCodec).unwrap();
+        optimize(&store, &JsonCodec, &OptimizeOptions::default()).unwrap();
+        // An orphan (a session that never committed) and an interrupted upload's staging file.
+        let any_part = files(root)
+            .into_iter()
+            .find(|p| p.contains("/parts/"))
+            .unwrap();
+        std::fs::create_dir_all(root.join("workers/w9/parts")).unwrap();
+        std::fs::copy(
+            root.join(&any_part),
+            root.join("workers/w9/parts/1700000000000-abcd-000000.parquet"),
+        )
+        .unwrap();
+        std::fs::write(root.join("segments/x.parquet#1"), b"partial").unwrap();
+        let expect = read_all(name);
+        let before = files(root);
+        let s = crate::stats::stats(&store, &JsonCodec).unwrap();
+        assert_eq!(s.generation, 4);
+        assert!(s.unreferenced_files >= 3, "{s:?}");
+
+        // Everything is young: the default retention deletes nothing.
+        let r = vacuum(&store, &JsonCodec, &VacuumOptions::default()).unwrap();
+        assert_eq!(r.kinds, [Reclaimed::default(); 6]);
+        assert_eq!(r.generations_retained, 4);
+        assert_eq!(files(root), before);
+
+        age(root, 10);
+        // A dry run reports and deletes nothing.
+        let dry = vacuum(&store, &JsonCodec, &forced(DEFAULT_RETAIN, true)).unwrap();
+        assert_eq!(files(root), before);
+        let r = vacuum(&store, &JsonCodec, &forced(DEFAULT_RETAIN, false)).unwrap();
+        assert_eq!(r, dry);
+        assert_eq!(r.generations_retained, 1);
+        let after = files(root);
+        let gone: Vec<&String> = before.iter().filter(|p| !after.contains(p)).collect();
+        // Manifests 1-3 go, 4 stays; every commit was merged; parts as stats counted them.
+        assert_eq!(r.of("generation").files, 3);
+        assert_eq!(count(&after, |p| p.starts_with("index/")), 1);
+        assert_eq!(
+            r.of("commit").files,
+            count(&before, |p| p.contains("/commits/"))
+        );
+        assert_eq!(count(&after, |p| p.contains("/commits/")), 0);
+        assert_eq!(r.of("part").files, s.unreferenced_files);
+        assert_eq!(r.of("part").bytes, s.unreferenced_bytes);
+        assert_eq!(r.of("staging").files, 1);
+        let seg_before = count(&before, |p| {
+            p.starts_with("segments/") && p.ends_with(".parquet")
+        });
+        assert_eq!(
+            r.of("segment").files,
+            seg_before - count(&after, |p| p.starts_with("segments/"))
+        );
+        assert!(r.of("segment").files > 0);
+        let total: u64 = r.kinds.iter().map(|k| k.files).sum();
+        assert_eq!(total as usize, gone.len(), "{gone:?}");
+        assert_eq!(read_all(name), expect);
+        let s2 = crate::stats::stats(&store, &JsonCodec).unwrap();
+        assert_eq!((s2.unreferenced_files, s2.files), (0, s.files));
+        let c = crate::check::check(&store, &JsonCodec).unwrap();
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        // Nothing left to do.
+        let again = vacuum(&store, &JsonCodec, &forced(Duration::ZERO, false)).unwrap();
+        assert_eq!(again.kinds, [Reclaimed::default(); 6]);
+    }
+
+    /// Pending commits keep their parts however old; a session that wrote within the retention
+    /// keeps all its files, even old ones; generations superseded within the retention stay.
+    #[test]
+    fn vacuum_keeps_pending_commits_sessions_in_flight_and_recent_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let name = root.to_str().unwrap();
+        write(name, "w1", &[rows(&[1], "a", &[[0, 0, 0]])]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        write(name, "w1", &[rows(&[1], "a", &[[1, 0, 0]])]);
+        consolidate(&store, &JsonCodec).unwrap();
+        write(name, "w2", &[rows(&[2], "b", &[[2, 0, 0]])]); // pending
+        let part = files(root)
+            .into_iter()
+            .find(|p| p.starts_with("workers/w2/parts/"))
+            .unwrap();
+        // A session in flight: one part written long ago, one just now.
+        std::fs::create_dir_all(root.join("workers/w3/parts")).unwrap();
+        for n in 0..2 {
+            let to = format!("workers/w3/parts/1700000000000-beef-00000{n}.parquet");
+            std::fs::copy(root.join(&part), root.join(to)).unwrap();
+        }
+        age(root, 10);
+        // Generation 2 (newest) was published just now: generation 1 was current within the
+        // retention.
+        let now = std::time::SystemTime::now();
+        for p in [
+            "index/0000000002.json",
+            "workers/w3/parts/1700000000000-beef-000001.parquet",
+        ] {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(root.join(p))
+                .unwrap();
+            f.set_modified(now).unwrap();
+        }
+        let before = files(root);
+        let r = vacuum(&store, &JsonCodec, &VacuumOptions::default()).unwrap();
+        assert_eq!(r.generations_retained, 2);
+        assert_eq!(r.of("generation").files, 0);
+        // Generation 1's part is still referenced by retained generation 1; the merged commits
+        // are old, so they go.
+        assert_eq!(r.of("part").files, 0);
+        assert_eq!(r.of("commit").files, 2);
+        let after = files(root);
+        assert!(after.contains(&part), "pending commit's part deleted");
+        assert!(after.iter().any(|p| p.starts_with("workers/w2/commits/")));
+        assert_eq!(count(&after, |p| p.starts_with("workers/w3/")), 2);
+        assert_eq!(before.len() - after.len(), 2);
+        // Once generation 2 is old too, generation 1 and w1's first part go; w2 is merged.
+        consolidate(&store, &JsonCodec).unwrap();
+        age(root, 10);
+        let expect = read_all(name);
+        let r = vacuum(&store, &JsonCodec, &VacuumOptions::default()).unwrap();
+        assert_eq!(r.generations_retained, 1);
+        assert_eq!(r.of("generation").files, 2);
+        // w1's first part (superseded) and both of the abandoned w3 session's parts.
+        assert_eq!(r.of("part").files, 3);
+        assert_eq!(read_all(name), expect);
+        assert_eq!(expect[&1], vec![("a".to_string(), 1, 0, 0)]);
+        let c = crate::check::check(&store, &JsonCodec).unwrap();
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+    }
+
+    #[test]
+    fn short_retention_needs_force_and_bad_stores_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        write(name, "w1", &[rows(&[1], "a", &[[0, 0, 0]])]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        let before = files(dir.path());
+        let opts = VacuumOptions {
+            retain: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let e = vacuum(&store, &JsonCodec, &opts).unwrap_err().to_string();
+        assert!(
+            e.starts_with("argument 'retain' must be at least 24 hours (3600s given)"),
+            "{e}"
+        );
+        assert_eq!(files(dir.path()), before);
+        let empty = tempfile::tempdir().unwrap();
+        let s = Store::open(empty.path().to_str().unwrap(), OpenMode::Existing).unwrap();
+        let e = vacuum(&s, &JsonCodec, &VacuumOptions::default()).unwrap_err();
+        assert!(e
+            .to_string()
+            .ends_with("is not a pocaduck store (no _pocaduck.json and no index)"));
+    }
+
+    #[test]
+    fn session_keys_and_staging_names() {
+        assert_eq!(
+            session_key("workers/w/parts/1700-ab12-000003.parquet"),
+            "workers/w/parts/1700-ab12"
+        );
+        assert_eq!(
+            session_key("segments/0000000004-1700-ab12-0001.parquet"),
+            "segments/0000000004-1700-ab12"
+        );
+        assert!(is_staging("a.parquet#12"));
+        assert!(!is_staging("a.parquet#x1"));
+        assert!(!is_staging("a.parquet#"));
+        assert!(!is_staging("a.parquet"));
+    }
+}
