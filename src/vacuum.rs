@@ -74,6 +74,23 @@ impl Default for VacuumOptions {
     }
 }
 
+impl VacuumOptions {
+    /// Refuses a retention under [`MIN_RETAIN`] without `force`.
+    pub fn check(&self) -> Result<()> {
+        if self.retain < MIN_RETAIN && !self.force {
+            return Err(Error::arg(
+                "retain",
+                format!(
+                    "must be at least {} hours ({}s given): a shorter retention can delete the parts of a write session in flight; pass force := true if nothing writes to the store",
+                    MIN_RETAIN.as_secs() / 3600,
+                    self.retain.as_secs_f64()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Files and bytes of one kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reclaimed {
@@ -123,16 +140,7 @@ fn is_staging(name: &str) -> bool {
 
 /// Vacuums `store` (see the module documentation).
 pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Result<VacuumReport> {
-    if opts.retain < MIN_RETAIN && !opts.force {
-        return Err(Error::arg(
-            "retain",
-            format!(
-                "must be at least {} hours ({}s given): a shorter retention can delete the parts of a write session in flight; pass force := true if nothing writes to the store",
-                MIN_RETAIN.as_secs() / 3600,
-                opts.retain.as_secs_f64()
-            ),
-        ));
-    }
+    opts.check()?;
     if crate::writer::read_schema(store)?.is_none() && log::latest(store)?.is_none() {
         return Err(Error::store(
             &store.name,

@@ -228,21 +228,30 @@ pub fn parse_duration_str(s: &str) -> std::result::Result<Option<std::time::Dura
             _ => return Err(bad()),
         }
     }
-    if !units.is_empty() {
-        let split = units
+    // Groups of `<n><unit>` or `<n> <unit>`: DuckDB shows `INTERVAL '1 year 2 months 3 days'`
+    // as such; a month counts 30 days and a year 365 (DuckDB's `epoch` of an interval).
+    let mut rest = units;
+    while !rest.is_empty() {
+        let split = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(units.len());
-        let (num, unit) = units.split_at(split);
+            .unwrap_or(rest.len());
+        let (num, after) = rest.split_at(split);
         let n: f64 = num.parse().map_err(|_| bad())?;
-        let mult = match unit.trim() {
+        let after = after.trim_start();
+        let end = after.find(' ').unwrap_or(after.len());
+        let (unit, next) = after.split_at(end);
+        let mult = match unit {
             "ms" | "msec" | "millisecond" | "milliseconds" => 1e-3,
             "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
             "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
             "h" | "hour" | "hours" => 3600.0,
             "d" | "day" | "days" => 86400.0,
+            "mon" | "mons" | "month" | "months" => 30.0 * 86400.0,
+            "y" | "year" | "years" => 365.0 * 86400.0,
             _ => return Err(bad()),
         };
         secs += n * mult;
+        rest = next.trim_start();
     }
     std::time::Duration::try_from_secs_f64(secs)
         .map(Some)
@@ -371,8 +380,24 @@ mod tests {
         assert_eq!(d("1 hour"), Ok(Some(Duration::from_secs(3600))));
         assert_eq!(d("00:00:05"), Ok(Some(Duration::from_secs(5))));
         assert_eq!(d("01:01:30.5"), Ok(Some(Duration::from_millis(3_690_500))));
+        // DuckDB's text of INTERVALs.
+        assert_eq!(d("7 days"), Ok(Some(Duration::from_secs(7 * 86400))));
+        assert_eq!(d("1 day 01:00:00"), Ok(Some(Duration::from_secs(90000))));
+        assert_eq!(
+            d("1 year 2 months 3 days 00:00:01"),
+            Ok(Some(Duration::from_secs((365 + 60 + 3) * 86400 + 1)))
+        );
+        assert_eq!(d("2h 30min"), Ok(Some(Duration::from_secs(9000))));
         for bad in [
-            "-1", "1 parsec", "s", "1:2", "a:b:c", "1e400", "nan", "1..2",
+            "-1",
+            "1 parsec",
+            "s",
+            "1:2",
+            "a:b:c",
+            "1e400",
+            "nan",
+            "1..2",
+            "1 day day",
         ] {
             let e = d(bad).unwrap_err();
             assert!(e.contains("must be a duration"), "{bad}: {e}");

@@ -29,6 +29,7 @@ pub mod fn_labels;
 pub mod fn_optimize;
 pub mod fn_points;
 pub mod fn_stats;
+pub mod fn_vacuum;
 pub mod fn_write;
 pub mod index_db;
 pub mod vtab;
@@ -254,7 +255,8 @@ unsafe fn register(
         table::<fn_optimize::Optimize>(con)?;
         table::<fn_stats::Stats>(con)?;
         table::<fn_explain::Explain>(con)?;
-        table::<fn_check::Check>(con)
+        table::<fn_check::Check>(con)?;
+        table::<fn_vacuum::Vacuum>(con)
     })()
     .map_err(|e| e.to_string())
 }
