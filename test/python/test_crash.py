@@ -41,6 +41,9 @@ STATS = {
     "worker crashes (pocaduck_write)": 0,
     "consolidate crashes": 0,
     "optimize crashes": 0,
+    "vacuum crashes": 0,
+    "vacuum kills mid-deletion": 0,
+    "vacuums racing writes": 0,
     "kills leaving orphan parts": 0,
     "kills leaving a schema but no commit": 0,
     "kills between a commit and its report": 0,
@@ -210,7 +213,8 @@ def generations(store):
 # One generic child: loads the extension, says "ready", optionally waits for a line on stdin, then
 # runs its statements in order, saying "start i" before and "done i <rows>" after each (flushed), or
 # "error i <message>" and exit 3. In "read" mode it queries labels until a stop file exists and says
-# "q <sha1 of the canonical rows>" per query.
+# "q <sha1 of the canonical rows>" per query; in "loop" mode it runs its first statement until the
+# stop file exists, saying "done i <rows>" after each run.
 CHILD = r"""
 import hashlib, json, os, sys
 import duckdb
@@ -235,6 +239,17 @@ if a.get("mode") == "read":
         rows = np.stack([r[c].astype(np.int64) for c in ("label", "block", "x", "y", "z")], axis=1)
         rows = np.ascontiguousarray(rows[np.lexsort(rows.T[::-1])])
         say("q", hashlib.sha1(rows.tobytes()).hexdigest())
+    sys.exit(0)
+if a.get("mode") == "loop":
+    i = 0
+    while not os.path.exists(a["stop"]):
+        try:
+            rows = con.execute(a["sql"][0]).fetchall()
+        except Exception as e:
+            say("error", i, json.dumps(str(e)))
+            sys.exit(3)
+        say("done", i, json.dumps(rows, default=str))
+        i += 1
     sys.exit(0)
 for i, sql in enumerate(a["sql"]):
     say("start", i)
@@ -657,6 +672,161 @@ def test_optimize_crash(tmp_path, base_store):
         assert_same(read_rows(con, store), b, f"{what}: after the rerun")
         ok = con.execute("SELECT bool_and(ok) FROM pocaduck_check(?)", [store]).fetchone()
         assert ok == (True,), f"{what}: pocaduck_check found problems"
+
+
+# --- vacuum ---------------------------------------------------------------------------------------
+VACUUM = "SELECT kind, files FROM pocaduck_vacuum('{s}', retain := INTERVAL '1 day')"
+
+
+def aged(store, days=10):
+    """Sets every file of `store` to `days` days old (what vacuum's retention compares)."""
+    t = time.time() - days * 86400
+    for root, _, files in os.walk(store):
+        for f in files:
+            os.utime(os.path.join(root, f), (t, t))
+
+
+def store_files(store):
+    return sorted(os.path.relpath(os.path.join(r, f), store) for r, _, fs in os.walk(store) for f in fs)
+
+
+def garbage_store(con, base, dst):
+    """The base store consolidated (wa's rerun of statements 0-2 supersedes its first parts) and
+    optimized (fragmented labels rewritten, their parts unreferenced), plus an orphan part of a
+    session that never committed; every file 10 days old. Generation 3 holds content B."""
+    store = fresh_copy(base, dst)
+    con.execute("FROM pocaduck_consolidate(?)", [store]).fetchall()
+    con.execute("FROM pocaduck_optimize(?)", [store]).fetchall()
+    parts = os.path.join(store, "workers", "wa", "parts")
+    first = os.path.join(parts, sorted(os.listdir(parts))[0])
+    shutil.copy(first, os.path.join(parts, "1700000000000-dead-000000.parquet"))
+    # Orphans of 2000 abandoned sessions (hard links: cheap), so a vacuum lasts long enough to
+    # be killed in the middle of its deletions.
+    for k in range(2000):
+        os.link(first, os.path.join(parts, f"1700000000000-dead{k}-000000.parquet"))
+    aged(store)
+    assert generations(store) == [1, 2, 3]
+    return store
+
+
+def assert_vacuumed(con, store, want, what):
+    """Only the newest generation is left, nothing unreferenced, the content is `want`, the store
+    checks clean."""
+    assert generations(store) == [3], f"{what}: generations {generations(store)}"
+    unref, pending = con.execute("SELECT unreferenced_files, pending_commits FROM pocaduck_stats(?)", [store]).fetchone()
+    assert (unref, pending) == (0, 0), f"{what}: {unref} unreferenced parts, {pending} pending commits"
+    assert_same(read_rows(con, store), want, what)
+    assert_index(con, store, want, what)
+    ok = con.execute("SELECT bool_and(ok) FROM pocaduck_check(?)", [store]).fetchone()
+    assert ok == (True,), f"{what}: pocaduck_check found problems"
+
+
+def test_vacuum_crash(tmp_path, base_store):
+    """kill -9 during pocaduck_vacuum: the store stays readable with the same content and checks
+    clean at every moment; a rerun deletes what the killed vacuum left."""
+    rng = rng_for("vacuum")
+    con = connect()
+    b = content_b()
+    cal = garbage_store(con, base_store, tmp_path / "calibrate")
+    before = store_files(cal)
+    assert_same(read_rows(con, cal), b, "before vacuum")
+    c = Child([VACUUM.format(s=cal)])
+    ready = c.wait_line("ready")
+    done = c.wait_line("done 0")
+    c.check_ok()
+    deleted = dict(c.result(0))
+    # Generations 1 and 2, wa's superseded and optimized-away parts plus the orphan, every commit
+    # (all merged).
+    commits = sum("/commits/" in f for f in before)
+    assert commits == len(A_STMTS) + 3 + 4
+    assert deleted["generation"] == 2 and deleted["part"] >= 2002 and deleted["commit"] == commits, deleted
+    assert sum(deleted.values()) == len(before) - len(store_files(cal)), deleted
+    assert not any("dead" in f for f in store_files(cal))
+    assert_vacuumed(con, cal, b, "calibration vacuum")
+    left = len(store_files(cal))
+    span = done - ready
+    print(f"vacuum crash: vacuum takes {span:.3f}s after ready, deletes {sum(deleted.values())} files")
+    for it, delay in enumerate(spread(rng, 6, 0.0, span * 1.2)):
+        store = garbage_store(con, base_store, tmp_path / f"v{it}")
+        c = Child([VACUUM.format(s=store)])
+        try:
+            c.wait_line("ready")
+            time.sleep(delay)
+            if c.kill():
+                STATS["crashes injected"] += 1
+                STATS["vacuum crashes"] += 1
+        finally:
+            c.ensure_dead()
+        what = f"vacuum iteration {it} (killed {delay:.3f}s after ready of {span:.3f}s)"
+        STATS["vacuum kills mid-deletion"] += left < len(store_files(store)) < len(before)
+        # Whatever the killed vacuum deleted, the store reads and checks clean now.
+        assert generations(store)[-1] == 3, f"{what}: generations {generations(store)}"
+        assert_same(read_rows(con, store), b, what)
+        ok = con.execute("SELECT bool_and(ok) FROM pocaduck_check(?)", [store]).fetchone()
+        assert ok == (True,), f"{what}: pocaduck_check found problems"
+        con.execute(VACUUM.format(s=store)).fetchall()
+        assert_vacuumed(con, store, b, f"{what}: after the rerun")
+        assert len(store_files(store)) == left, f"{what}: {len(store_files(store))} files left, want {left}"
+
+
+def test_vacuum_racing_writers_consolidate_optimize(tmp_path, base_store):
+    """A child process vacuums in a loop (retain 1 day) a store whose garbage is old while this
+    process writes new statements, reruns old ones, consolidates and optimizes, and a reader thread
+    queries: every answer is one published content, never an error; nothing a generation published
+    during a vacuum or a session in flight needs is deleted; the old garbage goes."""
+    con = connect()
+    store = garbage_store(con, base_store, tmp_path / "store")
+    want = content_b()
+    states = {digest(want)}
+    stop = threading.Event()
+    seen, errors = [], []
+
+    def reader():
+        rc = connect()
+        while not stop.is_set():
+            try:
+                seen.append(digest(read_rows(rc, store)) in states)
+            except Exception as e:  # noqa: BLE001 - any error is a failure
+                errors.append(str(e))
+
+    stop_file = str(tmp_path / "stop")
+    vac = Child([VACUUM.format(s=store)], mode="loop", stop=stop_file)
+    vac.wait_line("ready")
+    assert vac.wait_line("done 0") is not None, vac.lines[-3:]
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for k in range(4):
+            # wc adds statement 20 + k; wa reruns statement 3 + k with new points.
+            con.execute(copy_sql(store, "wc", 20 + k, w=2))
+            con.execute(copy_sql(store, "wa", 3 + k, v=2 + k))
+            old = np.arange((3 + k) * BPS, (4 + k) * BPS)
+            want = union(want[~np.isin(want[:, 1], old)], copy_rows(3 + k, v=2 + k), copy_rows(20 + k, w=2))
+            states.add(digest(want))
+            con.execute("FROM pocaduck_consolidate(?)", [store]).fetchall()
+            assert_same(read_rows(con, store), want, f"step {k}, consolidated")
+            if k % 2:
+                con.execute("FROM pocaduck_optimize(?)", [store]).fetchall()
+                assert_same(read_rows(con, store), want, f"step {k}, optimized")
+    finally:
+        stop.set()
+        open(stop_file, "w").close()
+        t.join(timeout=120)
+    vac.check_ok()
+    runs = [json.loads(line.split(" ", 2)[2]) for _, line in vac.lines if line.startswith("done ")]
+    STATS["vacuums racing writes"] += len(runs)
+    STATS["reader queries"] += len(seen)
+    print(f"vacuum race: {len(runs)} vacuums, {len(seen)} reader queries")
+    assert len(runs) >= 10, f"only {len(runs)} vacuums ran during the writes"
+    assert errors == [], errors[:3]
+    assert seen and all(seen), f"{seen.count(False)} of {len(seen)} answers were no published content"
+    # The first vacuum found the old garbage; the later ones nothing old (everything new is young).
+    assert dict(runs[0])["generation"] == 2 and dict(runs[0])["part"] >= 2002, runs[0]
+    assert all(sum(dict(r).values()) == 0 for r in runs[1:]), runs
+    assert_same(read_rows(con, store), want, "after the race")
+    assert_index(con, store, want, "after the race")
+    ok = con.execute("SELECT bool_and(ok) FROM pocaduck_check(?)", [store]).fetchone()
+    assert ok == (True,), "pocaduck_check found problems after the race"
 
 
 def test_readers_during_optimize(tmp_path, base_store):
