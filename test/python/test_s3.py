@@ -303,3 +303,40 @@ def test_store_rewritten_under_the_same_url_is_not_read_from_stale_caches(s3):
         con.execute(f"COPY (SELECT 1::UBIGINT, 0, i::INT, {round_}, 0 FROM range({n}) t(i)) TO '{store}' (FORMAT pocaduck, WORKER 'w1')")
         assert con.execute(f"SELECT generation FROM pocaduck_consolidate('{store}')").fetchone() == (1,)
         assert con.execute(f"SELECT count(*), max(y) FROM pocaduck_points('{store}', 1)").fetchone() == (n, round_)
+
+
+def test_vacuum_on_s3(s3):
+    """Rerun + consolidate + optimize + vacuum(retain 0, forced) on S3: only the newest generation
+    and what it references remain, the report matches the objects gone, and every label reads as
+    numpy says. With the default retention, nothing (all young) is deleted."""
+    store = url()
+    prefix = store.split("pocaduck-test/")[1] + "/"
+    con = connect()
+    copy = "COPY (SELECT (i % 50)::UBIGINT, {b} + i % 7, (i + {dx})::INT, 0, 0 FROM range(40000) t(i)) TO '{s}' (FORMAT pocaduck, WORKER '{w}', TARGET_FILE_SIZE '64KB')"
+    con.execute(copy.format(b=0, dx=0, s=store, w="w0"))
+    con.execute(copy.format(b=10, dx=0, s=store, w="w1"))
+    con.execute(f"FROM pocaduck_consolidate('{store}')").fetchall()
+    # w0 again with other points: its first parts are superseded.
+    con.execute(copy.format(b=0, dx=10**6, s=store, w="w0"))
+    con.execute(f"FROM pocaduck_consolidate('{store}')").fetchall()
+    assert con.execute(f"SELECT generation FROM pocaduck_optimize('{store}')").fetchone() == (3,)
+    unref = con.execute(f"SELECT unreferenced_files FROM pocaduck_stats('{store}')").fetchone()[0]
+    assert unref > 0
+    before = set(s3.keys("pocaduck-test", prefix))
+    young = dict(con.execute(f"SELECT kind, files FROM pocaduck_vacuum('{store}')").fetchall())
+    assert sum(young.values()) == 0, young
+    assert set(s3.keys("pocaduck-test", prefix)) == before
+    r = {k: (f, b) for k, f, b in con.execute(f"SELECT kind, files, bytes FROM pocaduck_vacuum('{store}', retain := INTERVAL '0 seconds', force := true)").fetchall()}
+    after = set(s3.keys("pocaduck-test", prefix))
+    gone = before - after
+    assert sum(f for f, _ in r.values()) == len(gone), (r, sorted(gone)[:5])
+    assert r["generation"][0] == 2 and r["part"][0] == unref and r["staging"] == (0, 0), r
+    assert r["commit"][0] == 3 and not any("/commits/" in k for k in after)
+    assert [k for k in after if "/index/" in k] == [prefix + "index/0000000003.json"]
+    # Every label as numpy says: w0's points moved by 10^6, w1's not.
+    i = np.arange(40000)
+    want = {l: (2 * int((i % 50 == l).sum()), int(((i + 10**6) * (i % 50 == l)).sum() + (i * (i % 50 == l)).sum())) for l in range(50)}
+    got = {l: (n, int(sx)) for l, n, sx in con.execute(f"SELECT label, count(*), sum(x) FROM pocaduck_points('{store}', range(50)::UBIGINT[]) GROUP BY label").fetchall()}
+    assert got == want
+    assert con.execute(f"SELECT unreferenced_files, pending_commits FROM pocaduck_stats('{store}')").fetchone() == (0, 0)
+    assert con.execute(f"SELECT bool_and(ok) FROM pocaduck_check('{store}')").fetchone() == (True,)
