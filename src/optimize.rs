@@ -448,7 +448,7 @@ fn publish_rebased(
 
 /// True if rows `s .. e` of a chunk (one label's entries, in index order) need no rewrite; see
 /// [`is_contiguous`].
-fn contiguous(b: &RecordBatch, names: &PartNames, s: usize, e: usize) -> bool {
+pub(crate) fn contiguous(b: &RecordBatch, names: &PartNames, s: usize, e: usize) -> bool {
     let (part, start, count) = (
         u32s(b, c::PART),
         u64s(b, c::ROW_START),

@@ -76,21 +76,10 @@ pub fn stats(store: &Store, codec: &dyn IndexCodec) -> Result<StoreStats> {
             .iter()
             .map(|w| (w.worker.clone(), w.last_commit))
             .collect();
-        let view = IndexView::new(store.clone(), gen);
-        for r in view.scan() {
-            let (_, v) = r?;
-            s.labels += 1;
-            s.entries += v.len() as u64;
-            s.points += v.iter().map(|e| e.entry.row_count).sum::<u64>();
-            if !is_contiguous(&v) {
-                s.fragmented_labels += 1;
-            }
-            for e in v {
-                if !referenced.contains(&e.entry.part) {
-                    referenced.insert(e.entry.part);
-                }
-            }
-        }
+        let f = scan(store, gen)?;
+        (s.labels, s.points, s.entries, s.fragmented_labels) =
+            (f.labels, f.points, f.entries, f.fragmented_labels);
+        referenced = f.parts;
     }
     let mut files = store.list(&layout::workers_dir())?;
     files.extend(store.list(&layout::optimized_dir())?);
@@ -125,6 +114,150 @@ pub fn stats(store: &Store, codec: &dyn IndexCodec) -> Result<StoreStats> {
         }
     }
     Ok(s)
+}
+
+/// What a scan of one generation's entries finds.
+pub(crate) struct Scanned {
+    labels: u64,
+    points: u64,
+    entries: u64,
+    fragmented_labels: u64,
+    /// Parts the entries reference.
+    pub(crate) parts: HashSet<String>,
+}
+
+/// Entries a scan decodes at a time.
+const SCAN_CHUNK_ENTRIES: usize = 1 << 16;
+
+/// Streams the entries of `gen` (superseded ones dropped).
+pub(crate) fn scan(store: &Store, gen: log::Generation) -> Result<Scanned> {
+    let mut s = Scanned {
+        labels: 0,
+        points: 0,
+        entries: 0,
+        fragmented_labels: 0,
+        parts: HashSet::new(),
+    };
+    let legacy = gen.legacy.is_some();
+    let view = IndexView::new(store.clone(), gen);
+    if !legacy {
+        // Entries as columns, chunk by chunk (no string per entry).
+        use crate::entry_chunks::{c, u32s, u64s, ChunkScan};
+        let mut scan = ChunkScan::new(&view, 0, u64::MAX, SCAN_CHUNK_ENTRIES)?;
+        let mut used: Vec<bool> = Vec::new();
+        while let Some(chunk) = scan.next_chunk()? {
+            let b = &chunk.batch;
+            s.labels += chunk.labels.len() as u64 - 1;
+            s.entries += b.num_rows() as u64;
+            s.points += u64s(b, c::ROW_COUNT).iter().sum::<u64>();
+            s.fragmented_labels += chunk
+                .labels
+                .windows(2)
+                .filter(|g| !crate::optimize::contiguous(b, &scan.parts, g[0], g[1]))
+                .count() as u64;
+            for &p in u32s(b, c::PART) {
+                if used.len() <= p as usize {
+                    used.resize(p as usize + 1, false);
+                }
+                used[p as usize] = true;
+            }
+        }
+        for (p, _) in used.iter().enumerate().filter(|x| *x.1) {
+            s.parts.insert(scan.parts.name(p as u32).to_string());
+        }
+        return Ok(s);
+    }
+    for r in view.scan() {
+        let (_, v) = r?;
+        s.labels += 1;
+        s.entries += v.len() as u64;
+        s.points += v.iter().map(|e| e.entry.row_count).sum::<u64>();
+        if !is_contiguous(&v) {
+            s.fragmented_labels += 1;
+        }
+        for e in v {
+            if !s.parts.contains(&e.entry.part) {
+                s.parts.insert(e.entry.part);
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// One generation, as `pocaduck_generations` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GenerationStats {
+    /// Generation number.
+    pub generation: u64,
+    /// When it was built (its manifest's `created_ms`; a format-1 generation: when its file was
+    /// written), in milliseconds since the Unix epoch.
+    pub created_ms: i64,
+    /// Index format: 2 (manifest and segments) or 1 (a DuckDB database, before 2026-11-29).
+    pub format: u32,
+    /// Commits merged (over all workers).
+    pub commits: u64,
+    /// Labels.
+    pub labels: u64,
+    /// Points.
+    pub points: u64,
+    /// Index entries.
+    pub entries: u64,
+    /// Bytes of every file the generation needs: its manifest (or database), its index segments
+    /// and the parts its entries reference.
+    pub bytes: u64,
+}
+
+/// Every generation `store` holds, oldest first (what [`crate::vacuum`] has not deleted). Each is
+/// scanned whole: time is proportional to generations × entries.
+pub fn generations(store: &Store, codec: &dyn IndexCodec) -> Result<Vec<GenerationStats>> {
+    let gens = log::all(store)?;
+    if gens.is_empty() && crate::writer::read_schema(store)?.is_none() {
+        return Err(Error::store(
+            &store.name,
+            "is not a pocaduck store (no _pocaduck.json and no index)",
+        ));
+    }
+    let mut sizes: std::collections::HashMap<String, u64> = Default::default();
+    for m in store
+        .list(&layout::workers_dir())?
+        .into_iter()
+        .chain(store.list(&layout::optimized_dir())?)
+    {
+        sizes.insert(m.location.to_string(), m.size);
+    }
+    let mut out = Vec::with_capacity(gens.len());
+    for g in &gens {
+        let gen = log::load(store, g, codec)?;
+        let m = &gen.manifest;
+        let mut files: Vec<(&str, u64)> = m
+            .segments
+            .iter()
+            .map(|r| (r.file.as_str(), r.bytes))
+            .collect();
+        files.sort_unstable();
+        files.dedup();
+        let index_bytes = g.meta.size + files.iter().map(|f| f.1).sum::<u64>();
+        let created_ms = match g.legacy {
+            true => g.meta.last_modified.timestamp_millis(),
+            false => m.created_ms as i64,
+        };
+        let (format, commits) = (
+            if g.legacy { 1 } else { 2 },
+            m.workers.iter().map(|w| w.last_commit).sum(),
+        );
+        let f = scan(store, gen)?;
+        out.push(GenerationStats {
+            generation: g.generation,
+            created_ms,
+            format,
+            commits,
+            labels: f.labels,
+            points: f.points,
+            entries: f.entries,
+            bytes: index_bytes + f.parts.iter().filter_map(|p| sizes.get(p)).sum::<u64>(),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -171,6 +304,44 @@ mod tests {
         // w1's part still holds label 2.
         assert_eq!(s2.unreferenced_files, 1);
         assert_eq!(s2.files, 3);
+    }
+
+    #[test]
+    fn generations_show_each_retained_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        write(
+            name,
+            "w1",
+            &[rows(&[1, 1, 2], "a", &[[0, 0, 0], [1, 0, 0], [2, 0, 0]])],
+        );
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        assert_eq!(generations(&store, &JsonCodec).unwrap(), vec![]);
+        consolidate(&store, &JsonCodec).unwrap();
+        // A rerun of w1 (label 1 only, one point): generation 2 supersedes label 1's block a.
+        write(name, "w1", &[rows(&[1], "a", &[[9, 0, 0]])]);
+        write(name, "w2", &[rows(&[3], "b", &[[4, 0, 0]])]);
+        consolidate(&store, &JsonCodec).unwrap();
+        let g = generations(&store, &JsonCodec).unwrap();
+        let row = |g: &GenerationStats| {
+            (
+                g.generation,
+                g.format,
+                g.commits,
+                g.labels,
+                g.points,
+                g.entries,
+            )
+        };
+        assert_eq!(
+            g.iter().map(row).collect::<Vec<_>>(),
+            vec![(1, 2, 1, 2, 3, 2), (2, 2, 3, 3, 3, 3)]
+        );
+        assert!(g[0].created_ms <= g[1].created_ms && g[0].created_ms > 1_700_000_000_000);
+        // Generation 2 no longer needs w1's first part; its bytes are those of its files.
+        let s = stats(&store, &JsonCodec).unwrap();
+        assert_eq!(g[1].bytes, s.index_bytes + s.file_bytes);
+        assert!(g[0].bytes > 0 && g[1].bytes != g[0].bytes);
     }
 
     #[test]

@@ -190,14 +190,7 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
                 // Exactly what the newest generation references: its entries, superseded ones
                 // (a rerun's earlier rows) dropped.
                 segments.extend(gen.manifest.segments.iter().map(|r| r.file.clone()));
-                let view = crate::segment::IndexView::new(store.clone(), gen);
-                for r in view.scan() {
-                    for e in r?.1 {
-                        if !parts.contains(&e.entry.part) {
-                            parts.insert(e.entry.part);
-                        }
-                    }
-                }
+                parts.extend(crate::stats::scan(store, gen)?.parts);
             }
             None => {
                 // An older generation: every part its segment files name (a superset: cheap,

@@ -254,6 +254,7 @@ unsafe fn register(
         table::<fn_labels::Blocks>(con)?;
         table::<fn_optimize::Optimize>(con)?;
         table::<fn_stats::Stats>(con)?;
+        table::<fn_stats::Generations>(con)?;
         table::<fn_explain::Explain>(con)?;
         table::<fn_check::Check>(con)?;
         table::<fn_vacuum::Vacuum>(con)
