@@ -235,6 +235,65 @@ pub fn open_store(
     Ok(loaded)
 }
 
+/// Generation `generation` of `store` (time travel): read while the store still holds it (see
+/// [`crate::vacuum`]); a generation it no longer holds, or never did, is an error naming it and
+/// the generations it holds. Each call lists `index/` (a vacuumed generation must never be
+/// answered from this process's cache); the loaded generation is cached.
+pub fn open_generation(
+    store: Store,
+    codec: &dyn IndexCodec,
+    generation: u64,
+) -> Result<Arc<LoadedIndex>> {
+    let all = log::all(&store)?;
+    let Some(g) = all.iter().find(|g| g.generation == generation) else {
+        if all.is_empty() {
+            return Err(no_index(&store)?);
+        }
+        let held: Vec<u64> = all.iter().map(|g| g.generation).collect();
+        let held = match held.windows(2).all(|w| w[1] == w[0] + 1) {
+            true => format!("{}..={}", held[0], held[held.len() - 1]),
+            false => held
+                .iter()
+                .map(|g| g.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        return Err(Error::store(
+            &store.name,
+            format!("does not hold generation {generation} (vacuumed, or never published); it holds generations {held}"),
+        ));
+    };
+    let stamp = crate::storage::object_stamp(&g.meta);
+    let key = (store.client_key(), generation);
+    if let Some(hit) = past_cache().lock().ok().and_then(|c| c.get(&key)) {
+        if hit.stamp == stamp {
+            return Ok(hit);
+        }
+    }
+    let gen = log::load(&store, g, codec)?;
+    let loaded = Arc::new(LoadedIndex {
+        generation,
+        stamp,
+        schema: gen.manifest.schema.clone(),
+        view: Arc::new(IndexView::new(store.clone(), gen)),
+        store,
+    });
+    if let Ok(mut c) = past_cache().lock() {
+        c.insert(key, loaded.clone());
+    }
+    Ok(loaded)
+}
+
+/// Generations opened by [`open_generation`], per (store, generation).
+type PastCache = Mutex<
+    crate::cache::FifoCache<((std::path::PathBuf, Arc<StorageOptions>), u64), Arc<LoadedIndex>>,
+>;
+
+fn past_cache() -> &'static PastCache {
+    static C: OnceLock<PastCache> = OnceLock::new();
+    C.get_or_init(|| Mutex::new(crate::cache::FifoCache::new(16)))
+}
+
 /// Where rows of a query are, in output order.
 #[derive(Clone, Debug)]
 struct ReadEntry {

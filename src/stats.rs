@@ -50,7 +50,21 @@ pub struct StoreStats {
 /// Computes [`StoreStats`] for `store`: lists the store's files and streams the index (reads no
 /// part; time is proportional to the index entries, memory to the part files).
 pub fn stats(store: &Store, codec: &dyn IndexCodec) -> Result<StoreStats> {
-    let latest = log::latest(store)?;
+    stats_at(store, codec, None)
+}
+
+/// [`stats`] of generation `at` (`None`: the newest): its index and the files it references;
+/// pending commits are those it has not merged. An error names a generation the store no longer
+/// holds.
+pub fn stats_at(store: &Store, codec: &dyn IndexCodec, at: Option<u64>) -> Result<StoreStats> {
+    let latest = match at {
+        None => log::latest(store)?,
+        Some(g) => {
+            // The same check and message as a read of that generation.
+            crate::reader::open_generation(store.clone(), codec, g)?;
+            log::all(store)?.into_iter().find(|x| x.generation == g)
+        }
+    };
     if crate::writer::read_schema(store)?.is_none() && latest.is_none() {
         return Err(Error::store(
             &store.name,

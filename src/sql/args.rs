@@ -258,6 +258,17 @@ pub fn parse_duration_str(s: &str) -> std::result::Result<Option<std::time::Dura
         .map_err(|_| bad())
 }
 
+/// The `generation := N` argument: a generation number, 1 or more.
+pub fn arg_generation(v: &Value) -> Result<u64> {
+    match value_label(v, "generation")? {
+        0 => Err(Error::arg(
+            "generation",
+            "must be a generation number (1 or more; pocaduck_generations lists them), got 0",
+        )),
+        g => Ok(g),
+    }
+}
+
 /// Parses `[min_x, min_y, min_z, max_x, max_y, max_z]`.
 pub fn bbox_value(v: &Value, arg: &str) -> Result<BBox> {
     let shape = || {

@@ -53,7 +53,7 @@ const TIMES: [&str; 3] = ["index_ms", "read_ms", "total_ms"];
 impl TableFn for Explain {
     const NAME: &'static str = "pocaduck_explain";
     const PARAMETERS: &'static [&'static str] = &["label"];
-    const NAMED: &'static [&'static str] = &["bbox"];
+    const NAMED: &'static [&'static str] = &["bbox", "generation"];
     type Args = ExplainArgs;
 
     fn bind(b: &Bind) -> Result<ExplainArgs> {

@@ -16,6 +16,7 @@ pub struct Labels;
 
 impl TableFn for Labels {
     const NAME: &'static str = "pocaduck_labels";
+    const NAMED: &'static [&'static str] = &["generation"];
     type Args = StoreArg;
 
     fn bind(b: &Bind) -> Result<StoreArg> {
@@ -61,6 +62,7 @@ pub struct Blocks;
 
 impl TableFn for Blocks {
     const NAME: &'static str = "pocaduck_blocks";
+    const NAMED: &'static [&'static str] = &["generation"];
     const PARAMETERS: &'static [&'static str] = &["label"];
     type Args = (StoreArg, u64);
 

@@ -84,7 +84,7 @@ fn open_stream(args: &PointsArgs, columns: &[usize]) -> Result<reader::PointStre
 impl TableFn for Points {
     const NAME: &'static str = "pocaduck_points";
     const PARAMETERS: &'static [&'static str] = &["label"];
-    const NAMED: &'static [&'static str] = &["bbox"];
+    const NAMED: &'static [&'static str] = &["bbox", "generation"];
     const PROJECTION: bool = true;
     type Args = PointsArgs;
 
@@ -105,6 +105,7 @@ impl TableFn for Points {
 impl TableFn for PointsInBox {
     const NAME: &'static str = "pocaduck_points_in_box";
     const PARAMETERS: &'static [&'static str] = &["bbox"];
+    const NAMED: &'static [&'static str] = &["generation"];
     const PROJECTION: bool = true;
     type Args = PointsArgs;
 

@@ -9,7 +9,7 @@ use arrow::datatypes::{DataType, TimeUnit};
 use super::index_db::DuckDbCodec;
 use super::vtab::{batch, one_batch, BatchIter, Bind, OneRow, StoreArg, TableFn};
 use crate::error::Result;
-use crate::stats::{generations, stats, GenerationStats};
+use crate::stats::{generations, stats_at, GenerationStats};
 use crate::storage::OpenMode;
 
 /// `pocaduck_stats(store)`.
@@ -17,6 +17,7 @@ pub struct Stats;
 
 impl OneRow for Stats {
     const NAME: &'static str = "pocaduck_stats";
+    const NAMED: &'static [&'static str] = &["generation"];
     const COLUMNS: &'static [&'static str] = &[
         "generation",
         "workers",
@@ -41,7 +42,11 @@ impl OneRow for Stats {
     }
 
     fn compute(name: &StoreArg) -> Result<Vec<u64>> {
-        let s = stats(&name.open(OpenMode::Existing)?, &DuckDbCodec)?;
+        let s = stats_at(
+            &name.open(OpenMode::Existing)?,
+            &DuckDbCodec,
+            name.generation,
+        )?;
         Ok(vec![
             s.generation,
             s.workers,

@@ -150,6 +150,8 @@ pub struct StoreArg {
     /// for the execution that follows it at once if nothing newer was published or seen since
     /// (a query checks the store for a new generation once, not at bind and again at execution).
     at_bind: KeptForExecution<(Arc<reader::LoadedIndex>, u64)>,
+    /// `generation := N` (time travel): read that generation instead of the current one.
+    pub generation: Option<u64>,
 }
 
 /// A value a bind computed for the execution that follows it: taken by the first execution
@@ -203,6 +205,13 @@ impl StoreArg {
     /// connection's `pocaduck_max_staleness` (see [`reader::open_store`]), or the one the bind
     /// just opened if nothing newer was published or seen in this process since.
     pub fn index(&self) -> Result<Arc<reader::LoadedIndex>> {
+        if let Some(g) = self.generation {
+            return reader::open_generation(
+                self.open(OpenMode::Existing)?,
+                &super::index_db::DuckDbCodec,
+                g,
+            );
+        }
         if let Some((index, published)) = self.at_bind.take() {
             if reader::nothing_newer_here(&index, published) {
                 return Ok(index);
@@ -213,6 +222,9 @@ impl StoreArg {
 
     /// [`StoreArg::index`] at bind: the index is kept for the execution that follows.
     pub fn bind_index(&self) -> Result<Arc<reader::LoadedIndex>> {
+        if self.generation.is_some() {
+            return self.index();
+        }
         let at = std::time::Instant::now();
         let store = self.open(OpenMode::Existing)?;
         let published = crate::log::seen(&store).1;
@@ -261,6 +273,10 @@ impl<'a> Bind<'a> {
             options: self.options.clone(),
             max_staleness: self.max_staleness,
             at_bind: KeptForExecution::default(),
+            generation: match self.named("generation") {
+                Some(v) => Some(super::args::arg_generation(&v)?),
+                None => None,
+            },
         })
     }
 

@@ -323,6 +323,9 @@ def test_vacuum_on_s3(s3):
     unref = con.execute(f"SELECT unreferenced_files FROM pocaduck_stats('{store}')").fetchone()[0]
     assert unref > 0
     before = set(s3.keys("pocaduck-test", prefix))
+    # Time travel: generation 1 has w0's first points.
+    assert con.execute(f"SELECT min(x) FROM pocaduck_points('{store}', 0, generation := 1) WHERE block < 10").fetchone() == (0,)
+    assert con.execute(f"SELECT min(x) FROM pocaduck_points('{store}', 0) WHERE block < 10").fetchone() == (10**6,)
     young = dict(con.execute(f"SELECT kind, files FROM pocaduck_vacuum('{store}')").fetchall())
     assert sum(young.values()) == 0, young
     assert set(s3.keys("pocaduck-test", prefix)) == before
@@ -339,4 +342,7 @@ def test_vacuum_on_s3(s3):
     got = {l: (n, int(sx)) for l, n, sx in con.execute(f"SELECT label, count(*), sum(x) FROM pocaduck_points('{store}', range(50)::UBIGINT[]) GROUP BY label").fetchall()}
     assert got == want
     assert con.execute(f"SELECT unreferenced_files, pending_commits FROM pocaduck_stats('{store}')").fetchone() == (0, 0)
+    with pytest.raises(duckdb.Error, match="does not hold generation 1 \\(vacuumed, or never published\\); it holds generations 3..=3"):
+        con.execute(f"FROM pocaduck_points('{store}', 0, generation := 1)").fetchall()
+    assert con.execute(f"SELECT generation, labels, points FROM pocaduck_generations('{store}')").fetchall() == [(3, 50, 80000)]
     assert con.execute(f"SELECT bool_and(ok) FROM pocaduck_check('{store}')").fetchone() == (True,)
