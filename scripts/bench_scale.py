@@ -72,6 +72,23 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def vacuum_figures(store) -> dict:
+    """pocaduck_vacuum(retain 0, forced) of a local store: files and bytes it reports, the
+    store's size before and after, seconds."""
+    before = du(Path(store))
+    r = child(f"""
+t = time.perf_counter()
+rows = con.execute("SELECT kind, files, bytes FROM pocaduck_vacuum('{store}', retain := INTERVAL 0 SECONDS, force := true)").fetchall()
+print(json.dumps({{'s': time.perf_counter() - t, 'kinds': {{k: [f, b] for k, f, b in rows}}}}))
+""")
+    r["store_mb_before"], r["store_mb_after"] = before / 1e6, du(Path(store)) / 1e6
+    r["files"] = sum(f for f, _ in r["kinds"].values())
+    r["mb"] = sum(b for _, b in r["kinds"].values()) / 1e6
+    print(f"  vacuum after optimize of {store}: {r['files']:,} files, {r['mb']:.1f} MB reclaimed "
+          f"(store {r['store_mb_before']:.1f} -> {r['store_mb_after']:.1f} MB) in {r['s']:.2f} s", flush=True)
+    return r
+
+
 def build_entries_store(store: str, n_labels: int, env: dict | None = None) -> dict:
     """n_labels x 5 blocks, one point per (label, block), 4 worker processes at once."""
     procs = []
@@ -194,6 +211,9 @@ print(json.dumps({{'s': time.perf_counter() - t, 'labels': o[0], 'points': o[1],
     res["optimize_10m"] = {**r, "pts_s": r["points"] / r["s"]}
     print(f"  optimize 10 M entries: {r['labels']:,} labels, {r['points']:,} points in {r['s']:.1f} s "
           f"({r['points'] / r['s'] / 1e6:.2f} M pts/s), peak RSS {r['rss_mb']:.0f} MB", flush=True)
+    # Vacuum after optimize (no retention, forced): what the 4 workers' parts and the old
+    # generations took.
+    res["vacuum_10m"] = vacuum_figures(store)
     s1 = WORK / "s1m"
     t = time.perf_counter()
     procs = [subprocess.Popen([PY, "-c", PRELUDE + f"""
@@ -343,6 +363,7 @@ t = time.perf_counter()
 o = con.execute("SELECT labels_rewritten, points_rewritten FROM pocaduck_optimize('{real}/store')").fetchone()
 print(json.dumps({{'s': time.perf_counter() - t, 'labels': o[0], 'points': o[1]}}))
 """)
+    res["vacuum_real"] = vacuum_figures(f"{real}/store")
     res["real_top_label"] = {"label": top, "points": int(counts.max()), "threads_1": rr[1], "threads_2": rr[2]}
     res["optimize_real"] = {**opt, "pts_s": opt["points"] / opt["s"]}
     print(f"  real label {top} ({int(counts.max()):,} points): decode {rr[1]['pts_s'] / 1e6:.1f} M pts/s (1 thread), "
@@ -375,6 +396,10 @@ def targets(r: dict) -> list[tuple[str, float, str, bool]]:
     sp = r["optimize_split_1m"]
     ok = all("error" not in x for x in sp["runs"]) and sp["fragmented_after"] == 0
     rows.append(("scale: optimize split over 2 processes leaves no fragmented label", sp["fragmented_after"], "= 0", ok))
+    for key, what in (("vacuum_10m", "10 M entries"), ("vacuum_real", "real data")):
+        v = r.get(key)
+        if v:
+            rows.append((f"scale: vacuum after optimize, {what}: MB reclaimed of {v['store_mb_before']:.0f} (info; {v['s']:.1f} s)", v["mb"], "(info)", True))
     for kind in ("local", "s3"):
         m = r[f"many_parts_{kind}"]
         rows.append((f"scale: 3,000-part label under ulimit -n 256 ({kind}), seconds", m["s"], "correct", m["ok"]))
