@@ -274,7 +274,7 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
         .unwrap_or(std::time::UNIX_EPOCH);
     let old = |md: &std::fs::Metadata| md.modified().is_ok_and(|t| t < cutoff_sys);
     if let Some(root) = &store.local_dir {
-        staging_files(root, 0, &mut |p, md| {
+        staging_files(root, &mut |p, md| {
             if old(md) {
                 local[0].push((p, md.len()));
             }
@@ -322,22 +322,39 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
     Ok(report)
 }
 
-/// Calls `f` for every staging file (`<file>#<digits>`) under `dir` (a local store's root), at
-/// most 3 directories deep (`workers/<w>/parts/`).
+/// Calls `f` for every staging file (`<name>.parquet#<digits>` or `<name>.json#<digits>`) in the
+/// directories pocaduck writes of a local store: its root, `index/`, `segments/`, `optimized/`
+/// and `workers/<w>/parts/` and `workers/<w>/commits/` (nothing else of the directory is looked
+/// at).
 fn staging_files(
-    dir: &std::path::Path,
-    depth: u32,
+    root: &std::path::Path,
     f: &mut dyn FnMut(std::path::PathBuf, &std::fs::Metadata),
 ) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let Ok(md) = e.metadata() else { continue };
-        if md.is_dir() && depth < 3 {
-            staging_files(&e.path(), depth + 1, f);
-        } else if md.is_file() && is_staging(&e.file_name().to_string_lossy()) {
-            f(e.path(), &md);
+    let mut dirs = vec![
+        root.to_path_buf(),
+        root.join("index"),
+        root.join("segments"),
+        root.join("optimized"),
+    ];
+    if let Ok(rd) = std::fs::read_dir(root.join("workers")) {
+        for e in rd.flatten() {
+            dirs.push(e.path().join("parts"));
+            dirs.push(e.path().join("commits"));
+        }
+    }
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let ours = name
+                .rsplit_once('#')
+                .is_some_and(|(base, _)| base.ends_with(".parquet") || base.ends_with(".json"));
+            let Ok(md) = e.metadata() else { continue };
+            if ours && md.is_file() && is_staging(&name) {
+                f(e.path(), &md);
+            }
         }
     }
 }
@@ -425,6 +442,10 @@ mod tests {
         )
         .unwrap();
         std::fs::write(root.join("segments/x.parquet#1"), b"partial").unwrap();
+        // Not pocaduck's: a user's file with a staging-like name, and a directory of its own.
+        std::fs::write(root.join("notes.txt#3"), b"mine").unwrap();
+        std::fs::create_dir_all(root.join("extra")).unwrap();
+        std::fs::write(root.join("extra/a.parquet#1"), b"mine").unwrap();
         let expect = read_all(name);
         let before = files(root);
         let s = crate::stats::stats(&store, &JsonCodec).unwrap();
@@ -468,6 +489,8 @@ mod tests {
         let total: u64 = r.kinds.iter().map(|k| k.files).sum();
         assert_eq!(total as usize, gone.len(), "{gone:?}");
         assert_eq!(read_all(name), expect);
+        assert!(after.contains(&"notes.txt#3".to_string()));
+        assert!(after.contains(&"extra/a.parquet#1".to_string()));
         let s2 = crate::stats::stats(&store, &JsonCodec).unwrap();
         assert_eq!((s2.unreferenced_files, s2.files), (0, s.files));
         let c = crate::check::check(&store, &JsonCodec).unwrap();

@@ -78,6 +78,12 @@ def test_format_1_store_is_read_then_upgraded(tmp_path):
     assert con.execute(f"SELECT bool_and(ok) FROM pocaduck_check('{store}')").fetchone() == (True,)
     with pytest.raises(duckdb.Error, match="has an index of format 1: run pocaduck_consolidate"):
         con.execute(f"FROM pocaduck_optimize('{store}')").fetchall()
+    # Vacuum understands a format-1 generation: nothing it references would go (a dry run), only
+    # the two merged commits.
+    dry = {k: f for k, f in con.execute(f"SELECT kind, files FROM pocaduck_vacuum('{store}', retain := INTERVAL 0 SECONDS, force := true, dry_run := true)").fetchall()}
+    assert dry == {"generation": 0, "commit": 2, "segment": 0, "part": 0, "staging": 0, "index_cache": 0}
+    assert con.execute(f"SELECT generation, format, labels, points FROM pocaduck_generations('{store}')").fetchall() == [(1, 1, 30, 6000)]
+    legacy_rows = list(rows)
     # A rerun of w0 (blocks 0-3 again, other points) is committed before the upgrade.
     con.execute(
         f"COPY (SELECT (i % 30)::UBIGINT, i % 4, (-1 - i)::INT, 0, 9 FROM range(600) t(i)) TO '{store}' (FORMAT pocaduck, WORKER 'w0')"
@@ -96,6 +102,21 @@ def test_format_1_store_is_read_then_upgraded(tmp_path):
     assert con.execute(f"SELECT generation FROM pocaduck_optimize('{store}')").fetchone() == (3,)
     for label in (0, 7, 29):
         assert points(con, store, label) == expected(rows, label)
+    # Time travel back to the format-1 generation, then vacuum it away.
+    gens = con.execute(f"SELECT generation, format, points FROM pocaduck_generations('{store}')").fetchall()
+    assert gens == [(1, 1, 6000), (2, 2, 3600), (3, 2, 3600)]
+    for label in (0, 7):
+        got = [tuple(x) for x in con.execute(f"SELECT block, x, y, z FROM pocaduck_points('{store}', {label}, generation := 1) ORDER BY ALL").fetchall()]
+        assert got == expected(legacy_rows, label)
+    r = dict(con.execute(f"SELECT kind, files FROM pocaduck_vacuum('{store}', retain := INTERVAL 0 SECONDS, force := true)").fetchall())
+    assert r["generation"] == 2 and r["part"] >= 1, r  # 1.duckdb, 2.json; w0's first part
+    assert sorted(p.name for p in (store / "index").iterdir()) == ["0000000003.json"]
+    for label in (0, 7, 29):
+        assert points(con, store, label) == expected(rows, label)
+    with pytest.raises(duckdb.Error, match="does not hold generation 1"):
+        con.execute(f"FROM pocaduck_points('{store}', 0, generation := 1)").fetchall()
+    assert con.execute(f"SELECT unreferenced_files FROM pocaduck_stats('{store}')").fetchone() == (0,)
+    assert con.execute(f"SELECT bool_and(ok) FROM pocaduck_check('{store}')").fetchone() == (True,)
 
 
 class HeldOpen:
