@@ -2,6 +2,7 @@
 # Creates the Python environments the demo and tests use (idempotent):
 #   .venv/py15  duckdb 1.5.6 + duckdb-cli 1.5.6 (the DuckDB CLI) + test/demo packages
 #   .venv/py20  duckdb 2.0.0 + test packages
+#   and in both, the package in python/ (pocaduckdb)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -16,4 +17,8 @@ make_env() {
 }
 make_env .venv/py15 duckdb==1.5.6 duckdb-cli==1.5.6
 make_env .venv/py20 duckdb==2.0.0
+# The package in python/ (pocaduckdb), reinstalled every time so that it matches the checkout.
+for dir in .venv/py15 .venv/py20; do
+  "$dir/bin/pip" install --quiet --disable-pip-version-check --no-deps --force-reinstall ./python
+done
 echo "python environments ready: .venv/py15 (duckdb 1.5.6 + CLI), .venv/py20 (duckdb 2.0.0)"
