@@ -2,7 +2,7 @@
 //!
 //! Checks, reporting every problem with the file it is in (never stopping at the first):
 //! - the schema file parses;
-//! - every commit segment of every worker decodes, and the parts it references exist;
+//! - every commit segment of every worker decodes, and the parts of those not merged yet exist;
 //! - the current index generation loads;
 //! - every part the index references opens, has the store's columns, and has the rows the index
 //!   points at;
@@ -74,20 +74,30 @@ pub fn check(store: &Store, codec: &dyn IndexCodec) -> Result<CheckReport> {
         .chain(store.list(&layout::optimized_dir())?)
         .map(|m| m.location.to_string())
         .collect();
-    check_commits(store, &existing, &mut r);
+    // The index first: which commits it has merged.
+    let gen = latest.map(|g| {
+        r.generation = g.generation;
+        log::load(store, &g, codec).map_err(|e| problem(g.meta.location.as_ref(), &e))
+    });
+    let merged: HashMap<String, u64> = match &gen {
+        Some(Ok(x)) => x
+            .manifest
+            .workers
+            .iter()
+            .map(|w| (w.worker.clone(), w.last_commit))
+            .collect(),
+        _ => HashMap::new(),
+    };
+    check_commits(store, &existing, &merged, &mut r);
     check_skipped(store, codec, &mut r)?;
     // The index and what it references.
-    let Some(g) = latest else {
-        return Ok(r);
-    };
-    r.generation = g.generation;
-    let gen_file = g.meta.location.to_string();
-    let gen = match log::load(store, &g, codec) {
-        Ok(x) => x,
-        Err(e) => {
-            r.problems.push(problem(&gen_file, &e));
+    let gen = match gen {
+        None => return Ok(r),
+        Some(Err(p)) => {
+            r.problems.push(p);
             return Ok(r);
         }
+        Some(Ok(x)) => x,
     };
     // Segment footers are read afresh, not taken from the process cache.
     let idx = LoadedIndex::from_view(crate::segment::IndexView::new(store.clone(), gen).uncached());
@@ -95,8 +105,15 @@ pub fn check(store: &Store, codec: &dyn IndexCodec) -> Result<CheckReport> {
     Ok(r)
 }
 
-/// Every commit segment of every worker decodes, and the parts it references exist.
-fn check_commits(store: &Store, existing: &HashSet<String>, r: &mut CheckReport) {
+/// Every commit segment of every worker decodes, and the parts a commit not merged into the index
+/// yet references exist (a merged commit's live entries are in the index, checked below; its
+/// superseded or optimized-away parts may have been vacuumed).
+fn check_commits(
+    store: &Store,
+    existing: &HashSet<String>,
+    merged: &HashMap<String, u64>,
+    r: &mut CheckReport,
+) {
     let mut commit_files: Vec<&String> = existing
         .iter()
         .filter(|p| {
@@ -111,6 +128,7 @@ fn check_commits(store: &Store, existing: &HashSet<String>, r: &mut CheckReport)
             .and_then(|b| decode_segment(b, &store.name, f));
         match decoded {
             Err(e) => r.problems.push(problem(f, &e)),
+            Ok(_) if is_merged(f, merged) => {}
             Ok(entries) => {
                 let mut missing: Vec<&str> = entries
                     .iter()
@@ -128,6 +146,14 @@ fn check_commits(store: &Store, existing: &HashSet<String>, r: &mut CheckReport)
             }
         }
     }
+}
+
+/// Whether commit segment `path` (`workers/<w>/commits/<seq>.parquet`) is numbered at or below
+/// what the index merged of its worker.
+fn is_merged(path: &str, merged: &HashMap<String, u64>) -> bool {
+    let worker = path.split('/').nth(1).unwrap_or_default();
+    let seq = layout::parse_commit_seq(&path.into()).unwrap_or(u64::MAX);
+    merged.get(worker).is_some_and(|&done| seq <= done)
 }
 
 /// Commits that consolidate will never merge ([`log::skipped_commits`]).
@@ -492,10 +518,30 @@ mod tests {
             "{:?}",
             r.problems
         );
+        // The index reports the missing part; the merged commit naming it is history (a vacuum
+        // deletes superseded parts), so it is not reported again.
+        assert!(
+            !r.problems
+                .iter()
+                .any(|p| p.file == "workers/w1/commits/0000000001.parquet"),
+            "{:?}",
+            r.problems
+        );
+        // A commit not merged yet whose part is missing is reported.
+        let name = dir.path().to_str().unwrap();
+        write(name, "w3", &[rows(&[9], "c", &[[1, 2, 3]])]);
+        let w3 = std::fs::read_dir(dir.path().join("workers/w3/parts"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::remove_file(&w3).unwrap();
+        let r = run(dir.path());
         assert!(
             r.problems
                 .iter()
-                .any(|p| p.file == "workers/w1/commits/0000000001.parquet"
+                .any(|p| p.file == "workers/w3/commits/0000000001.parquet"
                     && p.msg.contains("which is missing")),
             "{:?}",
             r.problems

@@ -181,10 +181,39 @@ pub fn all(store: &Store) -> Result<Vec<GenerationFile>> {
         .collect();
     v.sort_by_key(|g| (g.generation, !g.legacy));
     if let Some(first) = v.iter().position(|g| !g.legacy) {
+        // Format-1 files count only below the first manifest (the upgrade published it over the
+        // last of them); one numbered like a manifest is not a generation (plain DuckDB creates
+        // such a file when it ATTACHes a missing path in index/).
         let upgraded = v[first].generation;
-        v.retain(|g| !g.legacy || g.generation <= upgraded);
+        v.retain(|g| !g.legacy || g.generation < upgraded);
     }
     Ok(v)
+}
+
+/// Generation `n` as the store lists it now (one listing of `index/`); `None` if the store holds
+/// no generation at all, and an error naming `n` and the generations held if it holds others
+/// (`n` was vacuumed, or never published).
+pub fn find(store: &Store, n: u64) -> Result<Option<GenerationFile>> {
+    let mut all = all(store)?;
+    if all.is_empty() {
+        return Ok(None);
+    }
+    if let Some(i) = all.iter().position(|g| g.generation == n) {
+        return Ok(Some(all.swap_remove(i)));
+    }
+    let held: Vec<u64> = all.iter().map(|g| g.generation).collect();
+    let held = match held.windows(2).all(|w| w[1] == w[0] + 1) {
+        true => format!("{}..={}", held[0], held[held.len() - 1]),
+        false => held
+            .iter()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    Err(Error::store(
+        &store.name,
+        format!("does not hold generation {n} (vacuumed, or never published); it holds generations {held}"),
+    ))
 }
 
 /// Like [`latest`], but lists only names from generation `known` on (`known` itself included),

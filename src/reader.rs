@@ -244,24 +244,8 @@ pub fn open_generation(
     codec: &dyn IndexCodec,
     generation: u64,
 ) -> Result<Arc<LoadedIndex>> {
-    let all = log::all(&store)?;
-    let Some(g) = all.iter().find(|g| g.generation == generation) else {
-        if all.is_empty() {
-            return Err(no_index(&store)?);
-        }
-        let held: Vec<u64> = all.iter().map(|g| g.generation).collect();
-        let held = match held.windows(2).all(|w| w[1] == w[0] + 1) {
-            true => format!("{}..={}", held[0], held[held.len() - 1]),
-            false => held
-                .iter()
-                .map(|g| g.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        };
-        return Err(Error::store(
-            &store.name,
-            format!("does not hold generation {generation} (vacuumed, or never published); it holds generations {held}"),
-        ));
+    let Some(g) = log::find(&store, generation)? else {
+        return Err(no_index(&store)?);
     };
     let stamp = crate::storage::object_stamp(&g.meta);
     let key = (store.client_key(), generation);
@@ -270,7 +254,7 @@ pub fn open_generation(
             return Ok(hit);
         }
     }
-    let gen = log::load(&store, g, codec)?;
+    let gen = log::load(&store, &g, codec)?;
     let loaded = Arc::new(LoadedIndex {
         generation,
         stamp,

@@ -59,11 +59,13 @@ pub fn stats(store: &Store, codec: &dyn IndexCodec) -> Result<StoreStats> {
 pub fn stats_at(store: &Store, codec: &dyn IndexCodec, at: Option<u64>) -> Result<StoreStats> {
     let latest = match at {
         None => log::latest(store)?,
-        Some(g) => {
-            // The same check and message as a read of that generation.
-            crate::reader::open_generation(store.clone(), codec, g)?;
-            log::all(store)?.into_iter().find(|x| x.generation == g)
-        }
+        // The same check and message as a read of that generation.
+        Some(g) => Some(log::find(store, g)?.ok_or_else(|| {
+            Error::store(
+                &store.name,
+                format!("has no unified index: generation {g} does not exist"),
+            )
+        })?),
     };
     if crate::writer::read_schema(store)?.is_none() && latest.is_none() {
         return Err(Error::store(
@@ -241,6 +243,26 @@ pub fn generations(store: &Store, codec: &dyn IndexCodec) -> Result<Vec<Generati
     }
     let mut out = Vec::with_capacity(gens.len());
     for g in &gens {
+        match generation_stats(store, codec, g, &sizes) {
+            Ok(x) => out.push(x),
+            // Vacuumed while this ran: not held any more.
+            Err(_)
+                if !log::all(store)?
+                    .iter()
+                    .any(|x| x.generation == g.generation) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+fn generation_stats(
+    store: &Store,
+    codec: &dyn IndexCodec,
+    g: &log::GenerationFile,
+    sizes: &std::collections::HashMap<String, u64>,
+) -> Result<GenerationStats> {
+    {
         let gen = log::load(store, g, codec)?;
         let m = &gen.manifest;
         let mut files: Vec<(&str, u64)> = m
@@ -260,7 +282,7 @@ pub fn generations(store: &Store, codec: &dyn IndexCodec) -> Result<Vec<Generati
             m.workers.iter().map(|w| w.last_commit).sum(),
         );
         let f = scan(store, gen)?;
-        out.push(GenerationStats {
+        Ok(GenerationStats {
             generation: g.generation,
             created_ms,
             format,
@@ -269,9 +291,8 @@ pub fn generations(store: &Store, codec: &dyn IndexCodec) -> Result<Vec<Generati
             points: f.points,
             entries: f.entries,
             bytes: index_bytes + f.parts.iter().filter_map(|p| sizes.get(p)).sum::<u64>(),
-        });
+        })
     }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -547,14 +547,14 @@ impl Store {
         if paths.is_empty() {
             return Ok(());
         }
-        let first = paths[0].clone();
         let stream = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
         block_on(async {
             let mut out = self.objects.delete_stream(stream);
             while let Some(r) = out.next().await {
                 match r {
                     Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(self.err(&first, e)),
+                    // object_store's error names the object.
+                    Err(e) => return Err(Error::store(&self.name, format!("cannot delete: {e}"))),
                 }
             }
             Ok(())

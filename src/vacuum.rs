@@ -147,13 +147,26 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
             "is not a pocaduck store (no _pocaduck.json and no index)",
         ));
     }
-    // Storage times in milliseconds since the epoch (an object store's clock for its objects).
-    let cutoff = log::now_ms() as i64 - opts.retain.as_millis().min(i64::MAX as u128) as i64;
+    // Times are the storage's: an object store's clock stamps its objects, so "now" is read
+    // from it too (a client clock ahead of the store's would otherwise shorten the retention).
+    let now = storage_now(store)?;
+    let cutoff = now - opts.retain.as_millis().min(i64::MAX as u128) as i64;
     let ms = |m: &object_store::ObjectMeta| m.last_modified.timestamp_millis();
     // 1. Data files first: whatever is created from here on is never a candidate.
     let mut files = store.list(&layout::workers_dir())?;
     files.extend(store.list(&layout::optimized_dir())?);
     files.extend(store.list(&layout::segments_dir())?);
+    let commits: Vec<object_store::ObjectMeta> = files
+        .iter()
+        .filter(|m| m.location.as_ref().contains("/commits/"))
+        .filter(|m| layout::parse_commit_seq(&m.location).is_some())
+        .cloned()
+        .collect();
+    // Commits consolidate will never merge, and the generations that show it (kept with them:
+    // without its witness a skipped commit would look merged).
+    let skipped = log::skipped_commits(store, codec, &commits)?;
+    let witnesses: HashSet<u64> = skipped.iter().map(|s| s.generation).collect();
+    let skipped: HashSet<String> = skipped.into_iter().map(|s| s.file).collect();
     // 2. Generations, and which are retained.
     let gens = log::all(store)?;
     let mut report = VacuumReport::default();
@@ -165,7 +178,8 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
     let mut retained_gens: HashSet<u64> = HashSet::new();
     for (i, g) in gens.iter().enumerate() {
         let newest = i + 1 == gens.len();
-        let retained = newest || ms(&gens[i + 1].meta) >= cutoff;
+        let retained =
+            newest || ms(&gens[i + 1].meta) >= cutoff || witnesses.contains(&g.generation);
         if !retained {
             doomed[0].push(Doomed {
                 path: g.meta.location.clone(),
@@ -205,27 +219,30 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
             }
         }
     }
-    // 3. Commits: merged ones older than the retention go; the others keep their parts.
-    let commits: Vec<object_store::ObjectMeta> = files
-        .iter()
-        .filter(|m| m.location.as_ref().contains("/commits/"))
-        .filter(|m| layout::parse_commit_seq(&m.location).is_some())
-        .cloned()
-        .collect();
-    let skipped: HashSet<String> = log::skipped_commits(store, codec, &commits)?
-        .into_iter()
-        .map(|s| s.file)
-        .collect();
+    // 3. Commits. Pending and skipped ones are kept with every part they name. Merged ones are
+    // history (their live entries are in the index): older than the retention they go, except
+    // each worker's highest, which keeps any writer's numbering above the merged commits (this
+    // release numbers after the index too, earlier ones only after the commits on storage).
+    let mut highest: HashMap<&str, u64> = HashMap::new();
+    for m in &commits {
+        let path = m.location.as_ref();
+        let worker = path.split('/').nth(1).unwrap_or_default();
+        let seq = layout::parse_commit_seq(&m.location).unwrap_or(0);
+        let h = highest.entry(worker).or_insert(seq);
+        *h = (*h).max(seq);
+    }
     for m in &commits {
         let path = m.location.as_ref();
         let worker = path.split('/').nth(1).unwrap_or_default();
         let seq = layout::parse_commit_seq(&m.location).unwrap_or(0);
         let done = merged.get(worker).copied().unwrap_or(0);
-        if seq <= done && !skipped.contains(path) && ms(m) < cutoff {
-            doomed[1].push(Doomed {
-                path: m.location.clone(),
-                bytes: m.size,
-            });
+        if seq <= done && !skipped.contains(path) {
+            if ms(m) < cutoff && highest.get(worker) != Some(&seq) {
+                doomed[1].push(Doomed {
+                    path: m.location.clone(),
+                    bytes: m.size,
+                });
+            }
             continue;
         }
         let bytes = store.get(&m.location)?;
@@ -234,13 +251,35 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
         }
     }
     // 4. Segments and parts: unreferenced, of a session that wrote nothing within the retention.
-    let mut active: HashMap<&str, i64> = HashMap::new();
+    // A session's activity: its files' times, and (local stores) the staging file of the part
+    // it is writing, which listings do not show.
+    let mut active: HashMap<String, i64> = HashMap::new();
+    let mut touch = |path: &str, t: i64| {
+        let e = active.entry(session_key(path).to_string()).or_insert(t);
+        *e = (*e).max(t);
+    };
     for m in &files {
         let path = m.location.as_ref();
         if path.ends_with(".parquet") && !path.contains("/commits/") {
-            let t = active.entry(session_key(path)).or_insert(ms(m));
-            *t = (*t).max(ms(m));
+            touch(path, ms(m));
         }
+    }
+    if let Some(root) = &store.local_dir {
+        staging_files(root, &mut |p, md| {
+            let rel = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .to_string();
+            let t = md
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(i64::MAX, |d| d.as_millis() as i64);
+            if let Some((base, _)) = rel.rsplit_once('#') {
+                touch(base, t);
+            }
+        });
     }
     for m in &files {
         let path = m.location.as_ref();
@@ -272,6 +311,7 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
     let cutoff_sys = std::time::SystemTime::now()
         .checked_sub(opts.retain)
         .unwrap_or(std::time::UNIX_EPOCH);
+    // (Local files: this machine's clock stamps them.)
     let old = |md: &std::fs::Metadata| md.modified().is_ok_and(|t| t < cutoff_sys);
     if let Some(root) = &store.local_dir {
         staging_files(root, &mut |p, md| {
@@ -320,6 +360,26 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
         }
     }
     Ok(report)
+}
+
+/// Milliseconds since the epoch by the storage's clock: this machine's for a local store; for an
+/// object store, the modification time of a small object written (and deleted) for the purpose
+/// (1 PUT, 1 HEAD, 1 DELETE).
+fn storage_now(store: &Store) -> Result<i64> {
+    use object_store::ObjectStoreExt;
+    if store.local_dir.is_some() {
+        return Ok(log::now_ms() as i64);
+    }
+    let probe = Path::from(format!("_vacuum-clock-{}", crate::writer::new_session_id()));
+    store.put_if_absent(
+        &probe,
+        bytes::Bytes::from_static(b"pocaduck_vacuum clock probe"),
+    )?;
+    let head = crate::storage::block_on(store.objects.head(&probe))
+        .map_err(|e| Error::file(&store.name, probe.as_ref(), e));
+    store.delete(&probe)?;
+    // Object stores stamp whole seconds: now is within the second after the probe's stamp.
+    Ok(head?.last_modified.timestamp_millis() + 999)
 }
 
 /// Calls `f` for every staging file (`<name>.parquet#<digits>` or `<name>.json#<digits>`) in the
@@ -467,14 +527,14 @@ mod tests {
         assert_eq!(r.generations_retained, 1);
         let after = files(root);
         let gone: Vec<&String> = before.iter().filter(|p| !after.contains(p)).collect();
-        // Manifests 1-3 go, 4 stays; every commit was merged; parts as stats counted them.
+        // Manifests 1-3 go, 4 stays; every commit was merged: all go but each worker's highest
+        // (w1's second, w2's, w3's); parts as stats counted them.
         assert_eq!(r.of("generation").files, 3);
         assert_eq!(count(&after, |p| p.starts_with("index/")), 1);
-        assert_eq!(
-            r.of("commit").files,
-            count(&before, |p| p.contains("/commits/"))
-        );
-        assert_eq!(count(&after, |p| p.contains("/commits/")), 0);
+        assert_eq!(count(&before, |p| p.contains("/commits/")), 4);
+        assert_eq!(r.of("commit").files, 1);
+        assert!(!after.contains(&"workers/w1/commits/0000000001.parquet".to_string()));
+        assert!(after.contains(&"workers/w1/commits/0000000002.parquet".to_string()));
         assert_eq!(r.of("part").files, s.unreferenced_files);
         assert_eq!(r.of("part").bytes, s.unreferenced_bytes);
         assert_eq!(r.of("staging").files, 1);
@@ -541,15 +601,15 @@ mod tests {
         let r = vacuum(&store, &JsonCodec, &VacuumOptions::default()).unwrap();
         assert_eq!(r.generations_retained, 2);
         assert_eq!(r.of("generation").files, 0);
-        // Generation 1's part is still referenced by retained generation 1; the merged commits
-        // are old, so they go.
+        // Generation 1's part is still referenced by retained generation 1; of w1's merged
+        // commits (old) the first goes, the highest stays.
         assert_eq!(r.of("part").files, 0);
-        assert_eq!(r.of("commit").files, 2);
+        assert_eq!(r.of("commit").files, 1);
         let after = files(root);
         assert!(after.contains(&part), "pending commit's part deleted");
         assert!(after.iter().any(|p| p.starts_with("workers/w2/commits/")));
         assert_eq!(count(&after, |p| p.starts_with("workers/w3/")), 2);
-        assert_eq!(before.len() - after.len(), 2);
+        assert_eq!(before.len() - after.len(), 1);
         // Once generation 2 is old too, generation 1 and w1's first part go; w2 is merged.
         consolidate(&store, &JsonCodec).unwrap();
         age(root, 10);
@@ -563,6 +623,87 @@ mod tests {
         assert_eq!(expect[&1], vec![("a".to_string(), 1, 0, 0)]);
         let c = crate::check::check(&store, &JsonCodec).unwrap();
         assert!(c.problems.is_empty(), "{:?}", c.problems);
+    }
+
+    /// A session writing its next part (a local staging file, which listings do not show) is in
+    /// flight: its old completed part stays. Once the staging file is old too, both go.
+    #[test]
+    fn a_part_being_written_keeps_its_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let name = root.to_str().unwrap();
+        write(name, "w1", &[rows(&[1], "a", &[[0, 0, 0]])]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        let part = files(root)
+            .into_iter()
+            .find(|p| p.contains("/parts/"))
+            .unwrap();
+        std::fs::create_dir_all(root.join("workers/w2/parts")).unwrap();
+        let done = "workers/w2/parts/1700000000000-cafe-000000.parquet";
+        std::fs::copy(root.join(&part), root.join(done)).unwrap();
+        age(root, 10);
+        // The session's next part, being written now.
+        let open = "workers/w2/parts/1700000000000-cafe-000001.parquet#1";
+        std::fs::write(root.join(open), b"in progress").unwrap();
+        let r = vacuum(&store, &JsonCodec, &VacuumOptions::default()).unwrap();
+        assert_eq!((r.of("part").files, r.of("staging").files), (0, 0));
+        assert!(root.join(done).exists());
+        age(root, 10);
+        let r = vacuum(&store, &JsonCodec, &VacuumOptions::default()).unwrap();
+        assert_eq!((r.of("part").files, r.of("staging").files), (1, 1));
+        assert!(!root.join(done).exists() && !root.join(open).exists());
+    }
+
+    /// A commit consolidate will never merge (numbered at or below what the index had merged of
+    /// its worker when it was written) keeps the generation that shows it, so it stays reported
+    /// and kept across vacuums, with its part.
+    #[test]
+    fn a_skipped_commit_keeps_its_witness_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let name = root.to_str().unwrap();
+        write(name, "w0", &[rows(&[1], "a", &[[0, 0, 0]])]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        // Generation 1 is 20 days old. An earlier pocaduck reusing worker id w0 after its
+        // directory was deleted wrote commit 1 again 15 days ago (here: w0's commit, rewritten).
+        age(root, 20);
+        let commit = root.join("workers/w0/commits/0000000001.parquet");
+        let bytes = std::fs::read(&commit).unwrap();
+        std::fs::remove_file(&commit).unwrap();
+        std::fs::write(&commit, bytes).unwrap();
+        let t = std::time::SystemTime::now() - Duration::from_secs(15 * 86400);
+        let f = std::fs::File::options().write(true).open(&commit).unwrap();
+        f.set_modified(t).unwrap();
+        // Generation 2 (10 days ago) merges another worker.
+        write(name, "w1", &[rows(&[2], "b", &[[1, 0, 0]])]);
+        consolidate(&store, &JsonCodec).unwrap();
+        for (p, days) in [
+            ("workers/w1/commits/0000000001.parquet", 11),
+            ("index/0000000002.json", 10),
+        ] {
+            let t = std::time::SystemTime::now() - Duration::from_secs(days * 86400);
+            let f = std::fs::File::options()
+                .write(true)
+                .open(root.join(p))
+                .unwrap();
+            f.set_modified(t).unwrap();
+        }
+        let skipped = |s: &Store| crate::stats::stats(s, &JsonCodec).unwrap().skipped_commits;
+        assert_eq!(skipped(&store), 1);
+        for _ in 0..2 {
+            let r = vacuum(&store, &JsonCodec, &VacuumOptions::default()).unwrap();
+            // Generation 1 (superseded 10 days ago) is kept as the witness.
+            assert_eq!(
+                (r.of("generation").files, r.generations_retained),
+                (0, 2),
+                "{r:?}"
+            );
+            assert_eq!(r.of("commit").files, 0, "{r:?}");
+            assert!(commit.exists());
+            assert_eq!(skipped(&store), 1);
+        }
     }
 
     #[test]
