@@ -220,9 +220,11 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
         }
     }
     // 3. Commits. Pending and skipped ones are kept with every part they name. Merged ones are
-    // history (their live entries are in the index): older than the retention they go, except
-    // each worker's highest, which keeps any writer's numbering above the merged commits (this
-    // release numbers after the index too, earlier ones only after the commits on storage).
+    // history (their live entries are in the index): older than the retention they go. A writer
+    // numbers its commits after the newest generation's record of its worker and after its
+    // commits on storage; a format-1 generation gives it no record, so while the newest is one,
+    // each worker's highest commit stays (it keeps the numbering above the merged ones).
+    let newest_legacy = gens.last().is_some_and(|g| g.legacy);
     let mut highest: HashMap<&str, u64> = HashMap::new();
     for m in &commits {
         let path = m.location.as_ref();
@@ -237,7 +239,7 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
         let seq = layout::parse_commit_seq(&m.location).unwrap_or(0);
         let done = merged.get(worker).copied().unwrap_or(0);
         if seq <= done && !skipped.contains(path) {
-            if ms(m) < cutoff && highest.get(worker) != Some(&seq) {
+            if ms(m) < cutoff && !(newest_legacy && highest.get(worker) == Some(&seq)) {
                 doomed[1].push(Doomed {
                     path: m.location.clone(),
                     bytes: m.size,
@@ -527,14 +529,13 @@ mod tests {
         assert_eq!(r.generations_retained, 1);
         let after = files(root);
         let gone: Vec<&String> = before.iter().filter(|p| !after.contains(p)).collect();
-        // Manifests 1-3 go, 4 stays; every commit was merged: all go but each worker's highest
-        // (w1's second, w2's, w3's); parts as stats counted them.
+        // Manifests 1-3 go, 4 stays; every commit was merged, so all 4 go; parts as stats
+        // counted them.
         assert_eq!(r.of("generation").files, 3);
         assert_eq!(count(&after, |p| p.starts_with("index/")), 1);
         assert_eq!(count(&before, |p| p.contains("/commits/")), 4);
-        assert_eq!(r.of("commit").files, 1);
-        assert!(!after.contains(&"workers/w1/commits/0000000001.parquet".to_string()));
-        assert!(after.contains(&"workers/w1/commits/0000000002.parquet".to_string()));
+        assert_eq!(r.of("commit").files, 4);
+        assert_eq!(count(&after, |p| p.contains("/commits/")), 0);
         assert_eq!(r.of("part").files, s.unreferenced_files);
         assert_eq!(r.of("part").bytes, s.unreferenced_bytes);
         assert_eq!(r.of("staging").files, 1);
@@ -601,15 +602,18 @@ mod tests {
         let r = vacuum(&store, &JsonCodec, &VacuumOptions::default()).unwrap();
         assert_eq!(r.generations_retained, 2);
         assert_eq!(r.of("generation").files, 0);
-        // Generation 1's part is still referenced by retained generation 1; of w1's merged
-        // commits (old) the first goes, the highest stays.
+        // Generation 1's part is still referenced by retained generation 1; w1's merged
+        // commits (old) go.
         assert_eq!(r.of("part").files, 0);
-        assert_eq!(r.of("commit").files, 1);
+        assert_eq!(r.of("commit").files, 2);
         let after = files(root);
         assert!(after.contains(&part), "pending commit's part deleted");
         assert!(after.iter().any(|p| p.starts_with("workers/w2/commits/")));
         assert_eq!(count(&after, |p| p.starts_with("workers/w3/")), 2);
-        assert_eq!(before.len() - after.len(), 1);
+        assert_eq!(before.len() - after.len(), 2);
+        // A new commit of w1 is numbered after the merged ones, and merged.
+        write(name, "w1", &[rows(&[5], "e", &[[5, 5, 5]])]);
+        assert!(root.join("workers/w1/commits/0000000003.parquet").exists());
         // Once generation 2 is old too, generation 1 and w1's first part go; w2 is merged.
         consolidate(&store, &JsonCodec).unwrap();
         age(root, 10);
@@ -692,7 +696,7 @@ mod tests {
         }
         let skipped = |s: &Store| crate::stats::stats(s, &JsonCodec).unwrap().skipped_commits;
         assert_eq!(skipped(&store), 1);
-        for _ in 0..2 {
+        for merged_commits in [1, 0] {
             let r = vacuum(&store, &JsonCodec, &VacuumOptions::default()).unwrap();
             // Generation 1 (superseded 10 days ago) is kept as the witness.
             assert_eq!(
@@ -700,7 +704,8 @@ mod tests {
                 (0, 2),
                 "{r:?}"
             );
-            assert_eq!(r.of("commit").files, 0, "{r:?}");
+            // w1's merged commit goes (the first time); the skipped one stays.
+            assert_eq!(r.of("commit").files, merged_commits, "{r:?}");
             assert!(commit.exists());
             assert_eq!(skipped(&store), 1);
         }
