@@ -63,10 +63,7 @@ pub fn check(store: &Store, codec: &dyn IndexCodec) -> Result<CheckReport> {
     };
     let latest = log::latest(store)?;
     if schema.is_none() && latest.is_none() && r.problems.is_empty() {
-        return Err(Error::store(
-            &store.name,
-            "is not a pocaduck store (no _pocaduck.json and no index)",
-        ));
+        return Err(crate::writer::not_a_store(store));
     }
     let existing: HashSet<String> = store
         .list(&layout::workers_dir())?
@@ -79,16 +76,11 @@ pub fn check(store: &Store, codec: &dyn IndexCodec) -> Result<CheckReport> {
         r.generation = g.generation;
         log::load(store, &g, codec).map_err(|e| problem(g.meta.location.as_ref(), &e))
     });
-    let merged: HashMap<String, u64> = match &gen {
-        Some(Ok(x)) => x
-            .manifest
-            .workers
-            .iter()
-            .map(|w| (w.worker.clone(), w.last_commit))
-            .collect(),
-        _ => HashMap::new(),
+    let merged = match &gen {
+        Some(Ok(x)) => Some(&x.manifest),
+        _ => None,
     };
-    check_commits(store, &existing, &merged, &mut r);
+    check_commits(store, &existing, merged, &mut r);
     check_skipped(store, codec, &mut r)?;
     // The index and what it references.
     let gen = match gen {
@@ -111,14 +103,12 @@ pub fn check(store: &Store, codec: &dyn IndexCodec) -> Result<CheckReport> {
 fn check_commits(
     store: &Store,
     existing: &HashSet<String>,
-    merged: &HashMap<String, u64>,
+    merged: Option<&log::Manifest>,
     r: &mut CheckReport,
 ) {
     let mut commit_files: Vec<&String> = existing
         .iter()
-        .filter(|p| {
-            p.contains("/commits/") && layout::parse_commit_seq(&p.as_str().into()).is_some()
-        })
+        .filter(|p| layout::parse_commit_file(p).is_some())
         .collect();
     commit_files.sort();
     for f in commit_files {
@@ -148,12 +138,12 @@ fn check_commits(
     }
 }
 
-/// Whether commit segment `path` (`workers/<w>/commits/<seq>.parquet`) is numbered at or below
-/// what the index merged of its worker.
-fn is_merged(path: &str, merged: &HashMap<String, u64>) -> bool {
-    let worker = path.split('/').nth(1).unwrap_or_default();
-    let seq = layout::parse_commit_seq(&path.into()).unwrap_or(u64::MAX);
-    merged.get(worker).is_some_and(|&done| seq <= done)
+/// Whether commit segment `path` is numbered at or below what the index `merged` of its worker.
+fn is_merged(path: &str, merged: Option<&log::Manifest>) -> bool {
+    let (Some((worker, seq)), Some(m)) = (layout::parse_commit_file(path), merged) else {
+        return false;
+    };
+    seq <= m.last_commit(worker)
 }
 
 /// Commits that consolidate will never merge ([`log::skipped_commits`]).

@@ -45,6 +45,18 @@ pub fn parse_commit_seq(p: &Path) -> Option<u64> {
     p.filename()?.strip_suffix(".parquet")?.parse().ok()
 }
 
+/// The worker and sequence number of a commit segment path (`workers/<w>/commits/<seq>.parquet`);
+/// `None` for any other path.
+pub fn parse_commit_file(path: &str) -> Option<(&str, u64)> {
+    let mut it = path.split('/');
+    let (Some("workers"), Some(worker), Some("commits"), Some(file), None) =
+        (it.next(), it.next(), it.next(), it.next(), it.next())
+    else {
+        return None;
+    };
+    Some((worker, file.strip_suffix(".parquet")?.parse().ok()?))
+}
+
 /// Directory of the parts written by `pocaduck_optimize`.
 pub fn optimized_dir() -> Path {
     Path::from("optimized")
@@ -118,6 +130,16 @@ mod tests {
         assert_eq!(parse_index_gen(&index_file(7)), Some(7));
         assert_eq!(index_file(7).as_ref(), "index/0000000007.duckdb");
         assert_eq!(parse_index_gen(&Path::from("index/tmp.duckdb")), None);
+        let c = commit_file("w-1", 42);
+        assert_eq!(parse_commit_file(c.as_ref()), Some(("w-1", 42)));
+        for other in [
+            "workers/w/parts/1-2-000001.parquet",
+            "workers/w/commits/x.parquet",
+            "workers/w/commits/1.json",
+            "a/workers/w/commits/1.parquet",
+        ] {
+            assert_eq!(parse_commit_file(other), None, "{other}");
+        }
     }
 
     #[test]

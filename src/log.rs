@@ -335,13 +335,8 @@ pub fn skipped_commits(
     let mut manifests: std::collections::HashMap<usize, Manifest> = Default::default();
     let mut out = Vec::new();
     for c in commits {
-        let Some(seq) = layout::parse_commit_seq(&c.location) else {
-            continue;
-        };
         let path = c.location.as_ref();
-        let mut it = path.split('/');
-        let (Some("workers"), Some(worker), Some("commits")) = (it.next(), it.next(), it.next())
-        else {
+        let Some((worker, seq)) = layout::parse_commit_file(path) else {
             continue;
         };
         // The newest generation published strictly before the commit was created.

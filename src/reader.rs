@@ -134,15 +134,14 @@ fn cache() -> &'static IndexCache {
 }
 
 fn no_index(store: &Store) -> Result<Error> {
-    let msg = if crate::writer::read_schema(store)?.is_some() {
+    crate::writer::require_store(store, false)?;
+    Ok(Error::store(
+        &store.name,
         format!(
             "has no unified index yet: commit the workers' writes, then run pocaduck_consolidate('{}')",
             store.name
-        )
-    } else {
-        "is not a pocaduck store (no _pocaduck.json and no index)".to_string()
-    };
-    Ok(Error::store(&store.name, msg))
+        ),
+    ))
 }
 
 /// How old a process's view of an index may be when `SET pocaduck_max_staleness` is `'auto'`:

@@ -67,15 +67,10 @@ pub fn stats_at(store: &Store, codec: &dyn IndexCodec, at: Option<u64>) -> Resul
             )
         })?),
     };
-    if crate::writer::read_schema(store)?.is_none() && latest.is_none() {
-        return Err(Error::store(
-            &store.name,
-            "is not a pocaduck store (no _pocaduck.json and no index)",
-        ));
-    }
+    crate::writer::require_store(store, latest.is_some())?;
     let mut s = StoreStats::default();
     let mut referenced: HashSet<String> = HashSet::new();
-    let mut merged: Vec<(String, u64)> = Vec::new();
+    let mut merged: Option<log::Manifest> = None;
     if let Some(g) = latest {
         let gen = log::load(store, &g, codec)?;
         let m = &gen.manifest;
@@ -87,11 +82,7 @@ pub fn stats_at(store: &Store, codec: &dyn IndexCodec, at: Option<u64>) -> Resul
         s.segments = files.len() as u64;
         s.workers = m.workers.len() as u64;
         s.commits = m.workers.iter().map(|w| w.last_commit).sum();
-        merged = m
-            .workers
-            .iter()
-            .map(|w| (w.worker.clone(), w.last_commit))
-            .collect();
+        merged = Some(m.clone());
         let f = scan(store, gen)?;
         (s.labels, s.points, s.entries, s.fragmented_labels) =
             (f.labels, f.points, f.entries, f.fragmented_labels);
@@ -107,16 +98,8 @@ pub fn stats_at(store: &Store, codec: &dyn IndexCodec, at: Option<u64>) -> Resul
     s.skipped_commits = log::skipped_commits(store, codec, &commits)?.len() as u64;
     for m in files {
         let path = m.location.as_ref();
-        if let Some(seq) =
-            layout::parse_commit_seq(&m.location).filter(|_| path.contains("/commits/"))
-        {
-            let worker = path.split('/').nth(1).unwrap_or_default();
-            let done = merged
-                .iter()
-                .find(|w| w.0 == worker)
-                .map(|w| w.1)
-                .unwrap_or(0);
-            if seq > done {
+        if let Some((worker, seq)) = layout::parse_commit_file(path) {
+            if seq > merged.as_ref().map_or(0, |x| x.last_commit(worker)) {
                 s.pending_commits += 1;
             }
         } else if path.ends_with(".parquet") {
@@ -227,12 +210,7 @@ pub struct GenerationStats {
 /// scanned whole: time is proportional to generations × entries.
 pub fn generations(store: &Store, codec: &dyn IndexCodec) -> Result<Vec<GenerationStats>> {
     let gens = log::all(store)?;
-    if gens.is_empty() && crate::writer::read_schema(store)?.is_none() {
-        return Err(Error::store(
-            &store.name,
-            "is not a pocaduck store (no _pocaduck.json and no index)",
-        ));
-    }
+    crate::writer::require_store(store, !gens.is_empty())?;
     let mut sizes: std::collections::HashMap<String, u64> = Default::default();
     for m in store
         .list(&layout::workers_dir())?
@@ -262,37 +240,35 @@ fn generation_stats(
     g: &log::GenerationFile,
     sizes: &std::collections::HashMap<String, u64>,
 ) -> Result<GenerationStats> {
-    {
-        let gen = log::load(store, g, codec)?;
-        let m = &gen.manifest;
-        let mut files: Vec<(&str, u64)> = m
-            .segments
-            .iter()
-            .map(|r| (r.file.as_str(), r.bytes))
-            .collect();
-        files.sort_unstable();
-        files.dedup();
-        let index_bytes = g.meta.size + files.iter().map(|f| f.1).sum::<u64>();
-        let created_ms = match g.legacy {
-            true => g.meta.last_modified.timestamp_millis(),
-            false => m.created_ms as i64,
-        };
-        let (format, commits) = (
-            if g.legacy { 1 } else { 2 },
-            m.workers.iter().map(|w| w.last_commit).sum(),
-        );
-        let f = scan(store, gen)?;
-        Ok(GenerationStats {
-            generation: g.generation,
-            created_ms,
-            format,
-            commits,
-            labels: f.labels,
-            points: f.points,
-            entries: f.entries,
-            bytes: index_bytes + f.parts.iter().filter_map(|p| sizes.get(p)).sum::<u64>(),
-        })
-    }
+    let gen = log::load(store, g, codec)?;
+    let m = &gen.manifest;
+    let mut files: Vec<(&str, u64)> = m
+        .segments
+        .iter()
+        .map(|r| (r.file.as_str(), r.bytes))
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    let index_bytes = g.meta.size + files.iter().map(|f| f.1).sum::<u64>();
+    let created_ms = match g.legacy {
+        true => g.meta.last_modified.timestamp_millis(),
+        false => m.created_ms as i64,
+    };
+    let (format, commits) = (
+        if g.legacy { 1 } else { 2 },
+        m.workers.iter().map(|w| w.last_commit).sum(),
+    );
+    let f = scan(store, gen)?;
+    Ok(GenerationStats {
+        generation: g.generation,
+        created_ms,
+        format,
+        commits,
+        labels: f.labels,
+        points: f.points,
+        entries: f.entries,
+        bytes: index_bytes + f.parts.iter().filter_map(|p| sizes.get(p)).sum::<u64>(),
+    })
 }
 
 #[cfg(test)]

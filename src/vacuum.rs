@@ -141,12 +141,7 @@ fn is_staging(name: &str) -> bool {
 /// Vacuums `store` (see the module documentation).
 pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Result<VacuumReport> {
     opts.check()?;
-    if crate::writer::read_schema(store)?.is_none() && log::latest(store)?.is_none() {
-        return Err(Error::store(
-            &store.name,
-            "is not a pocaduck store (no _pocaduck.json and no index)",
-        ));
-    }
+    crate::writer::require_store(store, log::latest(store)?.is_some())?;
     // Times are the storage's: an object store's clock stamps its objects, so "now" is read
     // from it too (a client clock ahead of the store's would otherwise shorten the retention).
     let now = storage_now(store)?;
@@ -158,8 +153,7 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
     files.extend(store.list(&layout::segments_dir())?);
     let commits: Vec<object_store::ObjectMeta> = files
         .iter()
-        .filter(|m| m.location.as_ref().contains("/commits/"))
-        .filter(|m| layout::parse_commit_seq(&m.location).is_some())
+        .filter(|m| layout::parse_commit_file(m.location.as_ref()).is_some())
         .cloned()
         .collect();
     // Commits consolidate will never merge, and the generations that show it (kept with them:
@@ -174,7 +168,7 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
     let mut segments: HashSet<String> = HashSet::new();
     let mut scanned: HashSet<String> = HashSet::new();
     let mut parts: HashSet<String> = HashSet::new();
-    let mut merged: HashMap<String, u64> = HashMap::new();
+    let mut merged: Option<log::Manifest> = None;
     let mut retained_gens: HashSet<u64> = HashSet::new();
     for (i, g) in gens.iter().enumerate() {
         let newest = i + 1 == gens.len();
@@ -191,12 +185,7 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
         report.generations_retained += 1;
         let gen = log::load(store, g, codec)?;
         if newest {
-            merged = gen
-                .manifest
-                .workers
-                .iter()
-                .map(|w| (w.worker.clone(), w.last_commit))
-                .collect();
+            merged = Some(gen.manifest.clone());
         }
         match &gen.legacy {
             Some(entries) => parts.extend(entries.iter().map(|e| e.entry.part.clone())),
@@ -225,19 +214,19 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
     // commits on storage; a format-1 generation gives it no record, so while the newest is one,
     // each worker's highest commit stays (it keeps the numbering above the merged ones).
     let newest_legacy = gens.last().is_some_and(|g| g.legacy);
+    fn worker_seq(m: &object_store::ObjectMeta) -> (&str, u64) {
+        layout::parse_commit_file(m.location.as_ref()).unwrap_or_default()
+    }
     let mut highest: HashMap<&str, u64> = HashMap::new();
     for m in &commits {
-        let path = m.location.as_ref();
-        let worker = path.split('/').nth(1).unwrap_or_default();
-        let seq = layout::parse_commit_seq(&m.location).unwrap_or(0);
+        let (worker, seq) = worker_seq(m);
         let h = highest.entry(worker).or_insert(seq);
         *h = (*h).max(seq);
     }
     for m in &commits {
         let path = m.location.as_ref();
-        let worker = path.split('/').nth(1).unwrap_or_default();
-        let seq = layout::parse_commit_seq(&m.location).unwrap_or(0);
-        let done = merged.get(worker).copied().unwrap_or(0);
+        let (worker, seq) = worker_seq(m);
+        let done = merged.as_ref().map_or(0, |x| x.last_commit(worker));
         if seq <= done && !skipped.contains(path) {
             if ms(m) < cutoff && !(newest_legacy && highest.get(worker) == Some(&seq)) {
                 doomed[1].push(Doomed {
@@ -266,22 +255,24 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
             touch(path, ms(m));
         }
     }
+    // Local stores: staging files, with their size and modification time, listed once.
+    let mut staging: Vec<(std::path::PathBuf, u64, std::time::SystemTime)> = Vec::new();
     if let Some(root) = &store.local_dir {
         staging_files(root, &mut |p, md| {
-            let rel = p
-                .strip_prefix(root)
-                .unwrap_or(&p)
-                .to_string_lossy()
-                .to_string();
             let t = md
                 .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .unwrap_or_else(|_| std::time::SystemTime::now());
+            staging.push((p, md.len(), t));
+        });
+        for (p, _, t) in &staging {
+            let rel = p.strip_prefix(root).unwrap_or(p).to_string_lossy();
+            let ms = t
+                .duration_since(std::time::UNIX_EPOCH)
                 .map_or(i64::MAX, |d| d.as_millis() as i64);
             if let Some((base, _)) = rel.rsplit_once('#') {
-                touch(base, t);
+                touch(base, ms);
             }
-        });
+        }
     }
     for m in &files {
         let path = m.location.as_ref();
@@ -315,12 +306,10 @@ pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Re
         .unwrap_or(std::time::UNIX_EPOCH);
     // (Local files: this machine's clock stamps them.)
     let old = |md: &std::fs::Metadata| md.modified().is_ok_and(|t| t < cutoff_sys);
-    if let Some(root) = &store.local_dir {
-        staging_files(root, &mut |p, md| {
-            if old(md) {
-                local[0].push((p, md.len()));
-            }
-        });
+    for (p, len, t) in staging {
+        if t < cutoff_sys {
+            local[0].push((p, len));
+        }
     }
     let cache = crate::consolidate::index_cache_dir(store);
     if let Ok(rd) = std::fs::read_dir(&cache) {

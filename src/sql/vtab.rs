@@ -203,17 +203,13 @@ impl StoreArg {
 
     /// The store's current index generation, or the one this process saw within the
     /// connection's `pocaduck_max_staleness` (see [`reader::open_store`]), or the one the bind
-    /// just opened if nothing newer was published or seen in this process since.
+    /// just opened if nothing newer was published or seen in this process since. With
+    /// `generation := N`: that generation ([`reader::open_generation`]; the bind's, if it just
+    /// opened it).
     pub fn index(&self) -> Result<Arc<reader::LoadedIndex>> {
-        if let Some(g) = self.generation {
-            return reader::open_generation(
-                self.open(OpenMode::Existing)?,
-                &super::index_db::DuckDbCodec,
-                g,
-            );
-        }
         if let Some((index, published)) = self.at_bind.take() {
-            if reader::nothing_newer_here(&index, published) {
+            // A generation asked for by number stays what it is.
+            if self.generation.is_some() || reader::nothing_newer_here(&index, published) {
                 return Ok(index);
             }
         }
@@ -222,9 +218,6 @@ impl StoreArg {
 
     /// [`StoreArg::index`] at bind: the index is kept for the execution that follows.
     pub fn bind_index(&self) -> Result<Arc<reader::LoadedIndex>> {
-        if self.generation.is_some() {
-            return self.index();
-        }
         let at = std::time::Instant::now();
         let store = self.open(OpenMode::Existing)?;
         let published = crate::log::seen(&store).1;
@@ -234,6 +227,9 @@ impl StoreArg {
     }
 
     fn open_index(&self, store: Store) -> Result<Arc<reader::LoadedIndex>> {
+        if let Some(g) = self.generation {
+            return reader::open_generation(store, &super::index_db::DuckDbCodec, g);
+        }
         let staleness = self
             .max_staleness
             .unwrap_or_else(|| reader::default_max_staleness(&store));

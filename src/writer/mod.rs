@@ -568,6 +568,22 @@ impl Drop for Session {
     }
 }
 
+/// The error for a path that holds no pocaduck store.
+pub fn not_a_store(store: &Store) -> Error {
+    Error::store(
+        &store.name,
+        "is not a pocaduck store (no _pocaduck.json and no index)",
+    )
+}
+
+/// Refuses a store with neither an index (`has_index`) nor a schema.
+pub fn require_store(store: &Store, has_index: bool) -> Result<()> {
+    match has_index || read_schema(store)?.is_some() {
+        true => Ok(()),
+        false => Err(not_a_store(store)),
+    }
+}
+
 /// Reads the store schema, if the store has one.
 pub fn read_schema(store: &Store) -> Result<Option<StoreSchema>> {
     match store.get_opt(&layout::schema_file())? {
