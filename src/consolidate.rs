@@ -16,11 +16,12 @@
 use object_store::path::Path;
 
 use crate::error::{Error, Result};
-use crate::index::{decode_segment, IndexCodec, UnifiedEntry, UnifiedIndex, WorkerState};
+use crate::index::{decode_commit, IndexCodec, UnifiedEntry, UnifiedIndex, WorkerState};
 use crate::layout;
 use crate::log::{self, Manifest};
 use crate::segment::{supersede, IndexView, RunWriter, FANOUT};
 use crate::storage::Store;
+use crate::tombstone::{combine, BatchHides, CommitOrder, Hides, Tombstone};
 use crate::writer::read_schema;
 
 /// What consolidate did.
@@ -147,18 +148,27 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
         .filter_map(|p| p.filename().map(str::to_string))
         .collect();
     workers.sort();
+    // What the new commits hide: in each other (older commits of this call), and in the index.
+    let mut orders: Vec<CommitOrder> = Vec::new();
+    let mut new_order: Vec<u32> = Vec::new();
+    let mut batch = BatchHides::default();
+    let mut hides: Vec<Hides> = Vec::new();
     for w in workers {
         let done = m.last_commit(&w);
-        let mut seqs: Vec<u64> = store
+        let mut listed: Vec<(u64, i64)> = store
             .list(&layout::commits_dir(&w))?
             .iter()
-            .filter_map(|x| layout::parse_commit_seq(&x.location))
-            .filter(|s| *s > done)
+            .filter_map(|x| {
+                let seq = layout::parse_commit_seq(&x.location)?;
+                Some((seq, x.last_modified.timestamp_millis()))
+            })
+            .filter(|(s, _)| *s > done)
             .collect();
-        if seqs.is_empty() {
+        if listed.is_empty() {
             continue;
         }
-        seqs.sort_unstable();
+        listed.sort_unstable();
+        let seqs: Vec<u64> = listed.iter().map(|x| x.0).collect();
         let wi = match m.workers.iter().position(|x| x.worker == w) {
             Some(i) => i,
             None => {
@@ -169,10 +179,16 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
                 m.workers.len() - 1
             }
         };
-        for &seq in &seqs {
+        for &(seq, at) in &listed {
             let file = layout::commit_file(&w, seq);
             let bytes = store.get(&file)?;
-            for e in decode_segment(bytes, &store.name, file.as_ref())? {
+            let commit = decode_commit(bytes, &store.name, file.as_ref())?;
+            let order = (at, w.clone(), seq);
+            if let Some(h) = commit.hides {
+                batch.add(&order, &h);
+                hides.push(h);
+            }
+            for e in commit.entries {
                 summary.new_points += e.row_count;
                 new_parts.insert(e.part.clone());
                 new.push(UnifiedEntry {
@@ -180,7 +196,9 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
                     commit: seq,
                     entry: e,
                 });
+                new_order.push(orders.len() as u32);
             }
+            orders.push(order);
         }
         summary.new_commits += seqs.len() as u64;
         m.workers[wi].last_commit = seqs[seqs.len() - 1];
@@ -191,6 +209,18 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
         summary.workers = m.workers.len() as u64;
         summary.segments = m.segments.len() as u64;
         return Ok(summary);
+    }
+    if !batch.is_empty() {
+        // Entries of a commit that a newer commit of this call hides are never written.
+        let mut k = 0;
+        new.retain(|e| {
+            k += 1;
+            !batch.hides(
+                &orders[new_order[k - 1] as usize],
+                e.entry.label,
+                &e.entry.block,
+            )
+        });
     }
     summary.new_entries = new.len() as u64;
     summary.new_files = new_parts.len() as u64;
@@ -205,6 +235,13 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
         }
         let run = m.next_run;
         m.next_run += 1;
+        // The new commits' hides apply to every segment of a lower run (dropped at publication
+        // when there is none).
+        m.tombstones.extend(
+            combine(hides)
+                .into_iter()
+                .map(|hides| Tombstone { run, hides }),
+        );
         new.sort_by_key(|e| e.entry.label);
         let refs = write_run(store, &m, run, grouped(new), &mut written)?;
         m.segments.extend(refs);
@@ -645,7 +682,7 @@ pub(crate) mod tests {
                 last_commit: 1,
             });
             let f = layout::commit_file(&w, 1);
-            for e in decode_segment(store.get(&f).unwrap(), "s", "f").unwrap() {
+            for e in crate::index::decode_segment(store.get(&f).unwrap(), "s", "f").unwrap() {
                 u.entries.push(UnifiedEntry {
                     worker: (u.workers.len() - 1) as u32,
                     commit: 1,

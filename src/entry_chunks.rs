@@ -384,6 +384,7 @@ impl<'a> ChunkScan<'a> {
         let batches: Vec<_> = block_on(AssertUnwindSafe(stream.collect::<Vec<_>>()).catch_unwind())
             .map_err(|_| err(&"corrupt file: the Parquet decoder failed"))?;
         let (lo, hi) = (cur.lo, cur.hi);
+        let hide = view.hidden(r.run);
         let tag = (k as u64) << 40;
         for b in batches {
             let b = b.map_err(|e| err(&e))?;
@@ -424,8 +425,17 @@ impl<'a> ChunkScan<'a> {
             cols.push(Arc::new(UInt64Array::from_iter_values(
                 (0..b.num_rows() as u64).map(|i| tag | (src + i)),
             )));
-            let b =
+            let mut b =
                 RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| bad(&e.to_string()))?;
+            if let Some(h) = &hide {
+                if let Some(keep) = h.keep(u64s(&b, c::LABEL), b.column(c::BLOCK))? {
+                    b = arrow::compute::filter_record_batch(&b, &keep)
+                        .map_err(|e| bad(&e.to_string()))?;
+                    if b.num_rows() == 0 {
+                        continue;
+                    }
+                }
+            }
             let cur = &mut self.cursors[k];
             cur.buffered += b.num_rows();
             cur.buf.push_back(b);

@@ -191,8 +191,28 @@ pub fn encode_segment(
     Ok(Bytes::from(buf))
 }
 
-/// Decodes a commit segment. `file` is used in error messages.
+/// Commit-segment metadata key: the commit replaces every block it writes (`"true"`).
+pub const META_REPLACE_BLOCKS: &str = "pocaduck.replace_blocks";
+/// Commit-segment metadata key: what the commit hides ([`crate::tombstone::Hides`] as JSON).
+pub const META_HIDES: &str = "pocaduck.hides";
+
+/// A decoded commit segment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Commit {
+    /// Its entries.
+    pub entries: Vec<SegmentEntry>,
+    /// What it hides in earlier commits and generations: every block it writes when it was
+    /// written with `REPLACE_BLOCKS`, or what `pocaduck_delete` named.
+    pub hides: Option<crate::tombstone::Hides>,
+}
+
+/// Decodes a commit segment's entries. `file` is used in error messages.
 pub fn decode_segment(bytes: Bytes, store: &str, file: &str) -> Result<Vec<SegmentEntry>> {
+    Ok(decode_commit(bytes, store, file)?.entries)
+}
+
+/// Decodes a commit segment with what it hides. `file` is used in error messages.
+pub fn decode_commit(bytes: Bytes, store: &str, file: &str) -> Result<Commit> {
     // The Parquet decoder can panic on corrupt input: report it as this file's error.
     std::panic::catch_unwind(|| decode_segment_inner(bytes, store, file)).unwrap_or_else(|_| {
         Err(Error::file(
@@ -203,7 +223,7 @@ pub fn decode_segment(bytes: Bytes, store: &str, file: &str) -> Result<Vec<Segme
     })
 }
 
-fn decode_segment_inner(bytes: Bytes, store: &str, file: &str) -> Result<Vec<SegmentEntry>> {
+fn decode_segment_inner(bytes: Bytes, store: &str, file: &str) -> Result<Commit> {
     let bad = |e: &dyn std::fmt::Display| {
         Error::file(store, file, format!("corrupt commit segment: {e}"))
     };
@@ -216,6 +236,23 @@ fn decode_segment_inner(bytes: Bytes, store: &str, file: &str) -> Result<Vec<Seg
     };
     crate::footer::check_file_pages(&bytes, &md).map_err(|e| bad(&e))?;
     let meta = crate::footer::arrow_metadata(*md, Default::default()).map_err(|e| bad(&e))?;
+    let kv = |key: &str| -> Option<String> {
+        meta.metadata()
+            .file_metadata()
+            .key_value_metadata()?
+            .iter()
+            .find(|k| k.key == key)?
+            .value
+            .clone()
+    };
+    let replace = kv(META_REPLACE_BLOCKS).is_some_and(|v| v == "true");
+    let mut hides = match kv(META_HIDES) {
+        Some(v) => Some(
+            crate::tombstone::Hides::from_json(&v)
+                .map_err(|e| bad(&format!("{META_HIDES}: {e}")))?,
+        ),
+        None => None,
+    };
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta)
         .build()
         .map_err(|e| bad(&e))?;
@@ -261,7 +298,20 @@ fn decode_segment_inner(bytes: Bytes, store: &str, file: &str) -> Result<Vec<Seg
             });
         }
     }
-    Ok(out)
+    if replace && hides.is_none() {
+        let mut blocks: Vec<crate::tombstone::Block> =
+            out.iter().map(|e| (&e.block).into()).collect();
+        blocks.sort();
+        blocks.dedup();
+        hides = Some(crate::tombstone::Hides {
+            labels: None,
+            blocks: Some(blocks),
+        });
+    }
+    Ok(Commit {
+        entries: out,
+        hides,
+    })
 }
 
 /// A worker's state in the unified index.

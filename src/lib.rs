@@ -7,7 +7,8 @@
 //!   `entry_chunks`: index entries as columns, in label-range chunks (for optimize);
 //! - [`bounded`]: batches bounded by their string bytes (Arrow's 2 GiB per array);
 //! - [`writer`]: ingest sessions; [`part_sink`]: writing part files (for writer and optimize);
-//! - [`consolidate`]: building the unified index;
+//! - [`consolidate`]: building the unified index; [`tombstone`]: what re-scans and deletes hide;
+//!   [`delete`]: `pocaduck_delete`;
 //! - [`optimize`]: rewriting fragmented labels; [`reader`]: points, labels and blocks queries.
 //!
 //! [`sql`] adapts DuckDB callbacks to the core and holds all `unsafe` code: the crate denies
@@ -20,6 +21,7 @@ pub mod bounded;
 pub mod cache;
 pub mod check;
 pub mod consolidate;
+pub mod delete;
 pub(crate) mod entry_chunks;
 pub mod error;
 pub mod footer;
@@ -37,5 +39,6 @@ pub mod segment;
 pub mod sql;
 pub mod stats;
 pub mod storage;
+pub mod tombstone;
 pub mod vacuum;
 pub mod writer;

@@ -22,8 +22,12 @@ use crate::layout;
 use crate::schema::StoreSchema;
 use crate::storage::Store;
 
-/// Format version of generation manifests written by this release.
-pub const MANIFEST_FORMAT: u32 = 2;
+/// Newest format of generation manifests this release reads and writes: 3 when the manifest
+/// holds tombstones (older releases must refuse it rather than show hidden points), else 2.
+pub const MANIFEST_FORMAT: u32 = 3;
+
+/// Format of a manifest without tombstones (what the previous release reads).
+pub const MANIFEST_FORMAT_PLAIN: u32 = 2;
 
 /// One index segment file of a generation, restricted to the labels `lo ..= hi`.
 ///
@@ -68,6 +72,10 @@ pub struct Manifest {
     pub segments: Vec<SegmentRef>,
     /// Next run number to hand out.
     pub next_run: u64,
+    /// What re-scans and deletes hide in segments of lower runs (format 3; see
+    /// [`crate::tombstone`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tombstones: Vec<crate::tombstone::Tombstone>,
 }
 
 impl Manifest {
@@ -81,6 +89,7 @@ impl Manifest {
             workers: Vec::new(),
             segments: Vec::new(),
             next_run: 1,
+            tombstones: Vec::new(),
         }
     }
 
@@ -375,8 +384,15 @@ pub fn create(store: &Store, file: &Path, bytes: Bytes) -> Result<bool> {
 /// Publishes `m` as generation `m.generation` (create-if-absent). Losing the race is a
 /// [`Error::Conflict`] naming the generation.
 pub fn publish(store: &Store, m: &Manifest) -> Result<()> {
+    let mut m = m.clone();
+    crate::tombstone::Tombstones::gc(&mut m.tombstones, m.segments.iter().map(|r| r.run));
+    m.format = if m.tombstones.is_empty() {
+        MANIFEST_FORMAT_PLAIN
+    } else {
+        MANIFEST_FORMAT
+    };
     let bytes =
-        serde_json::to_vec(m).map_err(|e| Error::Internal(format!("manifest encode: {e}")))?;
+        serde_json::to_vec(&m).map_err(|e| Error::Internal(format!("manifest encode: {e}")))?;
     if create(store, &layout::manifest_file(m.generation), bytes.into())? {
         note(store, m.generation, true);
         return Ok(());

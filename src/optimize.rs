@@ -432,7 +432,10 @@ fn publish_rebased(
                 let unchanged = replaced
                     .iter()
                     .all(|f| coverage(&latest, f, lo, hi) == coverage(base, f, lo, hi));
-                if !unchanged || latest.format != log::MANIFEST_FORMAT {
+                // A tombstone published meanwhile may hide entries this run copied: its run is
+                // below the number the replacement gets, so it would not apply to them.
+                let new_hides = latest.tombstones.iter().any(|t| t.run >= base.next_run);
+                if !unchanged || new_hides || latest.format < log::MANIFEST_FORMAT_PLAIN {
                     return Err(Error::Conflict { store: s, msg });
                 }
                 on = latest;

@@ -38,6 +38,7 @@ use crate::index::{block_array, block_ids, SegmentEntry, UnifiedEntry, BBOX};
 use crate::log::{Manifest, SegmentRef};
 use crate::schema::ColumnType;
 use crate::storage::{block_on, Store};
+use crate::tombstone::{Filter, Tombstones};
 
 /// Format version of segment files written by this release.
 pub const SEGMENT_FORMAT: u32 = 2;
@@ -652,14 +653,17 @@ struct Read {
     groups: Vec<usize>,
     selection: Option<Vec<parquet::arrow::arrow_reader::RowSelector>>,
     with_bbox: bool,
+    /// Entries the generation's tombstones hide in this segment (dropped).
+    hide: Option<Arc<Filter>>,
 }
 
 impl Read {
-    fn groups(groups: Vec<usize>) -> Read {
+    fn groups(groups: Vec<usize>, hide: Option<Arc<Filter>>) -> Read {
         Read {
             groups,
             selection: None,
             with_bbox: true,
+            hide,
         }
     }
 }
@@ -682,6 +686,7 @@ async fn read_groups(
         Error::file(&store.name, r.file.as_str(), format!("index segment: {e}"))
     };
     let reader = store.parquet_reader(&Path::from(r.file.as_str()), Some(r.bytes));
+    let hide = read.hide;
     let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, f.meta.clone())
         .with_row_groups(read.groups)
         .with_batch_size(ROW_GROUP_ENTRIES);
@@ -704,6 +709,9 @@ async fn read_groups(
         let bad =
             |m: &str| Error::file(&store.name, &r.file, format!("corrupt index segment: {m}"));
         decode_entries(&b, ids, (lo, hi), &bad, &mut out)?;
+        if let Some(h) = &hide {
+            out.retain(|e| !h.hides(e.entry.label, &e.entry.block));
+        }
         if !each(out)? {
             break;
         }
@@ -722,6 +730,8 @@ pub struct IndexView {
     /// Whether segment footers may come from the process cache (`pocaduck_check` reads them
     /// afresh).
     cached: bool,
+    /// What the generation's tombstones hide, per run.
+    tombstones: Tombstones,
 }
 
 impl IndexView {
@@ -730,11 +740,17 @@ impl IndexView {
         let ids = worker_ids(&g.manifest);
         IndexView {
             store,
+            tombstones: Tombstones::new(&g.manifest.tombstones),
             manifest: g.manifest,
             ids,
             legacy: g.legacy,
             cached: true,
         }
+    }
+
+    /// What hides entries of segments of run `run` (`None`: nothing).
+    pub(crate) fn hidden(&self, run: u64) -> Option<Arc<Filter>> {
+        self.tombstones.filter(run)
     }
 
     /// Reads every segment footer afresh (for verification), refreshing the process cache.
@@ -850,6 +866,7 @@ impl IndexView {
             groups,
             selection: Some(selection),
             with_bbox,
+            hide: self.hidden(r.run),
         };
         read_groups(&self.store, r, &f, read, &self.ids, (lo, hi), |v| {
             out.extend(
@@ -933,7 +950,7 @@ impl Cursor {
                         &view.store,
                         r,
                         &f,
-                        Read::groups(vec![g]),
+                        Read::groups(vec![g], view.hidden(r.run)),
                         &view.ids,
                         (lo, hi),
                         |v| {

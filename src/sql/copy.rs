@@ -34,6 +34,7 @@ struct BindData {
     worker: String,
     attributes: Vec<String>,
     commit: bool,
+    replace_blocks: bool,
     opts: WriterOptions,
     types: Vec<DataType>,
     /// The connection's `SET pocaduck_storage_options`.
@@ -116,6 +117,7 @@ unsafe fn parse_options(
     let mut worker = None;
     let mut attributes = Vec::new();
     let mut commit = true;
+    let mut replace_blocks = false;
     // SAFETY: `info` is live (caller); ClientContext owns the returned context and destroys it.
     let ctx =
         ClientContext::new(unsafe { ffi::duckdb_copy_function_bind_get_client_context(info) });
@@ -155,20 +157,8 @@ unsafe fn parse_options(
             "ATTRIBUTES" => {
                 attributes = attribute_names(&v, "ATTRIBUTES")?;
             }
-            "COMMIT" => {
-                if v.is_null() {
-                    return Err(Error::arg("COMMIT", "must not be NULL (true or false)"));
-                }
-                commit = match v.logical_type_id() {
-                    LogicalTypeId::Boolean if !v.is_null() => v.to_bool(),
-                    LogicalTypeId::Varchar if !v.is_null() => match v.to_string().to_ascii_lowercase().as_str() {
-                        "true" | "1" => true,
-                        "false" | "0" => false,
-                        other => return Err(Error::arg("COMMIT", format!("must be true or false, got '{other}'"))),
-                    },
-                    _ => return Err(Error::arg("COMMIT", format!("must be true or false, got {}", shown(&v)))),
-                }
-            }
+            "COMMIT" => commit = copy_bool(&v, "COMMIT")?,
+            "REPLACE_BLOCKS" => replace_blocks = copy_bool(&v, "REPLACE_BLOCKS")?,
             "TARGET_FILE_SIZE" => {
                 opts.target_file_size = parse_size(&v, "TARGET_FILE_SIZE")?;
                 target_arg = "TARGET_FILE_SIZE";
@@ -182,7 +172,7 @@ unsafe fn parse_options(
             other => {
                 return Err(Error::arg(
                     other,
-                    "is not a pocaduck COPY option (options: WORKER, ATTRIBUTES, COMMIT, TARGET_FILE_SIZE, BUFFER_SIZE)",
+                    "is not a pocaduck COPY option (options: WORKER, ATTRIBUTES, COMMIT, REPLACE_BLOCKS, TARGET_FILE_SIZE, BUFFER_SIZE)",
                 ))
             }
         }
@@ -193,6 +183,12 @@ unsafe fn parse_options(
             "is required: COPY … TO '<store>' (FORMAT pocaduck, WORKER '<id>')",
         )
     })?;
+    if replace_blocks && !commit {
+        return Err(Error::arg(
+            "REPLACE_BLOCKS",
+            "needs COMMIT true: the blocks replaced are those of the statement's own commit",
+        ));
+    }
     opts.check_as(target_arg, buffer_arg)?;
     // SAFETY: `info` is live (caller).
     let ncols = unsafe { ffi::duckdb_copy_function_bind_get_column_count(info) } as usize;
@@ -244,6 +240,7 @@ unsafe fn parse_options(
         worker,
         attributes,
         commit,
+        replace_blocks,
         opts,
         types,
         storage,
@@ -268,6 +265,28 @@ unsafe extern "C" fn bind(info: ffi::duckdb_copy_function_bind_info) {
         },
         // SAFETY: `info` is live; DuckDB copies the message before the CString is dropped.
         Err(m) => unsafe { ffi::duckdb_copy_function_bind_set_error(info, c_string(&m).as_ptr()) },
+    }
+}
+
+/// A boolean COPY option: true/false (or their text, or 1/0).
+fn copy_bool(v: &Value, arg: &str) -> Result<bool> {
+    if v.is_null() {
+        return Err(Error::arg(arg, "must not be NULL (true or false)"));
+    }
+    match v.logical_type_id() {
+        LogicalTypeId::Boolean => Ok(v.to_bool()),
+        LogicalTypeId::Varchar => match v.to_string().to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            other => Err(Error::arg(
+                arg,
+                format!("must be true or false, got '{other}'"),
+            )),
+        },
+        _ => Err(Error::arg(
+            arg,
+            format!("must be true or false, got {}", shown(v)),
+        )),
     }
 }
 
@@ -327,6 +346,9 @@ unsafe extern "C" fn global_init(info: ffi::duckdb_copy_function_global_init_inf
             |s| {
                 s.check_attributes(&b.attributes, "ATTRIBUTES")?;
                 s.set_options(b.opts)?;
+                if b.replace_blocks {
+                    s.set_replace_blocks("REPLACE_BLOCKS")?;
+                }
                 s.check_input_types(&b.types)
             },
         )?;

@@ -24,6 +24,7 @@ pub mod args;
 pub mod copy;
 pub mod fn_check;
 pub mod fn_consolidate;
+pub mod fn_delete;
 pub mod fn_explain;
 pub mod fn_labels;
 pub mod fn_optimize;
@@ -257,7 +258,8 @@ unsafe fn register(
         table::<fn_stats::Generations>(con)?;
         table::<fn_explain::Explain>(con)?;
         table::<fn_check::Check>(con)?;
-        table::<fn_vacuum::Vacuum>(con)
+        table::<fn_vacuum::Vacuum>(con)?;
+        table::<fn_delete::Delete>(con)
     })()
     .map_err(|e| e.to_string())
 }

@@ -145,6 +145,8 @@ pub struct Session {
     stmt_start: StatementMark,
     /// A statement is writing into the session.
     in_statement: bool,
+    /// The commit replaces every block it writes (`REPLACE_BLOCKS`).
+    replace_blocks: bool,
 }
 
 /// The session's state when a statement began: what [`Session::rollback_statement`] restores.
@@ -160,7 +162,8 @@ struct StatementMark {
     points: u64,
 }
 
-pub(crate) fn new_session_id() -> String {
+/// A new session id: `<unix milliseconds>-<random hex>`.
+pub fn new_session_id() -> String {
     use std::hash::{BuildHasher, RandomState};
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -217,6 +220,7 @@ impl Session {
             parts_made: 0,
             stmt_start: StatementMark::default(),
             in_statement: false,
+            replace_blocks: false,
         })
     }
 
@@ -325,6 +329,23 @@ impl Session {
     /// fixed by a statement that wrote nothing).
     pub fn is_empty(&self) -> bool {
         self.points == 0 && self.encoder.is_none() && self.parts_done.is_empty()
+    }
+
+    /// Makes the next commit replace every block it writes: every earlier point of those blocks
+    /// (any label, any worker) is hidden once it is consolidated. Only for a session holding no
+    /// uncommitted rows yet, so that the blocks replaced are exactly those of the statement.
+    pub fn set_replace_blocks(&mut self, arg: &str) -> Result<()> {
+        if !self.is_empty() && !self.replace_blocks {
+            return Err(Error::arg(
+                arg,
+                format!(
+                    "worker '{}' has uncommitted rows written without it: commit them first (pocaduck_commit), or write them again with it",
+                    self.worker
+                ),
+            ));
+        }
+        self.replace_blocks = true;
+        Ok(())
     }
 
     /// Checks the column types of incoming rows (`label, block, x, y, z, attr…`) before any row
@@ -509,14 +530,14 @@ impl Session {
             .schema
             .as_ref()
             .ok_or_else(|| Error::Internal("no schema".into()))?;
-        let seg = encode_segment(
-            &self.entries,
-            schema.block_type(),
-            &[
-                ("pocaduck.session", self.id.clone()),
-                ("pocaduck.worker", self.worker.clone()),
-            ],
-        )?;
+        let mut meta = vec![
+            ("pocaduck.session", self.id.clone()),
+            ("pocaduck.worker", self.worker.clone()),
+        ];
+        if self.replace_blocks {
+            meta.push((crate::index::META_REPLACE_BLOCKS, "true".to_string()));
+        }
+        let seg = encode_segment(&self.entries, schema.block_type(), &meta)?;
         // After the commits on storage and after the last one merged: a worker id reused after
         // its directory was deleted must not write a commit numbered at or below one the index
         // already holds (consolidate would skip it).
