@@ -183,7 +183,7 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
             let file = layout::commit_file(&w, seq);
             let bytes = store.get(&file)?;
             let commit = decode_commit(bytes, &store.name, file.as_ref())?;
-            let order = (at, w.clone(), seq);
+            let order = (at, commit.committed_ms, w.clone(), seq);
             if let Some(h) = commit.hides {
                 batch.add(&order, &h);
                 hides.push(h);

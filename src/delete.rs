@@ -8,7 +8,7 @@
 //! nothing but writing the points again (a later commit of those labels or blocks is not hidden).
 
 use crate::error::{Error, Result};
-use crate::index::{encode_segment, META_HIDES};
+use crate::index::{encode_segment, META_COMMITTED_MS, META_HIDES};
 use crate::layout;
 use crate::schema::ColumnType;
 use crate::storage::Store;
@@ -95,6 +95,7 @@ pub fn delete(
             ("pocaduck.session", new_session_id()),
             ("pocaduck.worker", worker.to_string()),
             (META_HIDES, hides.to_json()),
+            (META_COMMITTED_MS, crate::log::now_ms().to_string()),
         ],
     )?;
     // Numbered like a writer's commit: after the commits on storage and the last one merged.

@@ -193,6 +193,8 @@ pub fn encode_segment(
 
 /// Commit-segment metadata key: the commit replaces every block it writes (`"true"`).
 pub const META_REPLACE_BLOCKS: &str = "pocaduck.replace_blocks";
+/// Commit-segment metadata key: the writer's clock when it committed (Unix milliseconds).
+pub const META_COMMITTED_MS: &str = "pocaduck.committed_ms";
 /// Commit-segment metadata key: what the commit hides ([`crate::tombstone::Hides`] as JSON).
 pub const META_HIDES: &str = "pocaduck.hides";
 
@@ -204,6 +206,8 @@ pub struct Commit {
     /// What it hides in earlier commits and generations: every block it writes when it was
     /// written with `REPLACE_BLOCKS`, or what `pocaduck_delete` named.
     pub hides: Option<crate::tombstone::Hides>,
+    /// The writer's clock when it committed (0: not recorded).
+    pub committed_ms: u64,
 }
 
 /// Decodes a commit segment's entries. `file` is used in error messages.
@@ -253,6 +257,9 @@ fn decode_segment_inner(bytes: Bytes, store: &str, file: &str) -> Result<Commit>
         ),
         None => None,
     };
+    let committed_ms = kv(META_COMMITTED_MS)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta)
         .build()
         .map_err(|e| bad(&e))?;
@@ -311,6 +318,7 @@ fn decode_segment_inner(bytes: Bytes, store: &str, file: &str) -> Result<Commit>
     Ok(Commit {
         entries: out,
         hides,
+        committed_ms,
     })
 }
 

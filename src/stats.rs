@@ -191,7 +191,8 @@ pub struct GenerationStats {
     /// When it was built (its manifest's `created_ms`; a format-1 generation: when its file was
     /// written), in milliseconds since the Unix epoch.
     pub created_ms: i64,
-    /// Index format: 2 (manifest and segments) or 1 (a DuckDB database, before 2026-11-29).
+    /// Index format: 3 (manifest with tombstones), 2 (manifest and segments) or 1 (a DuckDB
+    /// database, before 2026-11-29).
     pub format: u32,
     /// Commits merged (over all workers).
     pub commits: u64,
@@ -255,7 +256,7 @@ fn generation_stats(
         false => m.created_ms as i64,
     };
     let (format, commits) = (
-        if g.legacy { 1 } else { 2 },
+        if g.legacy { 1 } else { m.format },
         m.workers.iter().map(|w| w.last_commit).sum(),
     );
     let f = scan(store, gen)?;

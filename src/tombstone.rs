@@ -273,8 +273,10 @@ impl Tombstones {
     }
 }
 
-/// The order of commits merged in one consolidate: storage time, then worker, then sequence.
-pub type CommitOrder = (i64, String, u64);
+/// The order of commits merged in one consolidate: storage time (milliseconds; whole seconds on
+/// S3), then the writer's clock at the commit (`pocaduck.committed_ms`; 0 for commits written
+/// before it existed), then worker, then sequence.
+pub type CommitOrder = (i64, u64, String, u64);
 
 /// The hides of the commits one consolidate merges, to drop the entries of older commits of the
 /// same call: per block and per label, the newest hiding commit.
@@ -381,7 +383,7 @@ mod tests {
     #[test]
     fn batch_hides_follow_commit_order() {
         let mut b = BatchHides::default();
-        let at = |t: i64, w: &str, s: u64| (t, w.to_string(), s);
+        let at = |t: i64, w: &str, s: u64| (t, 0, w.to_string(), s);
         b.add(
             &at(10, "b", 1),
             &Hides {
@@ -395,6 +397,10 @@ mod tests {
         assert!(!b.hides(&at(10, "b", 1), 1, &x), "its own entries stay");
         assert!(!b.hides(&at(11, "a", 1), 1, &x));
         assert!(!b.hides(&at(9, "a", 1), 1, &BlockId::Str("y".into())));
+        // Same storage second: the writer's clock decides.
+        assert!(
+            b.hides(&(10, 0, "c".into(), 9), 1, &x) && !b.hides(&(10, 1, "a".into(), 1), 1, &x)
+        );
         let json = Hides {
             labels: Some(vec![3]),
             blocks: Some(vec![Block::Str("x".into()), Block::Int(4)]),

@@ -339,7 +339,7 @@ impl Session {
             return Err(Error::arg(
                 arg,
                 format!(
-                    "worker '{}' has uncommitted rows written without it: commit them first (pocaduck_commit), or write them again with it",
+                    "cannot be used while worker '{}' has uncommitted rows written without it: commit them first (pocaduck_commit)",
                     self.worker
                 ),
             ));
@@ -533,6 +533,10 @@ impl Session {
         let mut meta = vec![
             ("pocaduck.session", self.id.clone()),
             ("pocaduck.worker", self.worker.clone()),
+            (
+                crate::index::META_COMMITTED_MS,
+                crate::log::now_ms().to_string(),
+            ),
         ];
         if self.replace_blocks {
             meta.push((crate::index::META_REPLACE_BLOCKS, "true".to_string()));
