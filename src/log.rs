@@ -58,7 +58,8 @@ pub struct SegmentRef {
 /// A generation manifest (`index/<generation>.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Always [`MANIFEST_FORMAT`] when written by this release; readers refuse newer formats.
+    /// [`MANIFEST_FORMAT`] (3) when it holds tombstones, else [`MANIFEST_FORMAT_PLAIN`] (2);
+    /// readers refuse newer formats.
     pub format: u32,
     /// Generation number (1 for the first consolidate).
     pub generation: u64,
@@ -82,7 +83,7 @@ impl Manifest {
     /// An empty manifest of generation 0.
     pub fn empty(schema: StoreSchema) -> Manifest {
         Manifest {
-            format: MANIFEST_FORMAT,
+            format: MANIFEST_FORMAT_PLAIN,
             generation: 0,
             created_ms: 0,
             schema,

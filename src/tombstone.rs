@@ -397,10 +397,18 @@ mod tests {
         assert!(!b.hides(&at(10, "b", 1), 1, &x), "its own entries stay");
         assert!(!b.hides(&at(11, "a", 1), 1, &x));
         assert!(!b.hides(&at(9, "a", 1), 1, &BlockId::Str("y".into())));
-        // Same storage second: the writer's clock decides.
-        assert!(
-            b.hides(&(10, 0, "c".into(), 9), 1, &x) && !b.hides(&(10, 1, "a".into(), 1), 1, &x)
+        // Same storage time: the writer's clock decides, then the worker.
+        let y = BlockId::Str("y".into());
+        b.add(
+            &(20, 5, "m".into(), 1),
+            &Hides {
+                labels: None,
+                blocks: Some(vec![Block::Str("y".into())]),
+            },
         );
+        assert!(b.hides(&(20, 4, "z".into(), 9), 1, &y));
+        assert!(!b.hides(&(20, 6, "a".into(), 1), 1, &y));
+        assert!(b.hides(&(20, 5, "a".into(), 1), 1, &y));
         let json = Hides {
             labels: Some(vec![3]),
             blocks: Some(vec![Block::Str("x".into()), Block::Int(4)]),

@@ -1,7 +1,7 @@
 //! `COPY (SELECT label, block, x, y, z [, attr…] FROM …) TO '<store>' (FORMAT pocaduck, WORKER '<id>', …)`.
 //!
 //! Options (case-insensitive): `WORKER` (required), `ATTRIBUTES` (names of the columns after z, as
-//! a list or a comma-separated string), `COMMIT` (default true), `TARGET_FILE_SIZE`, `BUFFER_SIZE`
+//! a list or a comma-separated string), `COMMIT` (default true), `REPLACE_BLOCKS` (default false), `TARGET_FILE_SIZE`, `BUFFER_SIZE`
 //! (bytes, or strings like '64MB'; default from `SET pocaduck_target_file_size` /
 //! `SET pocaduck_buffer_size`).
 //!
