@@ -3,8 +3,9 @@
 #   1. cargo fmt --check, clippy -D warnings, cargo test (the core, plain Rust)
 #   2. SQL logic tests (test/sql) against DuckDB 1.5.6 and 2.0.0 (Python), again with every store in
 #      S3 (a local moto_server), and the DuckDB CLI 1.5.6
-#   3. pytest (test/python) with duckdb 1.5.6 and 2.0.0, S3 tests against moto_server and Azure
-#      tests against Azurite (both on loopback); the real-data end-to-end test with 1.5.6;
+#   3. pytest (test/python) with duckdb 1.5.6 and 2.0.0, S3 tests against moto_server, Azure tests
+#      against Azurite, GCS read tests against fake-gcs-server (all on loopback); the real-data
+#      end-to-end test with 1.5.6;
 #      a 20 s soak of 8 reader threads on an S3 store while other processes write, consolidate and
 #      optimize it (scripts/soak_s3_readers.py, duckdb 1.5.6)
 #   4. cargo fuzz on the segment and part readers, 60 s per target
@@ -38,9 +39,9 @@ print("\n".join(r[0] for r in con.execute(sys.argv[2]).fetchall()))
 ' "$POCADUCK_EXTENSION" "$functions")
 [ -n "$want" ] && [ "$out" = "$want" ] || { echo "CLI did not load pocaduck by name (want: $want)"; exit 1; }
 
-# test/python/test_s3.py starts its own S3 server, test/python/test_azure.py its own Azurite
-# (installed by scripts/setup.sh); this enables them.
-export POCADUCK_TEST_S3=1 POCADUCK_TEST_AZURE=1
+# test/python/test_s3.py starts its own S3 server, test_azure.py its own Azurite and test_gcs.py its
+# own fake-gcs-server (all installed by scripts/setup.sh); this enables them.
+export POCADUCK_TEST_S3=1 POCADUCK_TEST_AZURE=1 POCADUCK_TEST_GCS=1
 echo "== pytest: duckdb 1.5.6"
 .venv/py15/bin/python -m pytest -q -rs test/python
 echo "== soak: 8 reader threads of one process on an S3 store while other processes write, consolidate and optimize (20 s, duckdb 1.5.6)"
