@@ -2,7 +2,7 @@
 # The README's second command: runs every test. Exits non-zero if any fails.
 #   1. cargo fmt --check, clippy -D warnings, cargo test (the core, plain Rust)
 #   2. SQL logic tests (test/sql) against DuckDB 1.5.6 and 2.0.0 (Python), again with every store in
-#      S3 (a local moto_server), and the DuckDB CLI 1.5.6
+#      S3 (a local moto_server) and in Azure (a local Azurite), and the DuckDB CLI 1.5.6
 #   3. pytest (test/python) with duckdb 1.5.6 and 2.0.0, S3 tests against moto_server, Azure tests
 #      against Azurite, GCS read tests against fake-gcs-server (all on loopback); the real-data
 #      end-to-end test with 1.5.6;
@@ -26,6 +26,8 @@ echo "== SQL logic tests: duckdb 2.0.0 (Python)"
 .venv/py20/bin/python scripts/sqllogictest.py test/sql
 echo "== SQL logic tests with every store in S3 (moto_server on loopback), duckdb 1.5.6"
 .venv/py15/bin/python scripts/with_s3.py .venv/py15/bin/python scripts/sqllogictest.py --store-root s3://pocaduck-test/slt test/sql
+echo "== SQL logic tests with every store in Azure (Azurite on loopback), duckdb 1.5.6"
+.venv/py15/bin/python scripts/with_azure.py .venv/py15/bin/python scripts/sqllogictest.py --store-root az://pocaduck-test/slt test/sql
 echo "== LOAD pocaduck by name in the DuckDB CLI 1.5.6: the same functions as the built file"
 # (test/sql/extension/load.test lists the functions by name; no count is written down here)
 functions="SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_name LIKE 'pocaduck_%' ORDER BY 1"
@@ -46,8 +48,9 @@ echo "== pytest: duckdb 1.5.6"
 .venv/py15/bin/python -m pytest -q -rs test/python
 echo "== soak: 8 reader threads of one process on an S3 store while other processes write, consolidate and optimize (20 s, duckdb 1.5.6)"
 .venv/py15/bin/python scripts/soak_s3_readers.py --seconds 20
-echo "== pytest: duckdb 2.0.0 (the real-data and large-strings tests run once, above)"
-.venv/py20/bin/python -m pytest -q -rs test/python --ignore=test/python/test_real_data.py --ignore=test/python/test_large_strings.py
+echo "== pytest: duckdb 2.0.0 (the real-data, large-strings, Azure and GCS tests run once, above; the README test runs its Azure example here too)"
+.venv/py20/bin/python -m pytest -q -rs test/python --ignore=test/python/test_real_data.py --ignore=test/python/test_large_strings.py \
+  --ignore=test/python/test_azure.py --ignore=test/python/test_gcs.py
 echo "== fuzzing: cargo fuzz, 60 s per target"
 bash scripts/fuzz.sh 60
 echo "== all tests passed"
