@@ -115,7 +115,7 @@ def test_reads_same_as_local(gcs):
     assert len(gcs["want"][2]) == 3 * 800 + 2
     assert gcs["want"][-1][0][0] is True
     # Warm, optimized: a small label is one part, one GET for its index row group and one for
-    # its pages (suffix ranges serve the footers).
+    # its pages.
     con.execute("SET pocaduck_max_staleness = '1 hour'")
     con.execute(f"FROM pocaduck_points('{store}', 1)").fetchall()
     lists, gets, n, parts = con.execute(
