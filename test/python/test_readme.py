@@ -1,7 +1,8 @@
 """The README's examples work exactly as written.
 
 Every ```sql block runs, in order, in one connection (cwd: a fresh directory); the cloud recipe's
-blocks run against a local S3 server when POCADUCK_TEST_S3=1 (scripts/test.sh sets it). A ```sql block
+blocks run against a local S3 server when POCADUCK_TEST_S3=1, the Azure example's against Azurite
+when POCADUCK_TEST_AZURE=1 (scripts/test.sh sets both). A ```sql block
 followed directly by a ```text block must fail with that text as its error message. Every
 ```python block runs too, in one shared namespace (the first makes its own connection).
 """
@@ -9,6 +10,7 @@ import re
 
 import pytest
 
+import azurite
 import s3server
 from conftest import REPO, connect
 
@@ -20,7 +22,7 @@ def blocks():
     return [(m.group(1), m.group(2)) for m in BLOCK.finditer(text)]
 
 
-def test_readme_examples(tmp_path, monkeypatch):
+def test_readme_examples(tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     # The cloud recipe runs against a real local S3 server: the README's 127.0.0.1:5000 becomes
     # this server's port (its env variables are the README's).
@@ -29,6 +31,13 @@ def test_readme_examples(tmp_path, monkeypatch):
         s3 = s3server.S3Server()
         for k, v in s3.env.items():
             monkeypatch.setenv(k, v)
+    # The Azure example likewise against Azurite (its http://127.0.0.1:10000 becomes this one's).
+    az = None
+    if azurite.enabled():
+        az = azurite.Azurite()
+        request.addfinalizer(az.stop)  # also when an example fails
+        for k, v in az.env.items():
+            monkeypatch.setenv(k, v)
     con = connect()
     bs = blocks()
     if s3 is not None:
@@ -36,6 +45,10 @@ def test_readme_examples(tmp_path, monkeypatch):
     else:
         cloud = [i for i, (_, body) in enumerate(bs) if "s3://" in body or "boto3" in body]
         bs = [b for i, b in enumerate(bs) if i not in cloud]
+    if az is not None:
+        bs = [(lang, body.replace("http://127.0.0.1:10000", az.endpoint)) for lang, body in bs]
+    else:
+        bs = [(lang, body) for lang, body in bs if "az://" not in body.lower() and "azure.storage" not in body]
     ran = errors = 0
     namespace: dict = {}
     for i, (lang, body) in enumerate(bs):
@@ -57,4 +70,7 @@ def test_readme_examples(tmp_path, monkeypatch):
         # The cloud recipe really wrote to the bucket.
         assert any(k.startswith("seg1/index/") for k in s3.keys("connectome", "seg1/"))
         s3.stop()
+    if az is not None:
+        assert any(k.startswith("seg1/index/") for k in az.keys("connectome", "seg1/"))
+        az.stop()
     assert ran >= 20 and errors >= 9, (ran, errors)
