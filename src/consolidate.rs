@@ -179,11 +179,14 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
                 m.workers.len() - 1
             }
         };
+        // A worker's commits keep their sequence order even if the clocks say otherwise.
+        let mut floor = (i64::MIN, 0u64);
         for &(seq, at) in &listed {
             let file = layout::commit_file(&w, seq);
             let bytes = store.get(&file)?;
             let commit = decode_commit(bytes, &store.name, file.as_ref())?;
-            let order = (at, commit.committed_ms, w.clone(), seq);
+            floor = floor.max((at, commit.committed_ms));
+            let order = (floor.0, floor.1, w.clone(), seq);
             if let Some(h) = commit.hides {
                 batch.add(&order, &h);
                 hides.push(h);

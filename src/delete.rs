@@ -289,6 +289,18 @@ mod tests {
         assert_eq!((m.format, m.tombstones.len()), (2, 0));
         let stats = crate::stats::stats(&store, &JsonCodec).unwrap();
         assert_eq!(stats.points, now.len() as u64);
+
+        // A delete after an optimize (a consolidate that writes no segment, only a tombstone
+        // above the optimized run): the next optimize still applies it.
+        delete(&store, Some(vec![100]), None, DELETE_WORKER).unwrap();
+        consolidated(name);
+        now.retain(|p| p.0 != 100);
+        assert_eq!(visible(name, None), now);
+        assert_eq!(manifest(name).format, 3);
+        crate::optimize::optimize(&store, &JsonCodec, &opts).unwrap();
+        let m = manifest(name);
+        assert_eq!((m.format, m.tombstones.len()), (2, 0));
+        assert_eq!(visible(name, None), now);
     }
 
     #[test]

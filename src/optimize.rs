@@ -238,8 +238,12 @@ pub fn optimize(
         .iter()
         .filter(|r| r.lo <= hi && r.hi >= lo)
         .collect();
-    let one_run =
-        in_range.windows(2).all(|w| w[0].run == w[1].run) && in_range.iter().all(|r| r.optimized);
+    // A tombstone above the run hides entries the run still holds: they must go.
+    let one_run = in_range.windows(2).all(|w| w[0].run == w[1].run)
+        && in_range.iter().all(|r| r.optimized)
+        && in_range
+            .first()
+            .is_none_or(|r| idx.view.hidden(r.run).is_none());
     if one_run {
         let mut fragmented = false;
         let mut scan = ChunkScan::new(&idx.view, lo, hi, opts.chunk_entries)?;
@@ -1082,6 +1086,40 @@ pub(crate) mod tests {
         assert_eq!((b.generation, b.labels_rewritten), (4, 3));
         assert_eq!(read_all(name), expect);
         assert_eq!(contiguous_labels(name), (7, 7));
+    }
+
+    #[test]
+    fn a_file_clipped_into_two_ranges_counts_once_in_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        for (w, blk) in [("w1", 0u32), ("w2", 1)] {
+            let ls: Vec<u64> = (1..=6).collect();
+            let ps: Vec<[i32; 3]> = (1..=6).map(|l| pts(l, blk, 1, 0)[0]).collect();
+            write(name, w, &[rows(&ls, &format!("b{blk}"), &ps)]);
+        }
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        let opts = OptimizeOptions {
+            labels: Some((3, 4)),
+            ..small()
+        };
+        optimize(&store, &JsonCodec, &opts).unwrap();
+        let g = crate::log::latest(&store).unwrap().unwrap();
+        let m = crate::log::load(&store, &g, &JsonCodec).unwrap().manifest;
+        let mut files: Vec<&str> = m.segments.iter().map(|r| r.file.as_str()).collect();
+        assert_eq!(
+            files.len(),
+            3,
+            "the first file clipped around 3..=4, plus the new run"
+        );
+        files.sort_unstable();
+        files.dedup();
+        let on_disk: u64 = files
+            .iter()
+            .map(|f| std::fs::metadata(dir.path().join(f)).unwrap().len())
+            .sum();
+        let s = crate::stats::stats(&store, &JsonCodec).unwrap();
+        assert_eq!(s.index_bytes, g.meta.size + on_disk);
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub fn stats_at(store: &Store, codec: &dyn IndexCodec, at: Option<u64>) -> Resul
         let gen = log::load(store, &g, codec)?;
         let m = &gen.manifest;
         s.generation = g.generation;
-        s.index_bytes = g.meta.size + m.segments.iter().map(|r| r.bytes).sum::<u64>();
+        s.index_bytes = g.meta.size + segment_bytes(m);
         let mut files: Vec<&str> = m.segments.iter().map(|r| r.file.as_str()).collect();
         files.sort_unstable();
         files.dedup();
@@ -235,6 +235,19 @@ pub fn generations(store: &Store, codec: &dyn IndexCodec) -> Result<Vec<Generati
     Ok(out)
 }
 
+/// Bytes of a generation's segment files; a file clipped into several label ranges (by a
+/// label-range optimize) counts once.
+fn segment_bytes(m: &log::Manifest) -> u64 {
+    let mut files: Vec<(&str, u64)> = m
+        .segments
+        .iter()
+        .map(|r| (r.file.as_str(), r.bytes))
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    files.iter().map(|f| f.1).sum()
+}
+
 fn generation_stats(
     store: &Store,
     codec: &dyn IndexCodec,
@@ -243,14 +256,7 @@ fn generation_stats(
 ) -> Result<GenerationStats> {
     let gen = log::load(store, g, codec)?;
     let m = &gen.manifest;
-    let mut files: Vec<(&str, u64)> = m
-        .segments
-        .iter()
-        .map(|r| (r.file.as_str(), r.bytes))
-        .collect();
-    files.sort_unstable();
-    files.dedup();
-    let index_bytes = g.meta.size + files.iter().map(|f| f.1).sum::<u64>();
+    let index_bytes = g.meta.size + segment_bytes(m);
     let created_ms = match g.legacy {
         true => g.meta.last_modified.timestamp_millis(),
         false => m.created_ms as i64,

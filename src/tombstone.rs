@@ -162,7 +162,8 @@ impl BlockSet {
 pub struct Filter {
     labels: HashSet<u64>,
     blocks: BlockSet,
-    pairs: Vec<(HashSet<u64>, BlockSet)>,
+    /// Label-within-block hides: per label, the blocks it is hidden in.
+    pairs: HashMap<u64, BlockSet>,
 }
 
 impl Filter {
@@ -173,9 +174,10 @@ impl Filter {
                 (Some(l), None) => f.labels.extend(l.iter().copied()),
                 (None, Some(b)) => b.iter().for_each(|b| f.blocks.add(b)),
                 (Some(l), Some(b)) => {
-                    let mut s = BlockSet::default();
-                    b.iter().for_each(|b| s.add(b));
-                    f.pairs.push((l.iter().copied().collect(), s));
+                    for l in l {
+                        let s = f.pairs.entry(*l).or_default();
+                        b.iter().for_each(|b| s.add(b));
+                    }
                 }
                 (None, None) => {}
             }
@@ -187,10 +189,7 @@ impl Filter {
     pub fn hides(&self, label: u64, block: &BlockId) -> bool {
         self.labels.contains(&label)
             || self.blocks.has(block)
-            || self
-                .pairs
-                .iter()
-                .any(|(l, b)| l.contains(&label) && b.has(block))
+            || self.pairs.get(&label).is_some_and(|b| b.has(block))
     }
 
     /// The rows of (`labels`, `blocks`) columns to keep (`None`: all of them).
@@ -215,12 +214,10 @@ impl Filter {
             if in_set(&self.blocks)? {
                 return Ok(true);
             }
-            for (ls, bs) in &self.pairs {
-                if ls.contains(&l) && in_set(bs)? {
-                    return Ok(true);
-                }
+            match self.pairs.get(&l) {
+                Some(bs) => in_set(bs),
+                None => Ok(false),
             }
-            Ok(false)
         };
         let mut keep = Vec::with_capacity(labels.len());
         let mut any = false;
@@ -284,7 +281,8 @@ pub type CommitOrder = (i64, u64, String, u64);
 pub struct BatchHides {
     by_label: HashMap<u64, CommitOrder>,
     by_block: HashMap<BlockId, CommitOrder>,
-    pairs: Vec<(CommitOrder, HashSet<u64>, HashSet<BlockId>)>,
+    /// Label-within-block hides: per label and block, the newest hiding commit.
+    pairs: HashMap<u64, HashMap<BlockId, CommitOrder>>,
 }
 
 impl BatchHides {
@@ -310,11 +308,14 @@ impl BatchHides {
                         .or_insert_with(|| at.clone()),
                 )
             }),
-            (Some(l), Some(b)) => self.pairs.push((
-                at.clone(),
-                l.iter().copied().collect(),
-                b.iter().map(block_id).collect(),
-            )),
+            (Some(l), Some(b)) => {
+                for l in l {
+                    let per = self.pairs.entry(*l).or_default();
+                    for b in b {
+                        newer(per.entry(block_id(b)).or_insert_with(|| at.clone()));
+                    }
+                }
+            }
             (None, None) => {}
         }
     }
@@ -325,8 +326,9 @@ impl BatchHides {
             || self.by_block.get(block).is_some_and(|t| t > at)
             || self
                 .pairs
-                .iter()
-                .any(|(t, l, b)| t > at && l.contains(&label) && b.contains(block))
+                .get(&label)
+                .and_then(|b| b.get(block))
+                .is_some_and(|t| t > at)
     }
 
     /// Whether no commit of the batch hides anything.

@@ -251,10 +251,8 @@ impl Session {
         Ok(())
     }
 
-    /// Marks the start of a statement, for [`Session::rollback_statement`]. A worker takes one
-    /// writing statement at a time: a second one while another is running is refused, so that
-    /// neither can commit or roll back the other's rows.
-    pub fn begin_statement(&mut self) -> Result<()> {
+    /// Refuses a second statement while one is writing into the session.
+    pub fn check_free(&self) -> Result<()> {
         if self.in_statement {
             return Err(Error::Conflict {
                 store: self.store.name.clone(),
@@ -264,6 +262,14 @@ impl Session {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Marks the start of a statement, for [`Session::rollback_statement`]. A worker takes one
+    /// writing statement at a time: a second one while another is running is refused, so that
+    /// neither can commit or roll back the other's rows.
+    pub fn begin_statement(&mut self) -> Result<()> {
+        self.check_free()?;
         self.in_statement = true;
         self.stmt_start = StatementMark {
             buffered_batches: self.buffer.len(),
@@ -834,6 +840,26 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(end.commit.map(|c| (c.commit, c.points)), Some((1, 1)));
         assert!(lock_slot(&slot).is_none());
+    }
+
+    /// A statement refused because another one is writing the worker does not change that
+    /// statement's session: `REPLACE_BLOCKS` would otherwise mark the other statement's commit.
+    #[test]
+    fn a_refused_statement_leaves_the_running_ones_session_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let slot: Slot = Default::default();
+        let start = || session_at(name, "w1", WriterOptions::default());
+        let st = Statement::begin(slot.clone(), start, |_| Ok(())).unwrap();
+        let err = Statement::begin(slot.clone(), start, |s| {
+            s.set_replace_blocks("REPLACE_BLOCKS")
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("one writer at a time"), "{err}");
+        assert!(!lock_slot(&slot).as_ref().unwrap().replace_blocks);
+        drop(st);
     }
 
     /// A failed statement whose rows were partly encoded already (small buffer) rolls back its

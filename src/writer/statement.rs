@@ -129,7 +129,12 @@ impl<A: SlotAccess> Statement<A> {
             let s = slot
                 .as_mut()
                 .ok_or_else(|| Error::Internal("no session".into()))?;
-            let started = prepare(s).and_then(|_| s.begin_statement());
+            // Checked first: `prepare` may change the session (options, REPLACE_BLOCKS), which
+            // must not happen to another statement's session.
+            let started = s
+                .check_free()
+                .and_then(|_| prepare(s))
+                .and_then(|_| s.begin_statement());
             if let Err(e) = started {
                 if s.is_empty() && !s.in_statement() {
                     *slot = None;

@@ -5,8 +5,8 @@ Proofreading edits the volume: two labels are merged (every voxel of B becomes A
 are scanned again, by two workers, with COPY … (REPLACE_BLOCKS true); after consolidate every
 label's point and block counts, and the points of the edited labels and of others, must equal a
 fresh full scan of the edited volume (computed by pocaduck into a second store and checked against
-numpy). Then optimize must keep that, pocaduck_check must be clean, and a delete of a label must
-hide exactly it.
+numpy). Then optimize must keep that, pocaduck_check must be clean, a vacuum must leave no
+unreferenced file, and a delete of a label must hide exactly it.
 """
 import numpy as np
 import pyarrow as pa
@@ -115,6 +115,11 @@ def test_rescan_of_edited_blocks_matches_a_fresh_scan(tmp_path):
     got, _ = points(con, store, a)
     x, y, z = np.nonzero(edited == a)
     assert np.array_equal(got, np.sort(segdata.point_keys(x, y, z)))
+    assert con.execute(f"SELECT ok FROM pocaduck_check('{store}')").fetchone()[0]
+    # Vacuum (no retention) then deletes the parts only hidden or rewritten points used.
+    con.execute(f"FROM pocaduck_vacuum('{store}', retain := INTERVAL 0 SECONDS, force := true)").fetchall()
+    assert con.execute(f"SELECT unreferenced_files FROM pocaduck_stats('{store}')").fetchone()[0] == 0
+    assert labels_table(con, store) == want
     assert con.execute(f"SELECT ok FROM pocaduck_check('{store}')").fetchone()[0]
 
     # Deleting label D (the split-off part) hides exactly it.
