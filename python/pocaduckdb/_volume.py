@@ -10,17 +10,21 @@ is retried, or loses its worker process, because
   and between blocks when its buffer fills) never split a block;
 - a rerun of a task replaces what any earlier run of it committed, by one of two rules
   (`worker_ids=`):
-  - "task" (the default): the worker id is a function of the task's index
-    (`<worker_id>-t<index>`), so a rerun, on any process, writes the same (label, block)s again
-    under the same worker id, and pocaduck keeps a worker's latest commit of each (label, block).
-    It needs the same `block_shape` and `blocks_per_task` when a whole ingest is run again, and
-    relies on Dask never running two copies of one task at once (it reruns a task only once its
-    worker is gone or the task failed);
-  - "process": one worker id per Dask worker process (`<worker_id>-<host>-<pid>-<random>`), every
-    commit written with the COPY option `REPLACE_BLOCKS true`, which replaces every earlier point
-    of the blocks it writes, whatever worker wrote them. Needs an extension that knows the option.
-  Tasks of one process share its worker id; their commits take turns (a process-wide lock), as
-  pocaduck allows one writing statement per worker id at a time.
+  - "process" (the default): one worker id per Dask worker process
+    (`<worker_id>-<host>-<pid>-<random>`, never shared by two processes), every commit written
+    with the COPY option `REPLACE_BLOCKS true`: consolidate keeps, of each block, only the points
+    of the newest commit that wrote it, whatever worker wrote the older ones. A rerun on another
+    process, a second run of the whole ingest (with any `blocks_per_task`), even two runs of one
+    task at once: each block ends up with one commit's points. Tasks of one process share its
+    worker id; their commits take turns (a process-wide lock), as pocaduck allows one writing
+    statement per worker id at a time.
+  - "task": for an extension without REPLACE_BLOCKS. The worker id is a function of the task's
+    index (`<worker_id>-t<index>`), so a rerun, on any process, writes the same (label, block)s
+    again under the same worker id, and pocaduck keeps a worker's latest commit of each
+    (label, block). A whole ingest run again needs the same `block_shape` and
+    `blocks_per_task`; and Dask must never run two copies of one task at once (it reruns a task
+    once its worker is gone or the task failed; a worker cut off from the scheduler but still
+    running would break that).
 - results of finished tasks are collected and their futures released at once, so Dask never
   reruns a finished task when a worker holding its result dies (it would be harmless, just work).
 
@@ -48,10 +52,10 @@ import numpy as np
 
 from ._core import Ingestor, Query, Store, connect
 
-WORKER_IDS = ("task", "process")
-#: The Dask path's worker ids when `worker_ids` is not given. "process" needs an extension with
-#: the COPY option REPLACE_BLOCKS.
-DEFAULT_WORKER_IDS = "task"
+WORKER_IDS = ("process", "task")
+#: The Dask path's worker ids when `worker_ids` is not given ("process" needs an extension with
+#: the COPY option REPLACE_BLOCKS; "task" works with any).
+DEFAULT_WORKER_IDS = "process"
 _WORKER_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
@@ -246,6 +250,7 @@ def _ingest_dask(volume, store: Store, shape, bs, client, *, prefix: str, worker
 
     todo = list(range(len(batches)))[::-1]
     done: dict = {}
+    resubmitted = 0
     bar = _progress_bar(progress, len(blocks), "ingest_volume")
     try:
         while todo and len(active) < window:
@@ -257,6 +262,7 @@ def _ingest_dask(volume, store: Store, shape, bs, client, *, prefix: str, worker
                 bar.update(len(batches[i]))
             elif fut.status == "cancelled" and attempt < retries:
                 # Its scattered blocks went with a dead worker: send them again.
+                resubmitted += 1
                 launch(i, attempt + 1)
             else:
                 first, last = batches[i][0][0], batches[i][-1][0]
@@ -272,7 +278,7 @@ def _ingest_dask(volume, store: Store, shape, bs, client, *, prefix: str, worker
         if active:
             client.cancel([a[2] for a in active.values()])
     return {"blocks": sum(r["blocks"] for r in done.values()), "points": sum(r["points"] for r in done.values()),
-            "tasks": len(batches), "workers": sorted({r["worker"] for r in done.values()})}
+            "tasks": len(batches), "resubmitted": resubmitted, "workers": sorted({r["worker"] for r in done.values()})}
 
 
 def ingest_volume(volume, store: Store, block_shape: Sequence[int] = (64, 64, 64), client=None, *,
@@ -283,12 +289,13 @@ def ingest_volume(volume, store: Store, block_shape: Sequence[int] = (64, 64, 64
     """Scans a 3-D label array (axes x, y, z; anything that slices to numpy: numpy, memmap, zarr,
     tensorstore) block by block and writes every voxel of every label but `background` as a point
     (global x, y, z as INTEGER), block id as `block_ids` numbers them, then consolidates (unless
-    `consolidate=False`). Returns {'blocks' (non-empty ones), 'points', 'generation', …}.
+    `consolidate=False`). Returns {'blocks' (non-empty ones), 'points', 'generation', 'tasks',
+    'resubmitted' (tasks sent again because their scattered blocks were lost), 'workers' (ids)}.
 
     Without `client`: in this process, as worker `worker_id`, committing whenever `buffer_points`
     points are buffered and at the end. With `client` (a `dask.distributed.Client`): one task per
     `blocks_per_task` blocks on the cluster, each committing its blocks; worker ids per
-    `worker_ids` ("task" or "process", see the module doc; `worker_id` is their prefix); failed
+    `worker_ids` ("process" or "task", see the module doc; `worker_id` is their prefix); failed
     tasks are retried `retries` times; the store stays exact whatever fails. `extension`: the
     extension file every process loads (default: its $POCADUCK_EXTENSION, else LOAD pocaduck).
     Workers reach an object store with their own environment (AWS_* …). `progress`: a progress bar
@@ -329,7 +336,7 @@ def ingest_volume(volume, store: Store, block_shape: Sequence[int] = (64, 64, 64
                     n_blocks, n_points = n_blocks + nb, n_points + npts
                     bar.update(1)
             bar.close()
-            out = {"blocks": n_blocks, "points": n_points, "tasks": 0, "workers": [worker_id]}
+            out = {"blocks": n_blocks, "points": n_points, "tasks": 0, "resubmitted": 0, "workers": [worker_id]}
         else:
             out = _ingest_dask(volume, store, shape, bs, client, prefix=worker_id, worker_ids=worker_ids,
                                replace_blocks=replace_blocks, background=background, extension=extension,
