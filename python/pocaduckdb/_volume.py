@@ -158,17 +158,18 @@ class _MemmapRef:
         return np.ndarray(self.shape, self.dtype, buffer=raw, offset=self.offset, strides=self.strides)
 
 
-def _ingest_task(spec: dict, index: int, blocks: list, data) -> dict:
+def _ingest_task(spec: dict, worker: Optional[str], blocks: list, data) -> dict:
     """One Dask task: reads its blocks (`data`: the volume, a `_MemmapRef`, or the blocks' arrays
-    as a list), writes them and commits. Returns what it wrote."""
+    as a list), writes them as `worker` (None: this process's worker id) and commits. Returns
+    what it wrote."""
     if isinstance(data, _MemmapRef):
         data = data.open()
     arrays = data if isinstance(data, list) else (data[sl] for _, sl in blocks)
     con = _task_connection(spec["extension"])
-    if spec["worker_ids"] == "process":
+    if worker is None:
         worker, cls = _process_worker_id(spec["prefix"]), _SharedIdIngestor
     else:
-        worker, cls = spec["task_ids"][index], Ingestor
+        cls = Ingestor
     with cls(spec["store"], worker, connection=con, buffer_points=spec["buffer_points"],
              replace_blocks=spec["replace_blocks"]) as ing:
         n_blocks, n_points = _write_blocks(ing, blocks, arrays, spec["background"])
@@ -223,9 +224,8 @@ def _ingest_dask(volume, store: Store, shape, bs, client, *, prefix: str, worker
     width = len(str(len(batches) - 1))
     spec = {
         "store": os.fspath(store), "extension": os.fspath(extension) if extension is not None else None,
-        "worker_ids": worker_ids, "prefix": prefix, "replace_blocks": replace_blocks,
+        "prefix": prefix, "replace_blocks": replace_blocks,
         "background": background, "buffer_points": buffer_points,
-        "task_ids": [f"{prefix}-t{i:0{width}d}" for i in range(len(batches))] if worker_ids == "task" else None,
     }
     ref = _MemmapRef.of(volume)
     scatter = ref is None and isinstance(volume, np.ndarray)
@@ -243,7 +243,8 @@ def _ingest_dask(volume, store: Store, shape, bs, client, *, prefix: str, worker
             arrays = [np.ascontiguousarray(volume[sl]) for _, sl in batches[i]]
             held = client.scatter({f"pocaduckdb-blocks-{run}-{i}-{attempt}": arrays})
             data = next(iter(held.values()))
-        fut = client.submit(_ingest_task, spec, i, batches[i], data, key=f"pocaduckdb-ingest-{run}-{i}-{attempt}",
+        worker = f"{prefix}-t{i:0{width}d}" if worker_ids == "task" else None
+        fut = client.submit(_ingest_task, spec, worker, batches[i], data, key=f"pocaduckdb-ingest-{run}-{i}-{attempt}",
                             retries=retries, pure=False)
         active[fut.key] = (i, attempt, fut, held)
         queue.add(fut)
@@ -324,6 +325,8 @@ def ingest_volume(volume, store: Store, block_shape: Sequence[int] = (64, 64, 64
     if progress is None:
         progress = client is not None
     con = connection if connection is not None else connect(extension=extension)
+    if connection is None:
+        con.execute("SET enable_progress_bar = false")  # ours (`progress`) is enough
     try:
         if client is None:
             blocks = list(block_ids(shape, bs))
