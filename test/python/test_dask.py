@@ -217,7 +217,9 @@ def test_a_worker_process_killed_mid_ingest(tmp_path, seg, client, pc, worker_id
         deadline = time.time() + 120
         while commits(store) < 6 and time.time() < deadline:
             time.sleep(0.05)
-        busy = [a for a, keys in client.processing().items() if keys]
+        busy = []
+        while not busy and time.time() < deadline:
+            busy = [a for a, keys in client.processing().items() if keys]
         pid = client.run(os.getpid, workers=busy[:1])[busy[0]]
         killed.update(pid=pid, commits=commits(store))
         os.kill(pid, signal.SIGKILL)
