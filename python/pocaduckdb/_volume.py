@@ -25,8 +25,8 @@ is retried, or loses its worker process, because
     `blocks_per_task`; and Dask must never run two copies of one task at once (it reruns a task
     once its worker is gone or the task failed; a worker cut off from the scheduler but still
     running would break that).
-- results of finished tasks are collected and their futures released at once, so Dask never
-  reruns a finished task when a worker holding its result dies (it would be harmless, just work).
+- results of finished tasks are collected and their futures released at once, so Dask does not
+  rerun a finished task when a worker holding its result dies later (harmless, but work).
 
 How the volume reaches the tasks: an in-memory numpy array is cut on the client and each task's
 blocks are scattered to the cluster (so the volume crosses the network once and no worker holds
