@@ -13,11 +13,16 @@ query). For each of the first three:
   median / p95 latency; then pocaduck_optimize (timed) and the same pocaduck queries again.
 Prints a table with ratios and pass/fail against the targets of issue 3 and writes JSON.
 
+dask (issue 13): the real segmentation, written to a zarr array on disk, through the Python
+package's ingest_volume: in one process, and on a Dask LocalCluster of 1 and 2 worker processes
+(points/s including the voxel extraction), against the CLI demo's route (every voxel staged as
+Parquet, then 2 COPY processes; with and without the staging), and the time to consolidate.
+
 scale (issue 9): stores of 1 M and 10 M index entries, a label over 3,000 parts, a 30 M-point
 label, the real data's largest label, the 10 M-entry store in S3; see scripts/bench_scale.py.
 The default runs every workload but scale; `--workloads scale` runs it alone (~25 minutes).
 
-Usage: bench.py [--quick] [--out build/bench.json] [--workloads real,synth,synth_small,s3,scale]
+Usage: bench.py [--quick] [--out build/bench.json] [--workloads real,synth,synth_small,s3,scale,dask]
 """
 import argparse
 import json
@@ -263,10 +268,99 @@ def run_s3(table: pa.Table, n_queries: int, reps: int) -> dict:
     return res
 
 
+def consolidate_seconds(store) -> float:
+    import pocaduckdb
+
+    con = pocaduckdb.connect(extension=EXT)
+    t = time.perf_counter()
+    pocaduckdb.Query(store, connection=con).consolidate()
+    dt = time.perf_counter() - t
+    con.close()
+    return dt
+
+
+def run_dask() -> dict:
+    """The real segmentation through pocaduckdb.ingest_volume (every voxel of every label a point,
+    64^3 blocks, from a zarr array on the local disk): in this process, and on LocalClusters of 1
+    and 2 worker processes (1 thread each); the CLI demo's route beside it. Cluster start-up and
+    consolidate are timed apart from ingest."""
+    import pocaduckdb
+    import pyarrow.parquet as pq
+    import zarr
+    from distributed import Client, LocalCluster
+
+    wd = WORK / "dask"
+    shutil.rmtree(wd, ignore_errors=True)
+    wd.mkdir(parents=True)
+    vol = segdata.load_volume()
+    n = int(np.count_nonzero(vol))
+    t = time.perf_counter()
+    z = zarr.create_array(store=str(wd / "seg.zarr"), shape=vol.shape, chunks=(64, 64, 64), dtype=vol.dtype)
+    z[:] = vol
+    res = {"points": n, "zarr_write_s": time.perf_counter() - t}
+    print(f"\n== dask: {n:,} points (every labelled voxel of the 512^3 segmentation), 64^3 blocks; "
+          f"zarr written in {res['zarr_write_s']:.1f} s", flush=True)
+    # The CLI demo's route: extract every block's voxels and stage them as Parquet, one file per
+    # worker (blocks by id % 2), then one COPY process per file.
+    t = time.perf_counter()
+    staged = []
+    for w in range(2):
+        path = wd / f"in_w{w}.parquet"
+        writer = None
+        for blk in segdata.iter_blocks(vol, 64, w, 2):
+            tb = segdata.block_table(*blk)
+            writer = writer or pq.ParquetWriter(path, tb.schema, compression="none")
+            writer.write_table(tb)
+        writer.close()
+        staged.append(path)
+    stage_s = time.perf_counter() - t
+    copy_s, _ = ingest_pocaduck(staged, wd / "demo_store")
+    res["demo"] = {"stage_s": stage_s, "copy_s": copy_s, "consolidate_s": consolidate_seconds(wd / "demo_store"),
+                   "copy_pts_s": n / copy_s, "pts_s_incl_extraction": n / (stage_s + copy_s)}
+    del vol
+    src = zarr.open_array(str(wd / "seg.zarr"), mode="r")
+    t = time.perf_counter()
+    r = pocaduckdb.ingest_volume(src, wd / "local_store", (64, 64, 64), extension=EXT, consolidate=False)
+    dt = time.perf_counter() - t
+    assert r["points"] == n, r
+    res["local"] = {"ingest_s": dt, "pts_s": n / dt, "consolidate_s": consolidate_seconds(wd / "local_store")}
+    for k in (1, 2):
+        t = time.perf_counter()
+        with LocalCluster(n_workers=k, processes=True, threads_per_worker=1, dashboard_address=None) as cl, Client(cl) as c:
+            start_s = time.perf_counter() - t
+            t = time.perf_counter()
+            r = pocaduckdb.ingest_volume(src, wd / f"dask{k}_store", (64, 64, 64), c, extension=EXT,
+                                         consolidate=False, progress=False)
+            dt = time.perf_counter() - t
+        assert r["points"] == n, r
+        res[f"dask_{k}w"] = {"cluster_start_s": start_s, "ingest_s": dt, "pts_s": n / dt, "tasks": r["tasks"],
+                             "consolidate_s": consolidate_seconds(wd / f"dask{k}_store")}
+    for name, label in (("demo", "CLI demo route: COPY only (the demo's figure)"),
+                        ("demo", "CLI demo route: incl. extraction + Parquet staging"),
+                        ("local", "ingest_volume, no Dask (1 process)"),
+                        ("dask_1w", "ingest_volume, Dask, 1 worker process"),
+                        ("dask_2w", "ingest_volume, Dask, 2 worker processes")):
+        v = res[name]
+        rate = v["copy_pts_s"] if "COPY only" in label else v.get("pts_s", v.get("pts_s_incl_extraction"))
+        print(f"  {label:52s} {rate / 1e6:6.2f} M pts/s   consolidate {v['consolidate_s']:.2f} s", flush=True)
+    d1, d2 = res["dask_1w"]["pts_s"], res["dask_2w"]["pts_s"]
+    res["ratios"] = {
+        "dask_2w_over_1w": d2 / d1,
+        "dask_2w_over_demo_incl_extraction": d2 / res["demo"]["pts_s_incl_extraction"],
+        "dask_2w_over_demo_copy_only": d2 / res["demo"]["copy_pts_s"],
+        "dask_1w_over_local": d1 / res["local"]["pts_s"],
+    }
+    for k, v in res["ratios"].items():
+        print(f"  ratio {k:44s} {v:6.2f}")
+    print(f"  (demo staging {stage_s:.1f} s + COPY {copy_s:.1f} s; cluster start {res['dask_1w']['cluster_start_s']:.1f} s "
+          f"/ {res['dask_2w']['cluster_start_s']:.1f} s, not counted)", flush=True)
+    return res
+
+
 def targets(results: dict) -> list[tuple[str, float, str, bool]]:
     rows = []
     for name, r in results.items():
-        if name in ("s3", "scale"):
+        if name in ("s3", "scale", "dask"):
             continue
         ing = r["ingest"]
         ratio = ing["pocaduck_1w_pts_s"] / ing["plain_sorted_1file_pts_s"]
@@ -316,6 +410,9 @@ def main() -> None:
             sys.path.insert(0, str(REPO / "test" / "python"))
             print("\n== scale: the index and the read path at 10^7 entries (issue 9)", flush=True)
             results[w] = bench_scale.run(quick=a.quick)
+            continue
+        elif w == "dask":
+            results[w] = run_dask()
             continue
         elif w == "s3":
             print("\n== s3: synthetic 2 M points in a local S3 server (moto) vs the local disk", flush=True)

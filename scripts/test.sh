@@ -5,7 +5,8 @@
 #      S3 (a local moto_server) and in Azure (a local Azurite), and the DuckDB CLI 1.5.6
 #   3. pytest (test/python) with duckdb 1.5.6 and 2.0.0, S3 tests against moto_server, Azure tests
 #      against Azurite, GCS read tests against fake-gcs-server (all on loopback); the real-data
-#      end-to-end test with 1.5.6;
+#      end-to-end test and the Dask cluster tests (test_dask.py: the Python package, whatever the
+#      DuckDB) with 1.5.6;
 #      a 20 s soak of 8 reader threads on an S3 store while other processes write, consolidate and
 #      optimize it (scripts/soak_s3_readers.py, duckdb 1.5.6)
 #   4. cargo fuzz on the segment and part readers, 60 s per target
@@ -48,9 +49,9 @@ echo "== pytest: duckdb 1.5.6"
 .venv/py15/bin/python -m pytest -q -rs test/python
 echo "== soak: 8 reader threads of one process on an S3 store while other processes write, consolidate and optimize (20 s, duckdb 1.5.6)"
 .venv/py15/bin/python scripts/soak_s3_readers.py --seconds 20
-echo "== pytest: duckdb 2.0.0 (the real-data, large-strings, Azure and GCS tests run once, above; the README test runs its Azure example here too)"
+echo "== pytest: duckdb 2.0.0 (the real-data, large-strings, Azure, GCS and Dask tests run once, above; the README test runs its Azure example here too)"
 .venv/py20/bin/python -m pytest -q -rs test/python --ignore=test/python/test_real_data.py --ignore=test/python/test_large_strings.py \
-  --ignore=test/python/test_azure.py --ignore=test/python/test_gcs.py
+  --ignore=test/python/test_azure.py --ignore=test/python/test_gcs.py --ignore=test/python/test_dask.py
 echo "== fuzzing: cargo fuzz, 60 s per target"
 bash scripts/fuzz.sh 60
 echo "== all tests passed"

@@ -9,9 +9,10 @@ Import name `pocaduckdb` (PyPI's `pocaduck` is the original Python implementatio
   an exception).
 - `Query(store)`: `get_points(label | labels, bbox=None)` → ndarray, `get_labels()`,
   `get_blocks(label)`, `consolidate()`.
-- `ingest_volume(volume, store, block_shape)`: scans a 3-D label array blockwise and writes every
-  label's voxels.
+- `ingest_volume(volume, store, block_shape, client=None)`: scans a 3-D label array blockwise and
+  writes every label's voxels, in this process or as tasks on a Dask cluster (`client`).
 """
-from ._core import Ingestor, Query, connect, find_extension, ingest_volume
+from ._core import Ingestor, Query, connect, find_extension
+from ._volume import block_ids, block_points, ingest_volume
 
-__all__ = ["connect", "find_extension", "Ingestor", "Query", "ingest_volume"]
+__all__ = ["connect", "find_extension", "Ingestor", "Query", "ingest_volume", "block_ids", "block_points"]

@@ -1,9 +1,8 @@
-"""The package's implementation: connections, the ingestion and query objects, blockwise volume
-ingestion. Everything goes through pocaduck's SQL (COPY … (FORMAT pocaduck), pocaduck_labels,
+"""Connections and the ingestion and query objects (blockwise volume ingestion is `_volume`).
+Everything goes through pocaduck's SQL (COPY … (FORMAT pocaduck), pocaduck_labels,
 pocaduck_consolidate, pocaduck_points, …); data crosses as Arrow (writes) and numpy (reads)."""
 from __future__ import annotations
 
-import itertools
 import os
 import uuid
 from pathlib import Path
@@ -61,12 +60,16 @@ class Ingestor:
     `COPY … (FORMAT pocaduck, WORKER …)` as an Arrow table; each such flush is a commit (durable,
     visible after the next consolidate), so a buffer's worth of rows is the most an interruption
     loses. Writing the same (label, block)s again as the same worker replaces them (reruns are
-    idempotent). As a context manager it commits what is buffered when the block ends normally,
-    and drops it if the block raises (earlier flushes stay committed, as after a crash)."""
+    idempotent). With `replace_blocks=True` every commit is written with the COPY option
+    `REPLACE_BLOCKS true`: it replaces every earlier point of the blocks it writes, whatever their
+    label or worker (so a rerun under another worker id does not duplicate either); write all of a
+    block before a commit then (the ingestor never splits one `write_block` call over two
+    commits). As a context manager it commits what is buffered when the block ends normally, and
+    drops it if the block raises (earlier flushes stay committed, as after a crash)."""
 
     def __init__(self, store: Store, worker_id: str, *, attributes: Sequence[str] = (),
                  connection: Optional[duckdb.DuckDBPyConnection] = None, buffer_points: int = 1 << 22,
-                 target_file_size: Optional[Union[int, str]] = None):
+                 target_file_size: Optional[Union[int, str]] = None, replace_blocks: bool = False):
         if not isinstance(worker_id, str) or not worker_id:
             raise ValueError(f"Ingestor: argument 'worker_id' must be a non-empty string, got {worker_id!r}")
         if buffer_points < 1:
@@ -81,6 +84,8 @@ class Ingestor:
             self._opts.append(f"ATTRIBUTES {_q(','.join(self.attributes))}")
         if target_file_size is not None:
             self._opts.append(f"TARGET_FILE_SIZE {_q(target_file_size)}")
+        if replace_blocks:
+            self._opts.append("REPLACE_BLOCKS true")
         self._chunks: list = []
         self._n = 0
         self._block_kind: Optional[str] = None
@@ -235,51 +240,3 @@ class Query:
         """Merges the workers' new commits into the unified index (pocaduck_consolidate)."""
         cur = self._con.execute(f"FROM pocaduck_consolidate({_q(self.store)})")
         return dict(zip([d[0] for d in cur.description], cur.fetchone()))
-
-
-def block_ids(shape: Sequence[int], block_shape: Sequence[int]) -> Iterable[tuple[int, tuple[slice, ...]]]:
-    """(block id, slices) of every block of a volume of `shape` cut into `block_shape` blocks (the
-    last ones clipped). Block id = bx + by * nbx + bz * nbx * nby for axes (x, y, z)."""
-    nb = [-(-s // b) for s, b in zip(shape, block_shape)]
-    for bz, by, bx in itertools.product(range(nb[2]), range(nb[1]), range(nb[0])):
-        idx = (bx, by, bz)
-        sl = tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(idx, block_shape, shape))
-        yield bx + by * nb[0] + bz * nb[0] * nb[1], sl
-
-
-def ingest_volume(volume, store: Store, block_shape: Sequence[int] = (64, 64, 64), *, worker_id: str = "volume",
-                  background: int = 0, connection: Optional[duckdb.DuckDBPyConnection] = None,
-                  consolidate: bool = True, buffer_points: int = 1 << 22) -> dict:
-    """Scans a 3-D label array (axes x, y, z; anything that slices to numpy: numpy, memmap, zarr,
-    tensorstore) block by block and writes every voxel of every label but `background` as a point
-    (global x, y, z as INTEGER), block id as `block_ids` numbers them, as worker `worker_id`. Per
-    block the voxels are found with one vectorised pass (no Python loop per label). Commits at the
-    end, then consolidates (unless `consolidate=False`). Returns {'blocks', 'points', 'generation'}."""
-    shape = tuple(int(s) for s in volume.shape)
-    if len(shape) != 3:
-        raise ValueError(f"ingest_volume: argument 'volume' must be 3-D, got shape {shape}")
-    bs = tuple(int(b) for b in block_shape)
-    if len(bs) != 3 or min(bs) < 1:
-        raise ValueError(f"ingest_volume: argument 'block_shape' must be 3 positive sizes, got {tuple(block_shape)}")
-    con = connection if connection is not None else connect()
-    blocks = points = 0
-    with Ingestor(store, worker_id, connection=con, buffer_points=buffer_points) as ing:
-        for bid, sl in block_ids(shape, bs):
-            arr = np.asarray(volume[sl])
-            x, y, z = np.nonzero(arr != background)
-            if x.size == 0:
-                continue
-            labels = arr[x, y, z]
-            if labels.dtype.kind == "i" and labels.min() < 0:
-                raise ValueError(f"ingest_volume: block {bid} holds a negative label ({int(labels.min())})")
-            xyz = np.empty((x.size, 3), dtype=np.int32)
-            xyz[:, 0], xyz[:, 1], xyz[:, 2] = x + sl[0].start, y + sl[1].start, z + sl[2].start
-            ing.write_block(bid, labels, xyz)
-            blocks += 1
-            points += x.size
-    out = {"blocks": blocks, "points": points, "generation": None}
-    if consolidate:
-        out["generation"] = Query(store, connection=con).consolidate()["generation"]
-    if connection is None:
-        con.close()
-    return out

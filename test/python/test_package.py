@@ -132,3 +132,18 @@ def test_ingest_volume_real_segmentation_crop(tmp_path, pc):
     q = pocaduckdb.Query(tmp_path / "s", connection=pc)
     ids, counts = np.unique(vol[vol != 0], return_counts=True)
     check_volume(q, vol, [ids[np.argmax(counts)], ids[0], ids[-1]])
+
+
+def test_ingest_volume_refuses_bad_arguments_before_any_work(tmp_path, pc):
+    vol = np.zeros((8, 8, 8), dtype=np.uint32)
+    with pytest.raises(ValueError, match=r"argument 'worker_ids' must be one of \('process', 'task'\), got 'bogus'"):
+        pocaduckdb.ingest_volume(vol, tmp_path / "s", (4, 4, 4), connection=pc, worker_ids="bogus")
+    # Per-process worker ids without REPLACE_BLOCKS would duplicate a rerun task's blocks.
+    with pytest.raises(ValueError, match="worker_ids='process' needs replace_blocks=True"):
+        pocaduckdb.ingest_volume(vol, tmp_path / "s", (4, 4, 4), object(), connection=pc, worker_ids="process",
+                                 replace_blocks=False)
+    with pytest.raises(ValueError, match=r"argument 'worker_id' must be 1-128 characters"):
+        pocaduckdb.ingest_volume(vol, tmp_path / "s", (4, 4, 4), connection=pc, worker_id="a/b")
+    with pytest.raises(ValueError, match=r"argument 'volume' must be 3-D, got shape \(8, 8\)"):
+        pocaduckdb.ingest_volume(vol[0], tmp_path / "s", (4, 4, 4), connection=pc)
+    assert not (tmp_path / "s").exists()
