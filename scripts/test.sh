@@ -49,9 +49,9 @@ echo "== pytest: duckdb 1.5.6"
 .venv/py15/bin/python -m pytest -q -rs test/python
 echo "== soak: 8 reader threads of one process on an S3 store while other processes write, consolidate and optimize (20 s, duckdb 1.5.6)"
 .venv/py15/bin/python scripts/soak_s3_readers.py --seconds 20
-echo "== pytest: duckdb 2.0.0 (the real-data, large-strings, Azure, GCS and Dask tests run once, above; the README test runs its Azure example here too)"
+echo "== pytest: duckdb 2.0.0 (the real-data, re-scan, large-strings, Azure, GCS and Dask tests run once, above; the README test runs its Azure example here too)"
 .venv/py20/bin/python -m pytest -q -rs test/python --ignore=test/python/test_real_data.py --ignore=test/python/test_large_strings.py \
-  --ignore=test/python/test_azure.py --ignore=test/python/test_gcs.py --ignore=test/python/test_dask.py
+  --ignore=test/python/test_azure.py --ignore=test/python/test_gcs.py --ignore=test/python/test_dask.py --ignore=test/python/test_rescan.py
 echo "== fuzzing: cargo fuzz, 60 s per target"
 bash scripts/fuzz.sh 60
 echo "== all tests passed"
