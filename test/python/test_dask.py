@@ -1,6 +1,6 @@
-"""ingest_volume on a Dask cluster: a LocalCluster of 2 worker processes ingests crops of the real
-segmentation (from a zarr array on disk, an in-memory numpy array, a memmap) into local and S3
-stores; tasks fail and are retried, a worker process is killed mid-ingest. Every expected value
+"""ingest_volume on a Dask cluster: a LocalCluster of 2 worker processes ingests the whole real
+segmentation (512^3, from a zarr array on disk) into a local store, and crops of it (from zarr, an
+in-memory numpy array, a memmap) into local and S3 stores; tasks fail and are retried, a worker process is killed mid-ingest. Every expected value
 comes from numpy on the same voxels, never from pocaduck.
 
 Points are every voxel of every label but 0, global (x, y, z); blocks 64^3.
@@ -119,17 +119,18 @@ def check_exact(q, vol, r):
 
 
 def test_zarr_on_a_cluster_into_a_local_store(tmp_path, seg, client, pc):
-    vol = np.asarray(seg[:, :, :128])
+    # The whole real segmentation (512^3, 133 M labelled voxels).
+    vol = np.asarray(seg)
     z = to_zarr(vol, tmp_path / "seg.zarr")
     r = pocaduckdb.ingest_volume(z, tmp_path / "s", BLOCK, client, extension=EXTENSION, connection=pc, progress=False)
-    # 8 x 8 x 2 blocks, 8 per task.
-    assert r["tasks"] == 16 and r["generation"] == 1
+    # 8 x 8 x 8 blocks, 8 per task.
+    assert r["tasks"] == 64 and r["generation"] == 1
     if pocaduckdb._volume.DEFAULT_WORKER_IDS == "process":
         # One worker id per worker process: volume-<host>-<pid>-<random>.
         pids = set(client.run(os.getpid).values())
         assert 1 <= len(r["workers"]) <= 2 and {int(w.split("-")[-2]) for w in r["workers"]} <= pids
     else:
-        assert r["workers"] == [f"volume-t{i:02d}" for i in range(16)]
+        assert r["workers"] == [f"volume-t{i:02d}" for i in range(64)]
     check_exact(pocaduckdb.Query(tmp_path / "s", connection=pc), vol, r)
 
 
