@@ -13,7 +13,7 @@ use crate::layout;
 use crate::schema::ColumnType;
 use crate::storage::Store;
 use crate::tombstone::{Block, Hides};
-use crate::writer::{latest_commit, new_session_id, not_a_store, read_schema};
+use crate::writer::{create_commit, new_session_id, not_a_store, read_schema};
 
 /// The worker deletes are committed as unless the call names another.
 pub const DELETE_WORKER: &str = "_delete";
@@ -98,15 +98,7 @@ pub fn delete(
             (META_COMMITTED_MS, crate::log::now_ms().to_string()),
         ],
     )?;
-    // Numbered like a writer's commit: after the commits on storage and the last one merged.
-    let first = latest_commit(store, worker)?.max(crate::log::merged_commit(store, worker)?) + 1;
-    let commit = crate::log::create_numbered(
-        store,
-        first,
-        |n| layout::commit_file(worker, n),
-        seg,
-        &format!("a delete for worker '{worker}'"),
-    )?;
+    let commit = create_commit(store, worker, seg, "a delete")?;
     Ok(DeleteSummary {
         worker: worker.to_string(),
         commit,

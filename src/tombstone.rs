@@ -16,10 +16,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray};
+use arrow::array::{ArrayRef, BooleanArray};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::entry_chunks::Blocks;
+use crate::error::Result;
 use crate::index::BlockId;
 
 /// A block id as JSON: a number (BIGINT blocks) or a string (VARCHAR blocks).
@@ -193,40 +194,22 @@ impl Filter {
     }
 
     /// The rows of (`labels`, `blocks`) columns to keep (`None`: all of them).
-    pub fn keep(&self, labels: &[u64], blocks: &ArrayRef) -> Result<Option<BooleanArray>> {
-        let hidden = |i: usize| -> Result<bool> {
-            let l = labels[i];
-            if self.labels.contains(&l) {
-                return Ok(true);
-            }
-            let in_set = |s: &BlockSet| -> Result<bool> {
-                if let Some(a) = blocks.as_any().downcast_ref::<Int64Array>() {
-                    Ok(a.is_valid(i) && s.ints.contains(&a.value(i)))
-                } else if let Some(a) = blocks.as_any().downcast_ref::<StringArray>() {
-                    Ok(a.is_valid(i) && s.strs.contains(a.value(i)))
-                } else {
-                    Err(Error::Internal(format!(
-                        "unexpected block column type {}",
-                        blocks.data_type()
-                    )))
-                }
-            };
-            if in_set(&self.blocks)? {
-                return Ok(true);
-            }
-            match self.pairs.get(&l) {
-                Some(bs) => in_set(bs),
-                None => Ok(false),
-            }
+    pub(crate) fn keep(&self, labels: &[u64], blocks: &ArrayRef) -> Result<Option<BooleanArray>> {
+        let blocks = Blocks::of(blocks)?;
+        let in_set = |s: &BlockSet, i: usize| match &blocks {
+            Blocks::Int(v) => s.ints.contains(&v[i]),
+            Blocks::Str(a) => s.strs.contains(a.value(i)),
         };
-        let mut keep = Vec::with_capacity(labels.len());
-        let mut any = false;
-        for i in 0..labels.len() {
-            let h = hidden(i)?;
-            any |= h;
-            keep.push(!h);
-        }
-        Ok(any.then(|| BooleanArray::from(keep)))
+        let keep: Vec<bool> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                !(self.labels.contains(l)
+                    || in_set(&self.blocks, i)
+                    || self.pairs.get(l).is_some_and(|s| in_set(s, i)))
+            })
+            .collect();
+        Ok(keep.contains(&false).then(|| BooleanArray::from(keep)))
     }
 }
 
@@ -371,7 +354,7 @@ mod tests {
         let f = t.filter(4).unwrap();
         assert!(f.hides(99, &BlockId::Int(1)) && f.hides(7, &BlockId::Int(3)));
         assert!(!f.hides(99, &BlockId::Int(4)));
-        let cols: ArrayRef = Arc::new(Int64Array::from(vec![1, 3, 4, 3]));
+        let cols: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![1, 3, 4, 3]));
         let keep = f.keep(&[9, 7, 7, 8], &cols).unwrap().unwrap();
         assert_eq!(
             keep.iter().map(|x| x.unwrap()).collect::<Vec<_>>(),

@@ -548,20 +548,7 @@ impl Session {
             meta.push((crate::index::META_REPLACE_BLOCKS, "true".to_string()));
         }
         let seg = encode_segment(&self.entries, schema.block_type(), &meta)?;
-        // After the commits on storage and after the last one merged: a worker id reused after
-        // its directory was deleted must not write a commit numbered at or below one the index
-        // already holds (consolidate would skip it).
-        let first = latest_commit(&self.store, &self.worker)?
-            .max(crate::log::merged_commit(&self.store, &self.worker)?)
-            + 1;
-        let worker = self.worker.clone();
-        let seq = crate::log::create_numbered(
-            &self.store,
-            first,
-            |n| layout::commit_file(&worker, n),
-            seg,
-            &format!("a commit for worker '{worker}'"),
-        )?;
+        let seq = create_commit(&self.store, &self.worker, seg, "a commit")?;
         summary.commit = seq;
         self.entries.clear();
         self.job_ends.clear();
@@ -623,6 +610,21 @@ pub fn read_schema(store: &Store) -> Result<Option<StoreSchema>> {
             .map(Some)
             .map_err(|e| Error::file(&store.name, layout::schema_file().as_ref(), e)),
     }
+}
+
+/// Creates `bytes` as `worker`'s next commit segment and returns its number: after the commits
+/// on storage and after the last one merged (a worker id reused after its directory was deleted
+/// must not write a commit numbered at or below one the index already holds: consolidate would
+/// skip it). `what` names it in errors (`a commit`, `a delete`).
+pub(crate) fn create_commit(store: &Store, worker: &str, bytes: Bytes, what: &str) -> Result<u64> {
+    let first = latest_commit(store, worker)?.max(crate::log::merged_commit(store, worker)?) + 1;
+    crate::log::create_numbered(
+        store,
+        first,
+        |n| layout::commit_file(worker, n),
+        bytes,
+        &format!("{what} for worker '{worker}'"),
+    )
 }
 
 /// Highest commit sequence of a worker (0 if none).
