@@ -45,7 +45,9 @@ import re
 import socket
 import sys
 import threading
+import time
 import uuid
+from concurrent.futures import CancelledError
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -214,6 +216,19 @@ def _progress_bar(enabled: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="block")
 
 
+def _scatter(client, key: str, value, tries: int = 5) -> dict:
+    """client.scatter({key: value}), sent again when the worker it went to died meanwhile (the
+    connection to it closes); the scheduler then picks a live one."""
+    for n in range(tries):
+        try:
+            return client.scatter({key: value})
+        except OSError:  # distributed's CommClosedError
+            if n == tries - 1:
+                raise
+            time.sleep(0.5 * (n + 1))
+    raise AssertionError("unreachable")
+
+
 def _ingest_dask(volume, store: Store, shape, bs, client, *, prefix: str, worker_ids: str,
                  replace_blocks: bool, background: int, extension, buffer_points: int,
                  blocks_per_task: int, retries: int, progress: bool) -> dict:
@@ -241,7 +256,7 @@ def _ingest_dask(volume, store: Store, shape, bs, client, *, prefix: str, worker
         data, held = source, None
         if scatter:
             arrays = [np.ascontiguousarray(volume[sl]) for _, sl in batches[i]]
-            held = client.scatter({f"pocaduckdb-blocks-{run}-{i}-{attempt}": arrays})
+            held = _scatter(client, f"pocaduckdb-blocks-{run}-{i}-{attempt}", arrays)
             data = next(iter(held.values()))
         worker = f"{prefix}-t{i:0{width}d}" if worker_ids == "task" else None
         fut = client.submit(_ingest_task, spec, worker, batches[i], data, key=f"pocaduckdb-ingest-{run}-{i}-{attempt}",
@@ -258,16 +273,25 @@ def _ingest_dask(volume, store: Store, shape, bs, client, *, prefix: str, worker
             launch(todo.pop(), 0)
         for fut in queue:
             i, attempt, _, held = active.pop(fut.key)
+            result = None
             if fut.status == "finished":
-                done[i] = fut.result()
+                try:
+                    result = fut.result()
+                except CancelledError:
+                    # Its worker died after the task finished and before the result reached us;
+                    # Dask cannot rerun it (its scattered blocks died too): handled as lost below.
+                    pass
+            if result is not None:
+                done[i] = result
                 bar.update(len(batches[i]))
-            elif fut.status == "cancelled" and attempt < retries:
-                # Its scattered blocks went with a dead worker: send them again.
+            elif fut.status in ("cancelled", "finished") and attempt < retries:
+                # Its scattered blocks went with a dead worker: send them again. (Its commits, if
+                # it made any, are replaced by the rerun's, see the module doc.)
                 resubmitted += 1
                 launch(i, attempt + 1)
             else:
                 first, last = batches[i][0][0], batches[i][-1][0]
-                err = fut.exception() if fut.status == "error" else RuntimeError(f"task {fut.status}")
+                err = fut.exception() if fut.status == "error" else RuntimeError(f"task {fut.status}: its worker died")
                 raise RuntimeError(
                     f"ingest_volume: task {i} (blocks {first}..{last}) failed after {retries} retries: {err!r}; "
                     "what other tasks committed stays; run ingest_volume again with the same arguments to finish") from err

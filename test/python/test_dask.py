@@ -209,6 +209,8 @@ def test_a_worker_process_killed_mid_ingest(tmp_path, seg, client, pc, worker_id
     # takes the blocks of its queued tasks with it, and the client sends them again.
     vol = np.ascontiguousarray(seg[:256, :, :128])
     store = tmp_path / "s"
+    # Both worker processes up (a process killed by an earlier test may still be restarting).
+    client.wait_for_workers(2, timeout=60)
     pids = set(client.run(os.getpid).values())
     killed = {}
 
