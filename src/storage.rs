@@ -62,7 +62,19 @@ pub struct Store {
     pub local_dir: Option<std::path::PathBuf>,
     /// The caller's options this store was opened with (empty: the environment's only).
     options: Arc<StorageOptions>,
+    /// An object store's first listing of `index/`, made when it was opened (it proves the
+    /// bucket and the credentials), with when it was made: the next [`Store::list`] of
+    /// `index/` within [`FIRST_LISTING_FOR`] is answered with it instead of a second request.
+    first_listing: Arc<Mutex<Option<FirstListing>>>,
 }
+
+/// See [`Store`]'s `first_listing`.
+type FirstListing = (std::time::Instant, Vec<object_store::ObjectMeta>);
+
+/// How long the listing of `index/` an object store is opened with may stand in for the next
+/// one: the statement that opened it is still binding (a reader's first query lists `index/`
+/// right after opening the store; it saves that request).
+const FIRST_LISTING_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whether [`Store::open`] may create the store directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,6 +344,7 @@ impl Store {
             objects: Arc::new(Counted(Arc::new(os))),
             local_dir: Some(abs),
             options: Default::default(),
+            first_listing: Default::default(),
         })
     }
 
@@ -369,16 +382,38 @@ impl Store {
             objects: os,
             local_dir: None,
             options: Arc::new(options.to_vec()),
+            first_listing: Default::default(),
         };
-        // One listing proves the bucket and the credentials (fails fast, naming the store).
-        let top = block_on(store.objects.list_with_delimiter(None)).map_err(|e| {
+        // One listing proves the bucket and the credentials (fails fast, naming the store). For
+        // an existing store it is the listing of `index/` its first reader needs anyway; the
+        // store's top level is listed only if that is empty (never consolidated, or missing).
+        let unlisted = |e: object_store::Error| {
             Error::store(
                 name,
                 format!("cannot be listed (bucket, endpoint or credentials?): {e}"),
             )
-        })?;
-        if mode == OpenMode::Existing && top.objects.is_empty() && top.common_prefixes.is_empty() {
-            return Err(Error::store(name, "does not exist"));
+        };
+        let index = match mode {
+            OpenMode::Existing => {
+                let dir = crate::layout::index_dir();
+                block_on(store.objects.list(Some(&dir)).try_collect::<Vec<_>>())
+                    .map_err(unlisted)?
+            }
+            OpenMode::Create => Vec::new(),
+        };
+        if index.is_empty() {
+            let top = block_on(store.objects.list_with_delimiter(None)).map_err(unlisted)?;
+            if mode == OpenMode::Existing
+                && top.objects.is_empty()
+                && top.common_prefixes.is_empty()
+            {
+                return Err(Error::store(name, "does not exist"));
+            }
+        }
+        if mode == OpenMode::Existing {
+            if let Ok(mut f) = store.first_listing.lock() {
+                *f = Some((std::time::Instant::now(), index));
+            }
         }
         if let Ok(mut c) = clients.lock() {
             c.insert(key, store.clone());
@@ -488,6 +523,12 @@ impl Store {
 
     /// Lists the objects below `prefix` (recursively), as paths relative to the store root.
     pub fn list(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>> {
+        if *prefix == crate::layout::index_dir() {
+            let first = self.first_listing.lock().ok().and_then(|mut f| f.take());
+            if let Some((_, listed)) = first.filter(|(at, _)| at.elapsed() < FIRST_LISTING_FOR) {
+                return Ok(listed);
+            }
+        }
         block_on(self.objects.list(Some(prefix)).try_collect::<Vec<_>>())
             .map_err(|e| self.err(prefix, e))
     }

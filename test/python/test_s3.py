@@ -119,6 +119,41 @@ def test_requests_and_bytes_per_query(s3):
     assert lists + gets <= 2, (lists, gets)
 
 
+def test_a_cold_reader_lists_the_index_once(s3):
+    """A fresh process's first query of an optimized store: the listing of index/ that proves the
+    bucket and credentials when the store is opened also finds the generation (one LIST, not
+    two), then the manifest, the index segment's footer and row group, the part's footer and the
+    label's pages (5 GETs). A missing store and a store never consolidated still get their
+    errors."""
+    con = connect()
+    store = url()
+    con.execute(WORKLOAD[0].format(w=0, s=store))
+    con.execute(f"FROM pocaduck_consolidate('{store}')").fetchall()
+    con.execute(f"FROM pocaduck_optimize('{store}')").fetchall()
+    code = textwrap.dedent(f"""
+        import duckdb
+        con = duckdb.connect(config={{'allow_unsigned_extensions': True}})
+        con.execute("LOAD '{EXTENSION}'")
+        print(con.execute("SELECT list_requests, get_requests, rows_returned FROM pocaduck_explain('{store}', 7)").fetchone())
+        for s in ('{store}-missing', '{store}-unconsolidated'):
+            if s.endswith('unconsolidated'):
+                con.execute(f"COPY (SELECT 1::UBIGINT, 0, 1, 2, 3) TO '{{s}}' (FORMAT pocaduck, WORKER 'w')")
+            try:
+                con.execute(f"FROM pocaduck_points('{{s}}', 1)").fetchall()
+            except duckdb.Error as e:
+                print(str(e).splitlines()[0])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    lists, gets, n = eval(lines[0])
+    print(f"\ns3 per-label query (cold, optimized): {lists} LIST, {gets} GET for {n} points")
+    assert n == 800
+    assert (lists, gets) == (1, 5), (lists, gets)
+    assert lines[1].endswith("-missing': does not exist"), lines[1]
+    assert "-unconsolidated': has no unified index yet" in lines[2], lines[2]
+
+
 def test_max_staleness_bounds_how_late_another_process_is_seen(s3):
     """A reader holds the generation it saw for at most pocaduck_max_staleness; another
     process's consolidate is seen once the bound has passed (or at once with '0'); its own
