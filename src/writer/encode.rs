@@ -1,6 +1,7 @@
 //! Encoding a session's buffers: sorting by (label, block), splitting into (label, block) runs
 //! with bounding boxes, and the encoder thread that writes them into part files.
 
+use super::gather::Gather;
 use super::*;
 
 /// Rows encoded between part size checks.
@@ -62,6 +63,7 @@ impl PartWriter {
             .collect();
         drop(idx);
         let refs: Vec<&RecordBatch> = batches.iter().collect();
+        let gather = Gather::new(&batches);
         // Gathered a slice at a time, each of at most SLICE_ROWS rows and
         // `bounded::STRING_BYTES` of strings (a job may hold more than a string array can);
         // a job whose strings fit in total needs no per-row sizes.
@@ -77,7 +79,7 @@ impl PartWriter {
             } else {
                 crate::bounded::cut(&refs, &pairs, off, SLICE_ROWS, crate::bounded::STRING_BYTES)
             };
-            let slice = arrow::compute::interleave_record_batch(&refs, &pairs[off..end])?;
+            let slice = gather.rows(&pairs[off..end])?;
             self.write_slice(&slice, &ranks[off..end], target)?;
             off = end;
         }
@@ -174,26 +176,11 @@ pub(super) fn sort_order(b: &RecordBatch) -> Result<(arrow::array::UInt32Array, 
     let blocks = b.column(col::BLOCK);
     let ranks: Vec<u32> =
         if let Some(ints) = blocks.as_any().downcast_ref::<arrow::array::Int64Array>() {
-            let mut distinct: Vec<i64> = ints.values().to_vec();
-            distinct.sort_unstable();
-            distinct.dedup();
-            let rank: HashMap<i64, u32> = distinct
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (*v, i as u32))
-                .collect();
-            ints.values().iter().map(|v| rank[v]).collect()
+            let v = ints.values();
+            ranks_of(v.len(), |i| v[i])
         } else {
             let strs = blocks.as_string::<i32>();
-            let mut distinct: Vec<&str> = strs.iter().map(|s| s.unwrap_or_default()).collect();
-            distinct.sort_unstable();
-            distinct.dedup();
-            let rank: HashMap<&str, u32> = distinct
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (*n, i as u32))
-                .collect();
-            strs.iter().map(|s| rank[s.unwrap_or_default()]).collect()
+            ranks_of(b.num_rows(), |i| strs.value(i))
         };
     let mut keys: Vec<u128> = (0..b.num_rows())
         .map(|i| ((labels[i] as u128) << 64) | ((ranks[i] as u128) << 32) | i as u128)
@@ -202,6 +189,28 @@ pub(super) fn sort_order(b: &RecordBatch) -> Result<(arrow::array::UInt32Array, 
     let idx = arrow::array::UInt32Array::from_iter_values(keys.iter().map(|k| *k as u32));
     let sorted_ranks = keys.iter().map(|k| (*k >> 32) as u32).collect();
     Ok((idx, sorted_ranks))
+}
+
+/// The rank of each row's key among the distinct keys (`key(0..n)`). Rows arrive in runs of one
+/// block (a scan writes block by block), so only the first key of each run is looked up.
+fn ranks_of<K: Ord + Copy>(n: usize, key: impl Fn(usize) -> K) -> Vec<u32> {
+    let mut distinct: Vec<K> = Vec::new();
+    for i in 0..n {
+        if i == 0 || key(i) != key(i - 1) {
+            distinct.push(key(i));
+        }
+    }
+    distinct.sort_unstable();
+    distinct.dedup();
+    let mut out = Vec::with_capacity(n);
+    let mut rank = 0;
+    for i in 0..n {
+        if i == 0 || key(i) != key(i - 1) {
+            rank = distinct.binary_search(&key(i)).unwrap_or_default() as u32;
+        }
+        out.push(rank);
+    }
+    out
 }
 
 /// Splits a batch sorted by (label, block) into runs of equal (label, block) with bounding boxes.
@@ -230,7 +239,7 @@ pub(super) fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> 
             }
             out.push(SegmentEntry {
                 label: labels.value(start),
-                block: block_ids(&b.column(col::BLOCK).slice(start, 1))?.remove(0),
+                block: block_at(b.column(col::BLOCK), start)?,
                 part: String::new(),
                 row_start: start as u64,
                 row_count: (r - start) as u64,
@@ -240,4 +249,20 @@ pub(super) fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> 
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranks_of;
+
+    /// Ranks among the distinct keys, whether a key comes back after others (not one run) or
+    /// not, for integer and string keys.
+    #[test]
+    fn ranks_are_positions_among_distinct_keys() {
+        let v = [7i64, 7, -3, -3, 7, 100, -3, 7];
+        assert_eq!(ranks_of(v.len(), |i| v[i]), vec![1, 1, 0, 0, 1, 2, 0, 1]);
+        let s = ["b", "b", "a", "c", "a", "", "c"];
+        assert_eq!(ranks_of(s.len(), |i| s[i]), vec![2, 2, 1, 3, 1, 0, 3]);
+        assert!(ranks_of(0, |i| v[i]).is_empty());
+    }
 }

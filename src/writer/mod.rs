@@ -34,13 +34,14 @@ use bytes::Bytes;
 use object_store::path::Path;
 
 use crate::error::{Error, Result};
-use crate::index::{block_ids, encode_segment, SegmentEntry};
+use crate::index::{block_at, encode_segment, SegmentEntry};
 use crate::layout;
 use crate::part_sink::PartSink;
 use crate::schema::{col, normalize, schema_for_input, StoreSchema};
 use crate::storage::Store;
 
 mod encode;
+mod gather;
 mod statement;
 
 use encode::{Encoder, PartWriter};
