@@ -52,15 +52,31 @@ impl PartWriter {
             starts.push(acc);
             acc += b.num_rows();
         }
-        let pairs: Vec<(usize, usize)> = idx
-            .values()
-            .iter()
-            .map(|&g| {
-                let g = g as usize;
-                let bi = starts.partition_point(|&s| s <= g) - 1;
-                (bi, g - starts[bi])
-            })
-            .collect();
+        // COPY hands over batches of one DuckDB vector (2,048 rows) but the last: a row's batch
+        // is then a shift away; otherwise a binary search over the batches' starts.
+        let len = batches[0].num_rows();
+        let shift = (len.is_power_of_two()
+            && batches[..batches.len() - 1]
+                .iter()
+                .all(|b| b.num_rows() == len)
+            && batches[batches.len() - 1].num_rows() <= len)
+            .then(|| len.trailing_zeros());
+        let pairs: Vec<(usize, usize)> = match shift {
+            Some(sh) => idx
+                .values()
+                .iter()
+                .map(|&g| (g as usize >> sh, g as usize & (len - 1)))
+                .collect(),
+            None => idx
+                .values()
+                .iter()
+                .map(|&g| {
+                    let g = g as usize;
+                    let bi = starts.partition_point(|&s| s <= g) - 1;
+                    (bi, g - starts[bi])
+                })
+                .collect(),
+        };
         drop(idx);
         let refs: Vec<&RecordBatch> = batches.iter().collect();
         let gather = Gather::new(&batches);
@@ -254,6 +270,74 @@ pub(super) fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> 
 #[cfg(test)]
 mod tests {
     use super::ranks_of;
+    use crate::storage::{OpenMode, Store};
+    use crate::writer::tests::{rows, session_at};
+    use crate::writer::WriterOptions;
+    use arrow::array::{AsArray, RecordBatch};
+    use arrow::datatypes::{Int32Type, UInt64Type};
+
+    /// The rows of the worker's parts, as (label, block, x).
+    fn part_rows(dir: &std::path::Path) -> Vec<(u64, String, i32)> {
+        let mut out = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(dir.join("workers/w/parts"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(f).unwrap(),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+            for b in r {
+                let b: RecordBatch = b.unwrap();
+                let l = b.column(0).as_primitive::<UInt64Type>();
+                let k = b.column(1).as_string::<i32>();
+                let x = b.column(2).as_primitive::<Int32Type>();
+                for i in 0..b.num_rows() {
+                    out.push((l.value(i), k.value(i).to_string(), x.value(i)));
+                }
+            }
+        }
+        out
+    }
+
+    /// A buffer of batches of these sizes (one append each) is encoded in (label, block) order,
+    /// rows of one (label, block) in arrival order: batches of one power-of-two size but a
+    /// shorter last one (a row's batch by shift), and the others (by binary search).
+    #[test]
+    fn a_buffer_of_batches_is_encoded_in_label_block_order() {
+        for sizes in [
+            vec![4, 4, 2],
+            vec![4, 4, 6],
+            vec![3, 3, 3],
+            vec![1],
+            vec![8, 8],
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let name = dir.path().to_str().unwrap();
+            let mut s = session_at(name, "w", WriterOptions::default()).unwrap();
+            let mut want = Vec::new();
+            let mut x = 0;
+            for (k, &n) in sizes.iter().enumerate() {
+                let labels: Vec<u64> = (0..n).map(|i| (7 * i as u64 + k as u64) % 5).collect();
+                let block = ["b2", "b0", "b1"][k % 3];
+                let pts: Vec<[i32; 3]> = (0..n).map(|i| [x + i as i32, 0, 0]).collect();
+                x += n as i32;
+                for (l, p) in labels.iter().zip(&pts) {
+                    want.push((*l, block.to_string(), p[0]));
+                }
+                s.append(&rows(&labels, block, &pts)).unwrap();
+            }
+            s.commit().unwrap();
+            // A stable sort by (label, block): rows of one (label, block) keep arrival order.
+            want.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            assert_eq!(part_rows(dir.path()), want, "batch sizes {sizes:?}");
+            assert!(Store::open(name, OpenMode::Existing).is_ok());
+        }
+    }
 
     /// Ranks among the distinct keys, whether a key comes back after others (not one run) or
     /// not, for integer and string keys.
