@@ -324,8 +324,8 @@ mod tests {
             for (k, &n) in sizes.iter().enumerate() {
                 let labels: Vec<u64> = (0..n).map(|i| (7 * i as u64 + k as u64) % 5).collect();
                 let block = ["b2", "b0", "b1"][k % 3];
-                let pts: Vec<[i32; 3]> = (0..n).map(|i| [x + i as i32, 0, 0]).collect();
-                x += n as i32;
+                let pts: Vec<[i32; 3]> = (0..n).map(|i| [x + i, 0, 0]).collect();
+                x += n;
                 for (l, p) in labels.iter().zip(&pts) {
                     want.push((*l, block.to_string(), p[0]));
                 }
