@@ -29,6 +29,7 @@ use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 
 use crate::error::{Error, Result};
+use crate::index::BlockId;
 use crate::schema::ColumnType;
 use crate::segment::{footer, groups_for, IndexView, ROW_GROUP_ENTRIES};
 use crate::storage::block_on;
@@ -182,7 +183,7 @@ pub(crate) struct EntryChunk {
     pub labels: Vec<usize>,
 }
 
-/// Block values of a batch, compared without building `BlockId`s.
+/// Block values of a batch: compared without building `BlockId`s, or read one at a time.
 pub(crate) enum Blocks<'a> {
     /// BIGINT blocks.
     Int(&'a [i64]),
@@ -202,6 +203,14 @@ impl<'a> Blocks<'a> {
                 "unexpected block column type {}",
                 a.data_type()
             )))
+        }
+    }
+
+    /// The block id of row `i`.
+    pub(crate) fn id(&self, i: usize) -> BlockId {
+        match self {
+            Blocks::Int(v) => BlockId::Int(v[i]),
+            Blocks::Str(a) => BlockId::Str(a.value(i).to_string()),
         }
     }
 

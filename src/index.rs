@@ -61,20 +61,6 @@ pub fn block_ids(col: &ArrayRef) -> Result<Vec<BlockId>> {
     }
 }
 
-/// The block id in row `i` of a block column (BIGINT or VARCHAR).
-pub fn block_at(col: &ArrayRef, i: usize) -> Result<BlockId> {
-    if let Some(a) = col.as_any().downcast_ref::<Int64Array>() {
-        Ok(BlockId::Int(a.value(i)))
-    } else if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
-        Ok(BlockId::Str(a.value(i).to_string()))
-    } else {
-        Err(Error::Internal(format!(
-            "unexpected block column type {}",
-            col.data_type()
-        )))
-    }
-}
-
 /// Builds a block column of the store's block type.
 pub fn block_array(ty: ColumnType, blocks: impl Iterator<Item = BlockId>) -> ArrayRef {
     match ty {

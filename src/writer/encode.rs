@@ -3,6 +3,7 @@
 
 use super::gather::Gather;
 use super::*;
+use crate::entry_chunks::Blocks;
 
 /// Rows encoded between part size checks.
 const SLICE_ROWS: usize = 8192;
@@ -46,12 +47,6 @@ impl PartWriter {
         drop(key_cols);
         let (idx, ranks) = sort_order(&keys)?;
         drop(keys);
-        let mut starts = Vec::with_capacity(batches.len());
-        let mut acc = 0usize;
-        for b in &batches {
-            starts.push(acc);
-            acc += b.num_rows();
-        }
         // COPY hands over batches of one DuckDB vector (2,048 rows) but the last: a row's batch
         // is then a shift away; otherwise a binary search over the batches' starts.
         let len = batches[0].num_rows();
@@ -67,15 +62,22 @@ impl PartWriter {
                 .iter()
                 .map(|&g| (g as usize >> sh, g as usize & (len - 1)))
                 .collect(),
-            None => idx
-                .values()
-                .iter()
-                .map(|&g| {
-                    let g = g as usize;
-                    let bi = starts.partition_point(|&s| s <= g) - 1;
-                    (bi, g - starts[bi])
-                })
-                .collect(),
+            None => {
+                let mut starts = Vec::with_capacity(batches.len());
+                let mut acc = 0usize;
+                for b in &batches {
+                    starts.push(acc);
+                    acc += b.num_rows();
+                }
+                idx.values()
+                    .iter()
+                    .map(|&g| {
+                        let g = g as usize;
+                        let bi = starts.partition_point(|&s| s <= g) - 1;
+                        (bi, g - starts[bi])
+                    })
+                    .collect()
+            }
         };
         drop(idx);
         let refs: Vec<&RecordBatch> = batches.iter().collect();
@@ -189,15 +191,10 @@ impl Encoder {
 /// integers (no indirection), which is several times faster than a comparator sort.
 pub(super) fn sort_order(b: &RecordBatch) -> Result<(arrow::array::UInt32Array, Vec<u32>)> {
     let labels = crate::schema::labels(b).values();
-    let blocks = b.column(col::BLOCK);
-    let ranks: Vec<u32> =
-        if let Some(ints) = blocks.as_any().downcast_ref::<arrow::array::Int64Array>() {
-            let v = ints.values();
-            ranks_of(v.len(), |i| v[i])
-        } else {
-            let strs = blocks.as_string::<i32>();
-            ranks_of(b.num_rows(), |i| strs.value(i))
-        };
+    let ranks: Vec<u32> = match Blocks::of(b.column(col::BLOCK))? {
+        Blocks::Int(v) => ranks_of(v.len(), |i| v[i]),
+        Blocks::Str(a) => ranks_of(b.num_rows(), |i| a.value(i)),
+    };
     let mut keys: Vec<u128> = (0..b.num_rows())
         .map(|i| ((labels[i] as u128) << 64) | ((ranks[i] as u128) << 32) | i as u128)
         .collect();
@@ -242,6 +239,7 @@ pub(super) fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> 
         .iter()
         .map(|c| c.as_primitive::<Float64Type>().values().as_ref())
         .collect();
+    let blocks = Blocks::of(b.column(col::BLOCK))?;
     let mut out: Vec<SegmentEntry> = Vec::new();
     let mut start = 0;
     for r in 1..=b.num_rows() {
@@ -255,7 +253,7 @@ pub(super) fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> 
             }
             out.push(SegmentEntry {
                 label: labels.value(start),
-                block: block_at(b.column(col::BLOCK), start)?,
+                block: blocks.id(start),
                 part: String::new(),
                 row_start: start as u64,
                 row_count: (r - start) as u64,

@@ -196,7 +196,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec!["e", "a", "c", "", "bb", "dddd", "c"]
         );
-        // Without nulls the flag column is typed too (booleans always go through interleave).
+        // Without nulls: Int32 is typed, a boolean column still goes through interleave.
         let g = Gather::new(&batches[1..]);
         assert!(matches!(g.columns[3], Source::Other(_)));
         assert!(matches!(g.columns[2], Source::Int32(_)));

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 
 use crate::error::{Error, Result};
-use crate::index::{block_at, encode_segment, SegmentEntry};
+use crate::index::{encode_segment, SegmentEntry};
 use crate::layout;
 use crate::part_sink::PartSink;
 use crate::schema::{col, normalize, schema_for_input, StoreSchema};
