@@ -21,7 +21,9 @@
 //!   referenced.
 //!
 //! Files: this one holds the [`Session`] (options, schema negotiation, buffering, statement
-//! marks, commits); `encode` sorts buffers and writes them into parts on the encoder thread;
+//! marks, commits, and the encoder threads' jobs: job `i` goes to encoder `i % encoders()`, each
+//! writing parts of its own, and their entries are taken back in job order); `encode` sorts
+//! buffers and writes them into parts on an encoder thread;
 //! `statement` holds the per-process session slots and the [`Statement`] guard.
 
 use std::collections::HashMap;
@@ -53,9 +55,20 @@ pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
 pub const DEFAULT_BUFFER_SIZE: u64 = 256 << 20;
 /// Smallest buffer bound.
 pub const MIN_BUFFER_SIZE: u64 = 1 << 20;
-/// Largest buffer bound: a quarter of it is sorted at once (see `Session::append`), with 32-bit
+/// Largest buffer bound: at most a quarter of it is sorted at once (see `Session::append`), with 32-bit
 /// row numbers and 32-bit string offsets, which stay far from overflowing below 4 GiB.
 pub const MAX_BUFFER_SIZE: u64 = 4 << 30;
+
+/// Encoder threads of a session: two where the machine has two cores or more (the COPY sink
+/// runs on one DuckDB thread; sorting and encoding a job costs more than buffering it), else one.
+pub fn encoders() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 2)
+    })
+}
 
 /// Settings of a writer session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,8 +143,15 @@ pub struct Session {
     opts: WriterOptions,
     buffer: Vec<RecordBatch>,
     buffered_bytes: usize,
-    /// The background thread that sorts and encodes full buffers (started on first use).
-    encoder: Option<Encoder>,
+    /// The background threads that sort and encode buffers, each into parts of its own (started
+    /// on first use, up to [`encoders`]). Full buffers go to them in turn; smaller jobs (the
+    /// rows of earlier statements, the rest at commit) to the first, so that small writes fill
+    /// one part.
+    encoders: Vec<Encoder>,
+    /// The encoder of each job handed to the running encoders, in job order.
+    pool_jobs: Vec<usize>,
+    /// Full buffers handed to the running encoders.
+    pool_full: usize,
     /// Filled when the encoder finishes: entries and complete parts awaiting the commit segment.
     parts_done: Vec<Path>,
     entries: Vec<SegmentEntry>,
@@ -212,7 +232,9 @@ impl Session {
             opts,
             buffer: Vec::new(),
             buffered_bytes: 0,
-            encoder: None,
+            encoders: Vec::new(),
+            pool_jobs: Vec::new(),
+            pool_full: 0,
             parts_done: Vec::new(),
             entries: Vec::new(),
             points: 0,
@@ -335,7 +357,7 @@ impl Session {
     /// dropped, so that the next statement starts afresh (its types and attributes are not
     /// fixed by a statement that wrote nothing).
     pub fn is_empty(&self) -> bool {
-        self.points == 0 && self.encoder.is_none() && self.parts_done.is_empty()
+        self.points == 0 && self.encoders.is_empty() && self.parts_done.is_empty()
     }
 
     /// Makes the next commit replace every block it writes: every earlier point of those blocks
@@ -422,12 +444,18 @@ impl Session {
         self.buffered_bytes += b.get_array_memory_size();
         self.points += b.num_rows() as u64;
         self.buffer.push(b);
-        // A quarter of the buffer fills while the encoder holds the previous quarter, its sorted
-        // copy and the sort keys (about a quarter together).
-        if self.buffered_bytes as u64 >= self.opts.buffer_size / 4 {
+        // A job fills while each encoder holds an earlier one and its sort workspace (about as
+        // much again): with `n` encoders the bound covers 2n + 1 jobs (a quarter of the buffer
+        // each with one encoder, a sixth with two).
+        if self.buffered_bytes as u64 >= self.job_bytes() {
             self.encode_buffer()?;
         }
         Ok(())
+    }
+
+    /// The buffered bytes that make a full buffer, handed to an encoder as one job.
+    fn job_bytes(&self) -> u64 {
+        self.opts.buffer_size / (2 * encoders() as u64 + 2)
     }
 
     /// Hands the buffered rows to the encoder thread, which sorts them by (label, block) and
@@ -459,52 +487,95 @@ impl Session {
             self.stmt_start.first_job = self.encodes + 1;
         }
         self.encodes += 1;
-        if self.encoder.is_none() {
+        let n = encoders();
+        let full = self.buffered_bytes as u64 >= self.job_bytes();
+        let k = if full { self.pool_full % n } else { 0 };
+        while self.encoders.len() <= k {
+            let k = self.encoders.len();
             let schema = self
                 .schema
                 .as_ref()
                 .ok_or_else(|| Error::Internal("no schema".into()))?
                 .arrow();
             let (worker, session) = (self.worker.clone(), self.id.clone());
-            let base = self.parts_made;
-            let paths = Box::new(move |n| layout::part_file(&worker, &session, base + n));
-            self.encoder = Some(Encoder::spawn(PartWriter::new(PartSink::new(
-                self.store.clone(),
-                schema,
-                paths,
-            )))?);
+            // Encoder k of n numbers its parts k, k + n, k + 2n, … after the earlier encoders'.
+            let base = self.parts_made + k as u32;
+            let paths =
+                Box::new(move |i: u32| layout::part_file(&worker, &session, base + i * n as u32));
+            self.encoders
+                .push(Encoder::spawn(PartWriter::new(PartSink::new(
+                    self.store.clone(),
+                    schema,
+                    paths,
+                )))?);
         }
         let batches = std::mem::take(&mut self.buffer);
         self.buffered_bytes = 0;
         let target = self.opts.target_file_size;
-        let enc = self
-            .encoder
-            .as_mut()
-            .ok_or_else(|| Error::Internal("no encoder".into()))?;
-        if enc.send(batches, target).is_err() {
+        self.pool_jobs.push(k);
+        self.pool_full += usize::from(full);
+        if self.encoders[k].send(batches, target).is_err() {
             // The encoder stopped on an error: collect it (and its parts, for cleanup).
             return self.finish_encoder();
         }
         Ok(())
     }
 
-    /// Stops the encoder (closing its open part) and takes over its entries and parts.
+    /// Stops the encoders (closing their open parts) and takes over their entries, in job order,
+    /// and their parts.
     fn finish_encoder(&mut self) -> Result<()> {
-        let Some(enc) = self.encoder.take() else {
+        if self.encoders.is_empty() {
             return Ok(());
-        };
-        let (pw, res) = enc.join();
-        if let Some(mut pw) = pw {
-            let res = res.and_then(|_| pw.sink.close());
-            self.parts_made += pw.sink.made();
-            self.parts_done.append(&mut pw.sink.take_done());
-            let base = self.entries.len();
-            self.job_ends.extend(pw.job_ends.iter().map(|e| base + e));
-            self.entries.append(&mut pw.entries);
-            if res.is_err() {
+        }
+        let n = encoders();
+        let mut res = Ok(());
+        let mut writers = Vec::new();
+        let mut made = 0;
+        for enc in std::mem::take(&mut self.encoders) {
+            let (pw, r) = enc.join();
+            let r = match pw {
+                Some(mut pw) => {
+                    let r = r.and_then(|_| pw.sink.close());
+                    made = made.max(pw.sink.made());
+                    self.parts_done.append(&mut pw.sink.take_done());
+                    writers.push(pw);
+                    r
+                }
+                None => r,
+            };
+            if res.is_ok() {
+                res = r;
+            }
+        }
+        self.parts_made += made * n as u32;
+        let jobs = std::mem::take(&mut self.pool_jobs);
+        self.pool_full = 0;
+        if res.is_ok() && writers.len() == jobs.iter().max().map_or(0, |k| k + 1) {
+            // Each encoder's entries, job by job, in the order the jobs were handed out.
+            let mut per: Vec<_> = writers
+                .iter_mut()
+                .map(|pw| {
+                    let ends = std::mem::take(&mut pw.job_ends).into_iter();
+                    (std::mem::take(&mut pw.entries).into_iter(), ends, 0)
+                })
+                .collect();
+            for (j, &k) in jobs.iter().enumerate() {
+                let (entries, ends, done) = &mut per[k];
+                let Some(end) = ends.next() else {
+                    res = Err(Error::Internal(format!("encoder {k} lost job {j}")));
+                    break;
+                };
+                self.entries.extend(entries.by_ref().take(end - *done));
+                *done = end;
+                self.job_ends.push(self.entries.len());
+            }
+        } else if res.is_ok() {
+            res = Err(Error::Internal("an encoder thread was lost".into()));
+        }
+        if res.is_err() {
+            for pw in &mut writers {
                 pw.discard();
             }
-            return res;
         }
         res
     }
@@ -560,11 +631,13 @@ impl Session {
     /// Discards everything uncommitted: buffered rows, the open part, completed parts.
     pub fn abort(&mut self) {
         self.buffer.clear();
-        if let Some(enc) = self.encoder.take() {
+        for enc in std::mem::take(&mut self.encoders) {
             if let (Some(mut pw), _) = enc.join() {
                 pw.discard();
             }
         }
+        self.pool_jobs.clear();
+        self.pool_full = 0;
         for p in self.parts_done.drain(..) {
             let _ = self.store.delete(&p);
         }
@@ -773,8 +846,9 @@ pub(crate) mod tests {
         let bytes: u64 = parts.iter().map(|m| m.size).sum();
         let expect = bytes.div_ceil(256 << 10);
         assert_eq!(c.parts as usize, parts.len());
+        // Each encoder leaves one part below the target size at most.
         assert!(
-            parts.len() as u64 <= expect + 1,
+            parts.len() as u64 <= expect + encoders() as u64,
             "{} parts for {bytes} bytes",
             parts.len()
         );
