@@ -337,6 +337,84 @@ mod tests {
         }
     }
 
+    /// `sort_order` gives the order of a stable sort by (label, block): labels differing in
+    /// any byte (or in none), blocks arriving in rank order or not, integer and string blocks.
+    #[test]
+    fn sort_order_is_a_stable_sort_by_label_and_block() {
+        use arrow::array::{ArrayRef, Int64Array, StringArray, UInt64Array};
+        use arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let mut seed = 12345u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let label_kinds: [fn(u64) -> u64; 5] = [
+            |r| r,
+            |r| r % 7,
+            |r| r % 100_000,
+            |r| (r % 5) << 40 | 0xff00_0000_0000_00ff,
+            |_| 42,
+        ];
+        for (li, lab) in label_kinds.iter().enumerate() {
+            for in_order in [true, false] {
+                for strings in [false, true] {
+                    let n = 3000;
+                    let labels: Vec<u64> = (0..n).map(|_| lab(next())).collect();
+                    // Runs of one block, as a scan hands them over; ascending or shuffled.
+                    let blocks: Vec<i64> = (0..n as i64)
+                        .map(|i| {
+                            if in_order {
+                                i / 100
+                            } else {
+                                (i / 100 * 7919) % 31 - 15
+                            }
+                        })
+                        .collect();
+                    let block_col: ArrayRef = if strings {
+                        Arc::new(StringArray::from_iter_values(
+                            blocks.iter().map(|b| format!("b{b}")),
+                        ))
+                    } else {
+                        Arc::new(Int64Array::from(blocks.clone()))
+                    };
+                    let schema = Arc::new(Schema::new(vec![
+                        Field::new("label", DataType::UInt64, false),
+                        Field::new("block", block_col.data_type().clone(), false),
+                    ]));
+                    let b = RecordBatch::try_new(
+                        schema,
+                        vec![Arc::new(UInt64Array::from(labels.clone())), block_col],
+                    )
+                    .unwrap();
+                    let (idx, ranks) = super::sort_order(&b).unwrap();
+                    // Integer blocks compare as numbers, string blocks as strings.
+                    let key = |i: usize| match strings {
+                        true => (labels[i], 0, format!("b{}", blocks[i])),
+                        false => (labels[i], blocks[i], String::new()),
+                    };
+                    let mut want: Vec<usize> = (0..n).collect();
+                    want.sort_by_key(|&i| key(i)); // stable: equal keys keep arrival order
+                    let got: Vec<usize> = idx.values().iter().map(|&i| i as usize).collect();
+                    assert_eq!(
+                        got, want,
+                        "labels {li}, in order {in_order}, strings {strings}"
+                    );
+                    // Equal ranks exactly for equal blocks, ascending within a label.
+                    for (w, r) in got.windows(2).zip(ranks.windows(2)) {
+                        let (a, b, ra, rb) = (w[0], w[1], r[0], r[1]);
+                        assert_eq!(blocks[a] == blocks[b], ra == rb);
+                        if labels[a] == labels[b] {
+                            assert!(ra <= rb);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Ranks among the distinct keys, whether a key comes back after others (not one run) or
     /// not, for integer and string keys.
     #[test]
