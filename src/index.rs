@@ -174,6 +174,33 @@ pub fn encode_segment(
         )));
     }
     let batch = RecordBatch::try_new(entry_schema(block, false), cols)?;
+    write_segment([Ok(batch)], block, meta)
+}
+
+/// Encodes the commit segment whose entries are those of `pieces` (each encoded by
+/// [`encode_segment`]) in order, a batch at a time: only the segment being written and one batch
+/// are in memory, not the entries as structs.
+pub fn concat_segments(
+    pieces: &[Bytes],
+    block: ColumnType,
+    meta: &[(&str, String)],
+) -> Result<Bytes> {
+    let batches = pieces.iter().flat_map(|p| {
+        match ParquetRecordBatchReaderBuilder::try_new(p.clone()).and_then(|b| b.build()) {
+            Ok(r) => Box::new(r.map(|b| b.map_err(Error::from))) as Box<dyn Iterator<Item = _>>,
+            Err(e) => Box::new(std::iter::once(Err(Error::Internal(format!(
+                "segment piece decode: {e}"
+            ))))),
+        }
+    });
+    write_segment(batches, block, meta)
+}
+
+fn write_segment(
+    batches: impl IntoIterator<Item = Result<RecordBatch>>,
+    block: ColumnType,
+    meta: &[(&str, String)],
+) -> Result<Bytes> {
     let mut buf = Vec::new();
     let props = parquet::file::properties::WriterProperties::builder()
         .set_key_value_metadata(Some(
@@ -182,12 +209,13 @@ pub fn encode_segment(
                 .collect(),
         ))
         .build();
-    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))
-        .map_err(|e| Error::Internal(format!("segment encode: {e}")))?;
-    w.write(&batch)
-        .map_err(|e| Error::Internal(format!("segment encode: {e}")))?;
-    w.close()
-        .map_err(|e| Error::Internal(format!("segment encode: {e}")))?;
+    let enc = |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
+    let mut w =
+        ArrowWriter::try_new(&mut buf, entry_schema(block, false), Some(props)).map_err(enc)?;
+    for b in batches {
+        w.write(&b?).map_err(enc)?;
+    }
+    w.close().map_err(enc)?;
     Ok(Bytes::from(buf))
 }
 

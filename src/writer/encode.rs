@@ -4,32 +4,70 @@
 use super::gather::Gather;
 use super::*;
 use crate::entry_chunks::Blocks;
+use crate::schema::ColumnType;
 
 /// Rows encoded between part size checks.
 const SLICE_ROWS: usize = 8192;
 
+/// The index entries of one encoded buffer (a job), kept encoded as a commit segment piece
+/// (about 20 bytes an entry instead of about 200 as [`SegmentEntry`] structs) until the commit
+/// concatenates the pieces. Entries never span two jobs, so a statement's jobs can be dropped.
+pub(super) struct JobEntries {
+    /// [`encode_segment`]'s bytes (empty when there are no entries).
+    pub(super) bytes: Bytes,
+    pub(super) count: usize,
+    /// The parts its entries reference.
+    pub(super) parts: Vec<String>,
+}
+
+impl JobEntries {
+    fn new(entries: &[SegmentEntry], block: ColumnType) -> Result<JobEntries> {
+        let mut parts: Vec<String> = Vec::new();
+        for e in entries {
+            if parts.last() != Some(&e.part) {
+                parts.push(e.part.clone());
+            }
+        }
+        parts.sort_unstable();
+        parts.dedup();
+        let bytes = match entries.is_empty() {
+            true => Bytes::new(),
+            false => encode_segment(entries, block, &[])?,
+        };
+        Ok(JobEntries {
+            bytes,
+            count: entries.len(),
+            parts,
+        })
+    }
+}
+
 /// Sorts buffers and writes them into part files; owned by the encoder thread.
 pub(super) struct PartWriter {
     pub(super) sink: PartSink,
-    pub(super) entries: Vec<SegmentEntry>,
-    /// `entries.len()` after each buffer (job) encoded, so that a statement's jobs can be
-    /// dropped: entries never span two jobs.
-    pub(super) job_ends: Vec<usize>,
+    /// The block type of the store (for encoding entries).
+    block: ColumnType,
+    /// The entries of the job being encoded.
+    cur: Vec<SegmentEntry>,
+    /// The entries of each job encoded, in order.
+    pub(super) jobs: Vec<JobEntries>,
 }
 
 impl PartWriter {
-    pub(super) fn new(sink: PartSink) -> PartWriter {
+    pub(super) fn new(sink: PartSink, block: ColumnType) -> PartWriter {
         PartWriter {
             sink,
-            entries: Vec::new(),
-            job_ends: Vec::new(),
+            block,
+            cur: Vec::new(),
+            jobs: Vec::new(),
         }
     }
 
     /// Encodes one buffer (a job).
     pub(super) fn encode(&mut self, batches: Vec<RecordBatch>, target: u64) -> Result<()> {
         self.encode_job(batches, target)?;
-        self.job_ends.push(self.entries.len());
+        let cur = std::mem::take(&mut self.cur);
+        self.jobs.push(JobEntries::new(&cur, self.block)?);
         Ok(())
     }
 
@@ -108,14 +146,11 @@ impl PartWriter {
         let runs = runs(slice, ranks)?;
         let (part_name, base) = self.sink.write(slice)?;
         let full = self.sink.size() >= target;
-        let job_start = self.job_ends.last().copied().unwrap_or(0);
         for mut r in runs {
             r.part = part_name.clone();
             r.row_start += base;
-            let absorbed = self.entries.len() > job_start
-                && self.entries.last_mut().is_some_and(|l| l.absorb(&r));
-            if !absorbed {
-                self.entries.push(r);
+            if !self.cur.last_mut().is_some_and(|l| l.absorb(&r)) {
+                self.cur.push(r);
             }
         }
         if full {
@@ -128,8 +163,8 @@ impl PartWriter {
     /// parts completed so far.
     pub(super) fn discard(&mut self) {
         self.sink.discard();
-        self.entries.clear();
-        self.job_ends.clear();
+        self.cur.clear();
+        self.jobs.clear();
     }
 }
 

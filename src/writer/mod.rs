@@ -36,7 +36,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 
 use crate::error::{Error, Result};
-use crate::index::{encode_segment, SegmentEntry};
+use crate::index::{concat_segments, encode_segment, SegmentEntry};
 use crate::layout;
 use crate::part_sink::PartSink;
 use crate::schema::{col, normalize, schema_for_input, StoreSchema};
@@ -46,7 +46,7 @@ mod encode;
 mod gather;
 mod statement;
 
-use encode::{Encoder, PartWriter};
+use encode::{Encoder, JobEntries, PartWriter};
 pub use statement::{lock_slot, session_slot, Slot, SlotAccess, Statement, StatementEnd};
 
 /// Default target size of a part file: 128 MiB.
@@ -152,14 +152,13 @@ pub struct Session {
     pool_jobs: Vec<usize>,
     /// Full buffers handed to the running encoders.
     pool_full: usize,
-    /// Filled when the encoder finishes: entries and complete parts awaiting the commit segment.
+    /// Filled when the encoders finish: complete parts and the entries of each job (job `i` of
+    /// the session at `jobs[i]`) awaiting the commit segment.
     parts_done: Vec<Path>,
-    entries: Vec<SegmentEntry>,
+    jobs: Vec<JobEntries>,
     points: u64,
     /// Buffers handed to the encoder so far (jobs, numbered from 0).
     encodes: u64,
-    /// `entries.len()` after each job, for the jobs the encoder has finished and handed over.
-    job_ends: Vec<usize>,
     /// Parts opened by earlier encoders of this session (a new encoder numbers on from here).
     parts_made: u32,
     /// Where the current statement began, for [`Session::rollback_statement`].
@@ -236,10 +235,9 @@ impl Session {
             pool_jobs: Vec::new(),
             pool_full: 0,
             parts_done: Vec::new(),
-            entries: Vec::new(),
+            jobs: Vec::new(),
             points: 0,
             encodes: 0,
-            job_ends: Vec::new(),
             parts_made: 0,
             stmt_start: StatementMark::default(),
             in_statement: false,
@@ -330,18 +328,16 @@ impl Session {
         if self.finish_encoder().is_err() {
             return false;
         }
-        let keep = match mark.first_job {
-            0 => 0,
-            j => match self.job_ends.get(j as usize - 1) {
-                Some(&k) => k,
-                None => return false,
-            },
-        };
-        self.entries.truncate(keep);
-        self.job_ends.truncate(mark.first_job as usize);
+        if self.jobs.len() < mark.first_job as usize {
+            return false;
+        }
+        self.jobs.truncate(mark.first_job as usize);
         self.encodes = mark.first_job;
-        let used: std::collections::HashSet<&str> =
-            self.entries.iter().map(|e| e.part.as_str()).collect();
+        let used: std::collections::HashSet<&str> = self
+            .jobs
+            .iter()
+            .flat_map(|j| j.parts.iter().map(String::as_str))
+            .collect();
         let (kept, unused): (Vec<Path>, Vec<Path>) = std::mem::take(&mut self.parts_done)
             .into_iter()
             .partition(|p| used.contains(p.as_ref()));
@@ -492,22 +488,20 @@ impl Session {
         let k = if full { self.pool_full % n } else { 0 };
         while self.encoders.len() <= k {
             let k = self.encoders.len();
-            let schema = self
+            let store_schema = self
                 .schema
                 .as_ref()
-                .ok_or_else(|| Error::Internal("no schema".into()))?
-                .arrow();
+                .ok_or_else(|| Error::Internal("no schema".into()))?;
+            let (schema, block) = (store_schema.arrow(), store_schema.block_type());
             let (worker, session) = (self.worker.clone(), self.id.clone());
             // Encoder k of n numbers its parts k, k + n, k + 2n, … after the earlier encoders'.
             let base = self.parts_made + k as u32;
             let paths =
                 Box::new(move |i: u32| layout::part_file(&worker, &session, base + i * n as u32));
-            self.encoders
-                .push(Encoder::spawn(PartWriter::new(PartSink::new(
-                    self.store.clone(),
-                    schema,
-                    paths,
-                )))?);
+            self.encoders.push(Encoder::spawn(PartWriter::new(
+                PartSink::new(self.store.clone(), schema, paths),
+                block,
+            ))?);
         }
         let batches = std::mem::take(&mut self.buffer);
         self.buffered_bytes = 0;
@@ -551,23 +545,17 @@ impl Session {
         let jobs = std::mem::take(&mut self.pool_jobs);
         self.pool_full = 0;
         if res.is_ok() && writers.len() == jobs.iter().max().map_or(0, |k| k + 1) {
-            // Each encoder's entries, job by job, in the order the jobs were handed out.
+            // Each encoder's jobs, in the order the jobs were handed out.
             let mut per: Vec<_> = writers
                 .iter_mut()
-                .map(|pw| {
-                    let ends = std::mem::take(&mut pw.job_ends).into_iter();
-                    (std::mem::take(&mut pw.entries).into_iter(), ends, 0)
-                })
+                .map(|pw| std::mem::take(&mut pw.jobs).into_iter())
                 .collect();
             for (j, &k) in jobs.iter().enumerate() {
-                let (entries, ends, done) = &mut per[k];
-                let Some(end) = ends.next() else {
+                let Some(job) = per[k].next() else {
                     res = Err(Error::Internal(format!("encoder {k} lost job {j}")));
                     break;
                 };
-                self.entries.extend(entries.by_ref().take(end - *done));
-                *done = end;
-                self.job_ends.push(self.entries.len());
+                self.jobs.push(job);
             }
         } else if res.is_ok() {
             res = Err(Error::Internal("an encoder thread was lost".into()));
@@ -596,10 +584,10 @@ impl Session {
             worker: self.worker.clone(),
             parts: self.parts_done.len() as u64,
             points: self.points,
-            entries: self.entries.len() as u64,
+            entries: self.jobs.iter().map(|j| j.count as u64).sum(),
             ..Default::default()
         };
-        if self.entries.is_empty() {
+        if summary.entries == 0 {
             return Ok(summary);
         }
         self.persist_schema()?;
@@ -619,11 +607,16 @@ impl Session {
         if self.replace_blocks {
             meta.push((crate::index::META_REPLACE_BLOCKS, "true".to_string()));
         }
-        let seg = encode_segment(&self.entries, schema.block_type(), &meta)?;
+        let pieces: Vec<Bytes> = self
+            .jobs
+            .iter()
+            .filter(|j| j.count > 0)
+            .map(|j| j.bytes.clone())
+            .collect();
+        let seg = concat_segments(&pieces, schema.block_type(), &meta)?;
         let seq = create_commit(&self.store, &self.worker, seg, "a commit")?;
         summary.commit = seq;
-        self.entries.clear();
-        self.job_ends.clear();
+        self.jobs.clear();
         self.parts_done.clear();
         Ok(summary)
     }
@@ -641,8 +634,7 @@ impl Session {
         for p in self.parts_done.drain(..) {
             let _ = self.store.delete(&p);
         }
-        self.entries.clear();
-        self.job_ends.clear();
+        self.jobs.clear();
         self.points = 0;
     }
 
