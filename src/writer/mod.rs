@@ -30,7 +30,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
-use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Float64Type};
 use bytes::Bytes;
 use object_store::path::Path;
@@ -773,7 +772,7 @@ pub(crate) mod tests {
             ),
         ])
         .unwrap();
-        let (_, ranks) = sort_order(&b).unwrap();
+        let (_, ranks) = sort_order(std::slice::from_ref(&b)).unwrap();
         let r = runs(&b, &ranks).unwrap();
         assert_eq!(r.len(), 3);
         assert_eq!(
