@@ -21,8 +21,9 @@
 //!   referenced.
 //!
 //! Files: this one holds the [`Session`] (options, schema negotiation, buffering, statement
-//! marks, commits, and the encoder threads' jobs: job `i` goes to encoder `i % encoders()`, each
-//! writing parts of its own, and their entries are taken back in job order); `encode` sorts
+//! marks, commits, and the encoder threads' jobs: full buffers go to the encoders in turn,
+//! smaller jobs to the first, each encoder writing parts of its own, and their entries are taken
+//! back in job order); `encode` sorts
 //! buffers and writes them into parts on an encoder thread;
 //! `statement` holds the per-process session slots and the [`Statement`] guard.
 
@@ -166,6 +167,9 @@ pub struct Session {
     in_statement: bool,
     /// The commit replaces every block it writes (`REPLACE_BLOCKS`).
     replace_blocks: bool,
+    /// Handing a job over or finishing the encoders failed: some encoded rows may be lost, so
+    /// the session can neither roll a statement back nor commit; it must be dropped.
+    failed: bool,
 }
 
 /// The session's state when a statement began: what [`Session::rollback_statement`] restores.
@@ -241,6 +245,7 @@ impl Session {
             stmt_start: StatementMark::default(),
             in_statement: false,
             replace_blocks: false,
+            failed: false,
         })
     }
 
@@ -319,6 +324,9 @@ impl Session {
         self.buffer.truncate(mark.buffered_batches);
         self.buffered_bytes = mark.buffered_bytes;
         self.points = mark.points;
+        if self.failed {
+            return false;
+        }
         if self.encodes == mark.first_job {
             return true;
         }
@@ -454,15 +462,23 @@ impl Session {
     }
 
     /// Hands the buffered rows to the encoder thread, which sorts them by (label, block) and
-    /// encodes them into parts while new rows are buffered. Waits while the encoder is busy with
-    /// the previous buffer (so at most two buffers exist).
+    /// encodes them into parts while new rows are buffered. Waits while the chosen encoder is
+    /// busy with an earlier job (so at most `encoders() + 1` jobs exist). An error marks the
+    /// session failed.
     fn encode_buffer(&mut self) -> Result<()> {
+        let r = self.encode_buffer_inner();
+        self.failed |= r.is_err();
+        r
+    }
+
+    fn encode_buffer_inner(&mut self) -> Result<()> {
         // Rows of earlier statements still buffered go into a job of their own, so that this
         // statement's rows can be rolled back alone.
         let earlier = self.stmt_start.buffered_batches;
         if self.in_statement && earlier > 0 && earlier < self.buffer.len() {
             let rest = self.buffer.split_off(earlier);
             let rest_bytes = self.buffered_bytes - self.stmt_start.buffered_bytes;
+            self.buffered_bytes = self.stmt_start.buffered_bytes;
             self.send_buffer()?;
             self.buffer = rest;
             self.buffered_bytes = rest_bytes;
@@ -560,6 +576,7 @@ impl Session {
             res = Err(Error::Internal("an encoder thread was lost".into()));
         }
         if res.is_err() {
+            self.failed = true;
             for pw in &mut writers {
                 pw.discard();
             }
@@ -577,6 +594,12 @@ impl Session {
     }
 
     fn commit_inner(&mut self) -> Result<CommitSummary> {
+        if self.failed {
+            return Err(Error::Internal(format!(
+                "worker '{}': an earlier write of this session failed, so its uncommitted rows were discarded",
+                self.worker
+            )));
+        }
         self.encode_buffer()?;
         self.finish_encoder()?;
         let mut summary = CommitSummary {
@@ -1007,6 +1030,58 @@ pub(crate) mod tests {
                 .count();
             assert_eq!(parts as u64, c.parts, "buffered_first={buffered_first}");
         }
+    }
+
+    /// An encoder that fails (its parts cannot be written) fails the session: the statement that
+    /// finds out cannot be rolled back alone (rows of earlier statements were lost with the
+    /// encoder), and nothing can be committed. Here the failure is found when the rows of an
+    /// earlier statement, still buffered, are handed over on their own.
+    #[test]
+    fn a_failed_encoder_fails_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let opts = WriterOptions {
+            target_file_size: 64 << 10,
+            buffer_size: 1 << 20,
+        };
+        let mut s = session_at(name, "w", opts).unwrap();
+        // The parts directory is a file: the first part to be uploaded fails.
+        std::fs::create_dir_all(dir.path().join("workers/w")).unwrap();
+        std::fs::write(dir.path().join("workers/w/parts"), b"not a directory").unwrap();
+        let block = |k: i32, n: usize| {
+            let labels: Vec<u64> = (0..n).map(|i| (i % 50) as u64).collect();
+            // Coordinates that do not compress, so that parts fill.
+            let pts: Vec<[i32; 3]> = (0..n)
+                .map(|i| {
+                    [
+                        k,
+                        (i as u32).wrapping_mul(2_654_435_761).rotate_left(13) as i32,
+                        0,
+                    ]
+                })
+                .collect();
+            rows(&labels, &format!("b{k}"), &pts)
+        };
+        // A full buffer, handed to the first encoder, which fails on its own thread.
+        s.begin_statement().unwrap();
+        s.append(&block(1, 200_000)).unwrap();
+        s.end_statement();
+        // A small statement whose rows stay buffered.
+        s.begin_statement().unwrap();
+        s.append(&block(2, 10)).unwrap();
+        s.end_statement();
+        // The next statement fills the buffer: the small statement's rows go to the first
+        // encoder on their own, and the hand-over fails.
+        s.begin_statement().unwrap();
+        let err = s.append(&block(3, 20_000)).unwrap_err();
+        assert!(err.to_string().contains("parts"), "{err}");
+        assert!(
+            !s.rollback_statement(),
+            "rolled back as if nothing was lost"
+        );
+        let err = s.commit().unwrap_err();
+        assert!(err.to_string().contains("failed"), "{err}");
+        assert!(std::fs::read_dir(dir.path().join("workers/w/commits")).is_err());
     }
 
     #[test]
