@@ -61,9 +61,11 @@ pub trait TableFn: 'static {
     /// Validates the arguments and declares the result columns.
     fn bind(b: &Bind) -> Result<Self::Args>;
 
-    /// The rows of one execution, on one thread. `columns` holds the indices of the result
-    /// columns DuckDB wants when [`TableFn::PROJECTION`] is set (empty otherwise). A function
-    /// whose [`TableFn::pieces`] always returns `Some` need not implement it.
+    /// The rows of one execution, on one thread, started when the execution is initialized (a
+    /// function that does its work here does it on the thread running the query, see
+    /// `Table::init`). `columns` holds the indices of the result columns DuckDB wants when
+    /// [`TableFn::PROJECTION`] is set (empty otherwise). A function whose [`TableFn::pieces`]
+    /// always returns `Some` need not implement it.
     fn rows(_args: &Self::Args, _columns: &[usize]) -> Result<BatchIter> {
         Err(Error::Internal(format!(
             "{}: neither rows nor pieces to produce",
@@ -418,16 +420,18 @@ fn fill(output: &mut DataChunkHandle, b: &RecordBatch) -> std::result::Result<()
     Ok(())
 }
 
-/// The state of one execution: the columns wanted, then the rows once started.
-pub struct Execution {
-    columns: Vec<usize>,
-    rows: Mutex<Option<Emitter>>,
-    shared: Option<Shared>,
+/// The state of one execution: its rows, made by one thread ([`TableFn::rows`], started at
+/// init) or by several ([`TableFn::pieces`]).
+pub enum Execution {
+    /// Rows made on one thread.
+    Rows(Mutex<Emitter>),
+    /// Rows made in pieces by several threads.
+    Shared(Shared),
 }
 
 /// Rows of an execution that several threads produce: the pieces, and decoded batches waiting
 /// to be emitted (with the position in the first).
-struct Shared {
+pub struct Shared {
     pieces: Box<dyn Pieces>,
     queue: Mutex<(std::collections::VecDeque<RecordBatch>, usize)>,
 }
@@ -500,39 +504,33 @@ impl<T: TableFn> VTab for Table<T> {
         // (the bind data type of `Table<T>`), and DuckDB keeps it alive until the execution ends.
         let args = unsafe { init.get_bind_data::<T::Args>().as_ref() }
             .ok_or_else(|| format!("{}: no bind data", T::NAME))?;
-        let shared = run(T::NAME, || T::pieces(args, &columns))?.map(|(pieces, threads)| {
+        if let Some((pieces, threads)) = run(T::NAME, || T::pieces(args, &columns))? {
             init.set_max_threads(threads.max(1));
-            Shared {
+            return Ok(Execution::Shared(Shared {
                 pieces,
                 queue: Mutex::new((Default::default(), 0)),
-            }
-        });
-        Ok(Execution {
-            columns,
-            rows: Mutex::new(None),
-            shared,
-        })
+            }));
+        }
+        // The rows are started here, not at the first `func` call: DuckDB initializes a query's
+        // scans on the thread that runs the query (the client's, for a plain `SELECT … FROM
+        // f(…)`), while `func` may run on one of its worker threads, the client thread then
+        // spinning until the query ends. A function that does its work when its rows start (the
+        // one-row functions: consolidate, optimize, stats; vacuum, check, delete) thus takes one
+        // core, not two.
+        let iter = run(T::NAME, || T::rows(args, &columns))?;
+        Ok(Execution::Rows(Mutex::new(Emitter::new(T::NAME, iter))))
     }
 
     fn func(
         func: &TableFunctionInfo<Self>,
         output: &mut DataChunkHandle,
     ) -> std::result::Result<(), BoxErr> {
-        let exec = func.get_init_data();
-        if let Some(sh) = &exec.shared {
-            return sh.emit(T::NAME, output);
-        }
-        let mut rows = exec
-            .rows
-            .lock()
-            .map_err(|_| format!("{}: execution lock poisoned", T::NAME))?;
-        if rows.is_none() {
-            let iter = run(T::NAME, || T::rows(func.get_bind_data(), &exec.columns))?;
-            *rows = Some(Emitter::new(T::NAME, iter));
-        }
-        match rows.as_mut() {
-            Some(e) => e.emit(output),
-            None => Ok(()),
+        match func.get_init_data() {
+            Execution::Shared(sh) => sh.emit(T::NAME, output),
+            Execution::Rows(rows) => rows
+                .lock()
+                .map_err(|_| format!("{}: execution lock poisoned", T::NAME))?
+                .emit(output),
         }
     }
 
