@@ -55,7 +55,7 @@ pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
 pub const DEFAULT_BUFFER_SIZE: u64 = 256 << 20;
 /// Smallest buffer bound.
 pub const MIN_BUFFER_SIZE: u64 = 1 << 20;
-/// Largest buffer bound: at most a quarter of it is sorted at once (see `Session::append`), with 32-bit
+/// Largest buffer bound: at most a fifth of it is sorted at once (see `Session::append`), with 32-bit
 /// row numbers and 32-bit string offsets, which stay far from overflowing below 4 GiB.
 pub const MAX_BUFFER_SIZE: u64 = 4 << 30;
 
@@ -447,9 +447,11 @@ impl Session {
         self.buffered_bytes += b.get_array_memory_size();
         self.points += b.num_rows() as u64;
         self.buffer.push(b);
-        // A job fills while each encoder holds an earlier one and its sort workspace (about as
-        // much again): with `n` encoders the bound covers 2n + 1 jobs (a quarter of the buffer
-        // each with one encoder, a sixth with two).
+        // A job fills while each encoder holds an earlier one and its sort workspace (up to one
+        // and a half times as much), 2.5n + 1 jobs' worth with `n` encoders; the buffer covers
+        // 3n + 2 jobs (a fifth of it each with one encoder, an eighth with two), leaving about a
+        // quarter of it for the parts' pages being encoded and uploaded, the jobs' index entries
+        // and the allocator's slack.
         if self.buffered_bytes as u64 >= self.job_bytes() {
             self.encode_buffer()?;
         }
@@ -458,7 +460,7 @@ impl Session {
 
     /// The buffered bytes that make a full buffer, handed to an encoder as one job.
     fn job_bytes(&self) -> u64 {
-        self.opts.buffer_size / (2 * encoders() as u64 + 2)
+        self.opts.buffer_size / (3 * encoders() as u64 + 2)
     }
 
     /// Hands the buffered rows to the encoder thread, which sorts them by (label, block) and
