@@ -178,19 +178,22 @@ pub fn encode_segment(
 }
 
 /// Encodes the commit segment whose entries are those of `pieces` (each encoded by
-/// [`encode_segment`]) in order, a batch at a time: only the segment being written and one batch
-/// are in memory, not the entries as structs.
+/// [`encode_segment`]) in order, a batch at a time: only the segment being written, the piece
+/// being read (pieces are taken from the iterator one at a time) and one batch are in memory,
+/// not the entries as structs.
 pub fn concat_segments(
-    pieces: &[Bytes],
+    pieces: impl IntoIterator<Item = Result<Bytes>>,
     block: ColumnType,
     meta: &[(&str, String)],
 ) -> Result<Bytes> {
-    let batches = pieces.iter().flat_map(|p| {
-        match ParquetRecordBatchReaderBuilder::try_new(p.clone()).and_then(|b| b.build()) {
+    let batches = pieces.into_iter().flat_map(|p| {
+        match p.and_then(|p| {
+            ParquetRecordBatchReaderBuilder::try_new(p)
+                .and_then(|b| b.build())
+                .map_err(|e| Error::Internal(format!("segment piece decode: {e}")))
+        }) {
             Ok(r) => Box::new(r.map(|b| b.map_err(Error::from))) as Box<dyn Iterator<Item = _>>,
-            Err(e) => Box::new(std::iter::once(Err(Error::Internal(format!(
-                "segment piece decode: {e}"
-            ))))),
+            Err(e) => Box::new(std::iter::once(Err(e))),
         }
     });
     write_segment(batches, block, meta)

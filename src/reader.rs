@@ -1307,6 +1307,7 @@ mod tests {
         let opts = crate::writer::WriterOptions {
             target_file_size: 16 << 10,
             buffer_size: 1 << 20,
+            ..Default::default()
         };
         let mut s = crate::writer::tests::session_at(name, "w1", opts).unwrap();
         let mut expect: HashMap<u64, Vec<i32>> = HashMap::new();

@@ -218,6 +218,7 @@ impl TableFn for Write {
         let opts = WriterOptions {
             target_file_size: b.named_size("target_file_size", defaults.target_file_size)?,
             buffer_size: b.named_size("buffer_size", defaults.buffer_size)?,
+            ..defaults
         };
         // A size is named in errors by where it came from: the argument, or the SET setting.
         let from = |name: &'static str, setting: &'static str| {

@@ -140,6 +140,7 @@ impl ClientContext {
         let opts = WriterOptions {
             target_file_size: self.setting_size(SET_TARGET_FILE_SIZE, DEFAULT_TARGET_FILE_SIZE)?,
             buffer_size: self.setting_size(SET_BUFFER_SIZE, DEFAULT_BUFFER_SIZE)?,
+            ..Default::default()
         };
         Ok(opts)
     }

@@ -12,15 +12,65 @@ const SLICE_ROWS: usize = 8192;
 /// The index entries of one encoded buffer (a job), kept encoded as a commit segment piece
 /// (about 20 bytes an entry instead of about 200 as [`SegmentEntry`] structs) until the commit
 /// concatenates the pieces. Entries never span two jobs, so a statement's jobs can be dropped.
+/// Once an encoder holds more than `entries_in_memory` bytes of pieces, it spills them to a
+/// temporary file of its own (unlinked: it goes when the last piece in it is dropped), so a long
+/// session's memory does not grow with its entries.
 pub(super) struct JobEntries {
-    /// [`encode_segment`]'s bytes (empty when there are no entries).
-    pub(super) bytes: Bytes,
+    /// [`encode_segment`]'s bytes (empty when there are no entries), or where they were spilled.
+    piece: Piece,
     pub(super) count: usize,
     /// The parts its entries reference.
     pub(super) parts: Vec<String>,
 }
 
+/// Where a job's encoded entries are.
+enum Piece {
+    Memory(Bytes),
+    /// `len` bytes at `offset` of a temporary file.
+    Spilled {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: usize,
+    },
+}
+
+/// The error of a temporary file that could not be written or read back.
+fn spill_error(what: &str, e: std::io::Error) -> Error {
+    Error::Internal(format!(
+        "index entries could not be {what} a temporary file in '{}' (TMPDIR): {e}",
+        std::env::temp_dir().display()
+    ))
+}
+
 impl JobEntries {
+    /// The encoded entries ([`encode_segment`]'s bytes), read back if spilled.
+    pub(super) fn bytes(&self) -> Result<Bytes> {
+        match &self.piece {
+            Piece::Memory(b) => Ok(b.clone()),
+            Piece::Spilled { file, offset, len } => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; *len];
+                file.read_exact_at(&mut buf, *offset)
+                    .map_err(|e| spill_error("read back from", e))?;
+                Ok(Bytes::from(buf))
+            }
+        }
+    }
+
+    /// Whether the entries were spilled to a temporary file.
+    #[cfg(test)]
+    pub(super) fn spilled(&self) -> bool {
+        matches!(self.piece, Piece::Spilled { .. })
+    }
+
+    /// Bytes held in memory.
+    fn in_memory(&self) -> usize {
+        match &self.piece {
+            Piece::Memory(b) => b.len(),
+            Piece::Spilled { .. } => 0,
+        }
+    }
+
     fn new(entries: &[SegmentEntry], block: ColumnType) -> Result<JobEntries> {
         let mut parts: Vec<String> = Vec::new();
         for e in entries {
@@ -35,7 +85,7 @@ impl JobEntries {
             false => encode_segment(entries, block, &[])?,
         };
         Ok(JobEntries {
-            bytes,
+            piece: Piece::Memory(bytes),
             count: entries.len(),
             parts,
         })
@@ -51,15 +101,21 @@ pub(super) struct PartWriter {
     cur: Vec<SegmentEntry>,
     /// The entries of each job encoded, in order.
     pub(super) jobs: Vec<JobEntries>,
+    /// Bytes of encoded entries kept in memory before they are spilled.
+    entries_in_memory: u64,
+    /// The temporary file entries are spilled to (made on first use) and its length.
+    spill: Option<(Arc<std::fs::File>, u64)>,
 }
 
 impl PartWriter {
-    pub(super) fn new(sink: PartSink, block: ColumnType) -> PartWriter {
+    pub(super) fn new(sink: PartSink, block: ColumnType, entries_in_memory: u64) -> PartWriter {
         PartWriter {
             sink,
             block,
             cur: Vec::new(),
             jobs: Vec::new(),
+            entries_in_memory,
+            spill: None,
         }
     }
 
@@ -68,6 +124,37 @@ impl PartWriter {
         self.encode_job(batches, target)?;
         let cur = std::mem::take(&mut self.cur);
         self.jobs.push(JobEntries::new(&cur, self.block)?);
+        let held: usize = self.jobs.iter().map(JobEntries::in_memory).sum();
+        if held as u64 > self.entries_in_memory {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Moves the pieces held in memory to the end of the temporary file.
+    fn spill(&mut self) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let (file, len) = match &mut self.spill {
+            Some(s) => s,
+            None => {
+                let f = tempfile::tempfile().map_err(|e| spill_error("spilled to", e))?;
+                self.spill.insert((Arc::new(f), 0))
+            }
+        };
+        for job in &mut self.jobs {
+            let b = match &job.piece {
+                Piece::Memory(b) if !b.is_empty() => b.clone(),
+                _ => continue,
+            };
+            file.write_all_at(&b, *len)
+                .map_err(|e| spill_error("spilled to", e))?;
+            job.piece = Piece::Spilled {
+                file: file.clone(),
+                offset: *len,
+                len: b.len(),
+            };
+            *len += b.len() as u64;
+        }
         Ok(())
     }
 

@@ -77,13 +77,20 @@ pub struct WriterOptions {
     pub target_file_size: u64,
     /// Buffered rows are encoded once they take this much memory.
     pub buffer_size: u64,
+    /// Encoded index entries an encoder keeps in memory until the commit; beyond this it
+    /// spills them to a temporary file (see [`encode::JobEntries`]).
+    pub entries_in_memory: u64,
 }
+
+/// Default [`WriterOptions::entries_in_memory`]: 8 MiB (about 400 k index entries) per encoder.
+pub const DEFAULT_ENTRIES_IN_MEMORY: u64 = 8 << 20;
 
 impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
             target_file_size: DEFAULT_TARGET_FILE_SIZE,
             buffer_size: DEFAULT_BUFFER_SIZE,
+            entries_in_memory: DEFAULT_ENTRIES_IN_MEMORY,
         }
     }
 }
@@ -518,6 +525,7 @@ impl Session {
             self.encoders.push(Encoder::spawn(PartWriter::new(
                 PartSink::new(self.store.clone(), schema, paths),
                 block,
+                self.opts.entries_in_memory,
             ))?);
         }
         let batches = std::mem::take(&mut self.buffer);
@@ -631,13 +639,9 @@ impl Session {
         if self.replace_blocks {
             meta.push((crate::index::META_REPLACE_BLOCKS, "true".to_string()));
         }
-        let pieces: Vec<Bytes> = self
-            .jobs
-            .iter()
-            .filter(|j| j.count > 0)
-            .map(|j| j.bytes.clone())
-            .collect();
-        let seg = concat_segments(&pieces, schema.block_type(), &meta)?;
+        // Read back one piece at a time (spilled pieces from their temporary files).
+        let pieces = self.jobs.iter().filter(|j| j.count > 0).map(|j| j.bytes());
+        let seg = concat_segments(pieces, schema.block_type(), &meta)?;
         let seq = create_commit(&self.store, &self.worker, seg, "a commit")?;
         summary.commit = seq;
         self.jobs.clear();
@@ -829,6 +833,7 @@ pub(crate) mod tests {
         let opts = WriterOptions {
             target_file_size: 1024,
             buffer_size: 1 << 20,
+            ..Default::default()
         };
         let mut s = session_at(name, "w1", opts).unwrap();
         let pts: Vec<[i32; 3]> = (0..50_000).map(|i| [i, i, i]).collect();
@@ -847,6 +852,7 @@ pub(crate) mod tests {
         let opts = WriterOptions {
             target_file_size: 256 << 10,
             buffer_size: 4 << 20,
+            ..Default::default()
         };
         let mut s = session_at(name, "w1", opts).unwrap();
         for blk in 0..300 {
@@ -961,12 +967,15 @@ pub(crate) mod tests {
     #[test]
     fn statement_rollback_keeps_earlier_encoded_rows() {
         use crate::consolidate::tests::JsonCodec;
-        for buffered_first in [false, true] {
+        // Entries kept in memory, and spilled to a temporary file as soon as they are made.
+        for (buffered_first, spill) in [(false, false), (true, false), (false, true), (true, true)]
+        {
             let dir = tempfile::tempdir().unwrap();
             let name = dir.path().to_str().unwrap();
             let opts = WriterOptions {
                 target_file_size: 64 << 10,
                 buffer_size: 1 << 20,
+                entries_in_memory: if spill { 0 } else { DEFAULT_ENTRIES_IN_MEMORY },
             };
             let mut s = session_at(name, "w", opts).unwrap();
             let block = |k: i32, n: usize| {
@@ -998,6 +1007,12 @@ pub(crate) mod tests {
             );
             assert!(s.rollback_statement());
             assert_eq!(s.pending_points(), kept);
+            let made: Vec<_> = s.jobs.iter().filter(|j| j.count > 0).collect();
+            assert!(made.len() >= 3, "{} jobs with entries", made.len());
+            assert!(
+                made.iter().all(|j| j.spilled() == spill),
+                "spill={spill}: every job's entries spilled, or none"
+            );
             // The session goes on: one more statement, then the commit.
             s.begin_statement().unwrap();
             s.append(&block(5, 1000)).unwrap();
@@ -1025,7 +1040,10 @@ pub(crate) mod tests {
             if buffered_first {
                 want.insert(4, 10);
             }
-            assert_eq!(per_block, want, "buffered_first={buffered_first}");
+            assert_eq!(
+                per_block, want,
+                "buffered_first={buffered_first} spill={spill}"
+            );
             // No part is left that holds none of the committed rows.
             let parts = std::fs::read_dir(dir.path().join("workers/w/parts"))
                 .unwrap()
@@ -1045,6 +1063,7 @@ pub(crate) mod tests {
         let opts = WriterOptions {
             target_file_size: 64 << 10,
             buffer_size: 1 << 20,
+            ..Default::default()
         };
         let mut s = session_at(name, "w", opts).unwrap();
         // The parts directory is a file: the first part to be uploaded fails.
