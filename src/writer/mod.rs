@@ -82,8 +82,8 @@ pub struct WriterOptions {
     pub entries_in_memory: u64,
 }
 
-/// Default [`WriterOptions::entries_in_memory`]: 8 MiB (about 400 k index entries) per encoder.
-pub const DEFAULT_ENTRIES_IN_MEMORY: u64 = 8 << 20;
+/// Default [`WriterOptions::entries_in_memory`]: 2 MiB (about 100 k index entries) per encoder.
+pub const DEFAULT_ENTRIES_IN_MEMORY: u64 = 2 << 20;
 
 impl Default for WriterOptions {
     fn default() -> Self {
