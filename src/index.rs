@@ -181,11 +181,12 @@ pub fn encode_segment(
 /// [`encode_segment`]) in order, a batch at a time: only the segment being written, the piece
 /// being read (pieces are taken from the iterator one at a time) and one batch are in memory,
 /// not the entries as structs.
-pub fn concat_segments(
+pub fn concat_segments<W: std::io::Write + Send>(
+    out: W,
     pieces: impl IntoIterator<Item = Result<Bytes>>,
     block: ColumnType,
     meta: &[(&str, String)],
-) -> Result<Bytes> {
+) -> Result<W> {
     let batches = pieces.into_iter().flat_map(|p| {
         match p.and_then(|p| {
             ParquetRecordBatchReaderBuilder::try_new(p)
@@ -196,7 +197,7 @@ pub fn concat_segments(
             Err(e) => Box::new(std::iter::once(Err(e))),
         }
     });
-    write_segment(batches, block, meta)
+    write_segment_to(out, batches, block, meta)
 }
 
 fn write_segment(
@@ -204,7 +205,16 @@ fn write_segment(
     block: ColumnType,
     meta: &[(&str, String)],
 ) -> Result<Bytes> {
-    let mut buf = Vec::new();
+    write_segment_to(Vec::new(), batches, block, meta).map(Bytes::from)
+}
+
+/// Writes a commit segment of `batches` into `out`, returned once the file is complete.
+fn write_segment_to<W: std::io::Write + Send>(
+    mut out: W,
+    batches: impl IntoIterator<Item = Result<RecordBatch>>,
+    block: ColumnType,
+    meta: &[(&str, String)],
+) -> Result<W> {
     let props = parquet::file::properties::WriterProperties::builder()
         .set_key_value_metadata(Some(
             meta.iter()
@@ -214,12 +224,12 @@ fn write_segment(
         .build();
     let enc = |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
     let mut w =
-        ArrowWriter::try_new(&mut buf, entry_schema(block, false), Some(props)).map_err(enc)?;
+        ArrowWriter::try_new(&mut out, entry_schema(block, false), Some(props)).map_err(enc)?;
     for b in batches {
         w.write(&b?).map_err(enc)?;
     }
     w.close().map_err(enc)?;
-    Ok(Bytes::from(buf))
+    Ok(out)
 }
 
 /// Commit-segment metadata key: the commit replaces every block it writes (`"true"`).

@@ -459,6 +459,82 @@ pub fn create_numbered(
     })
 }
 
+/// [`create_numbered`] of a file that `write` produces, without holding it in memory on a local
+/// store: it is written to a staging file beside number `first` (`<file>#<k>`, the name
+/// `object_store`'s local uploads stage under, which listings skip), synced, then hard-linked to
+/// the first free number (a link fails if the name exists: create-if-absent), and the staging
+/// file removed. On object stores it is written to memory and created as [`create_numbered`]
+/// does (a conditional PUT needs the whole body). `write` is called once.
+pub fn create_numbered_streamed(
+    store: &Store,
+    first: u64,
+    file_of: impl Fn(u64) -> Path,
+    write: impl FnOnce(&mut (dyn std::io::Write + Send)) -> Result<()>,
+    what: &str,
+) -> Result<u64> {
+    let Some(root) = &store.local_dir else {
+        let mut buf = Vec::new();
+        write(&mut buf)?;
+        return create_numbered(store, first, file_of, Bytes::from(buf), what);
+    };
+    let dest = |n: u64| root.join(file_of(n).as_ref());
+    let err = |n: u64, e: std::io::Error| {
+        Error::file(
+            &store.name,
+            file_of(n).as_ref(),
+            format!("cannot create {what}: {e}"),
+        )
+    };
+    let (file, staging) = staged_file(&dest(first)).map_err(|e| err(first, e))?;
+    let written = (|| {
+        let mut w = std::io::BufWriter::new(file);
+        write(&mut w)?;
+        let file = w.into_inner().map_err(|e| err(first, e.into_error()))?;
+        file.sync_all().map_err(|e| err(first, e))
+    })();
+    let linked = written.and_then(|()| {
+        for n in first..first + 1000 {
+            match std::fs::hard_link(&staging, dest(n)) {
+                Ok(()) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(n, e)),
+            }
+        }
+        Err(Error::Conflict {
+            store: store.name.clone(),
+            msg: format!("could not number {what} after 1000 tries"),
+        })
+    });
+    let _ = std::fs::remove_file(&staging);
+    let n = linked?;
+    store.sync(&[file_of(n)])?;
+    Ok(n)
+}
+
+/// A new file `<dest>#<k>` (the first free `k`), creating `dest`'s directory if needed.
+fn staged_file(dest: &std::path::Path) -> std::io::Result<(std::fs::File, std::path::PathBuf)> {
+    for k in 1..10_000 {
+        let mut p = dest.as_os_str().to_owned();
+        p.push(format!("#{k}"));
+        let p = std::path::PathBuf::from(p);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
+            Ok(f) => return Ok((f, p)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(d) = p.parent() {
+                    std::fs::create_dir_all(d)?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free staging name"))
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -471,6 +547,49 @@ pub fn now_ms() -> u64 {
 mod tests {
     use super::*;
     use crate::storage::OpenMode;
+
+    /// A streamed create on a local store takes the first free number, holds exactly what was
+    /// written, and leaves no staging file; a failed write publishes nothing and cleans up.
+    #[test]
+    fn streamed_creates_take_the_first_free_number_and_leave_no_staging_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), OpenMode::Existing).unwrap();
+        let file_of = |n: u64| Path::from(format!("c/{n:03}.bin"));
+        let names = || {
+            let mut v: Vec<String> = std::fs::read_dir(dir.path().join("c"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        let data = |tag: &'static [u8]| {
+            move |w: &mut (dyn std::io::Write + Send)| {
+                w.write_all(tag).map_err(|e| Error::Internal(e.to_string()))
+            }
+        };
+        assert_eq!(
+            create_numbered_streamed(&store, 1, file_of, data(b"one"), "x").unwrap(),
+            1
+        );
+        // Numbers 2 and 3 taken by others: the next create gets 4, starting from 2.
+        assert!(create(&store, &file_of(2), Bytes::from_static(b"two")).unwrap());
+        assert!(create(&store, &file_of(3), Bytes::from_static(b"three")).unwrap());
+        assert_eq!(
+            create_numbered_streamed(&store, 2, file_of, data(b"four"), "x").unwrap(),
+            4
+        );
+        let failing = |w: &mut (dyn std::io::Write + Send)| {
+            w.write_all(b"partial").unwrap();
+            Err(Error::Internal("encoder failed".into()))
+        };
+        let e = create_numbered_streamed(&store, 5, file_of, failing, "x").unwrap_err();
+        assert!(e.to_string().contains("encoder failed"), "{e}");
+        assert_eq!(names(), ["001.bin", "002.bin", "003.bin", "004.bin"]);
+        for (n, want) in [(1, &b"one"[..]), (2, b"two"), (3, b"three"), (4, b"four")] {
+            assert_eq!(&store.get(&file_of(n)).unwrap()[..], want, "file {n}");
+        }
+    }
 
     /// A `.duckdb` file newer than the newest manifest (what plain DuckDB leaves behind when it
     /// `ATTACH`es a missing path in `index/`) is not a generation: readers and consolidate keep

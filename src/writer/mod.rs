@@ -639,10 +639,14 @@ impl Session {
         if self.replace_blocks {
             meta.push((crate::index::META_REPLACE_BLOCKS, "true".to_string()));
         }
-        // Read back one piece at a time (spilled pieces from their temporary files).
+        // Read back one piece at a time (spilled pieces from their temporary files), and written
+        // as it is encoded (on a local store, straight to the file).
         let pieces = self.jobs.iter().filter(|j| j.count > 0).map(|j| j.bytes());
-        let seg = concat_segments(pieces, schema.block_type(), &meta)?;
-        let seq = create_commit(&self.store, &self.worker, seg, "a commit")?;
+        let block = schema.block_type();
+        let write = |w: &mut (dyn std::io::Write + Send)| {
+            concat_segments(w, pieces, block, &meta).map(|_| ())
+        };
+        let seq = create_commit_streamed(&self.store, &self.worker, write, "a commit")?;
         summary.commit = seq;
         self.jobs.clear();
         self.parts_done.clear();
@@ -711,12 +715,29 @@ pub fn read_schema(store: &Store) -> Result<Option<StoreSchema>> {
 /// must not write a commit numbered at or below one the index already holds: consolidate would
 /// skip it). `what` names it in errors (`a commit`, `a delete`).
 pub(crate) fn create_commit(store: &Store, worker: &str, bytes: Bytes, what: &str) -> Result<u64> {
+    let write = |w: &mut (dyn std::io::Write + Send)| {
+        w.write_all(&bytes).map_err(|e| Error::Store {
+            store: store.name.clone(),
+            msg: format!("cannot write {what} for worker '{worker}': {e}"),
+        })
+    };
+    create_commit_streamed(store, worker, write, what)
+}
+
+/// [`create_commit`] of a segment that `write` produces (on a local store, straight into the
+/// staging file: see [`crate::log::create_numbered_streamed`]).
+pub(crate) fn create_commit_streamed(
+    store: &Store,
+    worker: &str,
+    write: impl FnOnce(&mut (dyn std::io::Write + Send)) -> Result<()>,
+    what: &str,
+) -> Result<u64> {
     let first = latest_commit(store, worker)?.max(crate::log::merged_commit(store, worker)?) + 1;
-    crate::log::create_numbered(
+    crate::log::create_numbered_streamed(
         store,
         first,
         |n| layout::commit_file(worker, n),
-        bytes,
+        write,
         &format!("{what} for worker '{worker}'"),
     )
 }
