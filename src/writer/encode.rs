@@ -105,6 +105,8 @@ pub(super) struct PartWriter {
     entries_in_memory: u64,
     /// The temporary file entries are spilled to (made on first use) and its length.
     spill: Option<(Arc<std::fs::File>, u64)>,
+    /// The sort keys of the job being encoded ([`sort_keys`]), kept from job to job.
+    keys: Vec<u128>,
 }
 
 impl PartWriter {
@@ -116,6 +118,7 @@ impl PartWriter {
             jobs: Vec::new(),
             entries_in_memory,
             spill: None,
+            keys: Vec::new(),
         }
     }
 
@@ -164,7 +167,16 @@ impl PartWriter {
         if batches.is_empty() {
             return Ok(());
         }
-        let (idx, ranks) = sort_order(&batches)?;
+        let mut keys = std::mem::take(&mut self.keys);
+        let r = sort_keys(&batches, &mut keys)
+            .and_then(|()| self.gather_sorted(&batches, &keys, target));
+        self.keys = keys;
+        r
+    }
+
+    /// Gathers the rows of `batches` in the order of their sorted `keys` ([`sort_keys`]) a slice
+    /// at a time and writes them.
+    fn gather_sorted(&mut self, batches: &[RecordBatch], keys: &[u128], target: u64) -> Result<()> {
         // COPY hands over batches of one DuckDB vector (2,048 rows) but the last: a row's batch
         // is then a shift away; otherwise a binary search over the batches' starts.
         let len = batches[0].num_rows();
@@ -174,32 +186,24 @@ impl PartWriter {
                 .all(|b| b.num_rows() == len)
             && batches[batches.len() - 1].num_rows() <= len)
             .then(|| len.trailing_zeros());
-        let pairs: Vec<(usize, usize)> = match shift {
-            Some(sh) => idx
-                .values()
-                .iter()
-                .map(|&g| (g as usize >> sh, g as usize & (len - 1)))
-                .collect(),
-            None => {
-                let mut starts = Vec::with_capacity(batches.len());
-                let mut acc = 0usize;
-                for b in &batches {
-                    starts.push(acc);
-                    acc += b.num_rows();
+        let mut starts = Vec::with_capacity(batches.len());
+        let mut acc = 0usize;
+        for b in batches {
+            starts.push(acc);
+            acc += b.num_rows();
+        }
+        let pair = |k: &u128| {
+            let g = *k as u32 as usize;
+            match shift {
+                Some(sh) => (g >> sh, g & (len - 1)),
+                None => {
+                    let bi = starts.partition_point(|&s| s <= g) - 1;
+                    (bi, g - starts[bi])
                 }
-                idx.values()
-                    .iter()
-                    .map(|&g| {
-                        let g = g as usize;
-                        let bi = starts.partition_point(|&s| s <= g) - 1;
-                        (bi, g - starts[bi])
-                    })
-                    .collect()
             }
         };
-        drop(idx);
         let refs: Vec<&RecordBatch> = batches.iter().collect();
-        let gather = Gather::new(&batches);
+        let gather = Gather::new(batches);
         // Gathered a slice at a time, each of at most SLICE_ROWS rows and
         // `bounded::STRING_BYTES` of strings (a job may hold more than a string array can);
         // a job whose strings fit in total needs no per-row sizes.
@@ -208,16 +212,24 @@ impl PartWriter {
             .map(|b| crate::bounded::string_bytes(b))
             .sum::<usize>()
             <= crate::bounded::STRING_BYTES;
+        // A slice's (batch, row) pairs and block ranks, read from the keys.
+        let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(SLICE_ROWS);
+        let mut ranks: Vec<u32> = Vec::with_capacity(SLICE_ROWS);
         let mut off = 0;
-        while off < pairs.len() {
-            let end = if fits {
-                pairs.len().min(off + SLICE_ROWS)
+        while off < keys.len() {
+            let next = &keys[off..keys.len().min(off + SLICE_ROWS)];
+            pairs.clear();
+            pairs.extend(next.iter().map(pair));
+            let n = if fits {
+                pairs.len()
             } else {
-                crate::bounded::cut(&refs, &pairs, off, SLICE_ROWS, crate::bounded::STRING_BYTES)
+                crate::bounded::cut(&refs, &pairs, 0, SLICE_ROWS, crate::bounded::STRING_BYTES)
             };
-            let slice = gather.rows(&pairs[off..end])?;
-            self.write_slice(&slice, &ranks[off..end], target)?;
-            off = end;
+            ranks.clear();
+            ranks.extend(next[..n].iter().map(|k| (*k >> 32) as u32));
+            let slice = gather.rows(&pairs[..n])?;
+            self.write_slice(&slice, &ranks, target)?;
+            off += n;
         }
         Ok(())
     }
@@ -299,16 +311,26 @@ impl Encoder {
     }
 }
 
-/// The order that sorts the rows of `batches` (numbered on across the batches) by (label,
-/// block), rows of one (label, block) in arrival order, and the block rank (position of the
-/// block among the distinct blocks) of each row in that order.
-///
-/// Sorting packed `label << 64 | rank << 32 | row` keys keeps the comparisons on contiguous
-/// integers (no indirection), which is several times faster than a comparator sort (and faster
-/// than an LSD radix sort, measured: eight scatter passes over random 64-bit labels). The keys
-/// are built straight from the batches, and the ranks are read back from the sorted keys, so the
-/// workspace peaks at 24 bytes a row (keys, then the order and the ranks beside them).
+/// [`sort_keys`]' order and ranks as arrays (for tests).
+#[cfg(test)]
 pub(super) fn sort_order(batches: &[RecordBatch]) -> Result<(arrow::array::UInt32Array, Vec<u32>)> {
+    let mut keys = Vec::new();
+    sort_keys(batches, &mut keys)?;
+    let idx = arrow::array::UInt32Array::from_iter_values(keys.iter().map(|k| *k as u32));
+    Ok((idx, keys.iter().map(|k| (*k >> 32) as u32).collect()))
+}
+
+/// Sorts the rows of `batches` (numbered on across the batches) by (label, block), rows of one
+/// (label, block) in arrival order: `keys` becomes their packed `label << 64 | rank << 32 | row`
+/// keys in that order, `rank` being the block's position among the distinct blocks.
+///
+/// Sorting packed keys keeps the comparisons on contiguous integers (no indirection), which is
+/// several times faster than a comparator sort (and faster than an LSD radix sort, measured:
+/// eight scatter passes over random 64-bit labels). The keys are built straight from the batches;
+/// the order and the ranks are read from them a slice at a time. `keys` is the encoder's, reused
+/// from job to job: the workspace is 16 bytes a row (plus 4 for the ranks while the keys are
+/// built), allocated once per encoder rather than once per job.
+pub(super) fn sort_keys(batches: &[RecordBatch], keys: &mut Vec<u128>) -> Result<()> {
     let blocks = batches
         .iter()
         .map(|b| Blocks::of(b.column(col::BLOCK)))
@@ -325,7 +347,8 @@ pub(super) fn sort_order(batches: &[RecordBatch]) -> Result<(arrow::array::UInt3
             Blocks::Int(_) => None,
         })?,
     };
-    let mut keys: Vec<u128> = Vec::with_capacity(ranks.len());
+    keys.clear();
+    keys.reserve(ranks.len());
     for b in batches {
         for &l in crate::schema::labels(b).values() {
             let i = keys.len();
@@ -334,9 +357,7 @@ pub(super) fn sort_order(batches: &[RecordBatch]) -> Result<(arrow::array::UInt3
     }
     drop(ranks);
     keys.sort_unstable();
-    let idx = arrow::array::UInt32Array::from_iter_values(keys.iter().map(|k| *k as u32));
-    let sorted_ranks = keys.iter().map(|k| (*k >> 32) as u32).collect();
-    Ok((idx, sorted_ranks))
+    Ok(())
 }
 
 /// The rank of each row's key among the distinct keys: `key(b, i)` is row `i` of batch `b`, of

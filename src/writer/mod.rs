@@ -454,11 +454,11 @@ impl Session {
         self.buffered_bytes += b.get_array_memory_size();
         self.points += b.num_rows() as u64;
         self.buffer.push(b);
-        // A job fills while each encoder holds an earlier one and its sort workspace (up to one
-        // and a half times as much), 2.5n + 1 jobs' worth with `n` encoders; the buffer covers
-        // 3n + 2 jobs (a fifth of it each with one encoder, an eighth with two), leaving about a
-        // quarter of it for the parts' pages being encoded and uploaded, the jobs' index entries
-        // and the allocator's slack.
+        // A job fills while each encoder holds an earlier one and its sort workspace (16 bytes a
+        // row, about half a job): with `n` encoders 1.5n + 1 jobs' worth. The buffer covers 3n + 2
+        // jobs (a fifth of it each with one encoder, an eighth with two), leaving room for the
+        // parts' pages being encoded and uploaded, the jobs' index entries and the allocator's
+        // slack.
         if self.buffered_bytes as u64 >= self.job_bytes() {
             self.encode_buffer()?;
         }
