@@ -26,16 +26,21 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-CHILD = r"""
+# What both children start with: peak and current RSS readers, a connection with the extension
+# (sys.argv[1]) loaded, and DuckDB on 2 threads.
+PRELUDE = r"""
 import duckdb, json, os, sys, time
-ext, kind, staged, d, what = sys.argv[1:6]
 def hwm():
     return [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
 def rss():
     return [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmRSS')][0]
 con = duckdb.connect(config={'allow_unsigned_extensions': True})
-con.execute(f"LOAD '{ext}'")
+con.execute(f"LOAD '{sys.argv[1]}'")
 con.execute("SET threads = 2")
+"""
+
+CHILD = PRELUDE + r"""
+kind, staged, d, what = sys.argv[2:6]
 sel = "label, block::VARCHAR AS block, x, y, z" if kind == "varchar" else "*"
 con.execute(f"CREATE TEMP TABLE t AS SELECT {sel} FROM read_parquet('{staged}')")
 n = con.execute("SELECT count(*) FROM t").fetchone()[0]
@@ -55,16 +60,8 @@ print(json.dumps(out))
 """
 
 
-LONG = r"""
-import duckdb, json, sys, time
-ext, n, buf, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-def hwm():
-    return [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
-def rss():
-    return [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmRSS')][0]
-con = duckdb.connect(config={'allow_unsigned_extensions': True})
-con.execute(f"LOAD '{ext}'")
-con.execute("SET threads = 2")
+LONG = PRELUDE + r"""
+n, buf, d = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 q = (f"SELECT ((i // 9) * 2654435761 % 1000000007)::UBIGINT AS label, (i // 90000)::BIGINT AS block, "
      f"(i % 1000)::INTEGER AS x, (i % 7)::INTEGER AS y, (i % 13)::INTEGER AS z FROM range({n}) t(i)")
 open('/proc/self/clear_refs', 'w').write('5')
@@ -90,7 +87,7 @@ def long_sessions(ext: str, work: Path, buffer: int = 64 << 20) -> dict:
         if r.returncode:
             raise SystemExit(f"ingest benchmark child failed:\n{r.stderr[-4000:]}")
         x = out[n] = json.loads(r.stdout.strip().splitlines()[-1])
-        x["entries"] = pq.ParquetFile(next((d / "store" / "workers" / "w0" / "commits").iterdir())).metadata.num_rows
+        x["entries"] = _entries(d)
         shutil.rmtree(d, ignore_errors=True)
         print(f"  long session, {n:,} rows ({x['entries']:,} entries), BUFFER_SIZE {buffer >> 20} MiB: "
               f"{n / x['s'] / 1e6:.2f} M pts/s, peak RSS during the COPY {x['copy'] / 2**20:.0f} MiB, "
@@ -105,6 +102,11 @@ def _child(ext: str, kind: str, staged: Path, d: Path, what: str) -> dict:
     if r.returncode:
         raise SystemExit(f"ingest benchmark child failed:\n{r.stderr[-4000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _entries(d: Path) -> int:
+    """Index entries of worker w0's (one) commit in the store under `d`."""
+    return pq.ParquetFile(next((d / "store" / "workers" / "w0" / "commits").iterdir())).metadata.num_rows
 
 
 def _bytes(d: Path) -> int:
@@ -128,7 +130,7 @@ def run(synth, ext: str, work: Path, n_points: int = 9_000_000, reps: int = 3) -
             r = _child(ext, kind, staged, d, "pocaduck,plain,null")
             r["part_bytes"] = _bytes(d / "store" / "workers" / "w0" / "parts")
             r["commit_bytes"] = _bytes(d / "store" / "workers" / "w0" / "commits")
-            r["entries"] = pq.ParquetFile(next((d / "store" / "workers" / "w0" / "commits").iterdir())).metadata.num_rows
+            r["entries"] = _entries(d)
             r["plain_bytes"] = (d / "plain.parquet").stat().st_size
             runs.append(r)
         tenth = _child(ext, kind, small, d, "pocaduck")
