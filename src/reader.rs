@@ -1304,12 +1304,7 @@ mod tests {
         // Many labels over several parts; every label must come back exactly.
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
-        let opts = crate::writer::WriterOptions {
-            target_file_size: 16 << 10,
-            buffer_size: 1 << 20,
-            ..Default::default()
-        };
-        let mut s = crate::writer::tests::session_at(name, "w1", opts).unwrap();
+        let mut s = crate::writer::tests::sized_session(name, "w1", 16 << 10, 1 << 20);
         let mut expect: HashMap<u64, Vec<i32>> = HashMap::new();
         for blk in 0..20 {
             let n = 20_000;

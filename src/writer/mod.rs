@@ -759,6 +759,22 @@ pub(crate) mod tests {
     use crate::storage::OpenMode;
 
     /// Starts a session of `worker` (no attributes) on the store at `name`, created if missing.
+    /// A session in store `name` with the given part target and buffer sizes (other options
+    /// default).
+    pub(crate) fn sized_session(
+        name: &str,
+        worker: &str,
+        target_file_size: u64,
+        buffer_size: u64,
+    ) -> Session {
+        let opts = WriterOptions {
+            target_file_size,
+            buffer_size,
+            ..Default::default()
+        };
+        session_at(name, worker, opts).unwrap()
+    }
+
     pub(crate) fn session_at(name: &str, worker: &str, opts: WriterOptions) -> Result<Session> {
         Session::start(
             &Store::open(name, OpenMode::Create)?,
@@ -851,12 +867,7 @@ pub(crate) mod tests {
     fn dropped_session_leaves_no_part_files() {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
-        let opts = WriterOptions {
-            target_file_size: 1024,
-            buffer_size: 1 << 20,
-            ..Default::default()
-        };
-        let mut s = session_at(name, "w1", opts).unwrap();
+        let mut s = sized_session(name, "w1", 1024, 1 << 20);
         let pts: Vec<[i32; 3]> = (0..50_000).map(|i| [i, i, i]).collect();
         let labels: Vec<u64> = (0..50_000).map(|i| i % 97).collect();
         s.append(&rows(&labels, "b", &pts)).unwrap();
@@ -870,12 +881,7 @@ pub(crate) mod tests {
     fn many_small_writes_fill_few_parts() {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
-        let opts = WriterOptions {
-            target_file_size: 256 << 10,
-            buffer_size: 4 << 20,
-            ..Default::default()
-        };
-        let mut s = session_at(name, "w1", opts).unwrap();
+        let mut s = sized_session(name, "w1", 256 << 10, 4 << 20);
         for blk in 0..300 {
             let pts: Vec<[i32; 3]> = (0..1000).map(|i| [i * 7 + blk, i * 13, blk * i]).collect();
             let labels: Vec<u64> = (0..1000).map(|i| (i % 10) as u64 + blk as u64).collect();
@@ -1081,12 +1087,7 @@ pub(crate) mod tests {
     fn a_failed_encoder_fails_the_session() {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
-        let opts = WriterOptions {
-            target_file_size: 64 << 10,
-            buffer_size: 1 << 20,
-            ..Default::default()
-        };
-        let mut s = session_at(name, "w", opts).unwrap();
+        let mut s = sized_session(name, "w", 64 << 10, 1 << 20);
         // The parts directory is a file: the first part to be uploaded fails.
         std::fs::create_dir_all(dir.path().join("workers/w")).unwrap();
         std::fs::write(dir.path().join("workers/w/parts"), b"not a directory").unwrap();
