@@ -222,6 +222,67 @@ pub fn check_pages(buf: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Splits `buf`, the column chunks of one row group laid end to end (as parquet-rs writes
+/// them), into its first `columns` chunks of `rows` values each, without the file's footer:
+/// a chunk is its pages (a dictionary page, then data pages) until its data pages hold `rows`
+/// values. Every header is checked as by [`check_pages`]. Returns each chunk's (offset, length,
+/// whether it starts with a dictionary page). Only flat, non-null columns have one value per
+/// row; pocaduck's index segments have nothing else.
+pub fn split_chunks(
+    buf: &[u8],
+    rows: i64,
+    columns: usize,
+) -> std::result::Result<Vec<(usize, usize, bool)>, String> {
+    let mut out = Vec::with_capacity(columns);
+    let mut pos = 0usize;
+    for c in 0..columns {
+        let (start, mut values, mut dict) = (pos, 0i64, false);
+        while values < rows {
+            if pos >= buf.len() {
+                return Err(format!(
+                    "column {c} ends after {values} of {rows} values, at byte {pos} of {}",
+                    buf.len()
+                ));
+            }
+            let mut w = Walk {
+                buf: &buf[pos..],
+                pos: 0,
+            };
+            let h = w
+                .page_header()
+                .map_err(|e| format!("corrupt page header at byte {pos} of a row group: {e}"))?;
+            let left = (buf.len() - pos - w.pos) as i64;
+            if !(0..=MAX_PAGE_BYTES).contains(&h.uncompressed)
+                || !(0..=MAX_PAGE_VALUES).contains(&h.values)
+                || !(0..=left).contains(&h.compressed)
+            {
+                return Err(format!(
+                    "corrupt page header at byte {pos} of a row group: sizes {} / {}, {} values",
+                    h.compressed, h.uncompressed, h.values
+                ));
+            }
+            if h.kind == DICTIONARY_PAGE {
+                if pos != start {
+                    return Err(format!(
+                        "a dictionary page after data pages at byte {pos} of a row group"
+                    ));
+                }
+                dict = true;
+            } else {
+                values += h.values;
+            }
+            pos += w.pos + h.compressed as usize;
+        }
+        if values != rows {
+            return Err(format!(
+                "column {c} holds {values} values where its row group has {rows}"
+            ));
+        }
+        out.push((start, pos - start, dict));
+    }
+    Ok(out)
+}
+
 /// Checks every page of every column chunk of a whole file in memory, given its metadata.
 pub fn check_file_pages(file: &[u8], md: &ParquetMetaData) -> std::result::Result<(), String> {
     for rg in md.row_groups() {
@@ -286,7 +347,12 @@ struct PageSizes {
     uncompressed: i64,
     compressed: i64,
     values: i64,
+    /// The page type (Thrift `PageType`: 0 data, 2 dictionary, 3 data v2).
+    kind: i64,
 }
+
+/// Thrift `PageType::DICTIONARY_PAGE`.
+const DICTIONARY_PAGE: i64 = 2;
 
 /// Thrift compact-protocol type codes.
 mod ty {
@@ -695,6 +761,7 @@ impl Walk<'_> {
             uncompressed: -1,
             compressed: -1,
             values: 0,
+            kind: -1,
         };
         self.fields(1, |w, id, wire| {
             let Some(t) = field(known, id) else {
@@ -707,6 +774,7 @@ impl Walk<'_> {
                 )));
             }
             match (id, t) {
+                (1, _) => p.kind = w.zigzag()?,
                 (2, _) => p.uncompressed = w.zigzag()?,
                 (3, _) => p.compressed = w.zigzag()?,
                 (5 | 7 | 8, T::Struct(inner)) => w.fields(2, |w, id, wire| {

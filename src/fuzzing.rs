@@ -75,6 +75,7 @@ pub fn index_segment(dir: &std::path::Path, data: &[u8]) -> Result<usize> {
         run: 1,
         tier: 0,
         optimized: false,
+        dir: None,
     }];
     crate::segment::clear_caches();
     let view = crate::segment::IndexView::new(

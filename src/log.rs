@@ -53,6 +53,12 @@ pub struct SegmentRef {
     /// Written by `pocaduck_optimize` (its entries point at label-contiguous parts).
     #[serde(default)]
     pub optimized: bool,
+    /// The file's row-group directory ([`crate::segment::Directory::encode`]): where each row
+    /// group starts and which labels it holds, so that a reader on an object store fetches a
+    /// label's row group without the file's footer. Absent in manifests written before
+    /// 2026-12-01 and for files whose layout it cannot describe; readers then use the footer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
 }
 
 /// A generation manifest (`index/<generation>.json`).

@@ -26,7 +26,7 @@ use arrow::datatypes::SchemaRef;
 use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding};
 use parquet::file::metadata::KeyValue;
@@ -34,6 +34,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
+use crate::footer;
 use crate::index::{block_array, block_ids, SegmentEntry, UnifiedEntry, BBOX};
 use crate::log::{Manifest, SegmentRef};
 use crate::schema::ColumnType;
@@ -55,6 +56,166 @@ pub const PAGE_ENTRIES: usize = 1024;
 /// footer stays small (128 row groups, ~115 KB, parsed by a cold lookup) and a lookup touches
 /// one file of a run.
 pub const FILE_ENTRIES: u64 = 1 << 20;
+
+/// The columns a lookup without a box filter reads: `label` … `row_count`.
+const LOOKUP_COLUMNS: usize = 7;
+
+/// Version of [`Directory::encode`]'s layout; it also stands for the segment layout the
+/// directory describes (LZ4 throughout, flat non-null columns in the segment schema's order).
+const DIRECTORY_VERSION: u64 = 1;
+
+/// A segment file's row-group directory, carried in the manifest ([`SegmentRef::dir`]), so
+/// that a reader on an object store fetches a label's row group and decodes it without the
+/// file's footer: the footer GET is what separates a cold lookup from a warm one (see
+/// ARCHITECTURE.md, *Unified index*).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Directory {
+    /// The first label of every row group, then the file's last label.
+    pub fences: Vec<u64>,
+    /// The byte offset of every row group, then the end of the last.
+    pub starts: Vec<u64>,
+    /// The bytes of every row group's lookup columns (its first seven column chunks).
+    pub lookup: Vec<u64>,
+    /// The entries of every row group.
+    pub rows: Vec<u64>,
+}
+
+impl Directory {
+    /// The directory of a file written with `fences` (the first label of each row group) and
+    /// `last` label, from its row groups' metadata; `None` when its column chunks do not lie
+    /// end to end in schema order (a layout the directory cannot describe).
+    fn of_row_groups(
+        fences: &[u64],
+        last: u64,
+        rgs: &[parquet::file::metadata::RowGroupMetaData],
+    ) -> Option<Directory> {
+        if fences.len() != rgs.len() || rgs.is_empty() {
+            return None;
+        }
+        let mut d = Directory {
+            fences: fences.iter().copied().chain([last]).collect(),
+            starts: Vec::new(),
+            lookup: Vec::new(),
+            rows: Vec::new(),
+        };
+        let mut end = None;
+        for rg in rgs {
+            let cols = rg.columns();
+            let start = cols.first()?.byte_range().0;
+            if end.is_some_and(|e| e != start) || cols.len() <= LOOKUP_COLUMNS {
+                return None;
+            }
+            let mut at = start;
+            for c in cols {
+                let (a, n) = c.byte_range();
+                if a != at {
+                    return None;
+                }
+                at = a + n;
+            }
+            d.starts.push(start);
+            d.lookup.push(cols[LOOKUP_COLUMNS].byte_range().0 - start);
+            d.rows.push(u64::try_from(rg.num_rows()).ok()?);
+            end = Some(at);
+        }
+        d.starts.push(end?);
+        Some(d)
+    }
+
+    /// The directory as text for the manifest: base64 of LEB128 numbers (the version, the row
+    /// group count, then per row group its first label, start and lookup bytes as deltas and
+    /// its entries, then the last label and the end as deltas): ~10 bytes per 8,192 entries.
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let mut b = Vec::new();
+        let mut put = |mut v: u64| loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                b.push(byte);
+                break;
+            }
+            b.push(byte | 0x80);
+        };
+        put(DIRECTORY_VERSION);
+        put(self.rows.len() as u64);
+        let (mut label, mut pos) = (0u64, 0u64);
+        for g in 0..=self.rows.len() {
+            put(self.fences[g].wrapping_sub(label));
+            put(self.starts[g].wrapping_sub(pos));
+            (label, pos) = (self.fences[g], self.starts[g]);
+            if g < self.rows.len() {
+                put(self.lookup[g]);
+                put(self.rows[g]);
+            }
+        }
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)
+    }
+
+    /// Parses [`Directory::encode`]'s text, checking it against a file of `bytes` bytes.
+    pub fn decode(text: &str, bytes: u64) -> std::result::Result<Directory, String> {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(text)
+            .map_err(|e| format!("row-group directory: {e}"))?;
+        let mut pos = 0usize;
+        let mut get = || -> std::result::Result<u64, String> {
+            let mut v = 0u64;
+            for shift in (0..64).step_by(7) {
+                let byte = *b.get(pos).ok_or("row-group directory: truncated")?;
+                pos += 1;
+                v |= u64::from(byte & 0x7f) << shift;
+                if byte & 0x80 == 0 {
+                    return Ok(v);
+                }
+            }
+            Err("row-group directory: a number longer than 64 bits".into())
+        };
+        let version = get()?;
+        if version != DIRECTORY_VERSION {
+            return Err(format!(
+                "row-group directory version {version} (this pocaduck reads {DIRECTORY_VERSION})"
+            ));
+        }
+        let n = get()?;
+        // Every row group takes at least four bytes: a corrupt count cannot allocate much.
+        if n == 0 || n > text.len() as u64 {
+            return Err(format!("row-group directory: {n} row groups"));
+        }
+        let n = n as usize;
+        let mut d = Directory {
+            fences: Vec::with_capacity(n + 1),
+            starts: Vec::with_capacity(n + 1),
+            lookup: Vec::with_capacity(n),
+            rows: Vec::with_capacity(n),
+        };
+        let (mut label, mut at) = (0u64, 0u64);
+        for g in 0..=n {
+            label = label.wrapping_add(get()?);
+            at = at
+                .checked_add(get()?)
+                .ok_or("row-group directory: offset overflow")?;
+            d.fences.push(label);
+            d.starts.push(at);
+            if g < n {
+                d.lookup.push(get()?);
+                d.rows.push(get()?);
+            }
+        }
+        let bad = (0..n).any(|g| {
+            d.fences[g] > d.fences[g + 1]
+                || d.starts[g] >= d.starts[g + 1]
+                || d.lookup[g] == 0
+                || d.lookup[g] > d.starts[g + 1] - d.starts[g]
+                || d.rows[g] == 0
+                || d.rows[g] > footer::MAX_PAGE_VALUES as u64
+        });
+        if bad || d.starts[n] > bytes {
+            return Err("row-group directory: ranges out of order or outside the file".into());
+        }
+        Ok(d)
+    }
+}
 
 /// Runs merge when a tier holds this many.
 pub const FANOUT: usize = 8;
@@ -346,6 +507,8 @@ impl<'a> RunWriter<'a> {
             f.writer
                 .append_key_value_metadata(KeyValue::new(k.into(), v));
         }
+        let dir = Directory::of_row_groups(&f.fences, f.last, f.writer.flushed_row_groups())
+            .map(|d| d.encode());
         let bytes = f.writer.into_inner().map_err(encode_err)?;
         let path = crate::layout::segment_file(self.run, &self.session, self.done.len() as u32);
         let size = bytes.len() as u64;
@@ -362,6 +525,7 @@ impl<'a> RunWriter<'a> {
             run: self.run,
             tier: 0,
             optimized: self.optimized,
+            dir,
         });
         Ok(())
     }
@@ -673,7 +837,7 @@ impl Read {
 async fn read_groups(
     store: &Store,
     r: &SegmentRef,
-    f: &Footer,
+    (meta, reader): (&ArrowReaderMetadata, Box<dyn AsyncFileReader>),
     read: Read,
     ids: &WorkerIds,
     (lo, hi): (u64, u64),
@@ -685,17 +849,19 @@ async fn read_groups(
     let err = |e: &dyn std::fmt::Display| {
         Error::file(&store.name, r.file.as_str(), format!("index segment: {e}"))
     };
-    let reader = store.parquet_reader(&Path::from(r.file.as_str()), Some(r.bytes));
     let hide = read.hide;
-    let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, f.meta.clone())
+    let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta.clone())
         .with_row_groups(read.groups)
         .with_batch_size(ROW_GROUP_ENTRIES);
     if let Some(sel) = read.selection {
         builder = builder.with_row_selection(sel.into());
     }
     if !read.with_bbox {
-        let schema = f.meta.metadata().file_metadata().schema_descr();
-        builder = builder.with_projection(parquet::arrow::ProjectionMask::roots(schema, 0..7));
+        let schema = meta.metadata().file_metadata().schema_descr();
+        builder = builder.with_projection(parquet::arrow::ProjectionMask::roots(
+            schema,
+            0..LOOKUP_COLUMNS,
+        ));
     }
     let mut stream = builder.build().map_err(|e| err(&e))?;
     loop {
@@ -717,6 +883,98 @@ async fn read_groups(
         }
     }
     Ok(())
+}
+
+/// The columns of a generation's segment files.
+fn segment_columns(m: &Manifest) -> usize {
+    arrow_schema(m.schema.block_type()).fields().len()
+}
+
+/// Parquet metadata for one row group of `rows` entries whose first `chunks.len()` column
+/// chunks ([`footer::split_chunks`]) lie at `start` (the other columns are empty and must not
+/// be read), in the layout [`Directory`] describes.
+fn direct_metadata(
+    schema: &SchemaRef,
+    rows: u64,
+    start: u64,
+    chunks: &[(usize, usize, bool)],
+) -> std::result::Result<ArrowReaderMetadata, parquet::errors::ParquetError> {
+    use parquet::file::metadata::{
+        ColumnChunkMetaData, FileMetaData, ParquetMetaData, RowGroupMetaData,
+    };
+    let descr = Arc::new(parquet::arrow::ArrowSchemaConverter::new().convert(schema)?);
+    let end = chunks.last().map_or(0, |&(o, n, _)| o + n) as u64;
+    let cols = descr
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (at, len, values) = match chunks.get(i) {
+                Some(&(o, n, _)) => (start + o as u64, n as u64, rows),
+                None => (start + end, 0, 0),
+            };
+            ColumnChunkMetaData::builder(c.clone())
+                .set_compression(Compression::LZ4_RAW)
+                .set_data_page_offset(at as i64)
+                .set_total_compressed_size(len as i64)
+                .set_total_uncompressed_size(len as i64)
+                .set_num_values(values as i64)
+                .build()
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let rg = RowGroupMetaData::builder(descr.clone())
+        .set_num_rows(rows as i64)
+        .set_total_byte_size(end as i64)
+        .set_column_metadata(cols)
+        .build()?;
+    let md = ParquetMetaData::new(
+        FileMetaData::new(1, rows as i64, None, None, descr, None),
+        vec![rg],
+    );
+    ArrowReaderMetadata::try_new(
+        Arc::new(md),
+        ArrowReaderOptions::new().with_schema(schema.clone()),
+    )
+}
+
+/// A row group's bytes fetched at `start` of its file, served as the file to the Parquet
+/// reader (which asks only for the column chunks [`direct_metadata`] places there).
+struct InMemory {
+    start: u64,
+    bytes: bytes::Bytes,
+}
+
+impl AsyncFileReader for InMemory {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
+        let (a, b) = (
+            range.start.wrapping_sub(self.start),
+            range.end.wrapping_sub(self.start),
+        );
+        let r = if range.start >= self.start && a <= b && b <= self.bytes.len() as u64 {
+            Ok(self.bytes.slice(a as usize..b as usize))
+        } else {
+            Err(parquet::errors::ParquetError::General(format!(
+                "bytes {}..{} lie outside the row group fetched",
+                range.start, range.end
+            )))
+        };
+        Box::pin(futures::future::ready(r))
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> futures::future::BoxFuture<
+        'a,
+        parquet::errors::Result<Arc<parquet::file::metadata::ParquetMetaData>>,
+    > {
+        Box::pin(futures::future::ready(Err(
+            parquet::errors::ParquetError::General("no footer: read through a directory".into()),
+        )))
+    }
 }
 
 /// A generation ready for index reads: its manifest, worker ids and (format 1) entries.
@@ -842,6 +1100,9 @@ impl IndexView {
         labels: &[u64],
         with_bbox: bool,
     ) -> Result<Vec<UnifiedEntry>> {
+        if let Some(text) = r.dir.as_deref().filter(|_| !self.store.is_local()) {
+            return self.lookup_direct(r, text, labels, with_bbox).await;
+        }
         let f = footer(&self.store, r, self.cached).await?;
         // The units (pages, or row groups of older files) whose fences enclose a wanted label,
         // as row ranges of the file; adjacent units merge.
@@ -868,15 +1129,109 @@ impl IndexView {
             with_bbox,
             hide: self.hidden(r.run),
         };
-        read_groups(&self.store, r, &f, read, &self.ids, (lo, hi), |v| {
-            out.extend(
-                v.into_iter()
-                    .filter(|e| labels.binary_search(&e.entry.label).is_ok()),
-            );
-            Ok(true)
-        })
+        let reader = self
+            .store
+            .parquet_reader(&Path::from(r.file.as_str()), Some(r.bytes));
+        read_groups(
+            &self.store,
+            r,
+            (&f.meta, reader),
+            read,
+            &self.ids,
+            (lo, hi),
+            |v| {
+                out.extend(
+                    v.into_iter()
+                        .filter(|e| labels.binary_search(&e.entry.label).is_ok()),
+                );
+                Ok(true)
+            },
+        )
         .await?;
         Ok(out)
+    }
+
+    /// [`IndexView::lookup_segment`] through the file's row-group directory instead of its
+    /// footer: one GET per row group whose fences enclose a wanted label (of its seven lookup
+    /// columns, or of the whole row group for the boxes), decoded whole.
+    async fn lookup_direct(
+        &self,
+        r: &SegmentRef,
+        text: &str,
+        labels: &[u64],
+        with_bbox: bool,
+    ) -> Result<Vec<UnifiedEntry>> {
+        let err = |e: &dyn std::fmt::Display| {
+            Error::file(
+                &self.store.name,
+                r.file.as_str(),
+                format!("index segment: {e}"),
+            )
+        };
+        let d = Directory::decode(text, r.bytes).map_err(|e| err(&e))?;
+        let lo = r.lo.max(labels[0]);
+        let hi = r.hi.min(labels[labels.len() - 1]);
+        let mut out = Vec::new();
+        for g in 0..d.rows.len() {
+            let (a, b) = (d.fences[g].max(r.lo), d.fences[g + 1].min(r.hi));
+            let i = labels.partition_point(|&x| x < a);
+            if !(a <= b && i < labels.len() && labels[i] <= b) {
+                continue;
+            }
+            let start = d.starts[g];
+            let (len, columns) = match with_bbox {
+                true => (d.starts[g + 1] - start, segment_columns(&self.manifest)),
+                false => (d.lookup[g], LOOKUP_COLUMNS),
+            };
+            let path = Path::from(r.file.as_str());
+            let bytes = self
+                .store
+                .parquet_reader(&path, Some(r.bytes))
+                .get_bytes(start..start + len)
+                .await
+                .map_err(|e| err(&e))?;
+            let chunks =
+                footer::split_chunks(&bytes, d.rows[g] as i64, columns).map_err(|e| err(&e))?;
+            if chunks
+                .get(LOOKUP_COLUMNS)
+                .is_some_and(|c| c.0 as u64 != d.lookup[g])
+            {
+                return Err(err(
+                    &"row-group directory: the lookup columns end elsewhere",
+                ));
+            }
+            let meta =
+                direct_metadata(&self.schema(), d.rows[g], start, &chunks).map_err(|e| err(&e))?;
+            let reader = Box::new(InMemory { start, bytes });
+            let read = Read {
+                groups: vec![0],
+                selection: None,
+                with_bbox,
+                hide: self.hidden(r.run),
+            };
+            read_groups(
+                &self.store,
+                r,
+                (&meta, reader),
+                read,
+                &self.ids,
+                (lo, hi),
+                |v| {
+                    out.extend(
+                        v.into_iter()
+                            .filter(|e| labels.binary_search(&e.entry.label).is_ok()),
+                    );
+                    Ok(true)
+                },
+            )
+            .await?;
+        }
+        Ok(out)
+    }
+
+    /// The Arrow schema of the generation's segments.
+    fn schema(&self) -> SchemaRef {
+        arrow_schema(self.manifest.schema.block_type())
     }
 
     /// Every label's entries (superseded ones dropped), in label order, streamed: memory holds
@@ -946,10 +1301,13 @@ impl Cursor {
                         return Ok(false);
                     };
                     let buf = &mut self.buf;
+                    let reader = view
+                        .store
+                        .parquet_reader(&Path::from(r.file.as_str()), Some(r.bytes));
                     block_on(read_groups(
                         &view.store,
                         r,
-                        &f,
+                        (&f.meta, reader),
                         Read::groups(vec![g], view.hidden(r.run)),
                         &view.ids,
                         (lo, hi),
@@ -1075,10 +1433,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn batches_split_into_files_at_label_boundaries_and_read_back_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().to_str().unwrap(), OpenMode::Create).unwrap();
+    /// A store in `dir` with one run of labels 0..`labels` (1 to 7 entries each) in files of
+    /// about `file_entries` entries; returns the view and every entry in index order.
+    fn written_run(
+        dir: &std::path::Path,
+        labels: u64,
+        file_entries: u64,
+    ) -> (IndexView, Vec<UnifiedEntry>) {
+        let store = Store::open(dir.to_str().unwrap(), OpenMode::Create).unwrap();
         let schema = StoreSchema::from_json(
             br#"{"format": 1, "columns": [{"name": "block", "type": "BIGINT"},
                 {"name": "x", "type": "INTEGER"}, {"name": "y", "type": "INTEGER"},
@@ -1091,20 +1453,21 @@ mod tests {
             last_commit: 1,
         });
         // Labels of 1 to 7 entries; batches cut anywhere between labels.
-        let all: Vec<UnifiedEntry> = (0..3000u64)
+        let all: Vec<UnifiedEntry> = (0..labels)
             .flat_map(|l| (0..1 + l % 7).map(move |k| entry(l, k)))
             .collect();
-        let mut w = RunWriter::new(&store, &m, 1, true).with_file_entries(5000);
+        let mut w = RunWriter::new(&store, &m, 1, true).with_file_entries(file_entries);
         let schema = w.schema().clone();
         let mut at = 0;
         // Batches of whole labels, of very different sizes; then labels one by one.
-        for n in [1u64, 400, 2000, 2600] {
+        let one_by_one = labels - 400;
+        for n in [1u64, 400, 2000, one_by_one] {
             let end = all.partition_point(|e| e.entry.label < n);
             let b = entries_batch(&all[at..end], &["w".into()], &schema, ColumnType::Bigint);
             w.push_batch(b.unwrap()).unwrap();
             at = end;
         }
-        for l in 2600..3000u64 {
+        for l in one_by_one..labels {
             let end = all.partition_point(|e| e.entry.label <= l);
             w.push_label(all[at..end].to_vec()).unwrap();
             at = end;
@@ -1119,9 +1482,9 @@ mod tests {
             );
         }
         for f in &refs {
-            // A file closes at the first label boundary after 5000 entries: at most one label
-            // (of at most 7 entries) beyond.
-            assert!(f.entries <= 5000 + 7, "{f:?}");
+            // A file closes at the first label boundary after `file_entries` entries: at most
+            // one label (of at most 7 entries) beyond.
+            assert!(f.entries <= file_entries + 7, "{f:?}");
         }
         m.segments = refs;
         let view = IndexView::new(
@@ -1131,7 +1494,114 @@ mod tests {
                 legacy: None,
             },
         );
+        (view, all)
+    }
+
+    #[test]
+    fn batches_split_into_files_at_label_boundaries_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (view, all) = written_run(dir.path(), 3000, 5000);
         let got: Vec<UnifiedEntry> = view.scan().flat_map(|r| r.unwrap().1).collect();
         assert_eq!(got, all);
+    }
+
+    #[test]
+    fn lookups_through_the_row_group_directory_match_lookups_through_the_footer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (view, all) = written_run(dir.path(), 12_000, 20_000);
+        let mut groups = 0;
+        for r in &view.manifest.segments {
+            let text = r.dir.as_deref().expect("every file has a directory");
+            let d = Directory::decode(text, r.bytes).unwrap();
+            assert_eq!(Directory::decode(&d.encode(), r.bytes).unwrap(), d);
+            let f = block_on(footer(&view.store, r, true)).unwrap();
+            assert_eq!(d.fences, f.fences, "{r:?}");
+            assert_eq!(d.rows.iter().sum::<u64>(), r.entries);
+            assert_eq!(*d.starts.last().unwrap(), {
+                let rgs = f.meta.metadata().row_groups();
+                let c = rgs[rgs.len() - 1].columns();
+                let (a, n) = c[c.len() - 1].byte_range();
+                a + n
+            });
+            groups += d.rows.len();
+        }
+        // Row groups of 8,192 entries: the directory must work across several per file.
+        assert!(groups >= view.manifest.segments.len() * 2, "{groups}");
+        let direct = |labels: &[u64], with_bbox: bool| -> Vec<UnifiedEntry> {
+            let mut out = Vec::new();
+            for r in &view.manifest.segments {
+                let text = r.dir.as_deref().unwrap();
+                out.extend(block_on(view.lookup_direct(r, text, labels, with_bbox)).unwrap());
+            }
+            out
+        };
+        let expect = |labels: &[u64]| -> Vec<UnifiedEntry> {
+            all.iter()
+                .filter(|e| labels.contains(&e.entry.label))
+                .cloned()
+                .collect()
+        };
+        // Labels alone, with boxes: every row group's first and last labels, and a sample.
+        let mut alone: Vec<u64> = (0..12_000u64).step_by(97).collect();
+        for r in &view.manifest.segments {
+            let d = Directory::decode(r.dir.as_deref().unwrap(), r.bytes).unwrap();
+            alone.extend(&d.fences);
+            alone.extend(d.fences.iter().map(|&l| l.saturating_sub(1)));
+        }
+        for l in alone {
+            assert_eq!(direct(&[l], true), expect(&[l]), "label {l}");
+        }
+        // Several labels at once, across files; without boxes they come back unbounded.
+        let labels = [0u64, 7, 1234, 5000, 8191, 11_600, 11_999];
+        let unbounded: Vec<UnifiedEntry> = expect(&labels)
+            .into_iter()
+            .map(|mut e| {
+                e.entry.bbox = [f64::NEG_INFINITY; 3]
+                    .into_iter()
+                    .chain([f64::INFINITY; 3])
+                    .collect::<Vec<_>>()
+                    .try_into()
+                    .unwrap();
+                e
+            })
+            .collect();
+        assert_eq!(direct(&labels, false), unbounded);
+        assert!(direct(&[12_000, 50_000], true).is_empty());
+    }
+
+    #[test]
+    fn a_wrong_row_group_directory_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (view, _) = written_run(dir.path(), 12_000, 20_000);
+        let r = &view.manifest.segments[0];
+        let d = Directory::decode(r.dir.as_deref().unwrap(), r.bytes).unwrap();
+        let label = d.fences[1];
+        let mut wrong = Vec::new();
+        // A start one byte off, a row count one off, lookup columns cut short, a file
+        // shorter than the directory says, and text that is not a directory.
+        let mut x = d.clone();
+        x.starts[1] += 1;
+        wrong.push(x.encode());
+        let mut x = d.clone();
+        x.rows[1] -= 1;
+        wrong.push(x.encode());
+        let mut x = d.clone();
+        x.lookup[1] -= 10;
+        wrong.push(x.encode());
+        wrong.push("not a directory!".into());
+        wrong.push(String::new());
+        for text in &wrong {
+            for bbox in [false, true] {
+                let e = block_on(view.lookup_direct(r, text, &[label], bbox))
+                    .expect_err(&format!("{text} accepted"));
+                assert!(e.to_string().contains(&r.file), "{e}");
+            }
+        }
+        let short = SegmentRef {
+            bytes: d.starts[1],
+            ..r.clone()
+        };
+        let e = Directory::decode(r.dir.as_deref().unwrap(), short.bytes).unwrap_err();
+        assert!(e.contains("outside the file"), "{e}");
     }
 }

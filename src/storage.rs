@@ -473,6 +473,11 @@ impl Store {
         Box::new(crate::footer::CheckedPages(r))
     }
 
+    /// Whether the store is a local directory (reads are positioned file reads, not requests).
+    pub fn is_local(&self) -> bool {
+        self.local_dir.is_some()
+    }
+
     /// Whether the store serves suffix byte ranges (`bytes=-N`): local, S3 and GCS do, Azure
     /// does not.
     pub fn suffix_ranges(&self) -> bool {
