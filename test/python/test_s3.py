@@ -122,9 +122,9 @@ def test_requests_and_bytes_per_query(s3):
 def test_a_cold_reader_lists_the_index_once(s3):
     """A fresh process's first query of an optimized store: the listing of index/ that proves the
     bucket and credentials when the store is opened also finds the generation (one LIST, not
-    two), then the manifest, the index segment's footer and row group, the part's footer and the
-    label's pages (5 GETs). A missing store and a store never consolidated still get their
-    errors."""
+    two), then the manifest, the index segment's row group (located through the manifest's
+    row-group directory, without the segment's footer), the part's footer and the label's
+    pages (4 GETs). A missing store and a store never consolidated still get their errors."""
     con = connect()
     store = url()
     con.execute(WORKLOAD[0].format(w=0, s=store))
@@ -149,9 +149,45 @@ def test_a_cold_reader_lists_the_index_once(s3):
     lists, gets, n = eval(lines[0])
     print(f"\ns3 per-label query (cold, optimized): {lists} LIST, {gets} GET for {n} points")
     assert n == 800
-    assert (lists, gets) == (1, 5), (lists, gets)
+    assert (lists, gets) == (1, 4), (lists, gets)
     assert lines[1].endswith("-missing': does not exist"), lines[1]
     assert "-unconsolidated': has no unified index yet" in lines[2], lines[2]
+
+
+def test_a_manifest_without_row_group_directories_is_read_through_the_footers(s3):
+    """Manifests written before row-group directories (no "dir" in their segments) still read
+    the same, through each segment's footer: one GET more for a cold query."""
+    import json
+    store = url()
+    con = connect()
+    con.execute(WORKLOAD[0].format(w=0, s=store))
+    con.execute(f"FROM pocaduck_consolidate('{store}')").fetchall()
+    con.execute(f"FROM pocaduck_optimize('{store}')").fetchall()
+    query = "SELECT label, count(*), sum(x), sum(sv) FROM pocaduck_points('{s}', [0, 7, 13, 49]) GROUP BY label ORDER BY label"
+    want = con.execute(query.format(s=store)).fetchall()
+    prefix = store.split("pocaduck-test/", 1)[1]
+    keys = sorted(k for k in s3.keys("pocaduck-test", prefix + "/index/") if k.endswith(".json"))
+    body = json.loads(s3.client.get_object(Bucket="pocaduck-test", Key=keys[-1])["Body"].read())
+    assert all("dir" in seg for seg in body["segments"]), body["segments"]
+    for seg in body["segments"]:
+        del seg["dir"]
+    body["generation"] += 1
+    name = keys[-1].rsplit("/", 1)[0] + f"/{body['generation']:010}.json"
+    s3.client.put_object(Bucket="pocaduck-test", Key=name, Body=json.dumps(body).encode())
+    code = textwrap.dedent(f"""
+        import duckdb
+        con = duckdb.connect(config={{'allow_unsigned_extensions': True}})
+        con.execute("LOAD '{EXTENSION}'")
+        print(con.execute("SELECT list_requests, get_requests FROM pocaduck_explain('{store}', 7)").fetchone())
+        print(con.execute("SELECT generation FROM pocaduck_stats('{store}')").fetchone()[0])
+        print(con.execute("{query.format(s=store)}").fetchall())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert eval(lines[0]) == (1, 5), lines[0]
+    assert int(lines[1]) == body["generation"]
+    assert eval(lines[2]) == want
 
 
 def test_max_staleness_bounds_how_late_another_process_is_seen(s3):
