@@ -6,11 +6,13 @@
 //! (label, block, worker, part, row_start), in row groups of [`ROW_GROUP_ENTRIES`] entries and
 //! pages of [`PAGE_ENTRIES`], and the key-value metadata `pocaduck.format` ([`SEGMENT_FORMAT`]),
 //! `pocaduck.fences` (the first label of every row group, then the last label of the file),
-//! `pocaduck.page_entries` and `pocaduck.page_fences` (the same per page). A lookup reads the
-//! footer once per process (it is cached), picks the pages whose fences enclose the label, and
-//! fetches their row groups (one ranged GET per row group: its column chunks are contiguous),
-//! decompressing only the chosen pages. Files without page fences (older writers) are read with
-//! the row group as the unit.
+//! `pocaduck.page_entries` and `pocaduck.page_fences` (the same per page). A lookup on a local
+//! store reads the footer once per process (it is cached), picks the pages whose fences enclose
+//! the label, and fetches their row groups (one ranged GET per row group: its column chunks are
+//! contiguous), decompressing only the chosen pages. Files without page fences (older writers)
+//! are read with the row group as the unit. On an object store a lookup skips the footer: the
+//! manifest carries each file's row-group [`Directory`], and the row group is decoded through
+//! metadata built for it ([`direct_metadata`]).
 //!
 //! **Supersession** is applied when entries are read: of the entries of one (label, block,
 //! worker), only those of the highest commit count. Commits of a worker are numbered in order,
