@@ -125,8 +125,10 @@ impl PartWriter {
     /// Encodes one buffer (a job).
     pub(super) fn encode(&mut self, batches: Vec<RecordBatch>, target: u64) -> Result<()> {
         self.encode_job(batches, target)?;
-        let cur = std::mem::take(&mut self.cur);
-        self.jobs.push(JobEntries::new(&cur, self.block)?);
+        // Encoded from the vector, which keeps its capacity for the next job.
+        let entries = JobEntries::new(&self.cur, self.block);
+        self.cur.clear();
+        self.jobs.push(entries?);
         let held: usize = self.jobs.iter().map(JobEntries::in_memory).sum();
         if held as u64 > self.entries_in_memory {
             self.spill()?;
@@ -328,50 +330,45 @@ pub(super) fn sort_order(batches: &[RecordBatch]) -> Result<(arrow::array::UInt3
 /// several times faster than a comparator sort (and faster than an LSD radix sort, measured:
 /// eight scatter passes over random 64-bit labels). The keys are built straight from the batches;
 /// the order and the ranks are read from them a slice at a time. `keys` is the encoder's, reused
-/// from job to job: the workspace is 16 bytes a row (plus 4 for the ranks while the keys are
-/// built), allocated once per encoder rather than once per job.
+/// from job to job: the workspace is 16 bytes a row, allocated once per encoder rather than
+/// once per job.
 pub(super) fn sort_keys(batches: &[RecordBatch], keys: &mut Vec<u128>) -> Result<()> {
     let blocks = batches
         .iter()
         .map(|b| Blocks::of(b.column(col::BLOCK)))
         .collect::<Result<Vec<_>>>()?;
-    let lens: Vec<usize> = batches.iter().map(|b| b.num_rows()).collect();
-    let ranks: Vec<u32> = match blocks.first() {
-        None => Vec::new(),
-        Some(Blocks::Int(_)) => ranks_of(&lens, |b, i| match &blocks[b] {
+    keys.clear();
+    keys.reserve(batches.iter().map(|b| b.num_rows()).sum());
+    match blocks.first() {
+        None => {}
+        Some(Blocks::Int(_)) => push_keys(batches, keys, |b, i| match &blocks[b] {
             Blocks::Int(v) => Some(v[i]),
             Blocks::Str(_) => None,
         })?,
-        Some(Blocks::Str(_)) => ranks_of(&lens, |b, i| match &blocks[b] {
+        Some(Blocks::Str(_)) => push_keys(batches, keys, |b, i| match &blocks[b] {
             Blocks::Str(a) => Some(a.value(i)),
             Blocks::Int(_) => None,
         })?,
-    };
-    keys.clear();
-    keys.reserve(ranks.len());
-    for b in batches {
-        for &l in crate::schema::labels(b).values() {
-            let i = keys.len();
-            keys.push(((l as u128) << 64) | ((ranks[i] as u128) << 32) | i as u128);
-        }
     }
-    drop(ranks);
     keys.sort_unstable();
     Ok(())
 }
 
-/// The rank of each row's key among the distinct keys: `key(b, i)` is row `i` of batch `b`, of
-/// `lens[b]` rows, the rows numbered on across the batches. Rows arrive in runs of one block (a
-/// scan writes block by block), so only the first key of each run is looked up. A key of
-/// another type than the first batch's (`None`) is an error.
-fn ranks_of<K: Ord + Copy>(
-    lens: &[usize],
+/// Appends the packed (label, block rank, row) key of every row of `batches` to `keys`: the
+/// rank of a row's block among the job's distinct blocks, where `key(b, i)` is row `i`'s block
+/// in batch `b`. Rows arrive in runs of one block (a scan writes block by block), so only the
+/// first block of each run is looked up. A block of another type than the first batch's
+/// (`None`) is an error. No job-sized array besides `keys` is made: one per job, freed again,
+/// is what kept glibc's heaps growing over a long session.
+fn push_keys<K: Ord + Copy>(
+    batches: &[RecordBatch],
+    keys: &mut Vec<u128>,
     key: impl Fn(usize, usize) -> Option<K>,
-) -> Result<Vec<u32>> {
+) -> Result<()> {
     let mixed = || Error::Internal("buffered batches of different block types".into());
     let mut distinct: Vec<K> = Vec::new();
-    for (b, &n) in lens.iter().enumerate() {
-        for i in 0..n {
+    for (b, batch) in batches.iter().enumerate() {
+        for i in 0..batch.num_rows() {
             let k = key(b, i).ok_or_else(mixed)?;
             if distinct.last() != Some(&k) {
                 distinct.push(k);
@@ -380,19 +377,19 @@ fn ranks_of<K: Ord + Copy>(
     }
     distinct.sort_unstable();
     distinct.dedup();
-    let mut out = Vec::with_capacity(lens.iter().sum());
-    let (mut prev, mut rank) = (None, 0);
-    for (b, &n) in lens.iter().enumerate() {
-        for i in 0..n {
+    let (mut prev, mut rank) = (None, 0u32);
+    for (b, batch) in batches.iter().enumerate() {
+        for (i, &l) in crate::schema::labels(batch).values().iter().enumerate() {
             let k = key(b, i).ok_or_else(mixed)?;
             if prev != Some(k) {
                 rank = distinct.binary_search(&k).unwrap_or_default() as u32;
                 prev = Some(k);
             }
-            out.push(rank);
+            let row = keys.len();
+            keys.push(((l as u128) << 64) | ((rank as u128) << 32) | row as u128);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Splits a batch sorted by (label, block) into runs of equal (label, block) with bounding boxes.
@@ -436,7 +433,7 @@ pub(super) fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> 
 
 #[cfg(test)]
 mod tests {
-    use super::ranks_of;
+    use super::push_keys;
     use crate::storage::{OpenMode, Store};
     use crate::writer::tests::{rows, session_at};
     use crate::writer::WriterOptions;
@@ -584,6 +581,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The block ranks [`push_keys`] packs into the keys of batches of `lens` rows (labels 0),
+    /// in row order.
+    fn ranks_of<K: Ord + Copy>(
+        lens: &[usize],
+        key: impl Fn(usize, usize) -> Option<K>,
+    ) -> crate::error::Result<Vec<u32>> {
+        let batches: Vec<RecordBatch> = lens
+            .iter()
+            .map(|&n| {
+                let labels = arrow::array::UInt64Array::from(vec![0u64; n]);
+                RecordBatch::try_from_iter([("label", std::sync::Arc::new(labels) as _)]).unwrap()
+            })
+            .collect();
+        let mut keys = Vec::new();
+        push_keys(&batches, &mut keys, key)?;
+        assert!(keys
+            .iter()
+            .enumerate()
+            .all(|(i, k)| *k as u32 as usize == i));
+        Ok(keys.iter().map(|k| (k >> 32) as u32).collect())
     }
 
     /// Ranks among the distinct keys, whether a key comes back after others (not one run) or
