@@ -9,15 +9,15 @@ use crate::schema::ColumnType;
 /// Rows encoded between part size checks.
 const SLICE_ROWS: usize = 8192;
 
-/// The index entries of one encoded buffer (a job), kept encoded as a commit segment piece
-/// (about 20 bytes an entry instead of about 200 as [`SegmentEntry`] structs) until the commit
-/// concatenates the pieces. Entries never span two jobs, so a statement's jobs can be dropped.
+/// The index entries of one encoded buffer (a job), kept encoded as commit segment pieces of
+/// at most [`PIECE_ENTRIES`] entries (about 20 bytes an entry instead of about 200 as
+/// [`SegmentEntry`] structs) until the commit concatenates the pieces. Entries never span two jobs, so a statement's jobs can be dropped.
 /// Once an encoder holds more than `entries_in_memory` bytes of pieces, it spills them to a
 /// temporary file of its own (unlinked: it goes when the last piece in it is dropped), so a long
 /// session's memory does not grow with its entries.
 pub(super) struct JobEntries {
-    /// [`encode_segment`]'s bytes (empty when there are no entries), or where they were spilled.
-    piece: Piece,
+    /// [`encode_segment`]'s bytes of each [`PIECE_ENTRIES`] entries, or where they were spilled.
+    pieces: Vec<Piece>,
     pub(super) count: usize,
     /// The parts its entries reference.
     pub(super) parts: Vec<String>,
@@ -42,10 +42,15 @@ fn spill_error(what: &str, e: std::io::Error) -> Error {
     ))
 }
 
-impl JobEntries {
-    /// The encoded entries ([`encode_segment`]'s bytes), read back if spilled.
-    pub(super) fn bytes(&self) -> Result<Bytes> {
-        match &self.piece {
+/// Entries per encoded piece. A job's entries are encoded in pieces of at most this many, so
+/// that encoding allocates no array or output buffer of the job's size (a 1–2 MiB allocation
+/// made and freed per job is what glibc's dynamic mmap threshold turns into resident heap).
+const PIECE_ENTRIES: usize = 8192;
+
+impl Piece {
+    /// The piece's bytes, read back if spilled.
+    fn bytes(&self) -> Result<Bytes> {
+        match self {
             Piece::Memory(b) => Ok(b.clone()),
             Piece::Spilled { file, offset, len } => {
                 use std::os::unix::fs::FileExt;
@@ -56,19 +61,34 @@ impl JobEntries {
             }
         }
     }
+}
+
+impl JobEntries {
+    /// The encoded entries, a piece at a time ([`encode_segment`]'s bytes), read back if
+    /// spilled.
+    pub(super) fn pieces(&self) -> impl Iterator<Item = Result<Bytes>> + '_ {
+        self.pieces.iter().map(Piece::bytes)
+    }
 
     /// Whether the entries were spilled to a temporary file.
     #[cfg(test)]
     pub(super) fn spilled(&self) -> bool {
-        matches!(self.piece, Piece::Spilled { .. })
+        !self.pieces.is_empty()
+            && self
+                .pieces
+                .iter()
+                .all(|p| matches!(p, Piece::Spilled { .. }))
     }
 
     /// Bytes held in memory.
     fn in_memory(&self) -> usize {
-        match &self.piece {
-            Piece::Memory(b) => b.len(),
-            Piece::Spilled { .. } => 0,
-        }
+        self.pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Memory(b) => b.len(),
+                Piece::Spilled { .. } => 0,
+            })
+            .sum()
     }
 
     fn new(entries: &[SegmentEntry], block: ColumnType) -> Result<JobEntries> {
@@ -80,12 +100,12 @@ impl JobEntries {
         }
         parts.sort_unstable();
         parts.dedup();
-        let bytes = match entries.is_empty() {
-            true => Bytes::new(),
-            false => encode_segment(entries, block, &[])?,
-        };
+        let pieces = entries
+            .chunks(PIECE_ENTRIES)
+            .map(|c| Ok(Piece::Memory(encode_segment(c, block, &[])?)))
+            .collect::<Result<_>>()?;
         Ok(JobEntries {
-            piece: Piece::Memory(bytes),
+            pieces,
             count: entries.len(),
             parts,
         })
@@ -146,14 +166,14 @@ impl PartWriter {
                 self.spill.insert((Arc::new(f), 0))
             }
         };
-        for job in &mut self.jobs {
-            let b = match &job.piece {
-                Piece::Memory(b) if !b.is_empty() => b.clone(),
-                _ => continue,
+        for piece in self.jobs.iter_mut().flat_map(|j| j.pieces.iter_mut()) {
+            let b = match piece {
+                Piece::Memory(b) => b.clone(),
+                Piece::Spilled { .. } => continue,
             };
             file.write_all_at(&b, *len)
                 .map_err(|e| spill_error("spilled to", e))?;
-            job.piece = Piece::Spilled {
+            *piece = Piece::Spilled {
                 file: file.clone(),
                 offset: *len,
                 len: b.len(),

@@ -641,7 +641,7 @@ impl Session {
         }
         // Read back one piece at a time (spilled pieces from their temporary files), and written
         // as it is encoded (on a local store, straight to the file).
-        let pieces = self.jobs.iter().filter(|j| j.count > 0).map(|j| j.bytes());
+        let pieces = self.jobs.iter().flat_map(|j| j.pieces());
         let block = schema.block_type();
         let write = |w: &mut (dyn std::io::Write + Send)| {
             concat_segments(w, pieces, block, &meta).map(|_| ())
