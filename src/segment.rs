@@ -126,7 +126,7 @@ impl Directory {
 
     /// The directory as text for the manifest: base64 of LEB128 numbers (the version, the row
     /// group count, then per row group its first label, start and lookup bytes as deltas and
-    /// its entries, then the last label and the end as deltas): ~10 bytes per 8,192 entries.
+    /// its entries, then the last label and the end as deltas): ~14 characters per 8,192 entries.
     pub fn encode(&self) -> String {
         use base64::Engine;
         let mut b = Vec::new();
