@@ -197,46 +197,58 @@ pub const MAX_PAGE_BYTES: i64 = 256 << 20;
 pub fn check_pages(buf: &[u8]) -> std::result::Result<(), String> {
     let mut pos = 0usize;
     while pos < buf.len() {
-        let mut w = Walk {
-            buf: &buf[pos..],
-            pos: 0,
-        };
-        let h = w
-            .page_header()
-            .map_err(|e| format!("corrupt page header at byte {pos} of a column chunk: {e}"))?;
-        let bad = |what: &str, v: i64, max: i64| {
-            format!("corrupt page header at byte {pos} of a column chunk: {what} {v} (at most {max} accepted)")
-        };
-        if !(0..=MAX_PAGE_BYTES).contains(&h.uncompressed) {
-            return Err(bad("uncompressed size", h.uncompressed, MAX_PAGE_BYTES));
-        }
-        if !(0..=MAX_PAGE_VALUES).contains(&h.values) {
-            return Err(bad("value count", h.values, MAX_PAGE_VALUES));
-        }
-        let left = (buf.len() - pos - w.pos) as i64;
-        if !(0..=left).contains(&h.compressed) {
-            return Err(bad("compressed size", h.compressed, left));
-        }
-        pos += w.pos + h.compressed as usize;
+        pos = checked_page(buf, pos, "a column chunk")?.1;
     }
     Ok(())
+}
+
+/// The header of the page at `pos` of `buf` (part of `what`), walked and checked: sizes and a
+/// value count within bounds and the page's data inside `buf`. Returns it and where the page
+/// ends.
+fn checked_page(
+    buf: &[u8],
+    pos: usize,
+    what: &str,
+) -> std::result::Result<(PageSizes, usize), String> {
+    let mut w = Walk {
+        buf: &buf[pos..],
+        pos: 0,
+    };
+    let h = w
+        .page_header()
+        .map_err(|e| format!("corrupt page header at byte {pos} of {what}: {e}"))?;
+    let bad = |field: &str, v: i64, max: i64| {
+        format!("corrupt page header at byte {pos} of {what}: {field} {v} (at most {max} accepted)")
+    };
+    if !(0..=MAX_PAGE_BYTES).contains(&h.uncompressed) {
+        return Err(bad("uncompressed size", h.uncompressed, MAX_PAGE_BYTES));
+    }
+    if !(0..=MAX_PAGE_VALUES).contains(&h.values) {
+        return Err(bad("value count", h.values, MAX_PAGE_VALUES));
+    }
+    let left = (buf.len() - pos - w.pos) as i64;
+    if !(0..=left).contains(&h.compressed) {
+        return Err(bad("compressed size", h.compressed, left));
+    }
+    let end = pos + w.pos + h.compressed as usize;
+    Ok((h, end))
 }
 
 /// Splits `buf`, the column chunks of one row group laid end to end (as parquet-rs writes
 /// them), into its first `columns` chunks of `rows` values each, without the file's footer:
 /// a chunk is its pages (a dictionary page, then data pages) until its data pages hold `rows`
-/// values. Every header is checked as by [`check_pages`]. Returns each chunk's (offset, length,
-/// whether it starts with a dictionary page). Only flat, non-null columns have one value per
-/// row; pocaduck's index segments have nothing else.
+/// values. Every header is checked as by [`check_pages`]. Returns each chunk's (offset,
+/// length). Only flat, non-null columns have one value per row; pocaduck's index segments have
+/// nothing else.
 pub fn split_chunks(
     buf: &[u8],
     rows: i64,
     columns: usize,
-) -> std::result::Result<Vec<(usize, usize, bool)>, String> {
+) -> std::result::Result<Vec<(usize, usize)>, String> {
     let mut out = Vec::with_capacity(columns);
     let mut pos = 0usize;
     for c in 0..columns {
-        let (start, mut values, mut dict) = (pos, 0i64, false);
+        let (start, mut values) = (pos, 0i64);
         while values < rows {
             if pos >= buf.len() {
                 return Err(format!(
@@ -244,41 +256,24 @@ pub fn split_chunks(
                     buf.len()
                 ));
             }
-            let mut w = Walk {
-                buf: &buf[pos..],
-                pos: 0,
-            };
-            let h = w
-                .page_header()
-                .map_err(|e| format!("corrupt page header at byte {pos} of a row group: {e}"))?;
-            let left = (buf.len() - pos - w.pos) as i64;
-            if !(0..=MAX_PAGE_BYTES).contains(&h.uncompressed)
-                || !(0..=MAX_PAGE_VALUES).contains(&h.values)
-                || !(0..=left).contains(&h.compressed)
-            {
-                return Err(format!(
-                    "corrupt page header at byte {pos} of a row group: sizes {} / {}, {} values",
-                    h.compressed, h.uncompressed, h.values
-                ));
-            }
+            let (h, end) = checked_page(buf, pos, "a row group")?;
             if h.kind == DICTIONARY_PAGE {
                 if pos != start {
                     return Err(format!(
                         "a dictionary page after data pages at byte {pos} of a row group"
                     ));
                 }
-                dict = true;
             } else {
                 values += h.values;
             }
-            pos += w.pos + h.compressed as usize;
+            pos = end;
         }
         if values != rows {
             return Err(format!(
                 "column {c} holds {values} values where its row group has {rows}"
             ));
         }
-        out.push((start, pos - start, dict));
+        out.push((start, pos - start));
     }
     Ok(out)
 }

@@ -899,20 +899,20 @@ fn direct_metadata(
     schema: &SchemaRef,
     rows: u64,
     start: u64,
-    chunks: &[(usize, usize, bool)],
+    chunks: &[(usize, usize)],
 ) -> std::result::Result<ArrowReaderMetadata, parquet::errors::ParquetError> {
     use parquet::file::metadata::{
         ColumnChunkMetaData, FileMetaData, ParquetMetaData, RowGroupMetaData,
     };
     let descr = Arc::new(parquet::arrow::ArrowSchemaConverter::new().convert(schema)?);
-    let end = chunks.last().map_or(0, |&(o, n, _)| o + n) as u64;
+    let end = chunks.last().map_or(0, |&(o, n)| o + n) as u64;
     let cols = descr
         .columns()
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let (at, len, values) = match chunks.get(i) {
-                Some(&(o, n, _)) => (start + o as u64, n as u64, rows),
+                Some(&(o, n)) => (start + o as u64, n as u64, rows),
                 None => (start + end, 0, 0),
             };
             ColumnChunkMetaData::builder(c.clone())
