@@ -887,11 +887,6 @@ async fn read_groups(
     Ok(())
 }
 
-/// The columns of a generation's segment files.
-fn segment_columns(m: &Manifest) -> usize {
-    arrow_schema(m.schema.block_type()).fields().len()
-}
-
 /// Parquet metadata for one row group of `rows` entries whose first `chunks.len()` column
 /// chunks ([`footer::split_chunks`]) lie at `start` (the other columns are empty and must not
 /// be read), in the layout [`Directory`] describes.
@@ -977,6 +972,12 @@ impl AsyncFileReader for InMemory {
             parquet::errors::ParquetError::General("no footer: read through a directory".into()),
         )))
     }
+}
+
+/// Whether a label of `labels` (sorted) lies in `lo ..= hi`.
+fn holds_any(labels: &[u64], lo: u64, hi: u64) -> bool {
+    let i = labels.partition_point(|&x| x < lo);
+    lo <= hi && i < labels.len() && labels[i] <= hi
 }
 
 /// A generation ready for index reads: its manifest, worker ids and (format 1) entries.
@@ -1068,10 +1069,7 @@ impl IndexView {
             .manifest
             .segments
             .iter()
-            .filter(|r| {
-                let i = labels.partition_point(|&x| x < r.lo);
-                i < labels.len() && labels[i] <= r.hi
-            })
+            .filter(|r| holds_any(&labels, r.lo, r.hi))
             .map(|r| self.lookup_segment(r, &labels, with_bbox));
         let found = block_on(
             futures::stream::iter(jobs)
@@ -1111,8 +1109,7 @@ impl IndexView {
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         for (u, &(start, n)) in f.units.iter().enumerate() {
             let (a, b) = (f.unit_fences[u].max(r.lo), f.unit_fences[u + 1].min(r.hi));
-            let i = labels.partition_point(|&x| x < a);
-            if !(a <= b && i < labels.len() && labels[i] <= b) {
+            if !holds_any(labels, a, b) {
                 continue;
             }
             match ranges.last_mut() {
@@ -1121,10 +1118,6 @@ impl IndexView {
             }
         }
         let (groups, selection) = crate::reader::plan_selection(&f.rg_start, &ranges);
-        let mut out = Vec::new();
-        // Decode only rows inside the wanted labels' span (and the segment's range).
-        let lo = r.lo.max(labels[0]);
-        let hi = r.hi.min(labels[labels.len() - 1]);
         let read = Read {
             groups,
             selection: Some(selection),
@@ -1134,23 +1127,33 @@ impl IndexView {
         let reader = self
             .store
             .parquet_reader(&Path::from(r.file.as_str()), Some(r.bytes));
-        read_groups(
-            &self.store,
-            r,
-            (&f.meta, reader),
-            read,
-            &self.ids,
-            (lo, hi),
-            |v| {
-                out.extend(
-                    v.into_iter()
-                        .filter(|e| labels.binary_search(&e.entry.label).is_ok()),
-                );
-                Ok(true)
-            },
-        )
-        .await?;
+        let mut out = Vec::new();
+        self.read_wanted(r, (&f.meta, reader), read, labels, &mut out)
+            .await?;
         Ok(out)
+    }
+
+    /// Reads `read` of segment `r` from `source` (its metadata and bytes), appending the entries
+    /// of `labels` to `out`; only rows inside the wanted labels' span (and the segment's range)
+    /// are decoded.
+    async fn read_wanted(
+        &self,
+        r: &SegmentRef,
+        source: (&ArrowReaderMetadata, Box<dyn AsyncFileReader>),
+        read: Read,
+        labels: &[u64],
+        out: &mut Vec<UnifiedEntry>,
+    ) -> Result<()> {
+        let lo = r.lo.max(labels[0]);
+        let hi = r.hi.min(labels[labels.len() - 1]);
+        read_groups(&self.store, r, source, read, &self.ids, (lo, hi), |v| {
+            out.extend(
+                v.into_iter()
+                    .filter(|e| labels.binary_search(&e.entry.label).is_ok()),
+            );
+            Ok(true)
+        })
+        .await
     }
 
     /// [`IndexView::lookup_segment`] through the file's row-group directory instead of its
@@ -1171,21 +1174,18 @@ impl IndexView {
             )
         };
         let d = Directory::decode(text, r.bytes).map_err(|e| err(&e))?;
-        let lo = r.lo.max(labels[0]);
-        let hi = r.hi.min(labels[labels.len() - 1]);
+        let schema = self.schema();
+        let path = Path::from(r.file.as_str());
         let mut out = Vec::new();
         for g in 0..d.rows.len() {
-            let (a, b) = (d.fences[g].max(r.lo), d.fences[g + 1].min(r.hi));
-            let i = labels.partition_point(|&x| x < a);
-            if !(a <= b && i < labels.len() && labels[i] <= b) {
+            if !holds_any(labels, d.fences[g].max(r.lo), d.fences[g + 1].min(r.hi)) {
                 continue;
             }
             let start = d.starts[g];
             let (len, columns) = match with_bbox {
-                true => (d.starts[g + 1] - start, segment_columns(&self.manifest)),
+                true => (d.starts[g + 1] - start, schema.fields().len()),
                 false => (d.lookup[g], LOOKUP_COLUMNS),
             };
-            let path = Path::from(r.file.as_str());
             let bytes = self
                 .store
                 .parquet_reader(&path, Some(r.bytes))
@@ -1202,8 +1202,7 @@ impl IndexView {
                     &"row-group directory: the lookup columns end elsewhere",
                 ));
             }
-            let meta =
-                direct_metadata(&self.schema(), d.rows[g], start, &chunks).map_err(|e| err(&e))?;
+            let meta = direct_metadata(&schema, d.rows[g], start, &chunks).map_err(|e| err(&e))?;
             let reader = Box::new(InMemory { start, bytes });
             let read = Read {
                 groups: vec![0],
@@ -1211,22 +1210,8 @@ impl IndexView {
                 with_bbox,
                 hide: self.hidden(r.run),
             };
-            read_groups(
-                &self.store,
-                r,
-                (&meta, reader),
-                read,
-                &self.ids,
-                (lo, hi),
-                |v| {
-                    out.extend(
-                        v.into_iter()
-                            .filter(|e| labels.binary_search(&e.entry.label).is_ok()),
-                    );
-                    Ok(true)
-                },
-            )
-            .await?;
+            self.read_wanted(r, (&meta, reader), read, labels, &mut out)
+                .await?;
         }
         Ok(out)
     }
