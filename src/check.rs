@@ -91,10 +91,46 @@ pub fn check(store: &Store, codec: &dyn IndexCodec) -> Result<CheckReport> {
         }
         Some(Ok(x)) => x,
     };
+    check_head(store, r.generation, &gen.manifest, &mut r);
     // Segment footers are read afresh, not taken from the process cache.
     let idx = LoadedIndex::from_view(crate::segment::IndexView::new(store.clone(), gen).uncached());
     check_entries(&idx, &mut r);
     Ok(r)
+}
+
+/// An object store's head manifest ([`log::head`]), if it has one, is a copy of the newest
+/// generation's manifest: one that does not parse, names another generation, or differs from
+/// that generation's manifest is a problem (readers on object stores answer from it).
+fn check_head(store: &Store, newest: u64, manifest: &log::Manifest, r: &mut CheckReport) {
+    if store.is_local() || manifest.format < 2 {
+        return;
+    }
+    let file = layout::head_file();
+    let bytes = match store.get_opt(&file) {
+        Ok(Some(b)) => b,
+        Ok(None) => return,
+        Err(e) => return r.problems.push(problem(file.as_ref(), &e)),
+    };
+    let fix = "pocaduck_consolidate replaces it";
+    let msg = match log::Manifest::from_json(&bytes, &store.name, file.as_ref()) {
+        Err(e) => format!("{e}; readers list index/ instead; {fix}"),
+        Ok(h) if h.generation < newest => format!(
+            "names generation {}, not the newest ({newest}): cold readers on this object store answer from generation {}; {fix}",
+            h.generation, h.generation
+        ),
+        Ok(h) if h.generation > newest => format!(
+            "names generation {}, which the store does not hold (the newest is {newest}); {fix}",
+            h.generation
+        ),
+        Ok(h) if h != *manifest => format!(
+            "differs from the manifest of generation {newest} it names; {fix}"
+        ),
+        Ok(_) => return,
+    };
+    r.problems.push(Problem {
+        file: file.to_string(),
+        msg,
+    });
 }
 
 /// Every commit segment of every worker decodes, and the parts a commit not merged into the index

@@ -7,6 +7,7 @@
 //! <store>/optimized/<session>-<n>.parquet         parts rewritten by pocaduck_optimize
 //! <store>/index/<generation>.json                 generation manifests (immutable)
 //! <store>/index/<generation>.duckdb               generations of format 1 (read, never written)
+//! <store>/index/HEAD.json                         object stores: a copy of the newest manifest
 //! <store>/segments/<run>-<session>-<k>.parquet    index segments (immutable)
 //! ```
 //! All paths are relative to the store root, so a store can be moved or copied into a bucket.
@@ -80,6 +81,12 @@ pub fn index_file(gen: u64) -> Path {
 /// Generation manifest `gen`.
 pub fn manifest_file(gen: u64) -> Path {
     Path::from(format!("index/{gen:010}.json"))
+}
+
+/// An object store's head manifest: a copy of the newest generation's manifest, replaced by
+/// each publication (see [`crate::log::head`]). Not a generation (its name is no number).
+pub fn head_file() -> Path {
+    Path::from("index/HEAD.json")
 }
 
 /// Parses the generation out of a manifest path.

@@ -400,8 +400,16 @@ pub fn publish(store: &Store, m: &Manifest) -> Result<()> {
     };
     let bytes =
         serde_json::to_vec(&m).map_err(|e| Error::Internal(format!("manifest encode: {e}")))?;
-    if create(store, &layout::manifest_file(m.generation), bytes.into())? {
+    let bytes = Bytes::from(bytes);
+    if create(store, &layout::manifest_file(m.generation), bytes.clone())? {
         note(store, m.generation, true);
+        store.drop_first_head();
+        if !store.is_local() {
+            // The generation is published whatever happens here: a head left behind (the
+            // store unreachable after the object store's retries) is what the next consolidate
+            // or optimize repairs, and readers meanwhile answer from the generation before.
+            let _ = advance_head(store, m.generation, bytes);
+        }
         return Ok(());
     }
     Err(Error::Conflict {
@@ -411,6 +419,96 @@ pub fn publish(store: &Store, m: &Manifest) -> Result<()> {
             m.generation
         ),
     })
+}
+
+/// The newest generation of an object store as its head manifest (`index/HEAD.json`) names
+/// it, read when the store was opened: a cold reader's first query costs no listing of
+/// `index/`. `None` (the caller lists `index/`): a local store, a store without a head (never
+/// consolidated, or last consolidated before head manifests), a head read more than a second
+/// ago or already taken, one older than a generation this process published or listed, or one
+/// that does not parse (`pocaduck_check` reports it).
+///
+/// The head is replaced after each publication with a compare-and-swap that never moves it
+/// back ([`advance_head`]), so it names the newest generation except while a consolidate is
+/// between publishing and replacing it, or after one died there (then the next consolidate, or
+/// any publication, moves it on; readers answer from the generation before, which is complete).
+pub fn head(store: &Store) -> Option<(GenerationFile, Manifest)> {
+    let (bytes, meta) = store.take_first_head()?;
+    let m = Manifest::from_json(&bytes, &store.name, layout::head_file().as_ref()).ok()?;
+    if m.generation == 0 || m.generation < seen(store).0 {
+        return None;
+    }
+    note(store, m.generation, false);
+    let g = GenerationFile {
+        generation: m.generation,
+        legacy: false,
+        meta,
+    };
+    Some((g, m))
+}
+
+/// Makes the head manifest of an object store name generation `generation` (whose manifest is
+/// `bytes`) unless it already names that one or a newer one: a compare-and-swap on the head's
+/// version, retried while other publishers move it.
+pub fn advance_head(store: &Store, generation: u64, bytes: Bytes) -> Result<()> {
+    let head = layout::head_file();
+    for _ in 0..1000 {
+        let moved = match store.get_versioned(&head)? {
+            None => store.put_if_absent(&head, bytes.clone())?,
+            Some((cur, meta)) => {
+                if named_generation(&cur) >= generation {
+                    return Ok(());
+                }
+                store.put_update(&head, bytes.clone(), &meta)?
+            }
+        };
+        if moved {
+            return Ok(());
+        }
+    }
+    Err(Error::Conflict {
+        store: store.name.clone(),
+        msg: "could not replace index/HEAD.json after 1000 tries".into(),
+    })
+}
+
+/// The generation a head manifest names (0 if it does not parse: any generation replaces it).
+fn named_generation(bytes: &[u8]) -> u64 {
+    #[derive(Deserialize)]
+    struct Probe {
+        generation: u64,
+    }
+    serde_json::from_slice::<Probe>(bytes).map_or(0, |p| p.generation)
+}
+
+/// Makes an object store's head manifest name generation `g`, the newest listed, if it names
+/// an older one (a publisher died between publishing `g` and replacing the head), a newer one
+/// the store does not hold, or none (a store consolidated before head manifests). Local stores
+/// have no head.
+pub fn repair_head(store: &Store, g: &GenerationFile) -> Result<()> {
+    if store.is_local() || g.legacy {
+        return Ok(());
+    }
+    let head = layout::head_file();
+    let Some((cur, was)) = store.get_versioned(&head)? else {
+        let bytes = store.get(&layout::manifest_file(g.generation))?;
+        return advance_head(store, g.generation, bytes);
+    };
+    let named = named_generation(&cur);
+    if named == g.generation {
+        return Ok(());
+    }
+    let bytes = store.get(&layout::manifest_file(g.generation))?;
+    if named < g.generation {
+        return advance_head(store, g.generation, bytes);
+    }
+    // A head naming a generation the store does not hold (what was there before it was deleted
+    // and written again), unless one was published since the listing.
+    if latest(store)?.is_some_and(|l| l.generation >= named) {
+        return Ok(());
+    }
+    store.put_update(&head, bytes, &was)?;
+    Ok(())
 }
 
 /// Per store: the newest generation this process has published or listed, and how many it

@@ -195,13 +195,21 @@ pub fn open_store(
         }
     }
     let hit = hit.map(|(h, _, _)| h);
+    let mut from_head = None;
     let latest = match &hit {
         // Only names from the cached generation on are listed.
         Some(h) => match log::latest_since(&store, h.generation)? {
             Some(g) => Some(g),
             None => log::latest(&store)?,
         },
-        None => log::latest(&store)?,
+        // A cold reader of an object store: the head manifest read at opening, if any.
+        None => match log::head(&store) {
+            Some((g, m)) => {
+                from_head = Some(m);
+                Some(g)
+            }
+            None => log::latest(&store)?,
+        },
     };
     let Some(g) = latest else {
         return Err(no_index(&store)?);
@@ -217,7 +225,13 @@ pub fn open_store(
             return Ok(hit);
         }
     }
-    let gen = log::load(&store, &g, codec)?;
+    let gen = match from_head {
+        Some(manifest) => log::Generation {
+            manifest,
+            legacy: None,
+        },
+        None => log::load(&store, &g, codec)?,
+    };
     let loaded = Arc::new(LoadedIndex {
         generation: g.generation,
         stamp,

@@ -66,7 +66,14 @@ pub struct Store {
     /// bucket and the credentials), with when it was made: the next [`Store::list`] of
     /// `index/` within [`FIRST_LISTING_FOR`] is answered with it instead of a second request.
     first_listing: Arc<Mutex<Option<FirstListing>>>,
+    /// An object store's head manifest (`index/HEAD.json`, see [`crate::log::head`]) as read
+    /// when it was opened (it proves the bucket, the credentials and the store), with when it
+    /// was read; taken by the first reader within [`FIRST_LISTING_FOR`].
+    first_head: Arc<Mutex<Option<FirstHead>>>,
 }
+
+/// See [`Store`]'s `first_head`.
+type FirstHead = (std::time::Instant, Bytes, object_store::ObjectMeta);
 
 /// See [`Store`]'s `first_listing`.
 type FirstListing = (std::time::Instant, Vec<object_store::ObjectMeta>);
@@ -345,6 +352,7 @@ impl Store {
             local_dir: Some(abs),
             options: Default::default(),
             first_listing: Default::default(),
+            first_head: Default::default(),
         })
     }
 
@@ -383,6 +391,7 @@ impl Store {
             local_dir: None,
             options: Arc::new(options.to_vec()),
             first_listing: Default::default(),
+            first_head: Default::default(),
         };
         // One listing proves the bucket and the credentials (fails fast, naming the store). For
         // an existing store it is the listing of `index/` its first reader needs anyway; the
@@ -393,6 +402,20 @@ impl Store {
                 format!("cannot be listed (bucket, endpoint or credentials?): {e}"),
             )
         };
+        // An existing store's head manifest, when it has one, proves all that in one GET and is
+        // what its first reader needs; stores without one (never consolidated, or written
+        // before head manifests) are listed.
+        if mode == OpenMode::Existing {
+            if let Ok(Some((bytes, meta))) = store.get_versioned(&crate::layout::head_file()) {
+                if let Ok(mut f) = store.first_head.lock() {
+                    *f = Some((std::time::Instant::now(), bytes, meta));
+                }
+                if let Ok(mut c) = clients.lock() {
+                    c.insert(key, store.clone());
+                }
+                return Ok(store);
+            }
+        }
         let index = match mode {
             OpenMode::Existing => {
                 let dir = crate::layout::index_dir();
@@ -505,6 +528,58 @@ impl Store {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(self.err(path, e)),
+        }
+    }
+
+    /// Reads the whole object at `path` with its metadata (ETag and version, for
+    /// [`Store::put_update`]); `None` if it does not exist.
+    pub fn get_versioned(&self, path: &Path) -> Result<Option<(Bytes, object_store::ObjectMeta)>> {
+        block_on(async {
+            match self.objects.get_opts(path, Default::default()).await {
+                Ok(r) => {
+                    let meta = r.meta.clone();
+                    r.bytes().await.map(|b| Some((b, meta)))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .map_err(|e| self.err(path, e))
+    }
+
+    /// Replaces `path` with `data` only if it is still the version `was` describes (its ETag
+    /// and version, from [`Store::get_versioned`]). Returns `false` if it changed meanwhile.
+    /// Object stores only (the local file system has no conditional update).
+    pub fn put_update(&self, path: &Path, data: Bytes, was: &object_store::ObjectMeta) -> Result<bool> {
+        let opts = PutOptions {
+            mode: PutMode::Update(object_store::UpdateVersion {
+                e_tag: was.e_tag.clone(),
+                version: was.version.clone(),
+            }),
+            ..Default::default()
+        };
+        match block_on(self.objects.put_opts(path, PutPayload::from(data), opts)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
+                Ok(false)
+            }
+            Err(e) => Err(self.err(path, e)),
+        }
+    }
+
+    /// The head manifest read when the store was opened (bytes and metadata), if it was read
+    /// less than [`FIRST_LISTING_FOR`] ago and nobody took it yet.
+    pub fn take_first_head(&self) -> Option<(Bytes, object_store::ObjectMeta)> {
+        let first = self.first_head.lock().ok().and_then(|mut f| f.take());
+        first
+            .filter(|(at, _, _)| at.elapsed() < FIRST_LISTING_FOR)
+            .map(|(_, b, m)| (b, m))
+    }
+
+    /// Forgets the head manifest read at opening (this process published a newer generation).
+    pub fn drop_first_head(&self) {
+        if let Ok(mut f) = self.first_head.lock() {
+            *f = None;
         }
     }
 
