@@ -550,7 +550,12 @@ impl Store {
     /// Replaces `path` with `data` only if it is still the version `was` describes (its ETag
     /// and version, from [`Store::get_versioned`]). Returns `false` if it changed meanwhile.
     /// Object stores only (the local file system has no conditional update).
-    pub fn put_update(&self, path: &Path, data: Bytes, was: &object_store::ObjectMeta) -> Result<bool> {
+    pub fn put_update(
+        &self,
+        path: &Path,
+        data: Bytes,
+        was: &object_store::ObjectMeta,
+    ) -> Result<bool> {
         let opts = PutOptions {
             mode: PutMode::Update(object_store::UpdateVersion {
                 e_tag: was.e_tag.clone(),
@@ -560,9 +565,9 @@ impl Store {
         };
         match block_on(self.objects.put_opts(path, PutPayload::from(data), opts)) {
             Ok(_) => Ok(true),
-            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
-                Ok(false)
-            }
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Ok(false),
             Err(e) => Err(self.err(path, e)),
         }
     }

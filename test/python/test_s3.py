@@ -119,12 +119,13 @@ def test_requests_and_bytes_per_query(s3):
     assert lists + gets <= 2, (lists, gets)
 
 
-def test_a_cold_reader_lists_the_index_once(s3):
-    """A fresh process's first query of an optimized store: the listing of index/ that proves the
-    bucket and credentials when the store is opened also finds the generation (one LIST, not
-    two), then the manifest, the index segment's row group (located through the manifest's
+def test_a_cold_reader_lists_nothing(s3):
+    """A fresh process's first query of an optimized store: the head manifest (a copy of the
+    newest manifest), read when the store is opened to prove the bucket and credentials, is the
+    generation (no LIST), then the index segment's row group (located through the manifest's
     row-group directory, without the segment's footer), the part's footer and the label's
-    pages (4 GETs). A missing store and a store never consolidated still get their errors."""
+    pages (4 GETs in all). A missing store and a store never consolidated still get their
+    errors."""
     con = connect()
     store = url()
     con.execute(WORKLOAD[0].format(w=0, s=store))
@@ -166,7 +167,7 @@ def test_a_manifest_without_row_group_directories_is_read_through_the_footers(s3
     query = "SELECT label, count(*), sum(x), sum(sv) FROM pocaduck_points('{s}', [0, 7, 13, 49]) GROUP BY label ORDER BY label"
     want = con.execute(query.format(s=store)).fetchall()
     prefix = store.split("pocaduck-test/", 1)[1]
-    keys = sorted(k for k in s3.keys("pocaduck-test", prefix + "/index/") if k.endswith("0.json") or k[-6:-5].isdigit())
+    keys = sorted(k for k in s3.keys("pocaduck-test", prefix + "/index/") if not k.endswith("/HEAD.json"))
     body = json.loads(s3.client.get_object(Bucket="pocaduck-test", Key=keys[-1])["Body"].read())
     assert all("dir" in seg for seg in body["segments"]), body["segments"]
     for seg in body["segments"]:
@@ -492,7 +493,8 @@ def test_vacuum_on_s3(s3):
     assert sum(f for f, _ in r.values()) == len(gone), (r, sorted(gone)[:5])
     assert r["generation"][0] == 2 and r["part"][0] == unref and r["staging"] == (0, 0), r
     assert r["commit"][0] == 3 and not any("/commits/" in k for k in after)
-    assert [k for k in after if "/index/" in k] == [prefix + "index/0000000003.json"]
+    # The newest generation, and the head manifest (its copy), which vacuum never deletes.
+    assert sorted(k for k in after if "/index/" in k) == [prefix + "index/0000000003.json", prefix + "index/HEAD.json"]
     # Every label as numpy says: w0's points moved by 10^6, w1's not.
     i = np.arange(40000)
     want = {l: (2 * int((i % 50 == l).sum()), int(((i + 10**6) * (i % 50 == l)).sum() + (i * (i % 50 == l)).sum())) for l in range(50)}
