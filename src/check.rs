@@ -118,12 +118,18 @@ fn check_head(store: &Store, newest: u64, manifest: &log::Manifest, r: &mut Chec
             "names generation {}, not the newest ({newest}): cold readers on this object store answer from generation {}; {fix}",
             h.generation, h.generation
         ),
-        Ok(h) if h.generation > newest => format!(
-            "names generation {}, which the store does not hold (the newest is {newest}); {fix}",
-            h.generation
-        ),
+        // Unless it was published since the listing.
+        Ok(h) if h.generation > newest
+            && log::latest(store).map_or(true, |l| l.map_or(0, |l| l.generation) < h.generation) =>
+        {
+            format!(
+                "names generation {}, which the store does not hold (the newest is {newest}); {fix}",
+                h.generation
+            )
+        }
+        Ok(h) if h.generation > newest => return,
         Ok(h) if h != *manifest => format!(
-            "differs from the manifest of generation {newest} it names; {fix}"
+            "differs from the manifest of generation {newest} it names; delete it (readers then list index/, and the next consolidate writes it again)"
         ),
         Ok(_) => return,
     };

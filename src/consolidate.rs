@@ -129,9 +129,8 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
             "is not a pocaduck store (no _pocaduck.json): nothing was ever committed to it",
         )
     })?;
-    let latest = log::latest(store)?;
-    let base = match &latest {
-        Some(g) => log::load(store, g, codec)?,
+    let base = match log::latest(store)? {
+        Some(g) => log::load(store, &g, codec)?,
         None => log::Generation {
             manifest: Manifest::empty(schema.clone()),
             legacy: None,
@@ -209,10 +208,8 @@ pub fn consolidate(store: &Store, codec: &dyn IndexCodec) -> Result<ConsolidateS
     }
     let upgrading = base.legacy.is_some();
     if summary.new_commits == 0 && !upgrading {
-        if let Some(g) = &latest {
-            // A publisher that died before replacing the head left readers a generation behind.
-            log::repair_head(store, g)?;
-        }
+        // A publisher that died before replacing the head left readers a generation behind.
+        log::repair_head(store)?;
         summary.generation = m.generation;
         summary.workers = m.workers.len() as u64;
         summary.segments = m.segments.len() as u64;

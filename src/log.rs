@@ -203,6 +203,9 @@ pub fn all(store: &Store) -> Result<Vec<GenerationFile>> {
         let upgraded = v[first].generation;
         v.retain(|g| !g.legacy || g.generation < upgraded);
     }
+    if let Some(g) = v.last() {
+        note(store, g.generation, false);
+    }
     Ok(v)
 }
 
@@ -404,11 +407,12 @@ pub fn publish(store: &Store, m: &Manifest) -> Result<()> {
     if create(store, &layout::manifest_file(m.generation), bytes.clone())? {
         note(store, m.generation, true);
         store.drop_first_head();
-        if !store.is_local() {
-            // The generation is published whatever happens here: a head left behind (the
-            // store unreachable after the object store's retries) is what the next consolidate
-            // or optimize repairs, and readers meanwhile answer from the generation before.
-            let _ = advance_head(store, m.generation, bytes);
+        if !store.is_local() && advance_head(store, m.generation, bytes).is_err() {
+            // The generation is published whatever happens here. A head that cannot be moved on
+            // (the store unreachable after the object store's retries, or refusing conditional
+            // updates) goes, so that readers list `index/` instead of answering from an older
+            // generation; the next publication creates it again.
+            let _ = store.delete(&layout::head_file());
         }
         return Ok(());
     }
@@ -429,9 +433,11 @@ pub fn publish(store: &Store, m: &Manifest) -> Result<()> {
 /// that does not parse (`pocaduck_check` reports it).
 ///
 /// The head is replaced after each publication with a compare-and-swap that never moves it
-/// back ([`advance_head`]), so it names the newest generation except while a consolidate is
-/// between publishing and replacing it, or after one died there (then the next consolidate, or
-/// any publication, moves it on; readers answer from the generation before, which is complete).
+/// back ([`advance_head`]; deleted if that fails), so it names the newest generation except
+/// while a publisher is between publishing and replacing it, or after one died there or was an
+/// older release: then any later publication moves it on, and [`repair_head`] (a consolidate
+/// with nothing new, vacuum) puts it right; readers meanwhile answer from an older generation,
+/// which is complete and which vacuum keeps until the head is repaired.
 pub fn head(store: &Store) -> Option<(GenerationFile, Manifest)> {
     let (bytes, meta) = store.take_first_head()?;
     let m = Manifest::from_json(&bytes, &store.name, layout::head_file().as_ref()).ok()?;
@@ -481,34 +487,37 @@ fn named_generation(bytes: &[u8]) -> u64 {
     serde_json::from_slice::<Probe>(bytes).map_or(0, |p| p.generation)
 }
 
-/// Makes an object store's head manifest name generation `g`, the newest listed, if it names
-/// an older one (a publisher died between publishing `g` and replacing the head), a newer one
-/// the store does not hold, or none (a store consolidated before head manifests). Local stores
-/// have no head.
-pub fn repair_head(store: &Store, g: &GenerationFile) -> Result<()> {
-    if store.is_local() || g.legacy {
+/// Makes an object store's head manifest a copy of the newest listed generation's manifest if
+/// it is not (a publisher died between publishing and replacing it, or was a release before
+/// head manifests; it names a generation the store does not hold; it is missing), then lists
+/// again until no publication raced it. Local stores have no head.
+pub fn repair_head(store: &Store) -> Result<()> {
+    if store.is_local() {
         return Ok(());
     }
+    store.drop_first_head();
     let head = layout::head_file();
-    let Some((cur, was)) = store.get_versioned(&head)? else {
-        let bytes = store.get(&layout::manifest_file(g.generation))?;
-        return advance_head(store, g.generation, bytes);
-    };
-    let named = named_generation(&cur);
-    if named == g.generation {
-        return Ok(());
+    for _ in 0..100 {
+        let Some(newest) = latest(store)?.filter(|g| !g.legacy) else {
+            return Ok(());
+        };
+        let cur = store.get_versioned(&head)?;
+        // The head is written with the manifest's own bytes: same generation, same size.
+        if let Some((b, _)) = &cur {
+            if named_generation(b) == newest.generation && b.len() as u64 == newest.meta.size {
+                return Ok(());
+            }
+        }
+        let bytes = store.get(&layout::manifest_file(newest.generation))?;
+        match cur {
+            None => store.put_if_absent(&head, bytes)?,
+            Some((_, was)) => store.put_update(&head, bytes, &was)?,
+        };
     }
-    let bytes = store.get(&layout::manifest_file(g.generation))?;
-    if named < g.generation {
-        return advance_head(store, g.generation, bytes);
-    }
-    // A head naming a generation the store does not hold (what was there before it was deleted
-    // and written again), unless one was published since the listing.
-    if latest(store)?.is_some_and(|l| l.generation >= named) {
-        return Ok(());
-    }
-    store.put_update(&head, bytes, &was)?;
-    Ok(())
+    Err(Error::Conflict {
+        store: store.name.clone(),
+        msg: "could not repair index/HEAD.json after 100 tries".into(),
+    })
 }
 
 /// Per store: the newest generation this process has published or listed, and how many it

@@ -114,6 +114,9 @@ pub struct LoadedIndex {
     /// Size and modification time of the generation's file: a store deleted and rebuilt to the
     /// same generation number is not mistaken for the cached one.
     stamp: (u64, i64),
+    /// Loaded from the store's head manifest: `stamp` is the head's, whose size (the same bytes)
+    /// but not its time or ETag is the manifest's.
+    from_head: bool,
     /// The store schema.
     pub schema: StoreSchema,
     /// The index of this generation.
@@ -158,7 +161,7 @@ pub fn default_max_staleness(store: &Store) -> Duration {
 /// current. `codec` reads format-1 generations.
 pub fn open(store_name: &str, codec: &dyn IndexCodec) -> Result<Arc<LoadedIndex>> {
     open_store(
-        Store::open(store_name, OpenMode::Existing)?,
+        Store::open(store_name, OpenMode::Read)?,
         codec,
         Duration::ZERO,
     )
@@ -202,6 +205,11 @@ pub fn open_store(
             Some(g) => Some(g),
             None => log::latest(&store)?,
         },
+        // Strict freshness lists.
+        None if max_staleness.is_zero() => {
+            store.drop_first_head();
+            log::latest(&store)?
+        }
         // A cold reader of an object store: the head manifest read at opening, if any.
         None => match log::head(&store) {
             Some((g, m)) => {
@@ -216,15 +224,29 @@ pub fn open_store(
     };
     let stamp = crate::storage::object_stamp(&g.meta);
     if let Some(hit) = hit {
-        if hit.generation == g.generation && hit.stamp == stamp {
+        // What was loaded from the head is the listed manifest if its size is.
+        let same = hit.stamp == stamp || (hit.from_head && hit.stamp.0 == stamp.0);
+        if hit.generation == g.generation && same {
+            let now = match hit.from_head {
+                false => hit.clone(),
+                true => Arc::new(LoadedIndex {
+                    store: hit.store.clone(),
+                    generation: hit.generation,
+                    stamp,
+                    from_head: false,
+                    schema: hit.schema.clone(),
+                    view: hit.view.clone(),
+                }),
+            };
             if let Ok(mut c) = cache().lock() {
                 if let Some(e) = c.get_mut(&key).filter(|e| Arc::ptr_eq(&e.0, &hit)) {
-                    (e.1, e.2) = checked;
+                    *e = (now.clone(), checked.0, checked.1);
                 }
             }
-            return Ok(hit);
+            return Ok(now);
         }
     }
+    let head = from_head.is_some();
     let gen = match from_head {
         Some(manifest) => log::Generation {
             manifest,
@@ -235,6 +257,7 @@ pub fn open_store(
     let loaded = Arc::new(LoadedIndex {
         generation: g.generation,
         stamp,
+        from_head: head,
         schema: gen.manifest.schema.clone(),
         view: Arc::new(IndexView::new(store.clone(), gen)),
         store,
@@ -271,6 +294,7 @@ pub fn open_generation(
     let loaded = Arc::new(LoadedIndex {
         generation,
         stamp,
+        from_head: false,
         schema: gen.manifest.schema.clone(),
         view: Arc::new(IndexView::new(store.clone(), gen)),
         store,
@@ -400,6 +424,7 @@ impl LoadedIndex {
         LoadedIndex {
             generation: view.manifest.generation,
             stamp: (0, 0),
+            from_head: false,
             schema: view.manifest.schema.clone(),
             store: view.store.clone(),
             view: Arc::new(view),

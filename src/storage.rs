@@ -86,8 +86,11 @@ const FIRST_LISTING_FOR: std::time::Duration = std::time::Duration::from_secs(1)
 /// Whether [`Store::open`] may create the store directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenMode {
-    /// The store must already exist (readers).
+    /// The store must already exist.
     Existing,
+    /// The store must already exist, and is opened to read its index: on an object store its
+    /// head manifest proves it (one GET instead of a listing) and serves its first reader.
+    Read,
     /// Create the directory if it is missing (writers).
     Create,
 }
@@ -333,7 +336,7 @@ impl Store {
         let path = std::path::PathBuf::from(&local);
         if !path.exists() {
             match mode {
-                OpenMode::Existing => {
+                OpenMode::Existing | OpenMode::Read => {
                     return Err(Error::store(name, "does not exist"));
                 }
                 OpenMode::Create => std::fs::create_dir_all(&path)
@@ -402,22 +405,33 @@ impl Store {
                 format!("cannot be listed (bucket, endpoint or credentials?): {e}"),
             )
         };
-        // An existing store's head manifest, when it has one, proves all that in one GET and is
-        // what its first reader needs; stores without one (never consolidated, or written
-        // before head manifests) are listed.
-        if mode == OpenMode::Existing {
-            if let Ok(Some((bytes, meta))) = store.get_versioned(&crate::layout::head_file()) {
-                if let Ok(mut f) = store.first_head.lock() {
-                    *f = Some((std::time::Instant::now(), bytes, meta));
+        // Opened to read: the store's head manifest, when it has one, proves all that in one GET
+        // and is what its first reader needs. A store without one (never consolidated, or
+        // last consolidated by a release before head manifests) is listed.
+        if mode == OpenMode::Read {
+            match store.get_versioned_raw(&crate::layout::head_file()) {
+                Ok(Some((bytes, meta))) => {
+                    if let Ok(mut f) = store.first_head.lock() {
+                        *f = Some((std::time::Instant::now(), bytes, meta));
+                    }
+                    if let Ok(mut c) = clients.lock() {
+                        c.insert(key, store.clone());
+                    }
+                    return Ok(store);
                 }
-                if let Ok(mut c) = clients.lock() {
-                    c.insert(key, store.clone());
+                Ok(None) => {}
+                // A missing bucket is "not found" too, and is named by the listing below.
+                Err(e) => {
+                    return Err(Error::store(
+                        name,
+                        format!("cannot be read (bucket, endpoint or credentials?): {e}"),
+                    ))
                 }
-                return Ok(store);
             }
         }
+        let existing = mode != OpenMode::Create;
         let index = match mode {
-            OpenMode::Existing => {
+            OpenMode::Existing | OpenMode::Read => {
                 let dir = crate::layout::index_dir();
                 block_on(store.objects.list(Some(&dir)).try_collect::<Vec<_>>())
                     .map_err(unlisted)?
@@ -426,14 +440,11 @@ impl Store {
         };
         if index.is_empty() {
             let top = block_on(store.objects.list_with_delimiter(None)).map_err(unlisted)?;
-            if mode == OpenMode::Existing
-                && top.objects.is_empty()
-                && top.common_prefixes.is_empty()
-            {
+            if existing && top.objects.is_empty() && top.common_prefixes.is_empty() {
                 return Err(Error::store(name, "does not exist"));
             }
         }
-        if mode == OpenMode::Existing {
+        if existing {
             if let Ok(mut f) = store.first_listing.lock() {
                 *f = Some((std::time::Instant::now(), index));
             }
@@ -534,6 +545,13 @@ impl Store {
     /// Reads the whole object at `path` with its metadata (ETag and version, for
     /// [`Store::put_update`]); `None` if it does not exist.
     pub fn get_versioned(&self, path: &Path) -> Result<Option<(Bytes, object_store::ObjectMeta)>> {
+        self.get_versioned_raw(path).map_err(|e| self.err(path, e))
+    }
+
+    fn get_versioned_raw(
+        &self,
+        path: &Path,
+    ) -> object_store::Result<Option<(Bytes, object_store::ObjectMeta)>> {
         block_on(async {
             match self.objects.get_opts(path, Default::default()).await {
                 Ok(r) => {
@@ -544,7 +562,6 @@ impl Store {
                 Err(e) => Err(e),
             }
         })
-        .map_err(|e| self.err(path, e))
     }
 
     /// Replaces `path` with `data` only if it is still the version `was` describes (its ETag

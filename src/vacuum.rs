@@ -142,6 +142,9 @@ fn is_staging(name: &str) -> bool {
 pub fn vacuum(store: &Store, codec: &dyn IndexCodec, opts: &VacuumOptions) -> Result<VacuumReport> {
     opts.check()?;
     crate::writer::require_store(store, log::latest(store)?.is_some())?;
+    // Cold readers of an object store answer from its head manifest: it must name the newest
+    // generation before older ones may go.
+    log::repair_head(store)?;
     // Times are the storage's: an object store's clock stamps its objects, so "now" is read
     // from it too (a client clock ahead of the store's would otherwise shorten the retention).
     let now = storage_now(store)?;

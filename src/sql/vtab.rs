@@ -215,13 +215,13 @@ impl StoreArg {
                 return Ok(index);
             }
         }
-        self.open_index(self.open(OpenMode::Existing)?)
+        self.open_index(self.open(OpenMode::Read)?)
     }
 
     /// [`StoreArg::index`] at bind: the index is kept for the execution that follows.
     pub fn bind_index(&self) -> Result<Arc<reader::LoadedIndex>> {
         let at = std::time::Instant::now();
-        let store = self.open(OpenMode::Existing)?;
+        let store = self.open(OpenMode::Read)?;
         let published = crate::log::seen(&store).1;
         let index = self.open_index(store)?;
         self.at_bind.keep((index.clone(), published), at);

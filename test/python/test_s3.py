@@ -193,13 +193,15 @@ def test_a_manifest_without_row_group_directories_is_read_through_the_footers(s3
     assert eval(lines[2]) == want
 
 
-def cold(store, *queries):
+def cold(store, *queries, setup=""):
     """Each query's rows, run by a fresh process (nothing cached), after its explain of label 2
-    (LIST and GET requests)."""
+    (LIST and GET requests), after `setup` (a statement)."""
     code = textwrap.dedent(f"""
         import duckdb
         con = duckdb.connect(config={{'allow_unsigned_extensions': True}})
         con.execute("LOAD '{EXTENSION}'")
+        if {setup!r}:
+            con.execute({setup!r}).fetchall()
         print(con.execute("SELECT list_requests, get_requests FROM pocaduck_explain('{store}', 2)").fetchone())
         for q in {list(queries)!r}:
             print(con.execute(q).fetchall())
@@ -252,8 +254,19 @@ def test_the_head_manifest_follows_each_publication_and_is_repaired(s3):
     assert (lists, rows) == (0, [(0,)])
     ok, msg = problems()
     assert not ok and "index/HEAD.json: names generation 1, not the newest (3)" in msg, msg
+    # Not when the process saw a newer generation first (the read by number opens the store,
+    # reading the head, and lists index/), nor with strict freshness.
+    (lists, _), rows = cold(store, count, setup=f"FROM pocaduck_points('{store}', 2, generation := 3)")
+    assert (lists, rows) == (1, [(5,)])
+    (lists, _), rows = cold(store, count, setup="SET pocaduck_max_staleness = '0'")
+    assert (lists, rows) == (1, [(5,)])
     assert con.execute(f"SELECT generation, new_commits FROM pocaduck_consolidate('{store}')").fetchone() == (3, 0)
     assert json.loads(obj("HEAD.json"))["generation"] == 3
+    assert cold(store, count)[1:] == [[(5,)]]
+    # Vacuum repairs it before deleting generations (here 1 and 2, which it names).
+    put_head(first)
+    con.execute(f"FROM pocaduck_vacuum('{store}', retain := INTERVAL '0 seconds', force := true)").fetchall()
+    assert json.loads(obj("HEAD.json")) == json.loads(obj("0000000003.json"))
     assert cold(store, count)[1:] == [[(5,)]]
     # Corrupt, naming a generation the store does not hold, missing: read through the listing.
     gone = json.loads(obj("0000000003.json"))
@@ -356,6 +369,8 @@ except Exception as e:
         assert o in ("(1, 1)", "(1, 0)") or ("another consolidate or optimize published generation 1 first" in o), outs
     keys = s3.keys("pocaduck-test", store.split("pocaduck-test/")[1] + "/index/")
     assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["0000000001.json", "HEAD.json"], keys
+    body = lambda k: s3.client.get_object(Bucket="pocaduck-test", Key=k)["Body"].read()  # noqa: E731
+    assert body(sorted(keys)[0]) == body(sorted(keys)[1])
 
 
 def test_settings_instead_of_environment(s3, tmp_path):
