@@ -118,16 +118,16 @@ fn check_head(store: &Store, newest: u64, manifest: &log::Manifest, r: &mut Chec
             "names generation {}, not the newest ({newest}): cold readers on this object store answer from generation {}; {fix}",
             h.generation, h.generation
         ),
-        // Unless it was published since the listing.
-        Ok(h) if h.generation > newest
-            && log::latest(store).map_or(true, |l| l.map_or(0, |l| l.generation) < h.generation) =>
-        {
+        Ok(h) if h.generation > newest => {
+            // Unless it was published since the listing.
+            if log::latest(store).is_ok_and(|l| l.is_some_and(|l| l.generation >= h.generation)) {
+                return;
+            }
             format!(
                 "names generation {}, which the store does not hold (the newest is {newest}); {fix}",
                 h.generation
             )
         }
-        Ok(h) if h.generation > newest => return,
         Ok(h) if h != *manifest => format!(
             "differs from the manifest of generation {newest} it names; delete it (readers then list index/, and the next consolidate writes it again)"
         ),

@@ -459,16 +459,14 @@ pub fn head(store: &Store) -> Option<(GenerationFile, Manifest)> {
 pub fn advance_head(store: &Store, generation: u64, bytes: Bytes) -> Result<()> {
     let head = layout::head_file();
     for _ in 0..1000 {
-        let moved = match store.get_versioned(&head)? {
-            None => store.put_if_absent(&head, bytes.clone())?,
-            Some((cur, meta)) => {
-                if named_generation(&cur) >= generation {
-                    return Ok(());
-                }
-                store.put_update(&head, bytes.clone(), &meta)?
-            }
-        };
-        if moved {
+        let cur = store.get_versioned(&head)?;
+        if cur
+            .as_ref()
+            .is_some_and(|(b, _)| named_generation(b) >= generation)
+        {
+            return Ok(());
+        }
+        if swap_head(store, cur.map(|c| c.1), bytes.clone())? {
             return Ok(());
         }
     }
@@ -476,6 +474,16 @@ pub fn advance_head(store: &Store, generation: u64, bytes: Bytes) -> Result<()> 
         store: store.name.clone(),
         msg: "could not replace index/HEAD.json after 1000 tries".into(),
     })
+}
+
+/// Writes the head manifest if it is still the version `was` (`None`: still absent); `false`
+/// if another writer changed it first.
+fn swap_head(store: &Store, was: Option<object_store::ObjectMeta>, bytes: Bytes) -> Result<bool> {
+    let head = layout::head_file();
+    match was {
+        None => store.put_if_absent(&head, bytes),
+        Some(was) => store.put_update(&head, bytes, &was),
+    }
 }
 
 /// The generation a head manifest names (0 if it does not parse: any generation replaces it).
@@ -509,10 +517,7 @@ pub fn repair_head(store: &Store) -> Result<()> {
             }
         }
         let bytes = store.get(&layout::manifest_file(newest.generation))?;
-        match cur {
-            None => store.put_if_absent(&head, bytes)?,
-            Some((_, was)) => store.put_update(&head, bytes, &was)?,
-        };
+        swap_head(store, cur.map(|c| c.1), bytes)?;
     }
     Err(Error::Conflict {
         store: store.name.clone(),

@@ -65,18 +65,36 @@ pub struct Store {
     /// An object store's first listing of `index/`, made when it was opened (it proves the
     /// bucket and the credentials), with when it was made: the next [`Store::list`] of
     /// `index/` within [`FIRST_LISTING_FOR`] is answered with it instead of a second request.
-    first_listing: Arc<Mutex<Option<FirstListing>>>,
+    first_listing: Arc<Fresh<Vec<object_store::ObjectMeta>>>,
     /// An object store's head manifest (`index/HEAD.json`, see [`crate::log::head`]) as read
-    /// when it was opened (it proves the bucket, the credentials and the store), with when it
-    /// was read; taken by the first reader within [`FIRST_LISTING_FOR`].
-    first_head: Arc<Mutex<Option<FirstHead>>>,
+    /// when it was opened to read (it proves the bucket, the credentials and the store); taken
+    /// by the first reader within [`FIRST_LISTING_FOR`].
+    first_head: Arc<Fresh<(Bytes, object_store::ObjectMeta)>>,
 }
 
-/// See [`Store`]'s `first_head`.
-type FirstHead = (std::time::Instant, Bytes, object_store::ObjectMeta);
+/// What a store was opened with, for the first taker within [`FIRST_LISTING_FOR`].
+#[derive(Debug)]
+struct Fresh<T>(Mutex<Option<(std::time::Instant, T)>>);
 
-/// See [`Store`]'s `first_listing`.
-type FirstListing = (std::time::Instant, Vec<object_store::ObjectMeta>);
+impl<T> Default for Fresh<T> {
+    fn default() -> Self {
+        Fresh(Mutex::new(None))
+    }
+}
+
+impl<T> Fresh<T> {
+    fn put(&self, v: T) {
+        if let Ok(mut f) = self.0.lock() {
+            *f = Some((std::time::Instant::now(), v));
+        }
+    }
+
+    /// The value, if put less than [`FIRST_LISTING_FOR`] ago and not taken yet.
+    fn take(&self) -> Option<T> {
+        let first = self.0.lock().ok().and_then(|mut f| f.take())?;
+        (first.0.elapsed() < FIRST_LISTING_FOR).then_some(first.1)
+    }
+}
 
 /// How long the listing of `index/` an object store is opened with may stand in for the next
 /// one: the statement that opened it is still binding (a reader's first query lists `index/`
@@ -408,18 +426,9 @@ impl Store {
         // Opened to read: the store's head manifest, when it has one, proves all that in one GET
         // and is what its first reader needs. A store without one (never consolidated, or
         // last consolidated by a release before head manifests) is listed.
-        if mode == OpenMode::Read {
-            match store.get_versioned_raw(&crate::layout::head_file()) {
-                Ok(Some((bytes, meta))) => {
-                    if let Ok(mut f) = store.first_head.lock() {
-                        *f = Some((std::time::Instant::now(), bytes, meta));
-                    }
-                    if let Ok(mut c) = clients.lock() {
-                        c.insert(key, store.clone());
-                    }
-                    return Ok(store);
-                }
-                Ok(None) => {}
+        let head = match mode {
+            OpenMode::Read => match store.get_versioned_raw(&crate::layout::head_file()) {
+                Ok(h) => h,
                 // A missing bucket is "not found" too, and is named by the listing below.
                 Err(e) => {
                     return Err(Error::store(
@@ -427,26 +436,29 @@ impl Store {
                         format!("cannot be read (bucket, endpoint or credentials?): {e}"),
                     ))
                 }
-            }
-        }
-        let existing = mode != OpenMode::Create;
-        let index = match mode {
-            OpenMode::Existing | OpenMode::Read => {
-                let dir = crate::layout::index_dir();
-                block_on(store.objects.list(Some(&dir)).try_collect::<Vec<_>>())
-                    .map_err(unlisted)?
-            }
-            OpenMode::Create => Vec::new(),
+            },
+            _ => None,
         };
-        if index.is_empty() {
-            let top = block_on(store.objects.list_with_delimiter(None)).map_err(unlisted)?;
-            if existing && top.objects.is_empty() && top.common_prefixes.is_empty() {
-                return Err(Error::store(name, "does not exist"));
+        if let Some(h) = head {
+            store.first_head.put(h);
+        } else {
+            let existing = mode != OpenMode::Create;
+            let index = match existing {
+                true => {
+                    let dir = crate::layout::index_dir();
+                    block_on(store.objects.list(Some(&dir)).try_collect::<Vec<_>>())
+                        .map_err(unlisted)?
+                }
+                false => Vec::new(),
+            };
+            if index.is_empty() {
+                let top = block_on(store.objects.list_with_delimiter(None)).map_err(unlisted)?;
+                if existing && top.objects.is_empty() && top.common_prefixes.is_empty() {
+                    return Err(Error::store(name, "does not exist"));
+                }
             }
-        }
-        if existing {
-            if let Ok(mut f) = store.first_listing.lock() {
-                *f = Some((std::time::Instant::now(), index));
+            if existing {
+                store.first_listing.put(index);
             }
         }
         if let Ok(mut c) = clients.lock() {
@@ -592,17 +604,12 @@ impl Store {
     /// The head manifest read when the store was opened (bytes and metadata), if it was read
     /// less than [`FIRST_LISTING_FOR`] ago and nobody took it yet.
     pub fn take_first_head(&self) -> Option<(Bytes, object_store::ObjectMeta)> {
-        let first = self.first_head.lock().ok().and_then(|mut f| f.take());
-        first
-            .filter(|(at, _, _)| at.elapsed() < FIRST_LISTING_FOR)
-            .map(|(_, b, m)| (b, m))
+        self.first_head.take()
     }
 
     /// Forgets the head manifest read at opening (this process published a newer generation).
     pub fn drop_first_head(&self) {
-        if let Ok(mut f) = self.first_head.lock() {
-            *f = None;
-        }
+        self.first_head.take();
     }
 
     /// Reads the whole object at `path`; `None` if it does not exist.
@@ -626,8 +633,7 @@ impl Store {
     /// Lists the objects below `prefix` (recursively), as paths relative to the store root.
     pub fn list(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>> {
         if *prefix == crate::layout::index_dir() {
-            let first = self.first_listing.lock().ok().and_then(|mut f| f.take());
-            if let Some((_, listed)) = first.filter(|(at, _)| at.elapsed() < FIRST_LISTING_FOR) {
+            if let Some(listed) = self.first_listing.take() {
                 return Ok(listed);
             }
         }
