@@ -36,9 +36,10 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+    ArrayRef, AsArray, DictionaryArray, Float64Array, RecordBatch, StringArray, UInt32Array,
+    UInt64Array,
 };
-use arrow::datatypes::UInt32Type;
+use arrow::datatypes::{DataType, Schema, UInt32Type};
 use object_store::path::Path;
 
 use crate::entry_chunks::{c, u32s, u64s, Blocks, ChunkScan, PartNames};
@@ -117,6 +118,9 @@ pub(crate) fn is_contiguous(entries: &[UnifiedEntry]) -> bool {
 /// Pending rows are encoded once there are this many.
 const FLUSH_ROWS: usize = 1 << 16;
 
+/// Spans of fewer rows are joined before they are encoded.
+const SHORT_SPAN: usize = 4096;
+
 /// The optimized parts being written.
 struct Output {
     sink: PartSink,
@@ -138,18 +142,35 @@ impl Output {
 
     /// Encodes the pending rows.
     fn flush(&mut self) -> Result<()> {
-        // One batch, unless its strings would pass what one string array holds.
-        let batches = crate::bounded::concat(
-            self.sink.schema(),
-            std::mem::take(&mut self.pending),
-            crate::bounded::STRING_BYTES,
-        )?;
+        // Long spans are written as they are; runs of short ones (each write costs per
+        // column) are first joined into batches, each within what one string array holds.
         self.pending_rows = 0;
-        for b in batches {
-            self.sink.write(&b)?;
-            if let Some(p) = &mut self.part {
-                p.1 += b.num_rows() as u64;
+        let mut short = Vec::new();
+        for b in std::mem::take(&mut self.pending) {
+            if b.num_rows() < SHORT_SPAN {
+                short.push(b);
+                continue;
             }
+            self.write_joined(&mut short)?;
+            self.write(&b)?;
+        }
+        self.write_joined(&mut short)
+    }
+
+    fn write_joined(&mut self, short: &mut Vec<RecordBatch>) -> Result<()> {
+        let schema = self.sink.schema().clone();
+        for b in
+            crate::bounded::concat(&schema, std::mem::take(short), crate::bounded::STRING_BYTES)?
+        {
+            self.write(&b)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, b: &RecordBatch) -> Result<()> {
+        self.sink.write(b)?;
+        if let Some(p) = &mut self.part {
+            p.1 += b.num_rows() as u64;
         }
         Ok(())
     }
@@ -329,7 +350,15 @@ fn copy_and_index(
         let workers = StringArray::from_iter_values(base.workers.iter().map(|w| w.worker.as_str()));
         let writer = sc.spawn(move || {
             let mut w = RunWriter::new(store, base, base.next_run, true);
-            let schema = w.schema().clone();
+            // The segment schema, with worker and part names as dictionaries (see
+            // NewEntries::batch).
+            let fields = w.schema().fields().iter().map(|f| match f.name().as_str() {
+                "worker" | "part" => Arc::new(f.as_ref().clone().with_data_type(
+                    DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8)),
+                )),
+                _ => f.clone(),
+            });
+            let schema = Arc::new(Schema::new(fields.collect::<Vec<_>>()));
             let mut r = rx.iter().try_for_each(|j| {
                 let b = j.new.batch(&j.chunk, &workers, &j.parts, &schema)?;
                 w.push_batch(b)
@@ -526,14 +555,22 @@ impl NewEntries {
                 false => take(chunk.column(i), &src, None)?,
             })
         };
-        let worker_ids = pick(c::WORKER)?;
+        let worker_ids = pick(c::WORKER)?.as_primitive::<UInt32Type>().clone();
+        // Worker and part names as dictionaries of the few names (the segment writer takes
+        // them for its string columns): no copy of a path per entry.
+        let names = |keys: UInt32Array, values: &StringArray| -> Result<ArrayRef> {
+            Ok(Arc::new(DictionaryArray::<UInt32Type>::try_new(
+                keys,
+                Arc::new(values.clone()),
+            )?))
+        };
         let u = |v: Vec<u64>| -> ArrayRef { Arc::new(UInt64Array::from(v)) };
         let mut cols: Vec<ArrayRef> = vec![
             pick(c::LABEL)?,
             pick(c::BLOCK)?,
-            take(workers, worker_ids.as_primitive::<UInt32Type>(), None)?,
+            names(worker_ids, workers)?,
             pick(c::COMMIT)?,
-            take(parts, &UInt32Array::from(self.part), None)?,
+            names(UInt32Array::from(self.part), parts)?,
             u(self.row_start),
             u(self.row_count),
         ];

@@ -431,8 +431,9 @@ impl<'a> RunWriter<'a> {
         self.pending.push_back(b);
     }
 
-    /// The first `n` pending entries as one batch.
-    fn take_pending(&mut self, n: usize) -> Result<RecordBatch> {
+    /// The first `n` pending entries, as the slices they are pending in (written one after
+    /// the other into one row group: no copy into one batch).
+    fn take_pending(&mut self, n: usize) -> Vec<RecordBatch> {
         let mut parts = Vec::new();
         let mut got = 0;
         while got < n {
@@ -447,19 +448,24 @@ impl<'a> RunWriter<'a> {
             got += k;
         }
         self.pending_rows -= got;
-        Ok(match parts.len() {
-            1 => parts
-                .pop()
-                .unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone())),
-            _ => arrow::compute::concat_batches(&self.schema, &parts)?,
-        })
+        parts
     }
 
     fn flush_pending(&mut self, all: bool) -> Result<()> {
         while self.pending_rows >= ROW_GROUP_ENTRIES || (all && self.pending_rows > 0) {
             let n = self.pending_rows.min(ROW_GROUP_ENTRIES);
-            let batch = self.take_pending(n)?;
-            let labels = label_values(&batch)?;
+            let batches = self.take_pending(n);
+            let mut labels = Vec::with_capacity(batches.len());
+            for b in &batches {
+                labels.push(label_values(b)?);
+            }
+            let (Some(first), Some(last)) = (
+                labels.first().and_then(|l| l.first()),
+                labels.last().and_then(|l| l.last()),
+            ) else {
+                return Err(Error::Internal("segment: an empty row group".into()));
+            };
+            let (first, last) = (*first, *last);
             if self.file.is_none() {
                 let writer =
                     ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(props(self.block)))
@@ -469,7 +475,7 @@ impl<'a> RunWriter<'a> {
                     fences: Vec::new(),
                     page_fences: Vec::new(),
                     entries: 0,
-                    lo: labels[0],
+                    lo: first,
                     last: 0,
                 });
             }
@@ -477,12 +483,31 @@ impl<'a> RunWriter<'a> {
                 .file
                 .as_mut()
                 .ok_or_else(|| Error::Internal("no file".into()))?;
-            f.fences.push(labels[0]);
-            f.page_fences
-                .extend(labels.iter().step_by(PAGE_ENTRIES).copied());
-            f.last = labels[n - 1];
+            f.fences.push(first);
+            f.page_fences.extend(
+                labels
+                    .iter()
+                    .flat_map(|l| l.iter())
+                    .step_by(PAGE_ENTRIES)
+                    .copied(),
+            );
+            f.last = last;
             f.entries += n as u64;
-            f.writer.write(&batch).map_err(encode_err)?;
+            // parquet-rs closes a page at the first multiple of PAGE_ENTRIES rows of a write
+            // call: calls start on a page boundary, or end on one, so every page holds
+            // exactly PAGE_ENTRIES entries (the page fences rely on it).
+            let mut at = 0;
+            for b in &batches {
+                let mut s = 0;
+                while s < b.num_rows() {
+                    let k = match at % PAGE_ENTRIES {
+                        0 => b.num_rows() - s,
+                        r => (PAGE_ENTRIES - r).min(b.num_rows() - s),
+                    };
+                    f.writer.write(&b.slice(s, k)).map_err(encode_err)?;
+                    (s, at) = (s + k, at + k);
+                }
+            }
             f.writer.flush().map_err(encode_err)?;
         }
         Ok(())
@@ -1531,6 +1556,36 @@ mod tests {
         }
         // Row groups of 8,192 entries: the directory must work across several per file.
         assert!(groups >= view.manifest.segments.len() * 2, "{groups}");
+        // The batches were pushed in pieces of odd sizes, yet every page but a row group's
+        // last holds exactly PAGE_ENTRIES entries (what the page fences assume).
+        let mut pages = 0;
+        for r in &view.manifest.segments {
+            use parquet::file::reader::FileReader;
+            let file = std::fs::File::open(dir.path().join(&r.file)).unwrap();
+            let opts = parquet::file::serialized_reader::ReadOptionsBuilder::new()
+                .with_page_index()
+                .build();
+            let rd = parquet::file::serialized_reader::SerializedFileReader::new_with_options(
+                file, opts,
+            )
+            .unwrap();
+            let meta = rd.metadata();
+            let oi = meta.offset_index().expect("segments have an offset index");
+            for (g, cols) in oi.iter().enumerate() {
+                let rows = meta.row_group(g).num_rows();
+                for c in cols {
+                    let firsts: Vec<i64> = c
+                        .page_locations()
+                        .iter()
+                        .map(|p| p.first_row_index)
+                        .collect();
+                    let want: Vec<i64> = (0..rows).step_by(PAGE_ENTRIES).collect();
+                    assert_eq!(firsts, want, "{} row group {g}", r.file);
+                    pages += firsts.len();
+                }
+            }
+        }
+        assert!(pages > groups * 4, "{pages}");
         let direct = |labels: &[u64], with_bbox: bool| -> Vec<UnifiedEntry> {
             view.lookup_through_directories(labels, with_bbox).unwrap()
         };
