@@ -42,7 +42,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Schema, UInt32Type};
 use object_store::path::Path;
 
-use crate::entry_chunks::{c, u32s, u64s, Blocks, ChunkScan, PartNames};
+use crate::entry_chunks::{c, u32s, u64s, Blocks, ChunkScan, EntryChunk, PartNames};
 use crate::error::{Error, Result};
 use crate::index::{IndexCodec, UnifiedEntry};
 use crate::layout;
@@ -121,10 +121,16 @@ const FLUSH_ROWS: usize = 1 << 16;
 /// Spans of fewer rows are joined before they are encoded.
 const SHORT_SPAN: usize = 4096;
 
+/// Part ids of the parts optimize writes have this bit set (the rest is their index in
+/// [`Output::names`]); ids without it are the scan's ids of the parts read.
+const WRITTEN: u32 = 1 << 31;
+
 /// The optimized parts being written.
 struct Output {
     sink: PartSink,
-    /// The open part's id in the scan's part names, and its rows written to the sink.
+    /// Paths of the parts written, by index (their ids are `WRITTEN | index`).
+    names: Vec<Arc<str>>,
+    /// The open part's id, and its rows written to the sink.
     part: Option<(u32, u64)>,
     /// Rows appended but not yet written to the open part (written in one batch).
     pending: Vec<RecordBatch>,
@@ -176,13 +182,15 @@ impl Output {
     }
 
     /// The open part's id and its rows so far (appended ones), opening a part if needed.
-    fn current(&mut self, names: &mut PartNames) -> Result<(u32, u64)> {
+    fn current(&mut self) -> Result<(u32, u64)> {
         let pending = self.pending_rows as u64;
         let (id, written) = match self.part {
             Some(p) => p,
             None => {
                 let (name, written) = self.sink.current()?;
-                *self.part.insert((names.id(name), written))
+                let id = WRITTEN | self.names.len() as u32;
+                self.names.push(Arc::from(name));
+                *self.part.insert((id, written))
             }
         };
         Ok((id, written + pending))
@@ -289,6 +297,7 @@ pub fn optimize(
     let paths = Box::new(move |n| layout::optimized_part(&session, n));
     let mut out = Output {
         sink: PartSink::new(store.clone(), idx.schema.arrow(), paths),
+        names: Vec::new(),
         part: None,
         pending: Vec::new(),
         pending_rows: 0,
@@ -327,8 +336,8 @@ pub fn optimize(
     }
 }
 
-/// Runs [`rewrite`] while the new run's segments are encoded and written on a thread of their
-/// own (the two take about as long). Returns the run's files; `written` receives every segment
+/// Runs [`rewrite`] while [`fetch`] scans the index and reads the rows to copy on one thread,
+/// and the new run's segments are encoded and written on another. Returns the run's files; `written` receives every segment
 /// file written, for the caller to delete if the optimize fails.
 #[allow(clippy::too_many_arguments)]
 fn copy_and_index(
@@ -360,7 +369,7 @@ fn copy_and_index(
             });
             let schema = Arc::new(Schema::new(fields.collect::<Vec<_>>()));
             let mut r = rx.iter().try_for_each(|j| {
-                let b = j.new.batch(&j.chunk, &workers, &j.parts, &schema)?;
+                let b = j.new.batch(&j.chunk, &workers, &j.parts, j.read, &schema)?;
                 w.push_batch(b)
             });
             // The copy failed: the run is abandoned, so its last file is not written.
@@ -369,19 +378,29 @@ fn copy_and_index(
             }
             (r.map(|()| w.done()), w.written())
         });
-        let copy = rewrite(idx, lo, hi, out, &tx, opts, summary);
+        // The scan and the reads run on a thread of their own, at most a piece ahead.
+        let (ftx, frx) = std::sync::mpsc::sync_channel::<Fetched>(1);
+        let fetcher = sc.spawn(move || fetch(idx, lo, hi, opts, &ftx));
+        let mut copy = rewrite(&frx, out, &tx, opts, summary);
+        drop(frx);
+        let panicked = |what: &str, p: Box<dyn std::any::Any + Send>| {
+            Error::Internal(format!(
+                "optimize: the {what} panicked: {}",
+                crate::error::panic_text(&*p)
+            ))
+        };
+        // A scan that failed is why the copy stopped: its error first.
+        if let Err(e) = fetcher
+            .join()
+            .unwrap_or_else(|p| Err(panicked("index scan", p)))
+        {
+            copy = Err(e);
+        }
         copied.store(copy.is_ok(), std::sync::atomic::Ordering::Release);
         drop(tx);
         match writer.join() {
             Ok((index, files)) => (copy, index, files),
-            Err(p) => (
-                copy,
-                Err(Error::Internal(format!(
-                    "optimize: the index segment writer panicked: {}",
-                    crate::error::panic_text(&*p)
-                ))),
-                Vec::new(),
-            ),
+            Err(p) => (copy, Err(panicked("index segment writer", p)), Vec::new()),
         }
     });
     written.extend(files);
@@ -542,6 +561,7 @@ impl NewEntries {
         chunk: &RecordBatch,
         workers: &StringArray,
         parts: &StringArray,
+        read: u32,
         schema: &arrow::datatypes::SchemaRef,
     ) -> Result<RecordBatch> {
         use arrow::compute::take;
@@ -570,7 +590,13 @@ impl NewEntries {
             pick(c::BLOCK)?,
             names(worker_ids, workers)?,
             pick(c::COMMIT)?,
-            names(UInt32Array::from(self.part), parts)?,
+            names(
+                UInt32Array::from_iter_values(self.part.into_iter().map(|p| match p & WRITTEN {
+                    0 => p,
+                    _ => read + (p & !WRITTEN),
+                })),
+                parts,
+            )?,
             u(self.row_start),
             u(self.row_count),
         ];
@@ -585,38 +611,59 @@ impl NewEntries {
 struct Job {
     chunk: RecordBatch,
     new: NewEntries,
-    /// Part paths by id (as of the chunk).
+    /// Part paths by id: the scan's parts (as of the chunk), then the parts written (ids
+    /// `WRITTEN | k` stand for `parts[read + k]`).
     parts: StringArray,
+    read: u32,
 }
 
-/// Scans labels `lo ..= hi` of `idx` chunk by chunk, copies the fragmented labels' rows into
-/// `out` (read in pieces of at most `chunk_rows` rows) and passes every label's entries —
-/// moved or kept — to `w`.
-#[allow(clippy::too_many_arguments)]
-fn rewrite(
+/// What the fetching thread hands the copy, in order: a chunk's plan, then the rows of each of
+/// its pieces.
+enum Fetched {
+    Chunk(Box<Plan>),
+    Rows(Vec<RecordBatch>),
+}
+
+/// A chunk of whole labels and what to do with it.
+struct Plan {
+    chunk: EntryChunk,
+    /// Per label: fragmented (its rows are copied), or kept where it is.
+    frag: Vec<bool>,
+    /// Entries of the fragmented labels, in order.
+    moved: Vec<u32>,
+    /// The pieces their rows are read in: each ends before this index of `moved`.
+    pieces: Vec<usize>,
+    /// Boxes are read from the index for every entry (else computed from the moved rows, and
+    /// read for the kept entries only, in order).
+    index_boxes: bool,
+    kept_boxes: [Vec<f64>; 6],
+    /// Part paths the scan named since the previous chunk (ids go on from there).
+    new_parts: Vec<Arc<str>>,
+}
+
+/// Scans labels `lo ..= hi` of `idx` chunk by chunk on a thread of its own, ahead of the copy:
+/// plans each chunk and reads the fragmented labels' rows in pieces of whole entries of at
+/// most `chunk_rows` rows, passing plans and rows to `tx`. Returns when the copy stops
+/// listening (the copy then has the error).
+fn fetch(
     idx: &LoadedIndex,
     lo: u64,
     hi: u64,
-    out: &mut Output,
-    w: &std::sync::mpsc::SyncSender<Job>,
     opts: &OptimizeOptions,
-    summary: &mut OptimizeSummary,
+    tx: &std::sync::mpsc::SyncSender<Fetched>,
 ) -> Result<()> {
     let cols: Vec<usize> = (0..idx.schema.part_columns()).collect();
     let schema = idx.projected(&cols);
     let mut scan = ChunkScan::new(&idx.view, lo, hi, opts.chunk_entries)?;
+    let mut named = 0;
     while let Some(chunk) = scan.next_chunk()? {
-        let b = &chunk.batch;
-        let groups = chunk.labels.len() - 1;
-        summary.labels += groups as u64;
-        summary.entries_before += b.num_rows() as u64;
+        let batch = chunk.batch.clone();
+        let b = &batch;
         let frag: Vec<bool> = chunk
             .labels
             .windows(2)
             .map(|g| !contiguous(b, &scan.parts, g[0], g[1]))
             .collect();
-        // Entries of the fragmented labels, in order: their rows are read in pieces of at
-        // most chunk_rows rows (of whole entries), each when the copy reaches it.
         let moved: Vec<u32> = chunk
             .labels
             .windows(2)
@@ -624,8 +671,8 @@ fn rewrite(
             .filter(|x| *x.1)
             .flat_map(|(g, _)| g[0] as u32..g[1] as u32)
             .collect();
-        let (label, worker, commit) = (u64s(b, c::LABEL), u32s(b, c::WORKER), u64s(b, c::COMMIT));
-        let (part, start, count) = (
+        let (label, part, start, count) = (
+            u64s(b, c::LABEL),
             u32s(b, c::PART),
             u64s(b, c::ROW_START),
             u64s(b, c::ROW_COUNT),
@@ -645,12 +692,111 @@ fn rewrite(
                 .collect(),
         };
         let kept_boxes = scan.boxes(&chunk, &kept)?;
+        let mut pieces = Vec::new();
+        let mut q = 0;
+        while q < moved.len() {
+            let mut n = count[moved[q] as usize];
+            let mut end = q + 1;
+            while end < moved.len() && n + count[moved[end] as usize] <= opts.chunk_rows {
+                n += count[moved[end] as usize];
+                end += 1;
+            }
+            pieces.push(end);
+            q = end;
+        }
+        let sels: Vec<Vec<u32>> = std::iter::once(0)
+            .chain(pieces.iter().copied())
+            .zip(&pieces)
+            .map(|(from, &to)| moved[from..to].to_vec())
+            .collect();
+        let names = scan.parts.names();
+        let plan = Plan {
+            frag,
+            moved,
+            pieces,
+            index_boxes,
+            kept_boxes,
+            new_parts: names[named..].to_vec(),
+            chunk,
+        };
+        named = names.len();
+        if tx.send(Fetched::Chunk(Box::new(plan))).is_err() {
+            return Ok(());
+        }
+        for sel in sels {
+            let pick = |v: &[u64]| -> Vec<u64> { sel.iter().map(|&i| v[i as usize]).collect() };
+            let p: Vec<u32> = sel.iter().map(|&i| part[i as usize]).collect();
+            let (st, ct) = (pick(start), pick(count));
+            let n: u64 = ct.iter().sum();
+            let got = block_on(gather_rows(
+                &idx.store,
+                RowRanges {
+                    parts: scan.parts.names(),
+                    part: &p,
+                    start: &st,
+                    count: &ct,
+                },
+                &cols,
+                &schema,
+                None,
+                true,
+            ))?;
+            let m: usize = got.iter().map(|b| b.num_rows()).sum();
+            if m as u64 != n {
+                return Err(Error::Internal(format!(
+                    "optimize read {m} rows for labels {}..={}, the index says {n}",
+                    label[sel[0] as usize],
+                    label[sel[sel.len() - 1] as usize]
+                )));
+            }
+            if tx.send(Fetched::Rows(got)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes the chunks [`fetch`] planned and their rows from `rx`, copies the fragmented labels'
+/// rows into `out` and passes every label's entries — moved or kept — to `w`.
+fn rewrite(
+    rx: &std::sync::mpsc::Receiver<Fetched>,
+    out: &mut Output,
+    w: &std::sync::mpsc::SyncSender<Job>,
+    opts: &OptimizeOptions,
+    summary: &mut OptimizeSummary,
+) -> Result<()> {
+    let stopped = || Error::Internal("optimize: the index scan stopped".into());
+    let mut read_names: Vec<Arc<str>> = Vec::new();
+    while let Ok(fetched) = rx.recv() {
+        let Fetched::Chunk(plan) = fetched else {
+            return Err(Error::Internal("optimize: rows without their chunk".into()));
+        };
+        let Plan {
+            chunk,
+            frag,
+            moved,
+            pieces,
+            index_boxes,
+            kept_boxes,
+            new_parts,
+        } = *plan;
+        read_names.extend(new_parts);
+        let b = &chunk.batch;
+        summary.labels += frag.len() as u64;
+        summary.entries_before += b.num_rows() as u64;
+        let (label, worker, commit) = (u64s(b, c::LABEL), u32s(b, c::WORKER), u64s(b, c::COMMIT));
+        let (part, start, count) = (
+            u32s(b, c::PART),
+            u64s(b, c::ROW_START),
+            u64s(b, c::ROW_COUNT),
+        );
         let mut kept_at = 0;
         let index_box = |i: usize| -> [f64; 6] { std::array::from_fn(|d| kept_boxes[d][i]) };
         let blocks = Blocks::of(b.column(c::BLOCK))?;
         let mut new = NewEntries::with_capacity(b.num_rows());
         let mut rows = RowCursor::default();
-        let (mut q, mut read_end) = (0usize, 0usize);
+        let (mut q, mut piece, mut read_end) = (0usize, 0usize, 0usize);
         for (g, &fr) in frag.iter().enumerate() {
             let (s, e) = (chunk.labels[g], chunk.labels[g + 1]);
             if !fr {
@@ -670,43 +816,21 @@ fn rewrite(
             for i in s..e {
                 if q == read_end {
                     rows.cut(out);
-                    let mut n = count[moved[q] as usize];
-                    read_end = q + 1;
-                    while read_end < moved.len()
-                        && n + count[moved[read_end] as usize] <= opts.chunk_rows
-                    {
-                        n += count[moved[read_end] as usize];
-                        read_end += 1;
+                    match rx.recv() {
+                        Ok(Fetched::Rows(got)) => rows.load(got),
+                        Ok(Fetched::Chunk(_)) => {
+                            return Err(Error::Internal(
+                                "optimize: a chunk's rows are missing".into(),
+                            ))
+                        }
+                        Err(_) => return Err(stopped()),
                     }
-                    let sel = &moved[q..read_end];
-                    let pick =
-                        |v: &[u64]| -> Vec<u64> { sel.iter().map(|&i| v[i as usize]).collect() };
-                    let p: Vec<u32> = sel.iter().map(|&i| part[i as usize]).collect();
-                    let (st, ct) = (pick(start), pick(count));
-                    let got = block_on(gather_rows(
-                        &idx.store,
-                        RowRanges {
-                            parts: scan.parts.names(),
-                            part: &p,
-                            start: &st,
-                            count: &ct,
-                        },
-                        &cols,
-                        &schema,
-                        None,
-                    ))?;
-                    let m: usize = got.iter().map(|b| b.num_rows()).sum();
-                    if m as u64 != n {
-                        return Err(Error::Internal(format!(
-                            "optimize read {m} rows for labels {}..={}, the index says {n}",
-                            label[moved[q] as usize],
-                            label[moved[read_end - 1] as usize]
-                        )));
-                    }
-                    rows.load(got);
+                    read_end = *pieces.get(piece).ok_or_else(stopped)?;
+                    piece += 1;
                 }
+                debug_assert_eq!(moved[q] as usize, i);
                 q += 1;
-                let (pid, base) = out.current(&mut scan.parts)?;
+                let (pid, base) = out.current()?;
                 let row_start = base + rows.pending() as u64;
                 let n = count[i];
                 summary.points_rewritten += n;
@@ -750,11 +874,13 @@ fn rewrite(
         }
         rows.cut(out);
         summary.entries_after += new.src.len() as u64;
-        let parts = StringArray::from_iter_values(scan.parts.names().iter().map(|n| n.as_ref()));
+        let parts =
+            StringArray::from_iter_values(read_names.iter().chain(&out.names).map(|n| n.as_ref()));
         let job = Job {
             chunk: chunk.batch.clone(),
             new,
             parts,
+            read: read_names.len() as u32,
         };
         w.send(job)
             .map_err(|_| Error::Internal("optimize: the index segment writer stopped".into()))?;

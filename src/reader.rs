@@ -722,7 +722,7 @@ async fn read_window(
         start: &start,
         count: &count,
     };
-    gather_rows(store, ranges, cols, schema, trace).await
+    gather_rows(store, ranges, cols, schema, trace, false).await
 }
 
 /// Row ranges of parts, as columns: range `i` is rows `start[i] .. start[i] + count[i]` of
@@ -741,13 +741,16 @@ pub(crate) struct RowRanges<'a> {
 /// Reads `ranges`, returning their rows in range order as batches of the projected `schema`:
 /// one row selection per part (each page decoded once), parts read concurrently, at most
 /// [`PARTS_IN_FLIGHT`] at a time; then zero-copy slices when ranges are long, one `take` per
-/// column when they are short.
+/// column when they are short. With `spread` (and no `trace`), parts are decoded on the
+/// runtime's threads, in parallel with each other (optimize); else on the calling thread (a
+/// query's own threads decode in parallel already).
 pub(crate) async fn gather_rows(
     store: &Store,
     ranges: RowRanges<'_>,
     cols: &[usize],
     schema: &arrow::datatypes::SchemaRef,
     trace: Option<&ReadTrace>,
+    spread: bool,
 ) -> Result<Vec<RecordBatch>> {
     let RowRanges {
         parts,
@@ -821,18 +824,35 @@ pub(crate) async fn gather_rows(
             off[i as usize] = o;
             o += c as usize;
         }
-        jobs.push(read_part(
-            store,
-            parts[p as usize].clone(),
-            merged,
-            cols,
-            trace,
-        ));
+        jobs.push((parts[p as usize].clone(), merged));
     }
-    let per_part: Vec<Vec<RecordBatch>> = futures::stream::iter(jobs)
-        .buffered(PARTS_IN_FLIGHT)
-        .try_collect()
-        .await?;
+    let per_part: Vec<Vec<RecordBatch>> = match spread && trace.is_none() && jobs.len() > 1 {
+        // Each part decoded by a task of the runtime's threads (spawned when its turn comes).
+        true => {
+            let spawned = jobs.into_iter().map(|(part, merged)| {
+                let (store, cols) = (store.clone(), cols.to_vec());
+                async move {
+                    crate::storage::runtime()
+                        .spawn(async move { read_part(&store, part, merged, &cols, None).await })
+                        .await
+                        .map_err(|e| Error::Internal(format!("a part read task failed: {e}")))?
+                }
+            });
+            futures::stream::iter(spawned)
+                .buffered(PARTS_IN_FLIGHT)
+                .try_collect()
+                .await?
+        }
+        false => {
+            let here = jobs
+                .into_iter()
+                .map(|(part, merged)| read_part(store, part, merged, cols, trace));
+            futures::stream::iter(here)
+                .buffered(PARTS_IN_FLIGHT)
+                .try_collect()
+                .await?
+        }
+    };
     let total: usize = count.iter().map(|&c| c as usize).sum();
     let flat_strings: usize = per_part
         .iter()

@@ -28,11 +28,13 @@ use arrow::datatypes::SchemaRef;
 use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnWriter, ArrowRowGroupWriterFactory};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
@@ -333,12 +335,44 @@ pub struct RunWriter<'a> {
 }
 
 struct OpenFile {
-    writer: ArrowWriter<Vec<u8>>,
+    writer: SerializedFileWriter<Vec<u8>>,
+    columns: ArrowRowGroupWriterFactory,
     fences: Vec<u64>,
     page_fences: Vec<u64>,
     entries: u64,
     lo: u64,
     last: u64,
+}
+
+/// Writes columns `first ..` of `batches` (one row group, in order) with `writers`.
+/// parquet-rs closes a page at the first multiple of the page size of a write call: calls
+/// start on a page boundary, or end on one, so every page holds exactly PAGE_ENTRIES entries
+/// (the page fences rely on it).
+fn encode_columns(
+    writers: &mut [ArrowColumnWriter],
+    first: usize,
+    fields: &arrow::datatypes::Fields,
+    batches: &[RecordBatch],
+) -> Result<()> {
+    for (k, w) in writers.iter_mut().enumerate() {
+        let (i, mut at) = (first + k, 0);
+        for b in batches {
+            let mut s = 0;
+            while s < b.num_rows() {
+                let n = match at % PAGE_ENTRIES {
+                    0 => b.num_rows() - s,
+                    r => (PAGE_ENTRIES - r).min(b.num_rows() - s),
+                };
+                for leaf in
+                    compute_leaves(&fields[i], &b.column(i).slice(s, n)).map_err(encode_err)?
+                {
+                    w.write(&leaf).map_err(encode_err)?;
+                }
+                (s, at) = (s + n, at + n);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn encode_err(e: parquet::errors::ParquetError) -> Error {
@@ -467,11 +501,13 @@ impl<'a> RunWriter<'a> {
             };
             let (first, last) = (*first, *last);
             if self.file.is_none() {
-                let writer =
+                let (writer, columns) =
                     ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(props(self.block)))
+                        .and_then(|w| w.into_serialized_writer())
                         .map_err(encode_err)?;
                 self.file = Some(OpenFile {
                     writer,
+                    columns,
                     fences: Vec::new(),
                     page_fences: Vec::new(),
                     entries: 0,
@@ -493,22 +529,33 @@ impl<'a> RunWriter<'a> {
             );
             f.last = last;
             f.entries += n as u64;
-            // parquet-rs closes a page at the first multiple of PAGE_ENTRIES rows of a write
-            // call: calls start on a page boundary, or end on one, so every page holds
-            // exactly PAGE_ENTRIES entries (the page fences rely on it).
-            let mut at = 0;
-            for b in &batches {
-                let mut s = 0;
-                while s < b.num_rows() {
-                    let k = match at % PAGE_ENTRIES {
-                        0 => b.num_rows() - s,
-                        r => (PAGE_ENTRIES - r).min(b.num_rows() - s),
-                    };
-                    f.writer.write(&b.slice(s, k)).map_err(encode_err)?;
-                    (s, at) = (s + k, at + k);
-                }
+            let mut writers = f
+                .columns
+                .create_column_writers(f.writer.flushed_row_groups().len())
+                .map_err(encode_err)?;
+            // The columns are encoded in two halves at once: the box columns (about half
+            // the work) on a thread of their own.
+            let half = writers.len() - BBOX.len();
+            let (ours, theirs) = writers.split_at_mut(half);
+            let fields = self.schema.fields();
+            std::thread::scope(|sc| {
+                let t = sc.spawn(|| encode_columns(theirs, half, fields, &batches));
+                let mine = encode_columns(ours, 0, fields, &batches);
+                let theirs = t.join().unwrap_or_else(|p| {
+                    Err(Error::Internal(format!(
+                        "segment encode: a column encoder panicked: {}",
+                        crate::error::panic_text(&*p)
+                    )))
+                });
+                mine.and(theirs)
+            })?;
+            let mut rg = f.writer.next_row_group().map_err(encode_err)?;
+            for w in writers {
+                w.close()
+                    .and_then(|c| c.append_to_row_group(&mut rg))
+                    .map_err(encode_err)?;
             }
-            f.writer.flush().map_err(encode_err)?;
+            rg.close().map_err(encode_err)?;
         }
         Ok(())
     }
