@@ -1326,6 +1326,79 @@ pub(crate) mod tests {
         assert!(e.contains("published generation"), "{e}");
     }
 
+    /// Every file under `dir`, relative, sorted.
+    fn files(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = walk(dir)
+            .into_iter()
+            .map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flat_map(|e| {
+                let p = e.unwrap().path();
+                match p.is_dir() {
+                    true => walk(&p),
+                    false => vec![p],
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_part_that_cannot_be_read_fails_the_run_naming_it_and_leaves_the_store_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        // Every label written by two workers (fragmented); w1 writes labels 0..60 in one
+        // commit and 60..120 in a second, whose part is then damaged: the run fails after
+        // it has copied the lower labels into new parts.
+        let (lo, hi): (Vec<u64>, Vec<u64>) = ((0..60).collect(), (60..120).collect());
+        let p = |ls: &[u64]| -> Vec<[i32; 3]> { ls.iter().map(|&l| [l as i32, 1, 2]).collect() };
+        write(name, "w1", &[rows(&lo, "b0", &p(&lo))]);
+        let before_second = files(dir.path());
+        write(name, "w1", &[rows(&hi, "b0", &p(&hi))]);
+        let all: Vec<u64> = (0..120).collect();
+        write(name, "w2", &[rows(&all, "b1", &p(&all))]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        let expect = read_all(name);
+        let second = files(dir.path())
+            .into_iter()
+            .find(|f| f.starts_with("workers/w1/parts/") && !before_second.contains(f))
+            .unwrap();
+        let path = dir.path().join(&second);
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        std::fs::write(&path, vec![7u8; len]).unwrap();
+        let before = files(dir.path());
+        let g = |s: &Store| crate::log::latest(s).unwrap().map(|f| f.generation);
+        let g0 = g(&store);
+        let e = optimize(&store, &JsonCodec, &small())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&second), "{e}");
+        assert_eq!(g(&store), g0);
+        assert_eq!(
+            files(dir.path()),
+            before,
+            "the failed run left files behind"
+        );
+        // The same store undamaged optimizes.
+        let dir2 = tempfile::tempdir().unwrap();
+        let name2 = dir2.path().to_str().unwrap();
+        write(name2, "w1", &[rows(&lo, "b0", &p(&lo))]);
+        write(name2, "w1", &[rows(&hi, "b0", &p(&hi))]);
+        write(name2, "w2", &[rows(&all, "b1", &p(&all))]);
+        let store2 = Store::open(name2, OpenMode::Existing).unwrap();
+        consolidate(&store2, &JsonCodec).unwrap();
+        let s = optimize(&store2, &JsonCodec, &small()).unwrap();
+        assert_eq!(s.labels_rewritten, 120);
+        assert_eq!(read_all(name2), expect);
+    }
+
     #[test]
     fn unconsolidated_store_and_bad_size_are_refused() {
         let dir = tempfile::tempdir().unwrap();
