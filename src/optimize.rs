@@ -357,7 +357,9 @@ fn copy_and_index(
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
         let copied = &copied;
         let workers = StringArray::from_iter_values(base.workers.iter().map(|w| w.worker.as_str()));
-        let writer = sc.spawn(move || {
+        let spawn_err =
+            |e: std::io::Error| Error::Internal(format!("optimize: cannot start a thread: {e}"));
+        let writer = std::thread::Builder::new().spawn_scoped(sc, move || {
             let mut w = RunWriter::new(store, base, base.next_run, true);
             // The segment schema, with worker and part names as dictionaries (see
             // NewEntries::batch).
@@ -380,8 +382,13 @@ fn copy_and_index(
         });
         // The scan and the reads run on a thread of their own, at most a piece ahead.
         let (ftx, frx) = std::sync::mpsc::sync_channel::<Fetched>(1);
-        let fetcher = sc.spawn(move || fetch(idx, lo, hi, opts, &ftx));
-        let mut copy = rewrite(&frx, out, &tx, opts, summary);
+        let fetcher = std::thread::Builder::new()
+            .spawn_scoped(sc, move || fetch(idx, lo, hi, opts, &ftx))
+            .map_err(spawn_err);
+        let mut copy = match (&writer, &fetcher) {
+            (Ok(_), Ok(_)) => rewrite(&frx, out, &tx, opts, summary),
+            _ => Err(Error::Internal("optimize: a thread did not start".into())),
+        };
         drop(frx);
         let panicked = |what: &str, p: Box<dyn std::any::Any + Send>| {
             Error::Internal(format!(
@@ -390,17 +397,17 @@ fn copy_and_index(
             ))
         };
         // A scan that failed is why the copy stopped: its error first.
-        if let Err(e) = fetcher
-            .join()
-            .unwrap_or_else(|p| Err(panicked("index scan", p)))
-        {
+        let fetched =
+            fetcher.and_then(|f| f.join().unwrap_or_else(|p| Err(panicked("index scan", p))));
+        if let Err(e) = fetched {
             copy = Err(e);
         }
         copied.store(copy.is_ok(), std::sync::atomic::Ordering::Release);
         drop(tx);
-        match writer.join() {
-            Ok((index, files)) => (copy, index, files),
-            Err(p) => (copy, Err(panicked("index segment writer", p)), Vec::new()),
+        match writer.map_err(spawn_err).map(|w| w.join()) {
+            Ok(Ok((index, files))) => (copy, index, files),
+            Ok(Err(p)) => (copy, Err(panicked("index segment writer", p)), Vec::new()),
+            Err(e) => (copy, Err(e), Vec::new()),
         }
     });
     written.extend(files);

@@ -539,13 +539,19 @@ impl<'a> RunWriter<'a> {
             let (ours, theirs) = writers.split_at_mut(half);
             let fields = self.schema.fields();
             std::thread::scope(|sc| {
-                let t = sc.spawn(|| encode_columns(theirs, half, fields, &batches));
+                let t = std::thread::Builder::new()
+                    .spawn_scoped(sc, || encode_columns(theirs, half, fields, &batches))
+                    .map_err(|e| {
+                        Error::Internal(format!("cannot start a segment encoder thread: {e}"))
+                    });
                 let mine = encode_columns(ours, 0, fields, &batches);
-                let theirs = t.join().unwrap_or_else(|p| {
-                    Err(Error::Internal(format!(
-                        "segment encode: a column encoder panicked: {}",
-                        crate::error::panic_text(&*p)
-                    )))
+                let theirs = t.and_then(|t| {
+                    t.join().unwrap_or_else(|p| {
+                        Err(Error::Internal(format!(
+                            "segment encode: a column encoder panicked: {}",
+                            crate::error::panic_text(&*p)
+                        )))
+                    })
                 });
                 mine.and(theirs)
             })?;
