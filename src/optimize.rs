@@ -11,8 +11,10 @@
 //!   ([`crate::entry_chunks`]); a chunk's fragmented labels are read in pieces of at most
 //!   `chunk_rows` rows, one row selection per source part (each page decoded about once per
 //!   piece that needs it), gathered into label order with one `take` per column; the new
-//!   entries are built as columns and written as one batch per chunk by the segment writer, on
-//!   its own thread while the next chunk is copied. Nothing is done per entry but arithmetic.
+//!   entries are built as columns and written as one batch per chunk by the segment writer.
+//!   Nothing is done per entry but arithmetic.
+//! - Pipelined: [`fetch`] scans, plans and reads on a thread of its own, [`rewrite`] copies on
+//!   the calling thread, the segment writer encodes on a third; channels of one item between.
 //! - Boxes of moved entries are computed from their rows (as writers compute them); the index's
 //!   box columns are read only for labels left in place.
 //! - Block ids, workers and commit numbers are kept: each old entry becomes one new entry (adjacent
@@ -24,9 +26,11 @@
 //!   index is kept by reference. Several processes can optimize disjoint ranges at once: one
 //!   that loses the publish race re-bases onto the winner's generation when the segments it
 //!   replaced are unchanged there, and fails with a conflict error otherwise.
-//! - Bounded memory: about three chunks of `chunk_entries` entries (one being copied, one
-//!   waiting for the writer, one being encoded), one piece of `chunk_rows` rows, a part's row
-//!   group and an index row group being encoded.
+//! - Bounded memory: up to five chunks of `chunk_entries` entries (one being planned, one
+//!   waiting for the copy, one being copied, one waiting for the writer, one being encoded),
+//!   up to three pieces of `chunk_rows` rows (one being read, one waiting, one being copied,
+//!   whose batches the pending output may still hold), a part's row group and an index row
+//!   group being encoded.
 //! - Safe to interrupt: new parts and segments are complete before the new generation is
 //!   published with put-if-absent; until then readers use the previous generation. A run that
 //!   fails deletes what it wrote.
@@ -132,7 +136,7 @@ struct Output {
     names: Vec<Arc<str>>,
     /// The open part's id, and its rows written to the sink.
     part: Option<(u32, u64)>,
-    /// Rows appended but not yet written to the open part (written in one batch).
+    /// Rows appended but not yet written to the open part (see [`Output::flush`]).
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     /// Estimated bytes of a row in memory (for deciding when to encode).
@@ -370,14 +374,19 @@ fn copy_and_index(
                 _ => f.clone(),
             });
             let schema = Arc::new(Schema::new(fields.collect::<Vec<_>>()));
-            let mut r = rx.iter().try_for_each(|j| {
-                let b = j.new.batch(&j.chunk, &workers, &j.parts, j.read, &schema)?;
-                w.push_batch(b)
-            });
-            // The copy failed: the run is abandoned, so its last file is not written.
-            if r.is_ok() && copied.load(std::sync::atomic::Ordering::Acquire) {
-                r = w.finish().map(|_| ());
-            }
+            // Caught, so that the files written so far are still known (and deleted).
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut r = rx.iter().try_for_each(|j| {
+                    let b = j.new.batch(&j.chunk, &workers, &j.parts, j.read, &schema)?;
+                    w.push_batch(b)
+                });
+                // The copy failed: the run is abandoned, so its last file is not written.
+                if r.is_ok() && copied.load(std::sync::atomic::Ordering::Acquire) {
+                    r = w.finish().map(|_| ());
+                }
+                r
+            }))
+            .unwrap_or_else(|p| Err(panicked("index segment writer", p)));
             (r.map(|()| w.done()), w.written())
         });
         // The scan and the reads run on a thread of their own, at most a piece ahead.
@@ -387,20 +396,21 @@ fn copy_and_index(
             .map_err(spawn_err);
         let mut copy = match (&writer, &fetcher) {
             (Ok(_), Ok(_)) => rewrite(&frx, out, &tx, opts, summary),
-            _ => Err(Error::Internal("optimize: a thread did not start".into())),
+            _ => Err(Error::Internal(SCAN_STOPPED.into())),
         };
         drop(frx);
-        let panicked = |what: &str, p: Box<dyn std::any::Any + Send>| {
-            Error::Internal(format!(
-                "optimize: the {what} panicked: {}",
-                crate::error::panic_text(&*p)
-            ))
-        };
-        // A scan that failed is why the copy stopped: its error first.
+        // A scan that failed is why the copy stopped (unless the copy failed on its own).
         let fetched =
             fetcher.and_then(|f| f.join().unwrap_or_else(|p| Err(panicked("index scan", p))));
         if let Err(e) = fetched {
-            copy = Err(e);
+            let stopped = match &copy {
+                Ok(()) => true,
+                Err(Error::Internal(m)) => m == SCAN_STOPPED,
+                Err(_) => false,
+            };
+            if stopped {
+                copy = Err(e);
+            }
         }
         copied.store(copy.is_ok(), std::sync::atomic::Ordering::Release);
         drop(tx);
@@ -411,10 +421,19 @@ fn copy_and_index(
         }
     });
     written.extend(files);
-    // The writer's error first: a copy that failed to hand it a batch failed because of it.
+    // The writer's error first: a copy that failed to hand it a batch failed because of it;
+    // then the copy's (which is the scan's when the scan failed).
     let refs = index?;
     copy?;
     Ok(refs)
+}
+
+/// The error of an optimize thread that panicked.
+fn panicked(what: &str, p: Box<dyn std::any::Any + Send>) -> Error {
+    Error::Internal(format!(
+        "optimize: the {what} panicked: {}",
+        crate::error::panic_text(&*p)
+    ))
 }
 
 /// `base`'s segments without labels `lo ..= hi`.
@@ -560,7 +579,6 @@ impl NewEntries {
         }
     }
 
-    /// The entries in the segment schema.
     /// The entries in the segment schema. `chunk` is the chunk they come from, `workers` the
     /// worker names by index, `parts` the part paths by id.
     fn batch(
@@ -629,7 +647,12 @@ struct Job {
 enum Fetched {
     Chunk(Box<Plan>),
     Rows(Vec<RecordBatch>),
+    /// Every chunk was sent (without it, a closed channel means the scan failed).
+    End,
 }
+
+/// The copy's error when the scan ended without [`Fetched::End`] (the scan's error replaces it).
+const SCAN_STOPPED: &str = "optimize: the index scan stopped";
 
 /// A chunk of whole labels and what to do with it.
 struct Plan {
@@ -761,6 +784,7 @@ fn fetch(
             }
         }
     }
+    let _ = tx.send(Fetched::End);
     Ok(())
 }
 
@@ -773,11 +797,16 @@ fn rewrite(
     opts: &OptimizeOptions,
     summary: &mut OptimizeSummary,
 ) -> Result<()> {
-    let stopped = || Error::Internal("optimize: the index scan stopped".into());
+    let stopped = || Error::Internal(SCAN_STOPPED.into());
     let mut read_names: Vec<Arc<str>> = Vec::new();
-    while let Ok(fetched) = rx.recv() {
-        let Fetched::Chunk(plan) = fetched else {
-            return Err(Error::Internal("optimize: rows without their chunk".into()));
+    loop {
+        let plan = match rx.recv() {
+            Ok(Fetched::Chunk(plan)) => plan,
+            Ok(Fetched::End) => return Ok(()),
+            Ok(Fetched::Rows(_)) => {
+                return Err(Error::Internal("optimize: rows without their chunk".into()))
+            }
+            Err(_) => return Err(stopped()),
         };
         let Plan {
             chunk,
@@ -825,7 +854,7 @@ fn rewrite(
                     rows.cut(out);
                     match rx.recv() {
                         Ok(Fetched::Rows(got)) => rows.load(got),
-                        Ok(Fetched::Chunk(_)) => {
+                        Ok(Fetched::Chunk(_) | Fetched::End) => {
                             return Err(Error::Internal(
                                 "optimize: a chunk's rows are missing".into(),
                             ))
@@ -892,7 +921,6 @@ fn rewrite(
         w.send(job)
             .map_err(|_| Error::Internal("optimize: the index segment writer stopped".into()))?;
     }
-    Ok(())
 }
 
 /// Rows read for the moved entries, in entry order, consumed in spans.
@@ -1404,6 +1432,51 @@ pub(crate) mod tests {
         let s = optimize(&store2, &JsonCodec, &small()).unwrap();
         assert_eq!(s.labels_rewritten, 120);
         assert_eq!(read_all(name2), expect);
+    }
+
+    #[test]
+    fn an_index_that_cannot_be_read_midway_fails_the_run_and_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        // 10,000 entries: the run's one segment file has two row groups; the second is
+        // damaged, so the scan fails after it has handed the copy its first chunks.
+        let all: Vec<u64> = (0..5000).collect();
+        let p: Vec<[i32; 3]> = all.iter().map(|&l| [l as i32, 1, 2]).collect();
+        write(name, "w1", &[rows(&all, "b0", &p)]);
+        write(name, "w2", &[rows(&all, "b1", &p)]);
+        let store = Store::open(name, OpenMode::Existing).unwrap();
+        consolidate(&store, &JsonCodec).unwrap();
+        let g = |s: &Store| crate::log::latest(s).unwrap().map(|f| f.generation);
+        let m = crate::log::load(
+            &store,
+            &crate::log::latest(&store).unwrap().unwrap(),
+            &JsonCodec,
+        )
+        .unwrap()
+        .manifest;
+        assert_eq!(m.segments.len(), 1, "{:?}", m.segments);
+        let r = &m.segments[0];
+        let d = crate::segment::Directory::decode(r.dir.as_deref().unwrap(), r.bytes).unwrap();
+        assert!(d.starts.len() >= 3, "{d:?}");
+        let path = dir.path().join(&r.file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = d.starts[1] as usize;
+        bytes[at..at + 64].fill(7);
+        std::fs::write(&path, bytes).unwrap();
+        let before = files(dir.path());
+        let g0 = g(&store);
+        let opts = OptimizeOptions {
+            chunk_entries: 100,
+            ..small()
+        };
+        let e = optimize(&store, &JsonCodec, &opts).unwrap_err().to_string();
+        assert!(e.contains(&r.file), "{e}");
+        assert_eq!(g(&store), g0);
+        assert_eq!(
+            files(dir.path()),
+            before,
+            "the failed run left files behind"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::storage::{block_on, Store};
 const PAGE_ROWS: usize = 8192;
 /// String bytes per write call at most (see [`PartSink::write`]).
 const PAGE_STRING_BYTES: usize = 64 << 20;
-/// Rows per row group at most.
+/// Rows per row group at most (a multiple of [`PAGE_ROWS`]).
 const ROW_GROUP_ROWS: usize = 1 << 20;
 
 /// Part file settings. Integer columns (the label, integer blocks, coordinates and attributes)
@@ -53,6 +53,31 @@ pub(crate) fn part_props(schema: &arrow::datatypes::Schema) -> WriterProperties 
         }
     }
     b.build()
+}
+
+/// Cuts `len` rows, written from row `at` of a column chunk whose pages hold `page` rows each,
+/// into write calls `(start, rows)` that each start or end on a page boundary. parquet-rs
+/// closes a page only after whole `write_batch_size` (= `page`) steps of a call, so a call that
+/// starts mid-page would make a page of up to twice the size: cut like this, every page but a
+/// chunk's last holds exactly `page` rows.
+pub(crate) fn page_calls(
+    at: usize,
+    len: usize,
+    page: usize,
+) -> impl Iterator<Item = (usize, usize)> {
+    let (mut s, mut at) = (0, at);
+    std::iter::from_fn(move || {
+        if s >= len {
+            return None;
+        }
+        let n = match at % page {
+            0 => len - s,
+            r => (page - r).min(len - s),
+        };
+        let call = (s, n);
+        (s, at) = (s + n, at + n);
+        Some(call)
+    })
 }
 
 /// The path scheme of a sink: the path of its part number `n` (0, 1, …).
@@ -141,8 +166,14 @@ impl PartSink {
         } else {
             vec![rows.clone()]
         };
+        // Row groups hold a multiple of PAGE_ROWS rows, so pages start at multiples of it.
+        let mut at = p.rows as usize;
         for piece in &pieces {
-            block_on(p.writer.write(piece)).map_err(|e| Error::file(&store_name, &name, e))?;
+            for (s, n) in page_calls(at, piece.num_rows(), PAGE_ROWS) {
+                block_on(p.writer.write(&piece.slice(s, n)))
+                    .map_err(|e| Error::file(&store_name, &name, e))?;
+            }
+            at += piece.num_rows();
         }
         p.rows += rows.num_rows() as u64;
         Ok((name, start))
@@ -189,5 +220,71 @@ impl PartSink {
         for p in self.done.drain(..) {
             let _ = self.store.delete(&p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::OpenMode;
+    use arrow::array::UInt64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn writes_of_any_size_make_pages_of_page_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap(), OpenMode::Create).unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "label",
+            DataType::UInt64,
+            false,
+        )]));
+        let mut sink = PartSink::new(
+            store,
+            schema.clone(),
+            Box::new(|n| Path::from(format!("p{n}.parquet"))),
+        );
+        // Writes of 5,000 rows (and one of 1): none starts on a page boundary after the first.
+        let mut total = 0u64;
+        for k in 0..9u64 {
+            let n = if k == 4 { 1 } else { 5000 };
+            let b = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(UInt64Array::from_iter_values(total..total + n))],
+            )
+            .unwrap();
+            let (_, start) = sink.write(&b).unwrap();
+            assert_eq!(start, total);
+            total += n;
+        }
+        sink.close().unwrap();
+        use parquet::file::reader::FileReader;
+        let file = std::fs::File::open(dir.path().join("p0.parquet")).unwrap();
+        let opts = parquet::file::serialized_reader::ReadOptionsBuilder::new()
+            .with_page_index()
+            .build();
+        let rd =
+            parquet::file::serialized_reader::SerializedFileReader::new_with_options(file, opts)
+                .unwrap();
+        let oi = rd.metadata().offset_index().unwrap();
+        let firsts: Vec<i64> = oi[0][0]
+            .page_locations()
+            .iter()
+            .map(|p| p.first_row_index)
+            .collect();
+        let want: Vec<i64> = (0..total as i64).step_by(PAGE_ROWS).collect();
+        assert_eq!(firsts, want);
+    }
+
+    #[test]
+    fn page_calls_start_or_end_on_page_boundaries() {
+        let calls: Vec<(usize, usize)> = page_calls(5, 30, 8).collect();
+        assert_eq!(calls, vec![(0, 3), (3, 27)]);
+        let calls: Vec<(usize, usize)> = page_calls(16, 5, 8).collect();
+        assert_eq!(calls, vec![(0, 5)]);
+        let calls: Vec<(usize, usize)> = page_calls(7, 1, 8).collect();
+        assert_eq!(calls, vec![(0, 1)]);
+        assert_eq!(page_calls(3, 0, 8).count(), 0);
     }
 }

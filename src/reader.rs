@@ -725,6 +725,16 @@ async fn read_window(
     gather_rows(store, ranges, cols, schema, trace, false).await
 }
 
+/// A spawned task, aborted when dropped (a gather that failed, or was dropped, stops the reads
+/// it started; aborting a task that ended does nothing).
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Row ranges of parts, as columns: range `i` is rows `start[i] .. start[i] + count[i]` of
 /// part `parts[part[i]]`.
 pub(crate) struct RowRanges<'a> {
@@ -832,10 +842,14 @@ pub(crate) async fn gather_rows(
             let spawned = jobs.into_iter().map(|(part, merged)| {
                 let (store, cols) = (store.clone(), cols.to_vec());
                 async move {
-                    crate::storage::runtime()
-                        .spawn(async move { read_part(&store, part, merged, &cols, None).await })
-                        .await
-                        .map_err(|e| Error::Internal(format!("a part read task failed: {e}")))?
+                    let name = part.clone();
+                    let mut task =
+                        Aborting(crate::storage::runtime().spawn(async move {
+                            read_part(&store, part, merged, &cols, None).await
+                        }));
+                    (&mut task.0).await.map_err(|e| {
+                        Error::Internal(format!("the read of part '{name}' failed: {e}"))
+                    })?
                 }
             });
             futures::stream::iter(spawned)

@@ -344,10 +344,10 @@ struct OpenFile {
     last: u64,
 }
 
-/// Writes columns `first ..` of `batches` (one row group, in order) with `writers`.
-/// parquet-rs closes a page at the first multiple of the page size of a write call: calls
-/// start on a page boundary, or end on one, so every page holds exactly PAGE_ENTRIES entries
-/// (the page fences rely on it).
+/// Writes columns `first ..` of `batches` (one row group, in order) with `writers`, in calls
+/// cut on page boundaries ([`crate::part_sink::page_calls`]): every page of integer columns
+/// holds exactly PAGE_ENTRIES entries, as the page fences assume (a lookup decodes the rows it
+/// locates either way).
 fn encode_columns(
     writers: &mut [ArrowColumnWriter],
     first: usize,
@@ -357,19 +357,14 @@ fn encode_columns(
     for (k, w) in writers.iter_mut().enumerate() {
         let (i, mut at) = (first + k, 0);
         for b in batches {
-            let mut s = 0;
-            while s < b.num_rows() {
-                let n = match at % PAGE_ENTRIES {
-                    0 => b.num_rows() - s,
-                    r => (PAGE_ENTRIES - r).min(b.num_rows() - s),
-                };
+            for (s, n) in crate::part_sink::page_calls(at, b.num_rows(), PAGE_ENTRIES) {
                 for leaf in
                     compute_leaves(&fields[i], &b.column(i).slice(s, n)).map_err(encode_err)?
                 {
                     w.write(&leaf).map_err(encode_err)?;
                 }
-                (s, at) = (s + n, at + n);
             }
+            at += b.num_rows();
         }
     }
     Ok(())
@@ -430,10 +425,18 @@ impl<'a> RunWriter<'a> {
         self.push_batch(b)
     }
 
-    /// Appends a batch of entries in the segment schema ([`RunWriter::schema`]): whole labels,
+    /// Appends a batch of entries in the segment schema ([`RunWriter::schema`]; worker and part
+    /// may also be dictionaries of their names, written the same way): whole labels,
     /// sorted, all after the labels pushed before. A file closes at the first label boundary
     /// after [`FILE_ENTRIES`] entries.
     pub fn push_batch(&mut self, b: RecordBatch) -> Result<()> {
+        if b.num_columns() != self.schema.fields().len() {
+            return Err(Error::Internal(format!(
+                "segment writer: a batch of {} columns, the segment schema has {}",
+                b.num_columns(),
+                self.schema.fields().len()
+            )));
+        }
         self.push_staged()?;
         let labels = label_values(&b)?;
         let n = b.num_rows();
