@@ -512,11 +512,12 @@ impl<T: TableFn> VTab for Table<T> {
             }));
         }
         // The rows are started here, not at the first `func` call: DuckDB initializes a query's
-        // scans on the thread that runs the query (the client's, for a plain `SELECT … FROM
-        // f(…)`), while `func` may run on one of its worker threads, the client thread then
-        // spinning until the query ends. A function that does its work when its rows start (the
-        // one-row functions: consolidate, optimize, stats; vacuum, check, delete) thus takes one
-        // core, not two.
+        // scans in a task that the thread running the query (the client's, for a plain
+        // `SELECT … FROM f(…)`) usually takes, while `func` often runs on one of its worker
+        // threads, the client thread then spinning until the query ends. A function that does
+        // its work when its rows start (the one-row functions: consolidate, optimize, stats;
+        // vacuum, check, delete) thus usually takes one core, not two. A worker thread can take
+        // the init task too (4 runs in 26 of optimize on 2 threads); the client then spins.
         let iter = run(T::NAME, || T::rows(args, &columns))?;
         Ok(Execution::Rows(Mutex::new(Emitter::new(T::NAME, iter))))
     }
