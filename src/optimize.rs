@@ -1006,6 +1006,7 @@ pub(crate) mod tests {
     use crate::consolidate::tests::{write, JsonCodec};
     use crate::index::BlockId;
     use crate::storage::OpenMode;
+    use crate::vacuum::tests::files;
     use crate::writer::tests::rows;
     use arrow::array::AsArray;
     use arrow::datatypes::Int32Type;
@@ -1328,26 +1329,14 @@ pub(crate) mod tests {
         write(name, "w2", &[rows(&[1; 3], "b1", &pts(1, 1, 3, 0))]);
         let store = Store::open(name, OpenMode::Existing).unwrap();
         consolidate(&store, &JsonCodec).unwrap();
-        let base = crate::log::load(
-            &store,
-            &crate::log::latest(&store).unwrap().unwrap(),
-            &JsonCodec,
-        )
-        .unwrap()
-        .manifest;
+        let base = newest_manifest(&store);
         // A consolidate publishes generation 2 (a new run) after optimize read generation 1.
         write(name, "w3", &[rows(&[1; 2], "b2", &pts(1, 2, 2, 0))]);
         consolidate(&store, &JsonCodec).unwrap();
         let refs = vec![];
         let g = publish_rebased(&store, &JsonCodec, &base, 1, 1, refs).unwrap();
         assert_eq!(g, 3);
-        let m = crate::log::load(
-            &store,
-            &crate::log::latest(&store).unwrap().unwrap(),
-            &JsonCodec,
-        )
-        .unwrap()
-        .manifest;
+        let m = newest_manifest(&store);
         // Label 1 of the first run was clipped away; the consolidate's run is kept.
         assert_eq!(m.segments.len(), 1);
         // A merge that rewrote the replaced segments is a conflict.
@@ -1361,27 +1350,10 @@ pub(crate) mod tests {
         assert!(e.contains("published generation"), "{e}");
     }
 
-    /// Every file under `dir`, relative, sorted.
-    fn files(dir: &std::path::Path) -> Vec<String> {
-        let mut v: Vec<String> = walk(dir)
-            .into_iter()
-            .map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .flat_map(|e| {
-                let p = e.unwrap().path();
-                match p.is_dir() {
-                    true => walk(&p),
-                    false => vec![p],
-                }
-            })
-            .collect()
+    /// The newest generation's manifest.
+    fn newest_manifest(store: &Store) -> crate::log::Manifest {
+        let g = crate::log::latest(store).unwrap().unwrap();
+        crate::log::load(store, &g, &JsonCodec).unwrap().manifest
     }
 
     #[test]
@@ -1447,13 +1419,7 @@ pub(crate) mod tests {
         let store = Store::open(name, OpenMode::Existing).unwrap();
         consolidate(&store, &JsonCodec).unwrap();
         let g = |s: &Store| crate::log::latest(s).unwrap().map(|f| f.generation);
-        let m = crate::log::load(
-            &store,
-            &crate::log::latest(&store).unwrap().unwrap(),
-            &JsonCodec,
-        )
-        .unwrap()
-        .manifest;
+        let m = newest_manifest(&store);
         assert_eq!(m.segments.len(), 1, "{:?}", m.segments);
         let r = &m.segments[0];
         let d = crate::segment::Directory::decode(r.dir.as_deref().unwrap(), r.bytes).unwrap();

@@ -414,7 +414,7 @@ fn staging_files(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::consolidate::consolidate;
     use crate::consolidate::tests::{write, JsonCodec};
@@ -424,7 +424,7 @@ mod tests {
     use crate::writer::tests::rows;
 
     /// Every file under `dir`, relative, sorted.
-    fn files(dir: &std::path::Path) -> Vec<String> {
+    pub(crate) fn files(dir: &std::path::Path) -> Vec<String> {
         let mut out = Vec::new();
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
