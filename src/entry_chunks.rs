@@ -29,7 +29,6 @@ use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 
 use crate::error::{Error, Result};
-use crate::index::BlockId;
 use crate::schema::ColumnType;
 use crate::segment::{footer, groups_for, IndexView, ROW_GROUP_ENTRIES};
 use crate::storage::block_on;
@@ -203,14 +202,6 @@ impl<'a> Blocks<'a> {
                 "unexpected block column type {}",
                 a.data_type()
             )))
-        }
-    }
-
-    /// The block id of row `i`.
-    pub(crate) fn id(&self, i: usize) -> BlockId {
-        match self {
-            Blocks::Int(v) => BlockId::Int(v[i]),
-            Blocks::Str(a) => BlockId::Str(a.value(i).to_string()),
         }
     }
 

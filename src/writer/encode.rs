@@ -2,8 +2,8 @@
 //! with bounding boxes, and the encoder thread that writes them into part files.
 
 use super::gather::Gather;
+use super::group::{Distinct, Grouping};
 use super::*;
-use crate::entry_chunks::Blocks;
 use crate::schema::ColumnType;
 
 /// Rows encoded between part size checks.
@@ -125,8 +125,8 @@ pub(super) struct PartWriter {
     entries_in_memory: u64,
     /// The temporary file entries are spilled to (made on first use) and its length.
     spill: Option<(Arc<std::fs::File>, u64)>,
-    /// The sort keys of the job being encoded ([`sort_keys`]), kept from job to job.
-    keys: Vec<u128>,
+    /// The order of the job being encoded ([`Grouping`]), kept from job to job.
+    grouping: Grouping,
 }
 
 impl PartWriter {
@@ -138,7 +138,7 @@ impl PartWriter {
             jobs: Vec::new(),
             entries_in_memory,
             spill: None,
-            keys: Vec::new(),
+            grouping: Grouping::default(),
         }
     }
 
@@ -184,21 +184,28 @@ impl PartWriter {
     }
 
     fn encode_job(&mut self, batches: Vec<RecordBatch>, target: u64) -> Result<()> {
-        // Sort on the label and block columns only, then gather the rows straight from the
-        // buffered batches (no concatenated copy of any column).
+        // Order by (label, block), then gather the rows straight from the buffered batches (no
+        // concatenated copy of any column).
         if batches.is_empty() {
             return Ok(());
         }
-        let mut keys = std::mem::take(&mut self.keys);
-        let r = sort_keys(&batches, &mut keys)
-            .and_then(|()| self.gather_sorted(&batches, &keys, target));
-        self.keys = keys;
+        let mut grouping = std::mem::take(&mut self.grouping);
+        let r = grouping
+            .build(&batches)
+            .and_then(|distinct| self.write_ordered(&batches, &grouping, &distinct, target));
+        self.grouping = grouping;
         r
     }
 
-    /// Gathers the rows of `batches` in the order of their sorted `keys` ([`sort_keys`]) a slice
-    /// at a time and writes them.
-    fn gather_sorted(&mut self, batches: &[RecordBatch], keys: &[u128], target: u64) -> Result<()> {
+    /// Writes the rows of `batches` in the order of `grouping` a slice at a time: the label and
+    /// block columns are filled from the groups (equal within one), the others gathered.
+    fn write_ordered(
+        &mut self,
+        batches: &[RecordBatch],
+        grouping: &Grouping,
+        distinct: &Distinct,
+        target: u64,
+    ) -> Result<()> {
         // COPY hands over batches of one DuckDB vector (2,048 rows) but the last: a row's batch
         // is then a shift away; otherwise a binary search over the batches' starts.
         let len = batches[0].num_rows();
@@ -214,8 +221,8 @@ impl PartWriter {
             starts.push(acc);
             acc += b.num_rows();
         }
-        let pair = |k: &u128| {
-            let g = *k as u32 as usize;
+        let pair = |g: u32| {
+            let g = g as usize;
             match shift {
                 Some(sh) => (g >> sh, g & (len - 1)),
                 None => {
@@ -234,38 +241,85 @@ impl PartWriter {
             .map(|b| crate::bounded::string_bytes(b))
             .sum::<usize>()
             <= crate::bounded::STRING_BYTES;
-        // A slice's (batch, row) pairs and block ranks, read from the keys.
+        let order = &grouping.order;
+        let mut groups = grouping.groups();
+        // The group being written: (label, rank, rows left).
+        let mut cur = (0u64, 0u32, 0u32);
+        // A slice's (batch, row) pairs and its groups (label, rank, rows in the slice).
         let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(SLICE_ROWS);
-        let mut ranks: Vec<u32> = Vec::with_capacity(SLICE_ROWS);
+        let mut segs: Vec<(u64, u32, u32)> = Vec::new();
         let mut off = 0;
-        while off < keys.len() {
-            let next = &keys[off..keys.len().min(off + SLICE_ROWS)];
+        while off < order.len() {
+            let next = &order[off..order.len().min(off + SLICE_ROWS)];
             pairs.clear();
-            pairs.extend(next.iter().map(pair));
+            pairs.extend(next.iter().map(|&g| pair(g)));
             let n = if fits {
                 pairs.len()
             } else {
                 crate::bounded::cut(&refs, &pairs, 0, SLICE_ROWS, crate::bounded::STRING_BYTES)
             };
-            ranks.clear();
-            ranks.extend(next[..n].iter().map(|k| (*k >> 32) as u32));
-            let slice = gather.rows(&pairs[..n])?;
-            self.write_slice(&slice, &ranks, target)?;
+            segs.clear();
+            let mut need = n as u32;
+            while need > 0 {
+                if cur.2 == 0 {
+                    cur = groups
+                        .next()
+                        .ok_or_else(|| Error::Internal("ordered rows beyond the groups".into()))?;
+                    continue;
+                }
+                let k = cur.2.min(need);
+                segs.push((cur.0, cur.1, k));
+                cur.2 -= k;
+                need -= k;
+            }
+            let slice = slice_of(&gather, &pairs[..n], &segs, distinct)?;
+            self.write_slice(&slice, &segs, distinct, target)?;
             off += n;
         }
         Ok(())
     }
 
-    fn write_slice(&mut self, slice: &RecordBatch, ranks: &[u32], target: u64) -> Result<()> {
-        let runs = runs(slice, ranks)?;
+    /// Writes `slice`, whose rows are the groups `segs` (label, block rank, rows) in order, and
+    /// records its index entries.
+    fn write_slice(
+        &mut self,
+        slice: &RecordBatch,
+        segs: &[(u64, u32, u32)],
+        distinct: &Distinct,
+        target: u64,
+    ) -> Result<()> {
         let (part_name, base) = self.sink.write(slice)?;
         let full = self.sink.size() >= target;
-        for mut r in runs {
-            r.part = part_name.clone();
-            r.row_start += base;
+        let coords: Vec<ArrayRef> = col::XYZ
+            .iter()
+            .map(|&i| arrow::compute::cast(slice.column(i), &DataType::Float64))
+            .collect::<std::result::Result<_, _>>()?;
+        let xyz: Vec<&[f64]> = coords
+            .iter()
+            .map(|c| c.as_primitive::<Float64Type>().values().as_ref())
+            .collect();
+        let mut start = 0usize;
+        for &(label, rank, rows) in segs {
+            let end = start + rows as usize;
+            let mut bbox = crate::index::EMPTY_BBOX;
+            for (d, col) in xyz.iter().enumerate() {
+                for v in &col[start..end] {
+                    bbox[d] = bbox[d].min(*v);
+                    bbox[d + 3] = bbox[d + 3].max(*v);
+                }
+            }
+            let r = SegmentEntry {
+                label,
+                block: distinct.id(rank),
+                part: part_name.clone(),
+                row_start: base + start as u64,
+                row_count: rows as u64,
+                bbox,
+            };
             if !self.cur.last_mut().is_some_and(|l| l.absorb(&r)) {
                 self.cur.push(r);
             }
+            start = end;
         }
         if full {
             self.sink.close()?;
@@ -333,127 +387,70 @@ impl Encoder {
     }
 }
 
-/// [`sort_keys`]' order and ranks as arrays (for tests).
+/// The order of a job's rows and their block ranks in that order, as arrays (for tests).
 #[cfg(test)]
 pub(super) fn sort_order(batches: &[RecordBatch]) -> Result<(arrow::array::UInt32Array, Vec<u32>)> {
-    let mut keys = Vec::new();
-    sort_keys(batches, &mut keys)?;
-    let idx = arrow::array::UInt32Array::from_iter_values(keys.iter().map(|k| *k as u32));
-    Ok((idx, keys.iter().map(|k| (*k >> 32) as u32).collect()))
-}
-
-/// Sorts the rows of `batches` (numbered on across the batches) by (label, block), rows of one
-/// (label, block) in arrival order: `keys` becomes their packed `label << 64 | rank << 32 | row`
-/// keys in that order, `rank` being the block's position among the distinct blocks.
-///
-/// Sorting packed keys keeps the comparisons on contiguous integers (no indirection), which is
-/// several times faster than a comparator sort (and faster than an LSD radix sort, measured:
-/// eight scatter passes over random 64-bit labels). The keys are built straight from the batches;
-/// the order and the ranks are read from them a slice at a time. `keys` is the encoder's, reused
-/// from job to job: the workspace is 16 bytes a row, allocated once per encoder rather than
-/// once per job.
-pub(super) fn sort_keys(batches: &[RecordBatch], keys: &mut Vec<u128>) -> Result<()> {
-    let blocks = batches
-        .iter()
-        .map(|b| Blocks::of(b.column(col::BLOCK)))
-        .collect::<Result<Vec<_>>>()?;
-    keys.clear();
-    keys.reserve(batches.iter().map(|b| b.num_rows()).sum());
-    match blocks.first() {
-        None => {}
-        Some(Blocks::Int(_)) => push_keys(batches, keys, |b, i| match &blocks[b] {
-            Blocks::Int(v) => Some(v[i]),
-            Blocks::Str(_) => None,
-        })?,
-        Some(Blocks::Str(_)) => push_keys(batches, keys, |b, i| match &blocks[b] {
-            Blocks::Str(a) => Some(a.value(i)),
-            Blocks::Int(_) => None,
-        })?,
-    }
-    keys.sort_unstable();
-    Ok(())
-}
-
-/// Appends the packed (label, block rank, row) key of every row of `batches` to `keys`: the
-/// rank of a row's block among the job's distinct blocks, where `key(b, i)` is row `i`'s block
-/// in batch `b`. Rows arrive in runs of one block (a scan writes block by block), so only the
-/// first block of each run is looked up. A block of another type than the first batch's
-/// (`None`) is an error. No job-sized array besides `keys` is made: one per job, freed again,
-/// is what kept glibc's heaps growing over a long session.
-fn push_keys<K: Ord + Copy>(
-    batches: &[RecordBatch],
-    keys: &mut Vec<u128>,
-    key: impl Fn(usize, usize) -> Option<K>,
-) -> Result<()> {
-    let mixed = || Error::Internal("buffered batches of different block types".into());
-    let mut distinct: Vec<K> = Vec::new();
-    for (b, batch) in batches.iter().enumerate() {
-        for i in 0..batch.num_rows() {
-            let k = key(b, i).ok_or_else(mixed)?;
-            if distinct.last() != Some(&k) {
-                distinct.push(k);
-            }
-        }
-    }
-    distinct.sort_unstable();
-    distinct.dedup();
-    let (mut prev, mut rank) = (None, 0u32);
-    for (b, batch) in batches.iter().enumerate() {
-        for (i, &l) in crate::schema::labels(batch).values().iter().enumerate() {
-            let k = key(b, i).ok_or_else(mixed)?;
-            if prev != Some(k) {
-                rank = distinct.binary_search(&k).unwrap_or_default() as u32;
-                prev = Some(k);
-            }
-            let row = keys.len();
-            keys.push(((l as u128) << 64) | ((rank as u128) << 32) | row as u128);
-        }
-    }
-    Ok(())
-}
-
-/// Splits a batch sorted by (label, block) into runs of equal (label, block) with bounding boxes.
-/// `ranks` are the rows' block ranks (equal rank, equal block). `part` is left empty and
-/// `row_start` is relative to the batch.
-pub(super) fn runs(b: &RecordBatch, ranks: &[u32]) -> Result<Vec<SegmentEntry>> {
-    let labels = crate::schema::labels(b);
-    let coords: Vec<ArrayRef> = col::XYZ
-        .iter()
-        .map(|&i| arrow::compute::cast(b.column(i), &DataType::Float64))
-        .collect::<std::result::Result<_, _>>()?;
-    let xyz: Vec<&[f64]> = coords
-        .iter()
-        .map(|c| c.as_primitive::<Float64Type>().values().as_ref())
+    let mut g = Grouping::default();
+    g.build(batches)?;
+    let idx = arrow::array::UInt32Array::from(g.order.clone());
+    let ranks = g
+        .groups()
+        .flat_map(|(_, r, n)| std::iter::repeat_n(r, n as usize))
         .collect();
-    let blocks = Blocks::of(b.column(col::BLOCK))?;
-    let mut out: Vec<SegmentEntry> = Vec::new();
-    let mut start = 0;
-    for r in 1..=b.num_rows() {
-        if r == b.num_rows() || labels.value(r) != labels.value(start) || ranks[r] != ranks[start] {
-            let mut bbox = crate::index::EMPTY_BBOX;
-            for (d, col) in xyz.iter().enumerate() {
-                for v in &col[start..r] {
-                    bbox[d] = bbox[d].min(*v);
-                    bbox[d + 3] = bbox[d + 3].max(*v);
+    Ok((idx, ranks))
+}
+
+/// The rows `pairs` of `gather` as one batch, whose label and block columns are filled from its
+/// groups `segs` (label, block rank, rows) instead of gathered.
+fn slice_of(
+    gather: &Gather,
+    pairs: &[(usize, usize)],
+    segs: &[(u64, u32, u32)],
+    distinct: &Distinct,
+) -> Result<RecordBatch> {
+    let rep = |n: u32| n as usize;
+    let columns = (0..gather.schema().fields().len())
+        .map(|i| {
+            Ok(match i {
+                col::LABEL => {
+                    let mut v: Vec<u64> = Vec::with_capacity(pairs.len());
+                    for &(l, _, n) in segs {
+                        v.extend(std::iter::repeat_n(l, rep(n)));
+                    }
+                    Arc::new(arrow::array::UInt64Array::from(v)) as ArrayRef
                 }
-            }
-            out.push(SegmentEntry {
-                label: labels.value(start),
-                block: blocks.id(start),
-                part: String::new(),
-                row_start: start as u64,
-                row_count: (r - start) as u64,
-                bbox,
-            });
-            start = r;
-        }
-    }
-    Ok(out)
+                col::BLOCK => match distinct {
+                    Distinct::Int(d) => {
+                        let mut v: Vec<i64> = Vec::with_capacity(pairs.len());
+                        for &(_, r, n) in segs {
+                            v.extend(std::iter::repeat_n(d[r as usize], rep(n)));
+                        }
+                        Arc::new(arrow::array::Int64Array::from(v)) as ArrayRef
+                    }
+                    Distinct::Str(d) => {
+                        let bytes: usize = segs
+                            .iter()
+                            .map(|&(_, r, n)| d[r as usize].len() * rep(n))
+                            .sum();
+                        let mut b = arrow::array::StringBuilder::with_capacity(pairs.len(), bytes);
+                        for &(_, r, n) in segs {
+                            for _ in 0..n {
+                                b.append_value(d[r as usize]);
+                            }
+                        }
+                        Arc::new(b.finish()) as ArrayRef
+                    }
+                },
+                _ => gather.column(i, pairs)?,
+            })
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    Ok(RecordBatch::try_new(gather.schema().clone(), columns)?)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::push_keys;
+    use super::super::group::ranks;
     use crate::storage::{OpenMode, Store};
     use crate::writer::tests::{rows, session_at};
     use crate::writer::WriterOptions;
@@ -603,8 +600,8 @@ mod tests {
         }
     }
 
-    /// The block ranks [`push_keys`] packs into the keys of batches of `lens` rows (labels 0),
-    /// in row order.
+    /// The block ranks [`ranks`] gives the rows of batches of `lens` rows (labels 0), in row
+    /// order.
     fn ranks_of<K: Ord + Copy>(
         lens: &[usize],
         key: impl Fn(usize, usize) -> Option<K>,
@@ -616,13 +613,12 @@ mod tests {
                 RecordBatch::try_from_iter([("label", std::sync::Arc::new(labels) as _)]).unwrap()
             })
             .collect();
-        let mut keys = Vec::new();
-        push_keys(&batches, &mut keys, key)?;
-        assert!(keys
-            .iter()
-            .enumerate()
-            .all(|(i, k)| *k as u32 as usize == i));
-        Ok(keys.iter().map(|k| (k >> 32) as u32).collect())
+        let mut out = Vec::new();
+        ranks(&batches, key, |l, r| {
+            assert_eq!(l, 0);
+            out.push(r)
+        })?;
+        Ok(out)
     }
 
     /// Ranks among the distinct keys, whether a key comes back after others (not one run) or

@@ -89,28 +89,35 @@ impl<'a> Gather<'a> {
 
     /// The rows `pairs` (`(batch, row)`) in that order, as one batch. String columns must fit
     /// `i32` offsets (the caller cuts slices with `bounded::cut`).
+    #[cfg(test)]
     pub(super) fn rows(&self, pairs: &[(usize, usize)]) -> Result<RecordBatch> {
-        let columns = self
-            .columns
-            .iter()
-            .map(|c| {
-                Ok(match c {
-                    Source::Int8(s) => take::<Int8Type>(s, pairs),
-                    Source::Int16(s) => take::<Int16Type>(s, pairs),
-                    Source::Int32(s) => take::<Int32Type>(s, pairs),
-                    Source::Int64(s) => take::<Int64Type>(s, pairs),
-                    Source::UInt8(s) => take::<UInt8Type>(s, pairs),
-                    Source::UInt16(s) => take::<UInt16Type>(s, pairs),
-                    Source::UInt32(s) => take::<UInt32Type>(s, pairs),
-                    Source::UInt64(s) => take::<UInt64Type>(s, pairs),
-                    Source::Float32(s) => take::<Float32Type>(s, pairs),
-                    Source::Float64(s) => take::<Float64Type>(s, pairs),
-                    Source::Utf8(s) => strings(s, pairs)?,
-                    Source::Other(s) => arrow::compute::interleave(s, pairs)?,
-                })
-            })
+        let columns = (0..self.columns.len())
+            .map(|i| self.column(i, pairs))
             .collect::<Result<Vec<ArrayRef>>>()?;
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    /// The schema of the batches.
+    pub(super) fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Column `i` of the rows `pairs`, as in [`Gather::rows`].
+    pub(super) fn column(&self, i: usize, pairs: &[(usize, usize)]) -> Result<ArrayRef> {
+        Ok(match &self.columns[i] {
+            Source::Int8(s) => take::<Int8Type>(s, pairs),
+            Source::Int16(s) => take::<Int16Type>(s, pairs),
+            Source::Int32(s) => take::<Int32Type>(s, pairs),
+            Source::Int64(s) => take::<Int64Type>(s, pairs),
+            Source::UInt8(s) => take::<UInt8Type>(s, pairs),
+            Source::UInt16(s) => take::<UInt16Type>(s, pairs),
+            Source::UInt32(s) => take::<UInt32Type>(s, pairs),
+            Source::UInt64(s) => take::<UInt64Type>(s, pairs),
+            Source::Float32(s) => take::<Float32Type>(s, pairs),
+            Source::Float64(s) => take::<Float64Type>(s, pairs),
+            Source::Utf8(s) => strings(s, pairs)?,
+            Source::Other(s) => arrow::compute::interleave(s, pairs)?,
+        })
     }
 }
 

@@ -44,6 +44,7 @@ use crate::storage::Store;
 
 mod encode;
 mod gather;
+mod group;
 mod statement;
 
 use encode::{Encoder, JobEntries, PartWriter};
@@ -754,7 +755,6 @@ pub fn latest_commit(store: &Store, worker: &str) -> Result<u64> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::encode::{runs, sort_order};
     use super::*;
     use crate::storage::OpenMode;
 
@@ -813,40 +813,61 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    /// A job's index entries: one per (label, block) run of its part, with the run's rows and
+    /// bounding box, whatever order the rows arrived in.
     #[test]
-    fn runs_split_on_label_and_block_with_bbox() {
+    fn entries_are_label_block_runs_with_bbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        let mut s = session_at(name, "w", WriterOptions::default()).unwrap();
+        // (label, block, x, y, z): label 1 in blocks 5 and 6, label 2 in block 6.
+        let rows = [
+            (1u64, 6i64, [0, 0, 0]),
+            (2, 6, [0, 0, 0]),
+            (1, 5, [1, 2, 0]),
+            (1, 5, [3, -2, 9]),
+        ];
         let b = RecordBatch::try_from_iter(vec![
             (
                 "label",
-                Arc::new(UInt64Array::from(vec![1, 1, 1, 2])) as ArrayRef,
+                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
             ),
             (
                 "block",
-                Arc::new(Int64Array::from(vec![5, 5, 6, 6])) as ArrayRef,
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))) as ArrayRef,
             ),
             (
                 "x",
-                Arc::new(Int32Array::from(vec![1, 3, 0, 0])) as ArrayRef,
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2[0]))) as ArrayRef,
             ),
             (
                 "y",
-                Arc::new(Int32Array::from(vec![2, -2, 0, 0])) as ArrayRef,
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2[1]))) as ArrayRef,
             ),
             (
                 "z",
-                Arc::new(Int32Array::from(vec![0, 9, 0, 0])) as ArrayRef,
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2[2]))) as ArrayRef,
             ),
         ])
         .unwrap();
-        let (_, ranks) = sort_order(std::slice::from_ref(&b)).unwrap();
-        let r = runs(&b, &ranks).unwrap();
-        assert_eq!(r.len(), 3);
+        s.append(&b).unwrap();
+        let c = s.commit().unwrap();
+        let file = dir.path().join(layout::commit_file("w", c.commit).as_ref());
+        let bytes = Bytes::from(std::fs::read(&file).unwrap());
+        let r = crate::index::decode_segment(bytes, name, "c").unwrap();
+        let got: Vec<_> = r
+            .iter()
+            .map(|e| (e.label, e.block.clone(), e.row_start, e.row_count, e.bbox))
+            .collect();
+        use crate::index::BlockId::Int;
         assert_eq!(
-            (r[0].row_start, r[0].row_count, r[0].bbox),
-            (0, 2, [1.0, -2.0, 0.0, 3.0, 2.0, 9.0])
+            got,
+            vec![
+                (1, Int(5), 0, 2, [1.0, -2.0, 0.0, 3.0, 2.0, 9.0]),
+                (1, Int(6), 2, 1, [0.0; 6]),
+                (2, Int(6), 3, 1, [0.0; 6]),
+            ]
         );
-        assert_eq!((r[1].label, r[1].row_start, r[1].row_count), (1, 2, 1));
-        assert_eq!((r[2].label, r[2].row_start), (2, 3));
     }
 
     #[test]
