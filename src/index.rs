@@ -177,27 +177,53 @@ pub fn encode_segment(
     write_segment([Ok(batch)], block, meta)
 }
 
-/// Encodes the commit segment whose entries are those of `pieces` (each encoded by
-/// [`encode_segment`]) in order, a batch at a time: only the segment being written, the piece
-/// being read (pieces are taken from the iterator one at a time) and one batch are in memory,
-/// not the entries as structs.
+/// Writes the commit segment whose entries are those of `pieces` (each encoded by
+/// [`encode_segment`]) in order, splicing the pieces' row groups in as they are (their column
+/// chunks' bytes copied, not decoded and encoded again): only the segment being written and the
+/// piece being read (pieces are taken from the iterator one at a time) are in memory, and a
+/// commit costs a copy of its encoded entries (about 20 bytes an entry). Until 2026-12-01 the
+/// pieces were decoded and encoded again, 0.2 s for 1 M entries on the thread that commits.
 pub fn concat_segments<W: std::io::Write + Send>(
     out: W,
     pieces: impl IntoIterator<Item = Result<Bytes>>,
     block: ColumnType,
     meta: &[(&str, String)],
 ) -> Result<W> {
-    let batches = pieces.into_iter().flat_map(|p| {
-        match p.and_then(|p| {
-            ParquetRecordBatchReaderBuilder::try_new(p)
-                .and_then(|b| b.build())
-                .map_err(|e| Error::Internal(format!("segment piece decode: {e}")))
-        }) {
-            Ok(r) => Box::new(r.map(|b| b.map_err(Error::from))) as Box<dyn Iterator<Item = _>>,
-            Err(e) => Box::new(std::iter::once(Err(e))),
+    use parquet::column::writer::ColumnCloseResult;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let enc = |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
+    let dec =
+        |e: parquet::errors::ParquetError| Error::Internal(format!("segment piece decode: {e}"));
+    let props = segment_props(block)
+        .set_key_value_metadata(Some(
+            meta.iter()
+                .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.to_string(), v.clone()))
+                .collect(),
+        ))
+        .build();
+    let (mut w, _) = ArrowWriter::try_new(out, entry_schema(block, false), Some(props))
+        .and_then(ArrowWriter::into_serialized_writer)
+        .map_err(enc)?;
+    for piece in pieces {
+        let piece = piece?;
+        let reader = SerializedFileReader::new(piece.clone()).map_err(dec)?;
+        for rg in reader.metadata().row_groups() {
+            let mut rgw = w.next_row_group().map_err(enc)?;
+            for c in rg.columns() {
+                let close = ColumnCloseResult {
+                    bytes_written: c.compressed_size() as u64,
+                    rows_written: rg.num_rows() as u64,
+                    metadata: c.clone(),
+                    bloom_filter: None,
+                    column_index: None,
+                    offset_index: None,
+                };
+                rgw.append_column(&piece, close).map_err(enc)?;
+            }
+            rgw.close().map_err(enc)?;
         }
-    });
-    write_segment_to(out, batches, block, meta)
+    }
+    w.into_inner().map_err(enc)
 }
 
 fn write_segment(
@@ -208,6 +234,34 @@ fn write_segment(
     write_segment_to(Vec::new(), batches, block, meta).map(Bytes::from)
 }
 
+/// Commit segment (and piece) encodings: integers delta-encoded and the box columns
+/// BYTE_STREAM_SPLIT, no dictionaries but for the part (and VARCHAR block) strings, LZ4. Until
+/// 2026-12-01 segments used parquet-rs' defaults (a dictionary for every column, no
+/// compression): interning each of an entry's eleven values made the commit of a 1 M-entry
+/// session take 0.2 s, twice (pieces, then the segment), and the segments were about as large.
+/// Readers take any encoding, so segments of both kinds are read alike.
+fn segment_props(block: ColumnType) -> parquet::file::properties::WriterPropertiesBuilder {
+    use parquet::basic::{Compression, Encoding};
+    use parquet::schema::types::ColumnPath;
+    let mut b = parquet::file::properties::WriterProperties::builder()
+        .set_compression(Compression::LZ4_RAW);
+    let mut ints = vec!["label", "row_start", "row_count"];
+    if block != ColumnType::Varchar {
+        ints.push("block");
+    }
+    for c in ints {
+        b = b
+            .set_column_dictionary_enabled(ColumnPath::from(c), false)
+            .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
+    }
+    for c in BBOX {
+        b = b
+            .set_column_dictionary_enabled(ColumnPath::from(c), false)
+            .set_column_encoding(ColumnPath::from(c), Encoding::BYTE_STREAM_SPLIT);
+    }
+    b
+}
+
 /// Writes a commit segment of `batches` into `out`, returned once the file is complete.
 fn write_segment_to<W: std::io::Write + Send>(
     mut out: W,
@@ -215,7 +269,7 @@ fn write_segment_to<W: std::io::Write + Send>(
     block: ColumnType,
     meta: &[(&str, String)],
 ) -> Result<W> {
-    let props = parquet::file::properties::WriterProperties::builder()
+    let props = segment_props(block)
         .set_key_value_metadata(Some(
             meta.iter()
                 .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.to_string(), v.clone()))
@@ -447,6 +501,44 @@ mod tests {
         let bytes =
             encode_segment(&entries, ColumnType::Bigint, &[("session", "s".into())]).unwrap();
         assert_eq!(decode_segment(bytes, "st", "f").unwrap(), entries);
+    }
+
+    /// A commit segment spliced from pieces holds their entries in order, one row group per
+    /// piece's row group, with the commit's metadata; a VARCHAR block store's too.
+    #[test]
+    fn concatenated_pieces_hold_every_entry_in_order_with_the_commits_metadata() {
+        for block in [ColumnType::Bigint, ColumnType::Varchar] {
+            let entry = |i: u64| {
+                let mut x = e(i * 7 % 5, i as i64 - 3, &format!("p/{}", i % 3), i, i + 1);
+                if block == ColumnType::Varchar {
+                    x.block = BlockId::Str(format!("b{}", i % 4));
+                }
+                x.bbox = [i as f64, 1.5, -2.0, i as f64 + 1.0, 2.5, 3.0];
+                x
+            };
+            let all: Vec<SegmentEntry> = (0..9).map(entry).collect();
+            let pieces: Vec<Bytes> = [&all[..3], &all[3..3], &all[3..]]
+                .iter()
+                .map(|c| encode_segment(c, block, &[]).unwrap())
+                .collect();
+            let meta = [(META_COMMITTED_MS, "1234".to_string())];
+            let out =
+                concat_segments(Vec::new(), pieces.into_iter().map(Ok), block, &meta).unwrap();
+            let c = decode_commit(Bytes::from(out.clone()), "st", "f").unwrap();
+            assert_eq!(c.entries, all, "{block:?}");
+            assert_eq!(c.committed_ms, 1234);
+            let r = parquet::file::reader::SerializedFileReader::new(Bytes::from(out)).unwrap();
+            use parquet::file::reader::FileReader;
+            assert_eq!(r.metadata().num_row_groups(), 2);
+        }
+        // A piece that is not Parquet is an error, not a panic.
+        let bad = concat_segments(
+            Vec::new(),
+            [Ok(Bytes::from_static(b"garbage!"))],
+            ColumnType::Bigint,
+            &[],
+        );
+        assert!(bad.is_err());
     }
 
     #[test]
