@@ -1,5 +1,6 @@
-//! Encoding a session's buffers: sorting by (label, block), splitting into (label, block) runs
-//! with bounding boxes, and the encoder thread that writes them into part files.
+//! Encoding a session's buffers: writing a job's rows in (label, block) order (see
+//! [`super::group`]) into part files with an index entry per (label, block) run and its bounding
+//! box, and the encoder thread that does it.
 
 use super::gather::Gather;
 use super::group::{Distinct, Grouping};
