@@ -6,6 +6,8 @@ use super::gather::Gather;
 use super::group::{Distinct, Grouping};
 use super::*;
 use crate::schema::ColumnType;
+use arrow::array::PrimitiveArray;
+use arrow::buffer::{Buffer, MutableBuffer, ScalarBuffer};
 
 /// Rows encoded between part size checks.
 const SLICE_ROWS: usize = 8192;
@@ -128,6 +130,8 @@ pub(super) struct PartWriter {
     spill: Option<(Arc<std::fs::File>, u64)>,
     /// The order of the job being encoded ([`Grouping`]), kept from job to job.
     grouping: Grouping,
+    /// The buffers columns were placed into in the last job ([`place`]), for the next one.
+    spare: Vec<MutableBuffer>,
 }
 
 impl PartWriter {
@@ -140,6 +144,7 @@ impl PartWriter {
             entries_in_memory,
             spill: None,
             grouping: Grouping::default(),
+            spare: Vec::new(),
         }
     }
 
@@ -193,20 +198,65 @@ impl PartWriter {
         let mut grouping = std::mem::take(&mut self.grouping);
         let r = grouping
             .build(&batches)
-            .and_then(|distinct| self.write_ordered(&batches, &grouping, &distinct, target));
+            .and_then(|distinct| self.write_ordered(&batches, &mut grouping, &distinct, target));
         self.grouping = grouping;
         r
     }
 
     /// Writes the rows of `batches` in the order of `grouping` a slice at a time: the label and
-    /// block columns are filled from the groups (equal within one), the others gathered.
+    /// block columns are filled from the groups (equal within one), number columns without
+    /// nulls (the coordinates) placed in order first ([`place`]), the others gathered.
     fn write_ordered(
         &mut self,
         batches: &[RecordBatch],
-        grouping: &Grouping,
+        grouping: &mut Grouping,
         distinct: &Distinct,
         target: u64,
     ) -> Result<()> {
+        let ncols = batches[0].num_columns();
+        let mut held: Vec<Buffer> = Vec::new();
+        let mut placed: Vec<Option<ArrayRef>> = vec![None; ncols];
+        for (i, p) in placed.iter_mut().enumerate().skip(col::XYZ[0]) {
+            let mut buf = self.spare.pop().unwrap_or_else(|| MutableBuffer::new(0));
+            match place(batches, i, grouping.positions(), &mut buf) {
+                Some((a, b)) => {
+                    *p = Some(a);
+                    held.push(b);
+                }
+                None => self.spare.push(buf),
+            }
+        }
+        let r = self.write_placed(batches, grouping, distinct, &placed, target);
+        // The slices written are gone: the buffers are this encoder's again.
+        drop(placed);
+        self.spare
+            .extend(held.into_iter().filter_map(|b| b.into_mutable().ok()));
+        r
+    }
+
+    fn write_placed(
+        &mut self,
+        batches: &[RecordBatch],
+        grouping: &mut Grouping,
+        distinct: &Distinct,
+        placed: &[Option<ArrayRef>],
+        target: u64,
+    ) -> Result<()> {
+        let refs: Vec<&RecordBatch> = batches.iter().collect();
+        // Written a slice at a time, each of at most SLICE_ROWS rows and
+        // `bounded::STRING_BYTES` of strings (a job may hold more than a string array can);
+        // a job whose strings fit in total needs no per-row sizes.
+        let fits = refs
+            .iter()
+            .map(|b| crate::bounded::string_bytes(b))
+            .sum::<usize>()
+            <= crate::bounded::STRING_BYTES;
+        let gathered = placed.iter().skip(col::XYZ[0]).any(|p| p.is_none());
+        if gathered || !fits {
+            grouping.make_order();
+        }
+        let grouping = &*grouping;
+        let rows = grouping.positions().len();
         // COPY hands over batches of one DuckDB vector (2,048 rows) but the last: a row's batch
         // is then a shift away; otherwise a binary search over the batches' starts.
         let len = batches[0].num_rows();
@@ -232,30 +282,23 @@ impl PartWriter {
                 }
             }
         };
-        let refs: Vec<&RecordBatch> = batches.iter().collect();
         let gather = Gather::new(batches);
-        // Gathered a slice at a time, each of at most SLICE_ROWS rows and
-        // `bounded::STRING_BYTES` of strings (a job may hold more than a string array can);
-        // a job whose strings fit in total needs no per-row sizes.
-        let fits = refs
-            .iter()
-            .map(|b| crate::bounded::string_bytes(b))
-            .sum::<usize>()
-            <= crate::bounded::STRING_BYTES;
-        let order = &grouping.order;
         let mut groups = grouping.groups();
         // The group being written: (label, rank, rows left).
         let mut cur = (0u64, 0u32, 0u32);
-        // A slice's (batch, row) pairs and its groups (label, rank, rows in the slice).
+        // A slice's (batch, row) pairs (when some column is gathered or strings may not fit)
+        // and its groups (label, rank, rows in the slice).
         let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(SLICE_ROWS);
         let mut segs: Vec<(u64, u32, u32)> = Vec::new();
         let mut off = 0;
-        while off < order.len() {
-            let next = &order[off..order.len().min(off + SLICE_ROWS)];
+        while off < rows {
+            let end = rows.min(off + SLICE_ROWS);
             pairs.clear();
-            pairs.extend(next.iter().map(|&g| pair(g)));
+            if let Some(order) = grouping.order() {
+                pairs.extend(order[off..end].iter().map(|&g| pair(g)));
+            }
             let n = if fits {
-                pairs.len()
+                end - off
             } else {
                 crate::bounded::cut(&refs, &pairs, 0, SLICE_ROWS, crate::bounded::STRING_BYTES)
             };
@@ -273,7 +316,8 @@ impl PartWriter {
                 cur.2 -= k;
                 need -= k;
             }
-            let slice = slice_of(&gather, &pairs[..n], &segs, distinct)?;
+            let pairs = &pairs[..pairs.len().min(n)];
+            let slice = slice_of(&gather, pairs, (off, n), placed, &segs, distinct)?;
             self.write_slice(&slice, &segs, distinct, target)?;
             off += n;
         }
@@ -393,7 +437,8 @@ impl Encoder {
 pub(super) fn sort_order(batches: &[RecordBatch]) -> Result<(arrow::array::UInt32Array, Vec<u32>)> {
     let mut g = Grouping::default();
     g.build(batches)?;
-    let idx = arrow::array::UInt32Array::from(g.order.clone());
+    g.make_order();
+    let idx = arrow::array::UInt32Array::from(g.order().unwrap_or_default().to_vec());
     let ranks = g
         .groups()
         .flat_map(|(_, r, n)| std::iter::repeat_n(r, n as usize))
@@ -401,52 +446,112 @@ pub(super) fn sort_order(batches: &[RecordBatch]) -> Result<(arrow::array::UInt3
     Ok((idx, ranks))
 }
 
-/// The rows `pairs` of `gather` as one batch, whose label and block columns are filled from its
-/// groups `segs` (label, block rank, rows) instead of gathered.
+/// Rows `at.0 .. at.0 + at.1` of the order as one batch: the label and block columns filled from
+/// the slice's groups `segs` (label, block rank, rows), the placed columns sliced, the others
+/// gathered from `gather` by `pairs` (`(batch, row)` of each row).
 fn slice_of(
     gather: &Gather,
     pairs: &[(usize, usize)],
+    at: (usize, usize),
+    placed: &[Option<ArrayRef>],
     segs: &[(u64, u32, u32)],
     distinct: &Distinct,
 ) -> Result<RecordBatch> {
+    let (off, n) = at;
     let rep = |n: u32| n as usize;
     let columns = (0..gather.schema().fields().len())
         .map(|i| {
             Ok(match i {
                 col::LABEL => {
-                    let mut v: Vec<u64> = Vec::with_capacity(pairs.len());
-                    for &(l, _, n) in segs {
-                        v.extend(std::iter::repeat_n(l, rep(n)));
+                    let mut v: Vec<u64> = Vec::with_capacity(n);
+                    for &(l, _, k) in segs {
+                        v.extend(std::iter::repeat_n(l, rep(k)));
                     }
                     Arc::new(arrow::array::UInt64Array::from(v)) as ArrayRef
                 }
                 col::BLOCK => match distinct {
                     Distinct::Int(d) => {
-                        let mut v: Vec<i64> = Vec::with_capacity(pairs.len());
-                        for &(_, r, n) in segs {
-                            v.extend(std::iter::repeat_n(d[r as usize], rep(n)));
+                        let mut v: Vec<i64> = Vec::with_capacity(n);
+                        for &(_, r, k) in segs {
+                            v.extend(std::iter::repeat_n(d[r as usize], rep(k)));
                         }
                         Arc::new(arrow::array::Int64Array::from(v)) as ArrayRef
                     }
                     Distinct::Str(d) => {
                         let bytes: usize = segs
                             .iter()
-                            .map(|&(_, r, n)| d[r as usize].len() * rep(n))
+                            .map(|&(_, r, k)| d[r as usize].len() * rep(k))
                             .sum();
-                        let mut b = arrow::array::StringBuilder::with_capacity(pairs.len(), bytes);
-                        for &(_, r, n) in segs {
-                            for _ in 0..n {
+                        let mut b = arrow::array::StringBuilder::with_capacity(n, bytes);
+                        for &(_, r, k) in segs {
+                            for _ in 0..k {
                                 b.append_value(d[r as usize]);
                             }
                         }
                         Arc::new(b.finish()) as ArrayRef
                     }
                 },
-                _ => gather.column(i, pairs)?,
+                _ => match &placed[i] {
+                    Some(a) => a.slice(off, n),
+                    None => gather.column(i, pairs)?,
+                },
             })
         })
         .collect::<Result<Vec<ArrayRef>>>()?;
     Ok(RecordBatch::try_new(gather.schema().clone(), columns)?)
+}
+
+/// Column `i` of `batches` in order, its rows placed at their `positions`, in `buf` (this
+/// encoder's, reused from job to job): one sequential pass over the rows, writing each value
+/// where it goes, instead of a gather reading each row's value from wherever it is (a cache
+/// miss per value of a job larger than the caches). Returns the column and its buffer, or
+/// `None` for a column of another type than the integers and floats, or with nulls (those are
+/// gathered).
+fn place(
+    batches: &[RecordBatch],
+    i: usize,
+    positions: &[u32],
+    buf: &mut MutableBuffer,
+) -> Option<(ArrayRef, Buffer)> {
+    if batches.iter().any(|b| b.column(i).null_count() > 0) {
+        return None;
+    }
+    fn typed<T: ArrowPrimitiveType>(
+        batches: &[RecordBatch],
+        i: usize,
+        positions: &[u32],
+        buf: &mut MutableBuffer,
+    ) -> (ArrayRef, Buffer) {
+        let rows = positions.len();
+        buf.clear();
+        buf.resize(rows * std::mem::size_of::<T::Native>(), 0);
+        let out = buf.typed_data_mut::<T::Native>();
+        let mut r = 0;
+        for b in batches {
+            let v = b.column(i).as_primitive::<T>().values();
+            for (x, &p) in v.iter().zip(&positions[r..r + v.len()]) {
+                out[p as usize] = *x;
+            }
+            r += v.len();
+        }
+        let b: Buffer = std::mem::replace(buf, MutableBuffer::new(0)).into();
+        let a = PrimitiveArray::<T>::new(ScalarBuffer::new(b.clone(), 0, rows), None);
+        (Arc::new(a) as ArrayRef, b)
+    }
+    use arrow::datatypes::*;
+    Some(match batches[0].column(i).data_type() {
+        DataType::Int8 => typed::<Int8Type>(batches, i, positions, buf),
+        DataType::Int16 => typed::<Int16Type>(batches, i, positions, buf),
+        DataType::Int32 => typed::<Int32Type>(batches, i, positions, buf),
+        DataType::Int64 => typed::<Int64Type>(batches, i, positions, buf),
+        DataType::UInt8 => typed::<UInt8Type>(batches, i, positions, buf),
+        DataType::UInt16 => typed::<UInt16Type>(batches, i, positions, buf),
+        DataType::UInt32 => typed::<UInt32Type>(batches, i, positions, buf),
+        DataType::UInt64 => typed::<UInt64Type>(batches, i, positions, buf),
+        DataType::Float32 => typed::<Float32Type>(batches, i, positions, buf),
+        DataType::Float64 => typed::<Float64Type>(batches, i, positions, buf),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -518,6 +623,190 @@ mod tests {
             want.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
             assert_eq!(part_rows(dir.path()), want, "batch sizes {sizes:?}");
             assert!(Store::open(name, OpenMode::Existing).is_ok());
+        }
+    }
+
+    /// Every column of every row arrives in its part in (label, block) order, whatever the
+    /// column: coordinates of three types and number attributes (placed), attributes with nulls
+    /// and strings (gathered), over batches of several sizes and with VARCHAR and BIGINT blocks.
+    #[test]
+    fn every_column_of_every_row_is_written_in_order() {
+        use arrow::array::{
+            Array, ArrayRef, Float32Array, Float64Array, Int16Array, Int64Array, Int8Array,
+            StringArray, UInt64Array,
+        };
+        use std::sync::Arc;
+        for strings in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let name = dir.path().to_str().unwrap();
+            let attrs = vec![
+                "a16".to_string(),
+                "f".to_string(),
+                "s".to_string(),
+                "b".to_string(),
+            ];
+            let mut s = crate::writer::Session::start(
+                &Store::open(name, OpenMode::Create).unwrap(),
+                "w",
+                attrs,
+                "ATTRIBUTES",
+                WriterOptions::default(),
+            )
+            .unwrap();
+            let mut want: Vec<(u64, i64, String)> = Vec::new();
+            let mut r = 0i64;
+            for n in [700usize, 2048, 5, 1300] {
+                let rows: Vec<i64> = (r..r + n as i64).collect();
+                r += n as i64;
+                let label = |i: i64| (i * 7919 % 13) as u64;
+                let block = |i: i64| i / 500;
+                let block_col: ArrayRef = if strings {
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|&i| format!("b{}", block(i))),
+                    ))
+                } else {
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|&i| block(i))))
+                };
+                let b = RecordBatch::try_from_iter(vec![
+                    (
+                        "label",
+                        Arc::new(UInt64Array::from_iter_values(
+                            rows.iter().map(|&i| label(i)),
+                        )) as ArrayRef,
+                    ),
+                    ("block", block_col),
+                    (
+                        "x",
+                        Arc::new(arrow::array::Int32Array::from_iter_values(
+                            rows.iter().map(|&i| i as i32),
+                        )),
+                    ),
+                    (
+                        "y",
+                        Arc::new(Float64Array::from_iter_values(
+                            rows.iter().map(|&i| i as f64 / 2.0),
+                        )),
+                    ),
+                    (
+                        "z",
+                        Arc::new(Int8Array::from_iter_values(
+                            rows.iter().map(|&i| (i % 100) as i8),
+                        )),
+                    ),
+                    (
+                        "a16",
+                        Arc::new(Int16Array::from_iter(
+                            rows.iter().map(|&i| (i % 3 != 0).then_some(i as i16)),
+                        )),
+                    ),
+                    (
+                        "f",
+                        Arc::new(Float32Array::from_iter_values(
+                            rows.iter().map(|&i| i as f32),
+                        )),
+                    ),
+                    (
+                        "s",
+                        Arc::new(StringArray::from_iter(
+                            rows.iter().map(|&i| (i % 5 != 0).then(|| format!("s{i}"))),
+                        )),
+                    ),
+                    (
+                        "b",
+                        Arc::new(arrow::array::UInt32Array::from_iter_values(
+                            rows.iter().map(|&i| i as u32 * 3),
+                        )),
+                    ),
+                ])
+                .unwrap();
+                for &i in &rows {
+                    want.push((label(i), block(i), format!("b{}", block(i))));
+                }
+                s.append(&b).unwrap();
+            }
+            s.commit().unwrap();
+            // Expected: the input rows (numbered by x) stably sorted by (label, block).
+            let mut order: Vec<i64> = (0..r).collect();
+            order.sort_by_key(|&i| {
+                let (l, b, bs) = &want[i as usize];
+                (
+                    *l,
+                    if strings { 0 } else { *b },
+                    if strings { bs.clone() } else { String::new() },
+                )
+            });
+            let mut got: Vec<i64> = Vec::new();
+            let mut files: Vec<_> = std::fs::read_dir(dir.path().join("workers/w/parts"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            for f in files {
+                let rd = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                    std::fs::File::open(f).unwrap(),
+                )
+                .unwrap()
+                .build()
+                .unwrap();
+                for b in rd {
+                    let b: RecordBatch = b.unwrap();
+                    let x = b.column(2).as_primitive::<Int32Type>();
+                    for k in 0..b.num_rows() {
+                        let i = x.value(k) as i64;
+                        got.push(i);
+                        // Every column of row `i`, as it was appended.
+                        assert_eq!(
+                            b.column(0).as_primitive::<UInt64Type>().value(k),
+                            want[i as usize].0
+                        );
+                        if strings {
+                            assert_eq!(b.column(1).as_string::<i32>().value(k), want[i as usize].2);
+                        } else {
+                            assert_eq!(
+                                b.column(1)
+                                    .as_primitive::<arrow::datatypes::Int64Type>()
+                                    .value(k),
+                                want[i as usize].1
+                            );
+                        }
+                        assert_eq!(
+                            b.column(3)
+                                .as_primitive::<arrow::datatypes::Float64Type>()
+                                .value(k),
+                            i as f64 / 2.0
+                        );
+                        assert_eq!(
+                            b.column(4)
+                                .as_primitive::<arrow::datatypes::Int8Type>()
+                                .value(k),
+                            (i % 100) as i8
+                        );
+                        let a = b.column(5).as_primitive::<arrow::datatypes::Int16Type>();
+                        assert_eq!(a.is_valid(k), i % 3 != 0);
+                        if a.is_valid(k) {
+                            assert_eq!(a.value(k), i as i16);
+                        }
+                        assert_eq!(
+                            b.column(6)
+                                .as_primitive::<arrow::datatypes::Float32Type>()
+                                .value(k),
+                            i as f32
+                        );
+                        let st = b.column(7).as_string::<i32>();
+                        assert_eq!(st.is_valid(k), i % 5 != 0);
+                        if st.is_valid(k) {
+                            assert_eq!(st.value(k), format!("s{i}"));
+                        }
+                        assert_eq!(
+                            b.column(8)
+                                .as_primitive::<arrow::datatypes::UInt32Type>()
+                                .value(k),
+                            i as u32 * 3
+                        );
+                    }
+                }
+            }
+            assert_eq!(got, order, "strings {strings}");
         }
     }
 

@@ -7,8 +7,8 @@
 //! sorting packed row keys cost O(rows log rows) (and a third of an encoder's time). Rows of one
 //! group keep their arrival order, so the order is that of a stable sort by (label, block).
 //!
-//! The workspace is kept by each encoder from job to job: 8 bytes a row (each row's group, then
-//! the order) and about 36 bytes a group (key, end, hash slots).
+//! The workspace is kept by each encoder from job to job: 4 bytes a row (each row's group, then
+//! its position), 4 more when the order itself is asked for, and about 36 bytes a group (key, end, hash slots).
 
 use arrow::array::RecordBatch;
 
@@ -40,7 +40,7 @@ impl Distinct<'_> {
 #[derive(Default)]
 pub(super) struct Grouping {
     /// Each row's group (rows numbered on across the job's batches; groups numbered as first
-    /// seen).
+    /// seen); then, once the groups are sorted, each row's position in the order.
     row_group: Vec<u32>,
     /// Each group's packed `label << 64 | rank << 32 | group` key; sorted once all rows are in.
     keys: Vec<u128>,
@@ -48,8 +48,10 @@ pub(super) struct Grouping {
     ends: Vec<u32>,
     /// Open addressing over `keys`: group + 1 in a slot, 0 when empty; at most half full.
     table: Vec<u32>,
-    /// The job's rows (numbered as in `row_group`) in order.
-    pub(super) order: Vec<u32>,
+    /// The job's rows (numbered as in `row_group`) in order, made on demand ([`Grouping::order`]).
+    order: Vec<u32>,
+    /// Whether `order` is that of the current job.
+    has_order: bool,
 }
 
 /// A well-mixed 64-bit hash of a (label, rank) key: low bits index the table.
@@ -61,8 +63,9 @@ fn hash(label: u64, rank: u32) -> usize {
 
 impl Grouping {
     /// Orders the rows of `batches` (all of one schema: a u64 label and a BIGINT or VARCHAR
-    /// block column) by (label, block); returns the job's distinct blocks. Afterwards `order`
-    /// holds the rows in order and [`Grouping::groups`] the groups.
+    /// block column) by (label, block); returns the job's distinct blocks. Afterwards
+    /// [`Grouping::positions`] holds each row's position in the order, [`Grouping::order`] the
+    /// rows in order and [`Grouping::groups`] the groups.
     pub(super) fn build<'a>(&mut self, batches: &'a [RecordBatch]) -> Result<Distinct<'a>> {
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         if rows > u32::MAX as usize {
@@ -108,14 +111,37 @@ impl Grouping {
             self.ends[g] = at;
             at += n;
         }
-        self.order.clear();
-        self.order.resize(rows, 0);
-        for (row, &g) in self.row_group.iter().enumerate() {
-            let p = &mut self.ends[g as usize];
-            self.order[*p as usize] = row as u32;
+        // Each row's position: its group's next one (a sequential pass; rows of a group keep
+        // their arrival order).
+        for g in self.row_group.iter_mut() {
+            let p = &mut self.ends[*g as usize];
+            *g = *p;
             *p += 1;
         }
+        self.has_order = false;
         Ok(distinct)
+    }
+
+    /// Each row's position in the order (rows numbered on across the job's batches).
+    pub(super) fn positions(&self) -> &[u32] {
+        &self.row_group
+    }
+
+    /// Makes [`Grouping::order`] (the inverse of [`Grouping::positions`]; 4 bytes a row).
+    pub(super) fn make_order(&mut self) {
+        if !self.has_order {
+            self.order.clear();
+            self.order.resize(self.row_group.len(), 0);
+            for (row, &p) in self.row_group.iter().enumerate() {
+                self.order[p as usize] = row as u32;
+            }
+            self.has_order = true;
+        }
+    }
+
+    /// The rows in order, once made by [`Grouping::make_order`].
+    pub(super) fn order(&self) -> Option<&[u32]> {
+        self.has_order.then_some(self.order.as_slice())
     }
 
     /// Counts a row of (label, block rank) into its group.
