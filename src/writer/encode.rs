@@ -413,13 +413,22 @@ impl Encoder {
         Ok(Encoder { tx, handle })
     }
 
-    /// Queues a buffer; fails if the encoder has stopped (on an error).
-    pub(super) fn send(
+    /// Hands a job over if the encoder is waiting for one; gives it back if the encoder is
+    /// busy (`Err(Some)`), fails if it has stopped (on an error: `Err(None)`).
+    pub(super) fn try_send(
         &mut self,
-        batches: Vec<RecordBatch>,
-        target: u64,
-    ) -> std::result::Result<(), ()> {
-        self.tx.send((batches, target)).map_err(|_| ())
+        job: (Vec<RecordBatch>, u64),
+    ) -> std::result::Result<(), Option<(Vec<RecordBatch>, u64)>> {
+        use std::sync::mpsc::TrySendError;
+        self.tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(j) => Some(j),
+            TrySendError::Disconnected(_) => None,
+        })
+    }
+
+    /// Whether the encoder's thread has ended (it only ends early on an error).
+    pub(super) fn stopped(&self) -> bool {
+        self.handle.is_finished()
     }
 
     /// Waits for the encoder to finish everything queued.

@@ -455,11 +455,12 @@ impl Session {
         self.buffered_bytes += b.get_array_memory_size();
         self.points += b.num_rows() as u64;
         self.buffer.push(b);
-        // A job fills while each encoder holds an earlier one and its sort workspace (16 bytes a
-        // row, about half a job): with `n` encoders 1.5n + 1 jobs' worth. The buffer covers 3n + 2
-        // jobs (a fifth of it each with one encoder, an eighth with two), leaving room for the
-        // parts' pages being encoded and uploaded, the jobs' index entries and the allocator's
-        // slack.
+        // A job fills while each encoder holds an earlier one and its workspace (see
+        // ARCHITECTURE.md, *Memory and threads*): with `n` encoders about 2n + 1 jobs' worth
+        // on typical rows, 4n + 1 at worst. The buffer covers 6n + 4 jobs (a tenth of it each
+        // with one encoder, a sixteenth with two), leaving room for the parts' pages being
+        // encoded and uploaded, the jobs' index entries and the allocator's slack; small jobs
+        // also keep the time a COPY starts and ends with an encoder idle short.
         if self.buffered_bytes as u64 >= self.job_bytes() {
             self.encode_buffer()?;
         }
@@ -468,7 +469,7 @@ impl Session {
 
     /// The buffered bytes that make a full buffer, handed to an encoder as one job.
     fn job_bytes(&self) -> u64 {
-        self.opts.buffer_size / (3 * encoders() as u64 + 2)
+        self.opts.buffer_size / (6 * encoders() as u64 + 4)
     }
 
     /// Hands the buffered rows to the encoder thread, which sorts them by (label, block) and
@@ -510,8 +511,11 @@ impl Session {
         self.encodes += 1;
         let n = encoders();
         let full = self.buffered_bytes as u64 >= self.job_bytes();
-        let k = if full { self.pool_full % n } else { 0 };
-        while self.encoders.len() <= k {
+        // Small jobs of a session that has had no full one go to the first encoder (a session of
+        // small writes fills one part); other jobs to whichever encoder is free first.
+        let any = full || self.pool_full > 0;
+        let want = if any { n } else { 1 };
+        while self.encoders.len() < want {
             let k = self.encoders.len();
             let store_schema = self
                 .schema
@@ -532,13 +536,36 @@ impl Session {
         let batches = std::mem::take(&mut self.buffer);
         self.buffered_bytes = 0;
         let target = self.opts.target_file_size;
+        let Some(k) = self.hand_over(batches, target, want) else {
+            // An encoder stopped on an error: collect it (and its parts, for cleanup).
+            return self.finish_encoder();
+        };
         self.pool_jobs.push(k);
         self.pool_full += usize::from(full);
-        if self.encoders[k].send(batches, target).is_err() {
-            // The encoder stopped on an error: collect it (and its parts, for cleanup).
-            return self.finish_encoder();
-        }
         Ok(())
+    }
+
+    /// Hands a job to the first of the first `want` encoders that is free (waiting for one, in
+    /// steps of 0.2 ms), starting with the one after the last full job's; returns it, or `None`
+    /// if one has stopped on an error.
+    fn hand_over(&mut self, batches: Vec<RecordBatch>, target: u64, want: usize) -> Option<usize> {
+        let mut job = (batches, target);
+        let start = self.pool_full % want;
+        loop {
+            // An encoder that stopped (on an error) fails the hand-over even if another is free.
+            if self.encoders.iter().any(Encoder::stopped) {
+                return None;
+            }
+            for i in 0..want {
+                let k = (start + i) % want;
+                match self.encoders[k].try_send(job) {
+                    Ok(()) => return Some(k),
+                    Err(Some(j)) => job = j,
+                    Err(None) => return None,
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
     }
 
     /// Stops the encoders (closing their open parts) and takes over their entries, in job order,
@@ -1134,17 +1161,22 @@ pub(crate) mod tests {
         s.begin_statement().unwrap();
         s.append(&block(2, 10)).unwrap();
         s.end_statement();
-        // The next statement fills the buffer: the small statement's rows go to the first
-        // encoder on their own, and the hand-over fails.
+        // The next statement fills the buffer: the small statement's rows go to an encoder on
+        // their own, then the statement's. A hand-over after the first encoder stopped fails (if
+        // the first encoder was still at work, both went to the second: then the commit fails).
         s.begin_statement().unwrap();
-        let err = s.append(&block(3, 20_000)).unwrap_err();
-        assert!(err.to_string().contains("parts"), "{err}");
-        assert!(
-            !s.rollback_statement(),
-            "rolled back as if nothing was lost"
-        );
-        let err = s.commit().unwrap_err();
-        assert!(err.to_string().contains("failed"), "{err}");
+        match s.append(&block(3, 20_000)) {
+            Err(err) => {
+                assert!(err.to_string().contains("parts"), "{err}");
+                assert!(
+                    !s.rollback_statement(),
+                    "rolled back as if nothing was lost"
+                );
+            }
+            Ok(()) => s.end_statement(),
+        }
+        let err = s.commit().unwrap_err().to_string();
+        assert!(err.contains("failed") || err.contains("parts"), "{err}");
         assert!(std::fs::read_dir(dir.path().join("workers/w/commits")).is_err());
     }
 
