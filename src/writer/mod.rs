@@ -56,7 +56,7 @@ pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 << 20;
 pub const DEFAULT_BUFFER_SIZE: u64 = 256 << 20;
 /// Smallest buffer bound.
 pub const MIN_BUFFER_SIZE: u64 = 1 << 20;
-/// Largest buffer bound: at most a fifth of it is sorted at once (see `Session::append`), with 32-bit
+/// Largest buffer bound: at most a tenth of it is ordered at once (see `Session::append`), with 32-bit
 /// row numbers and 32-bit string offsets, which stay far from overflowing below 4 GiB.
 pub const MAX_BUFFER_SIZE: u64 = 4 << 30;
 

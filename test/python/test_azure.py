@@ -142,8 +142,9 @@ def test_large_part_is_a_block_upload(az):
     it reads back exact against the input."""
     store = url()
     con = connect()
-    # Hashed coordinates do not compress: 1.5M points make one part of well over 10 MB.
-    src = "SELECT (i % 3)::UBIGINT AS label, 0 AS block, (hash(i) % 2000000000)::INT AS x, (hash(i + 7) % 2000000000)::INT AS y, i::INT AS z FROM range(1500000) t(i)"
+    # Hashed coordinates do not compress: 3M points make two parts (one per encoder) of well
+    # over 10 MB each.
+    src = "SELECT (i % 3)::UBIGINT AS label, 0 AS block, (hash(i) % 2000000000)::INT AS x, (hash(i + 7) % 2000000000)::INT AS y, i::INT AS z FROM range(3000000) t(i)"
     con.execute(f"COPY ({src}) TO '{store}' (FORMAT pocaduck, WORKER 'w1')")
     con.execute(f"FROM pocaduck_consolidate('{store}')").fetchall()
     sizes = [b.size for b in az.client.get_container_client(CONTAINER).list_blobs(name_starts_with=prefix_of(store) + "workers/")
@@ -152,7 +153,7 @@ def test_large_part_is_a_block_upload(az):
     agg = "SELECT label, count(*), sum(x), sum(y), sum(z), sum(hash(x, y, z)::HUGEINT) FROM {} GROUP BY label ORDER BY label"
     got = con.execute(agg.format(f"pocaduck_points('{store}', [0, 1, 2])")).fetchall()
     assert got == con.execute(agg.format(f"({src})")).fetchall()
-    assert got[0][1] == 500000
+    assert got[0][1] == 1000000
 
 
 def test_requests_optimize_vacuum(az):
