@@ -2,7 +2,7 @@
 //! parts/…`) and optimize (`optimized/…`), which differ only in the path scheme they give it.
 //!
 //! Owns the part-file encoding (see [`part_props`]: LZ4, pages of 8,192 rows, row groups of at
-//! most 2^20 rows, page statistics; integers delta-encoded, dictionaries for strings only) and the part
+//! most 2^20 rows, page statistics of numbers; integers delta-encoded, dictionaries for strings only) and the part
 //! life cycle: a part is opened on the first rows written to it, uploaded as it grows, and
 //! published complete when closed (durability rule 1: a multipart upload, or a staging file
 //! renamed into place, so a part is complete or absent). [`PartSink::discard`] abandons the open
@@ -50,6 +50,11 @@ pub(crate) fn part_props(schema: &arrow::datatypes::Schema) -> WriterProperties 
                 .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
         } else if f.data_type().is_floating() {
             b = b.set_column_dictionary_enabled(col, false);
+        } else {
+            // No statistics for strings (a VARCHAR block, VARCHAR attributes): their min and max
+            // cost a string comparison per value, and no reader uses them (readers locate pages
+            // by the offset index, which is written anyway).
+            b = b.set_column_statistics_enabled(col, EnabledStatistics::None);
         }
     }
     b.build()
@@ -235,11 +240,10 @@ mod tests {
     fn writes_of_any_size_make_pages_of_page_rows() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().to_str().unwrap(), OpenMode::Create).unwrap();
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            "label",
-            DataType::UInt64,
-            false,
-        )]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("label", DataType::UInt64, false),
+            Field::new("block", DataType::Utf8, false),
+        ]));
         let mut sink = PartSink::new(
             store,
             schema.clone(),
@@ -251,7 +255,12 @@ mod tests {
             let n = if k == 4 { 1 } else { 5000 };
             let b = RecordBatch::try_new(
                 schema.clone(),
-                vec![Arc::new(UInt64Array::from_iter_values(total..total + n))],
+                vec![
+                    Arc::new(UInt64Array::from_iter_values(total..total + n)),
+                    Arc::new(arrow::array::StringArray::from_iter_values(
+                        (total..total + n).map(|i| format!("b{}", i / 3000)),
+                    )),
+                ],
             )
             .unwrap();
             let (_, start) = sink.write(&b).unwrap();
@@ -268,13 +277,16 @@ mod tests {
             parquet::file::serialized_reader::SerializedFileReader::new_with_options(file, opts)
                 .unwrap();
         let oi = rd.metadata().offset_index().unwrap();
-        let firsts: Vec<i64> = oi[0][0]
-            .page_locations()
-            .iter()
-            .map(|p| p.first_row_index)
-            .collect();
         let want: Vec<i64> = (0..total as i64).step_by(PAGE_ROWS).collect();
-        assert_eq!(firsts, want);
+        // Both columns, the string one (written without statistics) included.
+        for c in 0..2 {
+            let firsts: Vec<i64> = oi[0][c]
+                .page_locations()
+                .iter()
+                .map(|p| p.first_row_index)
+                .collect();
+            assert_eq!(firsts, want, "column {c}");
+        }
     }
 
     #[test]

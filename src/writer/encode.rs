@@ -532,8 +532,14 @@ fn place(
         buf: &mut MutableBuffer,
     ) -> (ArrayRef, Buffer) {
         let rows = positions.len();
-        buf.clear();
-        buf.resize(rows * std::mem::size_of::<T::Native>(), 0);
+        // Every position is written (they are a permutation of the rows): a reused buffer needs
+        // no zeroing, only its length.
+        let bytes = rows * std::mem::size_of::<T::Native>();
+        if buf.len() < bytes {
+            buf.resize(bytes, 0);
+        } else {
+            buf.truncate(bytes);
+        }
         let out = buf.typed_data_mut::<T::Native>();
         let mut r = 0;
         for b in batches {

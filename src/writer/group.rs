@@ -212,35 +212,43 @@ impl Grouping {
 
 /// Calls `f(label, rank)` for every row of `batches` in order, `rank` being the position of the
 /// row's block among the job's distinct blocks, which it returns (sorted), where `key(b, i)` is
-/// row `i`'s block in batch `b`. Rows arrive in runs of one block (a scan writes block by block),
-/// so only the first block of each run is looked up. A block of another type than the first
-/// batch's (`None`) is an error.
+/// row `i`'s block in batch `b`. Rows arrive in runs of one block (a scan writes block by block):
+/// one pass finds the runs, comparing each row's block with the one before, then each run's rank
+/// is looked up once and its rows handed over without comparing blocks again. A block of another
+/// type than the first batch's (`None`) is an error.
 pub(super) fn ranks<K: Ord + Copy>(
     batches: &[RecordBatch],
     key: impl Fn(usize, usize) -> Option<K>,
     mut f: impl FnMut(u64, u32),
 ) -> Result<Vec<K>> {
     let mixed = || Error::Internal("buffered batches of different block types".into());
+    // The first row of each run (batch, row) and its block.
+    let mut heads: Vec<(u32, u32)> = Vec::new();
     let mut distinct: Vec<K> = Vec::new();
     for (b, batch) in batches.iter().enumerate() {
         for i in 0..batch.num_rows() {
             let k = key(b, i).ok_or_else(mixed)?;
             if distinct.last() != Some(&k) {
                 distinct.push(k);
+                heads.push((b as u32, i as u32));
             }
         }
     }
+    let firsts = distinct.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    let (mut prev, mut rank) = (None, 0u32);
-    for (b, batch) in batches.iter().enumerate() {
-        for (i, &l) in crate::schema::labels(batch).values().iter().enumerate() {
-            let k = key(b, i).ok_or_else(mixed)?;
-            if prev != Some(k) {
-                rank = distinct.binary_search(&k).unwrap_or_default() as u32;
-                prev = Some(k);
+    let end = (batches.len() as u32, 0);
+    for (j, (&(b0, i0), k)) in heads.iter().zip(&firsts).enumerate() {
+        let rank = distinct.binary_search(k).unwrap_or_default() as u32;
+        let (b1, i1) = heads.get(j + 1).copied().unwrap_or(end);
+        // The run's rows: from (b0, i0) up to (b1, i1), across batches.
+        for b in b0..=b1.min(batches.len() as u32 - 1) {
+            let labels = crate::schema::labels(&batches[b as usize]).values();
+            let from = if b == b0 { i0 as usize } else { 0 };
+            let to = if b == b1 { i1 as usize } else { labels.len() };
+            for &l in &labels[from..to] {
+                f(l, rank);
             }
-            f(l, rank);
         }
     }
     Ok(distinct)
