@@ -279,8 +279,9 @@ mod tests {
         let oi = rd.metadata().offset_index().unwrap();
         let want: Vec<i64> = (0..total as i64).step_by(PAGE_ROWS).collect();
         // Both columns, the string one (written without statistics) included.
-        for c in 0..2 {
-            let firsts: Vec<i64> = oi[0][c]
+        assert_eq!(oi[0].len(), 2);
+        for (c, col) in oi[0].iter().enumerate() {
+            let firsts: Vec<i64> = col
                 .page_locations()
                 .iter()
                 .map(|p| p.first_row_index)

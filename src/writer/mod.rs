@@ -578,6 +578,7 @@ impl Session {
         let mut res = Ok(());
         let mut writers = Vec::new();
         let mut made = 0;
+        let started = self.encoders.len();
         for enc in std::mem::take(&mut self.encoders) {
             let (pw, r) = enc.join();
             let r = match pw {
@@ -597,7 +598,8 @@ impl Session {
         self.parts_made += made * n as u32;
         let jobs = std::mem::take(&mut self.pool_jobs);
         self.pool_full = 0;
-        if res.is_ok() && writers.len() == jobs.iter().max().map_or(0, |k| k + 1) {
+        // Every encoder came back (one handed no job is fine: jobs go to whichever is free).
+        if res.is_ok() && writers.len() == started && jobs.iter().all(|&k| k < started) {
             // Each encoder's jobs, in the order the jobs were handed out.
             let mut per: Vec<_> = writers
                 .iter_mut()
@@ -1131,6 +1133,29 @@ pub(crate) mod tests {
     /// finds out cannot be rolled back alone (rows of earlier statements were lost with the
     /// encoder), and nothing can be committed. Here the failure is found when the rows of an
     /// earlier statement, still buffered, are handed over on their own.
+    /// A session whose one job is full starts every encoder, and hands the job to the first
+    /// free one: the encoder left without a job does not fail the commit (it did, "an encoder
+    /// thread was lost", when the job went to the first encoder), in sessions of one, two and
+    /// three full jobs.
+    #[test]
+    fn an_encoder_handed_no_job_does_not_fail_the_commit() {
+        for jobs in 1..=3u64 {
+            for _ in 0..5 {
+                let dir = tempfile::tempdir().unwrap();
+                let name = dir.path().to_str().unwrap();
+                let mut s = sized_session(name, "w", 64 << 20, 1 << 20);
+                for j in 0..jobs {
+                    // 20,000 rows: more than a job of a 1 MiB buffer.
+                    let labels: Vec<u64> = (0..20_000).map(|i| i % 7).collect();
+                    let pts: Vec<[i32; 3]> = (0..20_000).map(|i| [i, 0, 0]).collect();
+                    s.append(&rows(&labels, &format!("b{j}"), &pts)).unwrap();
+                }
+                let c = s.commit().unwrap();
+                assert_eq!((c.points, c.entries), (20_000 * jobs, 7 * jobs));
+            }
+        }
+    }
+
     #[test]
     fn a_failed_encoder_fails_the_session() {
         let dir = tempfile::tempdir().unwrap();
