@@ -21,10 +21,11 @@
 //!   referenced.
 //!
 //! Files: this one holds the [`Session`] (options, schema negotiation, buffering, statement
-//! marks, commits, and the encoder threads' jobs: full buffers go to the encoders in turn,
-//! smaller jobs to the first, each encoder writing parts of its own, and their entries are taken
-//! back in job order); `encode` sorts
-//! buffers and writes them into parts on an encoder thread;
+//! marks, commits, and the encoder threads' jobs: a job goes to whichever encoder is free first,
+//! but the smaller jobs of a session without full ones to the first, each encoder writing parts
+//! of its own, and their entries are taken back in job order); `group` orders a job's rows by
+//! (label, block); `encode` writes them into parts on an encoder thread; `gather` gathers
+//! columns by row;
 //! `statement` holds the per-process session slots and the [`Statement`] guard.
 
 use std::collections::HashMap;
@@ -151,10 +152,10 @@ pub struct Session {
     opts: WriterOptions,
     buffer: Vec<RecordBatch>,
     buffered_bytes: usize,
-    /// The background threads that sort and encode buffers, each into parts of its own (started
-    /// on first use, up to [`encoders`]). Full buffers go to them in turn; smaller jobs (the
-    /// rows of earlier statements, the rest at commit) to the first, so that small writes fill
-    /// one part.
+    /// The background threads that order and encode buffers, each into parts of its own (started
+    /// on first use, up to [`encoders`]). A job goes to whichever is free first; the smaller
+    /// jobs (the rows of earlier statements, the rest at commit) of a session that has had no
+    /// full one to the first, so that small writes fill one part.
     encoders: Vec<Encoder>,
     /// The encoder of each job handed to the running encoders, in job order.
     pool_jobs: Vec<usize>,
@@ -472,9 +473,9 @@ impl Session {
         self.opts.buffer_size / (6 * encoders() as u64 + 4)
     }
 
-    /// Hands the buffered rows to the encoder thread, which sorts them by (label, block) and
-    /// encodes them into parts while new rows are buffered. Waits while the chosen encoder is
-    /// busy with an earlier job (so at most `encoders() + 1` jobs exist). An error marks the
+    /// Hands the buffered rows to an encoder thread, which orders them by (label, block) and
+    /// encodes them into parts while new rows are buffered. Waits while every encoder it may
+    /// choose is busy with an earlier job (so at most `encoders() + 1` jobs exist). An error marks the
     /// session failed.
     fn encode_buffer(&mut self) -> Result<()> {
         let r = self.encode_buffer_inner();
