@@ -21,6 +21,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
+use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 
 use crate::error::{Error, Result};
 use crate::schema::{ColumnType, StoreSchema};
@@ -191,16 +192,10 @@ pub fn concat_segments<W: std::io::Write + Send>(
 ) -> Result<W> {
     use parquet::column::writer::ColumnCloseResult;
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    let enc = |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
+    let enc = encode_error;
     let dec =
         |e: parquet::errors::ParquetError| Error::Internal(format!("segment piece decode: {e}"));
-    let props = segment_props(block)
-        .set_key_value_metadata(Some(
-            meta.iter()
-                .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.to_string(), v.clone()))
-                .collect(),
-        ))
-        .build();
+    let props = segment_props(block, meta);
     let (mut w, _) = ArrowWriter::try_new(out, entry_schema(block, false), Some(props))
         .and_then(ArrowWriter::into_serialized_writer)
         .map_err(enc)?;
@@ -234,18 +229,27 @@ fn write_segment(
     write_segment_to(Vec::new(), batches, block, meta).map(Bytes::from)
 }
 
-/// Commit segment (and piece) encodings: integers delta-encoded and the box columns
-/// BYTE_STREAM_SPLIT, no dictionaries but for the part (and VARCHAR block) strings, LZ4. Until
-/// 2026-12-01 segments used parquet-rs' defaults (a dictionary for every column, no
-/// compression): interning each of an entry's eleven values made the commit of a 1 M-entry
-/// session take 0.2 s, twice (pieces, then the segment), and the segments were about as large.
-/// Readers take any encoding, so segments of both kinds are read alike.
-fn segment_props(block: ColumnType) -> parquet::file::properties::WriterPropertiesBuilder {
-    use parquet::basic::{Compression, Encoding};
+/// The encodings of entry columns, for commit segments (and their pieces) and, with
+/// `provenance` (the `commit_seq` column), index segments: integers DELTA_BINARY_PACKED without a
+/// dictionary (labels are sorted, so their deltas are mostly 0, 12x smaller than a dictionary,
+/// and interning was most of the encoding), the box columns BYTE_STREAM_SPLIT (the bytes of each
+/// position together: they compress 30% better with LZ4 than plain), dictionaries only for the
+/// worker, part (and VARCHAR block) strings. Until 2026-12-01 commit segments used parquet-rs'
+/// defaults (a dictionary for every column, no compression): interning each of an entry's
+/// eleven values made the commit of a 1 M-entry session take 0.2 s, twice (pieces, then the
+/// segment), and the segments were about as large. Readers take any encoding, so segments of
+/// both kinds are read alike.
+pub(crate) fn entry_encodings(
+    mut b: WriterPropertiesBuilder,
+    block: ColumnType,
+    provenance: bool,
+) -> WriterPropertiesBuilder {
+    use parquet::basic::Encoding;
     use parquet::schema::types::ColumnPath;
-    let mut b = parquet::file::properties::WriterProperties::builder()
-        .set_compression(Compression::LZ4_RAW);
     let mut ints = vec!["label", "row_start", "row_count"];
+    if provenance {
+        ints.push("commit_seq");
+    }
     if block != ColumnType::Varchar {
         ints.push("block");
     }
@@ -262,6 +266,24 @@ fn segment_props(block: ColumnType) -> parquet::file::properties::WriterProperti
     b
 }
 
+/// Writer settings of commit segments and their pieces: [`entry_encodings`], LZ4, and `meta` as
+/// key-value metadata.
+fn segment_props(block: ColumnType, meta: &[(&str, String)]) -> WriterProperties {
+    let b = WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::LZ4_RAW)
+        .set_key_value_metadata(Some(
+            meta.iter()
+                .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.to_string(), v.clone()))
+                .collect(),
+        ));
+    entry_encodings(b, block, false).build()
+}
+
+/// A commit segment encoding error.
+fn encode_error(e: parquet::errors::ParquetError) -> Error {
+    Error::Internal(format!("segment encode: {e}"))
+}
+
 /// Writes a commit segment of `batches` into `out`, returned once the file is complete.
 fn write_segment_to<W: std::io::Write + Send>(
     mut out: W,
@@ -269,14 +291,8 @@ fn write_segment_to<W: std::io::Write + Send>(
     block: ColumnType,
     meta: &[(&str, String)],
 ) -> Result<W> {
-    let props = segment_props(block)
-        .set_key_value_metadata(Some(
-            meta.iter()
-                .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.to_string(), v.clone()))
-                .collect(),
-        ))
-        .build();
-    let enc = |e: parquet::errors::ParquetError| Error::Internal(format!("segment encode: {e}"));
+    let props = segment_props(block, meta);
+    let enc = encode_error;
     let mut w =
         ArrowWriter::try_new(&mut out, entry_schema(block, false), Some(props)).map_err(enc)?;
     for b in batches {

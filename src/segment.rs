@@ -31,7 +31,7 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnWriter, ArrowRowGroupWriterFactory};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, Encoding};
+use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
@@ -242,33 +242,16 @@ fn arrow_schema(block: ColumnType) -> SchemaRef {
 
 fn props(block: ColumnType) -> WriterProperties {
     // Every column is LZ4: decoding it costs no codec context (zstd's would be created per
-    // column chunk read, which dominated a lookup). Integers (labels, integer blocks, commits,
-    // row numbers) are delta-encoded without a dictionary: labels are sorted, so their deltas
-    // are mostly 0 (12x smaller than a dictionary), and interning was most of the encoding.
-    // The box columns are BYTE_STREAM_SPLIT (the bytes of each position together), which makes
-    // them compress 30% better with LZ4 than plain with LZ4 and costs far less than zstd.
-    let mut b = WriterProperties::builder()
+    // column chunk read, which dominated a lookup). Integers delta-encoded, boxes
+    // BYTE_STREAM_SPLIT: see `index::entry_encodings`.
+    let b = WriterProperties::builder()
         .set_compression(Compression::LZ4_RAW)
         .set_max_row_group_row_count(Some(ROW_GROUP_ENTRIES))
         .set_data_page_row_count_limit(PAGE_ENTRIES)
         .set_write_batch_size(PAGE_ENTRIES)
         .set_statistics_enabled(EnabledStatistics::None)
         .set_column_statistics_enabled(ColumnPath::from("label"), EnabledStatistics::Chunk);
-    let mut ints = vec!["label", "commit_seq", "row_start", "row_count"];
-    if block != ColumnType::Varchar {
-        ints.push("block");
-    }
-    for c in ints {
-        b = b
-            .set_column_dictionary_enabled(ColumnPath::from(c), false)
-            .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
-    }
-    for c in BBOX {
-        b = b
-            .set_column_dictionary_enabled(ColumnPath::from(c), false)
-            .set_column_encoding(ColumnPath::from(c), Encoding::BYTE_STREAM_SPLIT);
-    }
-    b.build()
+    crate::index::entry_encodings(b, block, true).build()
 }
 
 /// The label column (the first) of an index segment batch.

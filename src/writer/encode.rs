@@ -190,7 +190,7 @@ impl PartWriter {
     }
 
     fn encode_job(&mut self, batches: Vec<RecordBatch>, target: u64) -> Result<()> {
-        // Order by (label, block), then gather the rows straight from the buffered batches (no
+        // Order by (label, block), then write the rows straight from the buffered batches (no
         // concatenated copy of any column).
         if batches.is_empty() {
             return Ok(());
@@ -578,29 +578,36 @@ mod tests {
     use arrow::array::{AsArray, RecordBatch};
     use arrow::datatypes::{Int32Type, UInt64Type};
 
-    /// The rows of the worker's parts, as (label, block, x).
-    fn part_rows(dir: &std::path::Path) -> Vec<(u64, String, i32)> {
-        let mut out = Vec::new();
+    /// The batches of worker `w`'s parts, in part order.
+    fn part_batches(dir: &std::path::Path) -> Vec<RecordBatch> {
         let mut files: Vec<_> = std::fs::read_dir(dir.join("workers/w/parts"))
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
         files.sort();
-        for f in files {
-            let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                std::fs::File::open(f).unwrap(),
-            )
-            .unwrap()
-            .build()
-            .unwrap();
-            for b in r {
-                let b: RecordBatch = b.unwrap();
-                let l = b.column(0).as_primitive::<UInt64Type>();
-                let k = b.column(1).as_string::<i32>();
-                let x = b.column(2).as_primitive::<Int32Type>();
-                for i in 0..b.num_rows() {
-                    out.push((l.value(i), k.value(i).to_string(), x.value(i)));
-                }
+        files
+            .into_iter()
+            .flat_map(|f| {
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                    std::fs::File::open(f).unwrap(),
+                )
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap())
+            })
+            .collect()
+    }
+
+    /// The rows of the worker's parts, as (label, block, x).
+    fn part_rows(dir: &std::path::Path) -> Vec<(u64, String, i32)> {
+        let mut out = Vec::new();
+        for b in part_batches(dir) {
+            let l = b.column(0).as_primitive::<UInt64Type>();
+            let k = b.column(1).as_string::<i32>();
+            let x = b.column(2).as_primitive::<Int32Type>();
+            for i in 0..b.num_rows() {
+                out.push((l.value(i), k.value(i).to_string(), x.value(i)));
             }
         }
         out
@@ -751,74 +758,60 @@ mod tests {
                 )
             });
             let mut got: Vec<i64> = Vec::new();
-            let mut files: Vec<_> = std::fs::read_dir(dir.path().join("workers/w/parts"))
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            files.sort();
-            for f in files {
-                let rd = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                    std::fs::File::open(f).unwrap(),
-                )
-                .unwrap()
-                .build()
-                .unwrap();
-                for b in rd {
-                    let b: RecordBatch = b.unwrap();
-                    let x = b.column(2).as_primitive::<Int32Type>();
-                    for k in 0..b.num_rows() {
-                        let i = x.value(k) as i64;
-                        got.push(i);
-                        // Every column of row `i`, as it was appended.
+            for b in part_batches(dir.path()) {
+                let x = b.column(2).as_primitive::<Int32Type>();
+                for k in 0..b.num_rows() {
+                    let i = x.value(k) as i64;
+                    got.push(i);
+                    // Every column of row `i`, as it was appended.
+                    assert_eq!(
+                        b.column(0).as_primitive::<UInt64Type>().value(k),
+                        want[i as usize].0
+                    );
+                    if strings {
+                        assert_eq!(b.column(1).as_string::<i32>().value(k), want[i as usize].2);
+                    } else {
                         assert_eq!(
-                            b.column(0).as_primitive::<UInt64Type>().value(k),
-                            want[i as usize].0
-                        );
-                        if strings {
-                            assert_eq!(b.column(1).as_string::<i32>().value(k), want[i as usize].2);
-                        } else {
-                            assert_eq!(
-                                b.column(1)
-                                    .as_primitive::<arrow::datatypes::Int64Type>()
-                                    .value(k),
-                                want[i as usize].1
-                            );
-                        }
-                        assert_eq!(
-                            b.column(3)
-                                .as_primitive::<arrow::datatypes::Float64Type>()
+                            b.column(1)
+                                .as_primitive::<arrow::datatypes::Int64Type>()
                                 .value(k),
-                            i as f64 / 2.0
-                        );
-                        assert_eq!(
-                            b.column(4)
-                                .as_primitive::<arrow::datatypes::Int8Type>()
-                                .value(k),
-                            (i % 100) as i8
-                        );
-                        let a = b.column(5).as_primitive::<arrow::datatypes::Int16Type>();
-                        assert_eq!(a.is_valid(k), i % 3 != 0);
-                        if a.is_valid(k) {
-                            assert_eq!(a.value(k), i as i16);
-                        }
-                        assert_eq!(
-                            b.column(6)
-                                .as_primitive::<arrow::datatypes::Float32Type>()
-                                .value(k),
-                            i as f32
-                        );
-                        let st = b.column(7).as_string::<i32>();
-                        assert_eq!(st.is_valid(k), i % 5 != 0);
-                        if st.is_valid(k) {
-                            assert_eq!(st.value(k), format!("s{i}"));
-                        }
-                        assert_eq!(
-                            b.column(8)
-                                .as_primitive::<arrow::datatypes::UInt32Type>()
-                                .value(k),
-                            i as u32 * 3
+                            want[i as usize].1
                         );
                     }
+                    assert_eq!(
+                        b.column(3)
+                            .as_primitive::<arrow::datatypes::Float64Type>()
+                            .value(k),
+                        i as f64 / 2.0
+                    );
+                    assert_eq!(
+                        b.column(4)
+                            .as_primitive::<arrow::datatypes::Int8Type>()
+                            .value(k),
+                        (i % 100) as i8
+                    );
+                    let a = b.column(5).as_primitive::<arrow::datatypes::Int16Type>();
+                    assert_eq!(a.is_valid(k), i % 3 != 0);
+                    if a.is_valid(k) {
+                        assert_eq!(a.value(k), i as i16);
+                    }
+                    assert_eq!(
+                        b.column(6)
+                            .as_primitive::<arrow::datatypes::Float32Type>()
+                            .value(k),
+                        i as f32
+                    );
+                    let st = b.column(7).as_string::<i32>();
+                    assert_eq!(st.is_valid(k), i % 5 != 0);
+                    if st.is_valid(k) {
+                        assert_eq!(st.value(k), format!("s{i}"));
+                    }
+                    assert_eq!(
+                        b.column(8)
+                            .as_primitive::<arrow::datatypes::UInt32Type>()
+                            .value(k),
+                        i as u32 * 3
+                    );
                 }
             }
             assert_eq!(got, order, "strings {strings}");
