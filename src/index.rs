@@ -174,6 +174,15 @@ pub fn encode_segment(
             entries.iter().map(|e| e.bbox[i]),
         )));
     }
+    encode_columns(cols, block, meta)
+}
+
+/// Encodes a commit segment of these columns (those of [`entry_schema`] without provenance).
+pub(crate) fn encode_columns(
+    cols: Vec<ArrayRef>,
+    block: ColumnType,
+    meta: &[(&str, String)],
+) -> Result<Bytes> {
     let batch = RecordBatch::try_new(entry_schema(block, false), cols)?;
     write_segment([Ok(batch)], block, meta)
 }
@@ -266,11 +275,15 @@ pub(crate) fn entry_encodings(
     b
 }
 
-/// Writer settings of commit segments and their pieces: [`entry_encodings`], LZ4, and `meta` as
-/// key-value metadata.
+/// Writer settings of commit segments and their pieces: [`entry_encodings`], LZ4, statistics of
+/// the label only (readers skip row groups by it; the other columns' minimum and maximum, a
+/// comparison per value to compute, serve no reader), and `meta` as key-value metadata.
 fn segment_props(block: ColumnType, meta: &[(&str, String)]) -> WriterProperties {
+    use parquet::file::properties::EnabledStatistics;
     let b = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::LZ4_RAW)
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_column_statistics_enabled("label".into(), EnabledStatistics::Page)
         .set_key_value_metadata(Some(
             meta.iter()
                 .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.to_string(), v.clone()))

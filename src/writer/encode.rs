@@ -94,19 +94,21 @@ impl JobEntries {
             .sum()
     }
 
-    fn new(entries: &[SegmentEntry], block: ColumnType) -> Result<JobEntries> {
-        let mut parts: Vec<String> = Vec::new();
-        for e in entries {
-            if parts.last() != Some(&e.part) {
-                parts.push(e.part.clone());
-            }
-        }
-        parts.sort_unstable();
-        parts.dedup();
+    /// The job's `entries` (their parts numbered in `parts`, their blocks ranked in `distinct`),
+    /// encoded in pieces.
+    fn new(
+        entries: &[Entry],
+        parts: &[String],
+        distinct: &Distinct,
+        block: ColumnType,
+    ) -> Result<JobEntries> {
         let pieces = entries
             .chunks(PIECE_ENTRIES)
-            .map(|c| Ok(Piece::Memory(encode_segment(c, block, &[])?)))
+            .map(|c| Ok(Piece::Memory(encode_piece(c, parts, distinct, block)?)))
             .collect::<Result<_>>()?;
+        let mut parts = parts.to_vec();
+        parts.sort_unstable();
+        parts.dedup();
         Ok(JobEntries {
             pieces,
             count: entries.len(),
@@ -115,13 +117,85 @@ impl JobEntries {
     }
 }
 
+/// An index entry of the job being encoded, with its part by number (in the job's parts) and its
+/// block by rank (in the job's [`Distinct`] blocks): no string of its own, so making, merging and
+/// encoding a million entries allocates and compares no strings.
+struct Entry {
+    label: u64,
+    rank: u32,
+    part: u32,
+    row_start: u64,
+    row_count: u64,
+    bbox: [f64; 6],
+}
+
+impl Entry {
+    /// Extends `self` by `next` if `next` is the same (label, block) in the same part and starts
+    /// where `self` ends (the boxes merged); returns whether it did. As [`SegmentEntry::absorb`].
+    fn absorb(&mut self, next: &Entry) -> bool {
+        if (self.label, self.rank, self.part) != (next.label, next.rank, next.part)
+            || self.row_start + self.row_count != next.row_start
+        {
+            return false;
+        }
+        self.row_count += next.row_count;
+        for d in 0..3 {
+            self.bbox[d] = self.bbox[d].min(next.bbox[d]);
+            self.bbox[d + 3] = self.bbox[d + 3].max(next.bbox[d + 3]);
+        }
+        true
+    }
+}
+
+/// `entries` as a commit segment piece: the columns of [`crate::index::encode_segment`], made
+/// straight from the job's parts and blocks.
+fn encode_piece(
+    entries: &[Entry],
+    parts: &[String],
+    distinct: &Distinct,
+    block: ColumnType,
+) -> Result<Bytes> {
+    use arrow::array::{Float64Array, Int64Array, StringArray, UInt64Array};
+    let block_col: ArrayRef = match distinct {
+        Distinct::Int(d) => Arc::new(Int64Array::from_iter_values(
+            entries.iter().map(|e| d[e.rank as usize]),
+        )),
+        Distinct::Str(d) => Arc::new(StringArray::from_iter_values(
+            entries.iter().map(|e| d[e.rank as usize]),
+        )),
+    };
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from_iter_values(
+            entries.iter().map(|e| e.label),
+        )),
+        block_col,
+        Arc::new(StringArray::from_iter_values(
+            entries.iter().map(|e| parts[e.part as usize].as_str()),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            entries.iter().map(|e| e.row_start),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            entries.iter().map(|e| e.row_count),
+        )),
+    ];
+    for i in 0..6 {
+        cols.push(Arc::new(Float64Array::from_iter_values(
+            entries.iter().map(|e| e.bbox[i]),
+        )));
+    }
+    crate::index::encode_columns(cols, block, &[])
+}
+
 /// Sorts buffers and writes them into part files; owned by the encoder thread.
 pub(super) struct PartWriter {
     pub(super) sink: PartSink,
     /// The block type of the store (for encoding entries).
     block: ColumnType,
     /// The entries of the job being encoded.
-    cur: Vec<SegmentEntry>,
+    cur: Vec<Entry>,
+    /// The parts the job's entries are in (an entry's `part` numbers them).
+    cur_parts: Vec<String>,
     /// The entries of each job encoded, in order.
     pub(super) jobs: Vec<JobEntries>,
     /// Bytes of encoded entries kept in memory before they are spilled.
@@ -140,6 +214,7 @@ impl PartWriter {
             sink,
             block,
             cur: Vec::new(),
+            cur_parts: Vec::new(),
             jobs: Vec::new(),
             entries_in_memory,
             spill: None,
@@ -151,10 +226,6 @@ impl PartWriter {
     /// Encodes one buffer (a job).
     pub(super) fn encode(&mut self, batches: Vec<RecordBatch>, target: u64) -> Result<()> {
         self.encode_job(batches, target)?;
-        // Encoded from the vector, which keeps its capacity for the next job.
-        let entries = JobEntries::new(&self.cur, self.block);
-        self.cur.clear();
-        self.jobs.push(entries?);
         let held: usize = self.jobs.iter().map(JobEntries::in_memory).sum();
         if held as u64 > self.entries_in_memory {
             self.spill()?;
@@ -193,12 +264,22 @@ impl PartWriter {
         // Order by (label, block), then write the rows straight from the buffered batches (no
         // concatenated copy of any column).
         if batches.is_empty() {
+            // Still a job (the session counts its jobs): one of no entries.
+            let none = Distinct::Int(Vec::new());
+            self.jobs
+                .push(JobEntries::new(&[], &[], &none, self.block)?);
             return Ok(());
         }
         let mut grouping = std::mem::take(&mut self.grouping);
-        let r = grouping
-            .build(&batches)
-            .and_then(|distinct| self.write_ordered(&batches, &mut grouping, &distinct, target));
+        let r = grouping.build(&batches).and_then(|distinct| {
+            self.write_ordered(&batches, &mut grouping, &distinct, target)?;
+            // Encoded from the vectors, which keep their capacity for the next job.
+            let entries = JobEntries::new(&self.cur, &self.cur_parts, &distinct, self.block);
+            self.cur.clear();
+            self.cur_parts.clear();
+            self.jobs.push(entries?);
+            Ok(())
+        });
         self.grouping = grouping;
         r
     }
@@ -318,7 +399,7 @@ impl PartWriter {
             }
             let pairs = &pairs[..pairs.len().min(n)];
             let slice = slice_of(&gather, pairs, (off, n), placed, &segs, distinct)?;
-            self.write_slice(&slice, &segs, distinct, target)?;
+            self.write_slice(&slice, &segs, target)?;
             off += n;
         }
         Ok(())
@@ -330,10 +411,13 @@ impl PartWriter {
         &mut self,
         slice: &RecordBatch,
         segs: &[(u64, u32, u32)],
-        distinct: &Distinct,
         target: u64,
     ) -> Result<()> {
         let (part_name, base) = self.sink.write(slice)?;
+        if self.cur_parts.last() != Some(&part_name) {
+            self.cur_parts.push(part_name);
+        }
+        let part = self.cur_parts.len() as u32 - 1;
         let full = self.sink.size() >= target;
         let coords: Vec<ArrayRef> = col::XYZ
             .iter()
@@ -353,10 +437,10 @@ impl PartWriter {
                     bbox[d + 3] = bbox[d + 3].max(*v);
                 }
             }
-            let r = SegmentEntry {
+            let r = Entry {
                 label,
-                block: distinct.id(rank),
-                part: part_name.clone(),
+                rank,
+                part,
                 row_start: base + start as u64,
                 row_count: rows as u64,
                 bbox,
@@ -377,6 +461,7 @@ impl PartWriter {
     pub(super) fn discard(&mut self) {
         self.sink.discard();
         self.cur.clear();
+        self.cur_parts.clear();
         self.jobs.clear();
     }
 }

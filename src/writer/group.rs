@@ -14,7 +14,6 @@ use arrow::array::RecordBatch;
 
 use crate::entry_chunks::Blocks;
 use crate::error::{Error, Result};
-use crate::index::BlockId;
 use crate::schema::col;
 
 /// The distinct blocks of a job in ascending order: a row's block *rank* is its block's position
@@ -24,16 +23,6 @@ pub(super) enum Distinct<'a> {
     Int(Vec<i64>),
     /// VARCHAR blocks.
     Str(Vec<&'a str>),
-}
-
-impl Distinct<'_> {
-    /// The block of rank `rank`.
-    pub(super) fn id(&self, rank: u32) -> BlockId {
-        match self {
-            Distinct::Int(v) => BlockId::Int(v[rank as usize]),
-            Distinct::Str(v) => BlockId::Str(v[rank as usize].to_string()),
-        }
-    }
 }
 
 /// A job's rows in (label, block, arrival) order, and its groups in that order.

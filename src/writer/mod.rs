@@ -37,7 +37,7 @@ use bytes::Bytes;
 use object_store::path::Path;
 
 use crate::error::{Error, Result};
-use crate::index::{concat_segments, encode_segment, SegmentEntry};
+use crate::index::concat_segments;
 use crate::layout;
 use crate::part_sink::PartSink;
 use crate::schema::{col, normalize, schema_for_input, StoreSchema};
