@@ -2,7 +2,7 @@
 //! parts/…`) and optimize (`optimized/…`), which differ only in the path scheme they give it.
 //!
 //! Owns the part-file encoding (see [`part_props`]: LZ4, pages of 8,192 rows, row groups of at
-//! most 2^20 rows, page statistics of numbers; integers delta-encoded, dictionaries for strings only) and the part
+//! most 2^20 rows, page statistics of the label only; integers delta-encoded, dictionaries for strings only) and the part
 //! life cycle: a part is opened on the first rows written to it, uploaded as it grows, and
 //! published complete when closed (durability rule 1: a multipart upload, or a staging file
 //! renamed into place, so a part is complete or absent). [`PartSink::discard`] abandons the open
@@ -41,7 +41,16 @@ pub(crate) fn part_props(schema: &arrow::datatypes::Schema) -> WriterProperties 
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_write_batch_size(PAGE_ROWS)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_statistics_enabled(EnabledStatistics::Page);
+        // Statistics of the label only. Rows are in label order, so its minimum and maximum tell
+        // a reader of the part files (DuckDB's `read_parquet`, say) which row groups and pages
+        // hold a label; every other column's span a row group's whole range (a row group holds
+        // many labels of many blocks) while costing a comparison per value to compute, and
+        // pocaduck's readers locate pages by the offset index, which is written anyway.
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_column_statistics_enabled(
+            ColumnPath::from(crate::schema::FIXED[crate::schema::col::LABEL]),
+            EnabledStatistics::Page,
+        );
     for f in schema.fields().iter() {
         let col = ColumnPath::from(f.name().as_str());
         if f.data_type().is_integer() {
@@ -50,11 +59,6 @@ pub(crate) fn part_props(schema: &arrow::datatypes::Schema) -> WriterProperties 
                 .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
         } else if f.data_type().is_floating() {
             b = b.set_column_dictionary_enabled(col, false);
-        } else {
-            // No statistics for strings (a VARCHAR block, VARCHAR attributes): their min and max
-            // cost a string comparison per value, and no reader uses them (readers locate pages
-            // by the offset index, which is written anyway).
-            b = b.set_column_statistics_enabled(col, EnabledStatistics::None);
         }
     }
     b.build()

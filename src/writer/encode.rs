@@ -206,6 +206,8 @@ pub(super) struct PartWriter {
     grouping: Grouping,
     /// The buffers columns were placed into in the last job ([`place`]), for the next one.
     spare: Vec<MutableBuffer>,
+    /// The bounding boxes of a slice's groups.
+    boxes: Vec<[f64; 6]>,
 }
 
 impl PartWriter {
@@ -220,6 +222,7 @@ impl PartWriter {
             spill: None,
             grouping: Grouping::default(),
             spare: Vec::new(),
+            boxes: Vec::new(),
         }
     }
 
@@ -419,24 +422,15 @@ impl PartWriter {
         }
         let part = self.cur_parts.len() as u32 - 1;
         let full = self.sink.size() >= target;
-        let coords: Vec<ArrayRef> = col::XYZ
-            .iter()
-            .map(|&i| arrow::compute::cast(slice.column(i), &DataType::Float64))
-            .collect::<std::result::Result<_, _>>()?;
-        let xyz: Vec<&[f64]> = coords
-            .iter()
-            .map(|c| c.as_primitive::<Float64Type>().values().as_ref())
-            .collect();
+        let boxes = &mut self.boxes;
+        boxes.clear();
+        boxes.resize(segs.len(), crate::index::EMPTY_BBOX);
+        for (d, &i) in col::XYZ.iter().enumerate() {
+            extents(slice.column(i), segs, d, boxes)?;
+        }
         let mut start = 0usize;
-        for &(label, rank, rows) in segs {
+        for (&(label, rank, rows), &bbox) in segs.iter().zip(boxes.iter()) {
             let end = start + rows as usize;
-            let mut bbox = crate::index::EMPTY_BBOX;
-            for (d, col) in xyz.iter().enumerate() {
-                for v in &col[start..end] {
-                    bbox[d] = bbox[d].min(*v);
-                    bbox[d + 3] = bbox[d + 3].max(*v);
-                }
-            }
             let r = Entry {
                 label,
                 rank,
@@ -595,6 +589,45 @@ fn slice_of(
     Ok(RecordBatch::try_new(gather.schema().clone(), columns)?)
 }
 
+/// Sets `boxes[k][d]` and `boxes[k][d + 3]` to the minimum and maximum of coordinate column `a`
+/// over the rows of group `k` of `segs` (label, block rank, rows), which follow each other.
+/// Values are converted to `f64` one at a time (no converted copy of the column) and compared
+/// without branches (comparing integers as they are mispredicts a branch every other value);
+/// NaN is ignored, as [`f64::min`] does.
+fn extents(a: &ArrayRef, segs: &[(u64, u32, u32)], d: usize, boxes: &mut [[f64; 6]]) -> Result<()> {
+    use arrow::datatypes::*;
+    // A macro, not a function taking the conversion: the conversion must inline into the loop.
+    macro_rules! extremes {
+        ($t:ty) => {{
+            let v = a.as_primitive::<$t>().values();
+            let mut start = 0;
+            for (&(_, _, n), b) in segs.iter().zip(boxes.iter_mut()) {
+                let (mut lo, mut hi) = (b[d], b[d + 3]);
+                for &x in &v[start..start + n as usize] {
+                    lo = lo.min(x as f64);
+                    hi = hi.max(x as f64);
+                }
+                (b[d], b[d + 3]) = (lo, hi);
+                start += n as usize;
+            }
+        }};
+    }
+    match a.data_type() {
+        DataType::Int8 => extremes!(Int8Type),
+        DataType::Int16 => extremes!(Int16Type),
+        DataType::Int32 => extremes!(Int32Type),
+        DataType::Int64 => extremes!(Int64Type),
+        DataType::UInt8 => extremes!(UInt8Type),
+        DataType::UInt16 => extremes!(UInt16Type),
+        DataType::UInt32 => extremes!(UInt32Type),
+        DataType::UInt64 => extremes!(UInt64Type),
+        DataType::Float32 => extremes!(Float32Type),
+        DataType::Float64 => extremes!(Float64Type),
+        t => return Err(Error::Internal(format!("a coordinate column of type {t}"))),
+    }
+    Ok(())
+}
+
 /// Column `i` of `batches` in order, its rows placed at their `positions`, in `buf` (this
 /// encoder's, reused from job to job): one sequential pass over the rows, writing each value
 /// where it goes, instead of a gather reading each row's value from wherever it is (a cache
@@ -700,7 +733,8 @@ mod tests {
 
     /// A buffer of batches of these sizes (one append each) is encoded in (label, block) order,
     /// rows of one (label, block) in arrival order: batches of one power-of-two size but a
-    /// shorter last one (a row's batch by shift), and the others (by binary search).
+    /// shorter last one (a row's batch by shift), and the others (by binary search), and
+    /// blocks whose rows come in several runs.
     #[test]
     fn a_buffer_of_batches_is_encoded_in_label_block_order() {
         for sizes in [
@@ -709,6 +743,8 @@ mod tests {
             vec![3, 3, 3],
             vec![1],
             vec![8, 8],
+            // Blocks b2, b0, b1, b2, b0: blocks come back in later runs.
+            vec![2, 3, 2, 2, 3],
         ] {
             let dir = tempfile::tempdir().unwrap();
             let name = dir.path().to_str().unwrap();
@@ -997,9 +1033,11 @@ mod tests {
             })
             .collect();
         let mut out = Vec::new();
-        ranks(&batches, key, |l, r| {
-            assert_eq!(l, 0);
-            out.push(r)
+        ranks(&batches, key, |labels, r, _| {
+            for &l in labels {
+                assert_eq!(l, 0);
+                out.push(r)
+            }
         })?;
         Ok(out)
     }

@@ -2,13 +2,15 @@
 //!
 //! A job's rows fall into far fewer (label, block) *groups* than rows: 9 rows a group on the
 //! benchmark's synthetic rows, hundreds to thousands on a real segmentation's blocks. Each row's
-//! group is found in a hash table (consecutive rows of one group skip it), only the groups are
+//! group is found in a hash table of its block's run of rows (consecutive rows of one group skip
+//! it), only the groups are
 //! sorted, and a counting pass places every row: O(rows) work plus a sort of the groups, where
 //! sorting packed row keys cost O(rows log rows) (and a third of an encoder's time). Rows of one
 //! group keep their arrival order, so the order is that of a stable sort by (label, block).
 //!
 //! The workspace is kept by each encoder from job to job: 4 bytes a row (each row's group, then
-//! its position), 4 more when the order itself is asked for, and about 36 bytes a group (key, end, hash slots).
+//! its position), 4 more when the order itself is asked for, and 20 bytes a group (key, end),
+//! plus the hash table of the largest run (at most 16 bytes a group of it).
 
 use arrow::array::RecordBatch;
 
@@ -35,18 +37,20 @@ pub(super) struct Grouping {
     keys: Vec<u128>,
     /// Each group's rows; then, once the rows are placed, the end of its rows in `order`.
     ends: Vec<u32>,
-    /// Open addressing over `keys`: group + 1 in a slot, 0 when empty; at most half full.
+    /// Open addressing over the current run's groups, by label: group + 1 in a slot, 0 when
+    /// empty; at most half full.
     table: Vec<u32>,
+    /// The first group of the current run of rows of one block.
+    run_start: usize,
     /// The job's rows (numbered as in `row_group`) in order, made on demand ([`Grouping::order`]).
     order: Vec<u32>,
     /// Whether `order` is that of the current job.
     has_order: bool,
 }
 
-/// A well-mixed 64-bit hash of a (label, rank) key: low bits index the table.
-fn hash(label: u64, rank: u32) -> usize {
-    let x = label ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let m = (x as u128).wrapping_mul(0xA076_1D64_78BD_642F);
+/// A well-mixed 64-bit hash of a label: low bits index the table.
+fn hash(label: u64) -> usize {
+    let m = (label as u128).wrapping_mul(0xA076_1D64_78BD_642F);
     ((m >> 64) as u64 ^ m as u64) as usize
 }
 
@@ -64,10 +68,7 @@ impl Grouping {
         self.row_group.reserve(rows);
         self.keys.clear();
         self.ends.clear();
-        // Sized for the last job's groups (at most half full), never below 4,096 slots.
-        let slots = (self.table.len().max(4096) / 2).next_power_of_two();
-        self.table.clear();
-        self.table.resize(slots, 0);
+        self.run_start = 0;
         let blocks = batches
             .iter()
             .map(|b| Blocks::of(b.column(col::BLOCK)))
@@ -80,7 +81,7 @@ impl Grouping {
                     Blocks::Int(v) => Some(v[i]),
                     Blocks::Str(_) => None,
                 },
-                |l, r| self.add(l, r),
+                |l, r, first| self.add_run(l, r, first),
             )?),
             Some(Blocks::Str(_)) => Distinct::Str(ranks(
                 batches,
@@ -88,7 +89,7 @@ impl Grouping {
                     Blocks::Str(a) => Some(a.value(i)),
                     Blocks::Int(_) => None,
                 },
-                |l, r| self.add(l, r),
+                |l, r, first| self.add_run(l, r, first),
             )?),
         };
         self.keys.sort_unstable();
@@ -133,53 +134,70 @@ impl Grouping {
         self.has_order.then_some(self.order.as_slice())
     }
 
-    /// Counts a row of (label, block rank) into its group.
-    fn add(&mut self, label: u64, rank: u32) {
-        // Consecutive rows of one group (a label's run within a block) skip the table.
-        if let Some(&g) = self.row_group.last() {
-            let k = self.keys[g as usize];
-            if (k >> 64) as u64 == label && (k >> 32) as u32 == rank {
-                self.ends[g as usize] += 1;
-                self.row_group.push(g);
-                return;
-            }
+    /// Counts rows of one block rank into their groups; `first`: they start a run of the block
+    /// (a run's rows may come in several calls, one per batch).
+    ///
+    /// Each run has a table of its own, keyed by label (the rank is the run's): a run holds the
+    /// rows of one block, so its table holds its block's labels only, small enough to stay in
+    /// the cache (a table of the job's groups would miss it on every row). A block that comes
+    /// back in a later run of the job gets groups of its own there: groups of equal (label,
+    /// rank) sort next to each other in the order they were made, which keeps the rows' arrival
+    /// order, and their index entries merge as they are written.
+    fn add_run(&mut self, labels: &[u64], rank: u32, first: bool) {
+        if first {
+            // Sized for the last run's groups (runs of a job are alike); it grows if need be.
+            let made = self.keys.len() - self.run_start;
+            let slots = (4 * made).next_power_of_two().max(16);
+            self.table.clear();
+            self.table.resize(slots, 0);
+            self.run_start = self.keys.len();
         }
-        let mask = self.table.len() - 1;
-        let mut s = hash(label, rank) & mask;
-        let g = loop {
-            match self.table[s] {
-                0 => {
-                    let g = self.keys.len() as u32;
-                    self.keys
-                        .push((label as u128) << 64 | (rank as u128) << 32 | g as u128);
-                    self.ends.push(0);
-                    self.table[s] = g + 1;
-                    break g;
+        for &label in labels {
+            // Consecutive rows of one group (a label's run within a block) skip the table.
+            if let Some(&g) = self.row_group.last() {
+                let g = g as usize;
+                if g >= self.run_start && (self.keys[g] >> 64) as u64 == label {
+                    self.ends[g] += 1;
+                    self.row_group.push(g as u32);
+                    continue;
                 }
-                t => {
-                    let k = self.keys[t as usize - 1];
-                    if (k >> 64) as u64 == label && (k >> 32) as u32 == rank {
-                        break t - 1;
+            }
+            let mask = self.table.len() - 1;
+            let mut s = hash(label) & mask;
+            let g = loop {
+                match self.table[s] {
+                    0 => {
+                        let g = self.keys.len() as u32;
+                        self.keys
+                            .push((label as u128) << 64 | (rank as u128) << 32 | g as u128);
+                        self.ends.push(0);
+                        self.table[s] = g + 1;
+                        break g;
                     }
-                    s = (s + 1) & mask;
+                    t => {
+                        if (self.keys[t as usize - 1] >> 64) as u64 == label {
+                            break t - 1;
+                        }
+                        s = (s + 1) & mask;
+                    }
                 }
+            };
+            if (self.keys.len() - self.run_start) * 2 > self.table.len() {
+                self.grow();
             }
-        };
-        if self.keys.len() * 2 > self.table.len() {
-            self.grow();
+            self.ends[g as usize] += 1;
+            self.row_group.push(g);
         }
-        self.ends[g as usize] += 1;
-        self.row_group.push(g);
     }
 
-    /// Doubles the table and re-inserts every group.
+    /// Doubles the table and re-inserts the run's groups.
     fn grow(&mut self) {
         let slots = self.table.len() * 2;
         self.table.clear();
         self.table.resize(slots, 0);
         let mask = slots - 1;
-        for k in &self.keys {
-            let mut s = hash((k >> 64) as u64, (k >> 32) as u32) & mask;
+        for k in &self.keys[self.run_start..] {
+            let mut s = hash((k >> 64) as u64) & mask;
             while self.table[s] != 0 {
                 s = (s + 1) & mask;
             }
@@ -199,16 +217,18 @@ impl Grouping {
     }
 }
 
-/// Calls `f(label, rank)` for every row of `batches` in order, `rank` being the position of the
-/// row's block among the job's distinct blocks, which it returns (sorted), where `key(b, i)` is
-/// row `i`'s block in batch `b`. Rows arrive in runs of one block (a scan writes block by block):
-/// one pass finds the runs, comparing each row's block with the one before, then each run's rank
-/// is looked up once and its rows handed over without comparing blocks again. A block of another
-/// type than the first batch's (`None`) is an error.
+/// Calls `f(labels, rank, first)` for the rows of `batches` in order, a run of rows of one block
+/// within one batch at a time: `labels` are the rows' labels, `rank` the position of their block
+/// among the job's distinct blocks (which it returns, sorted), `first` whether the rows start a
+/// run (the rows before are of another block), where `key(b, i)` is row `i`'s block in batch `b`.
+/// Rows arrive in runs of one block (a scan writes block by block): one pass finds the runs,
+/// comparing each row's block with the one before, then each run's rank is looked up once and
+/// its rows handed over without comparing blocks again. A block of another type than the first
+/// batch's (`None`) is an error.
 pub(super) fn ranks<K: Ord + Copy>(
     batches: &[RecordBatch],
     key: impl Fn(usize, usize) -> Option<K>,
-    mut f: impl FnMut(u64, u32),
+    mut f: impl FnMut(&[u64], u32, bool),
 ) -> Result<Vec<K>> {
     let mixed = || Error::Internal("buffered batches of different block types".into());
     // The first row of each run (batch, row) and its block.
@@ -235,8 +255,8 @@ pub(super) fn ranks<K: Ord + Copy>(
             let labels = crate::schema::labels(&batches[b as usize]).values();
             let from = if b == b0 { i0 as usize } else { 0 };
             let to = if b == b1 { i1 as usize } else { labels.len() };
-            for &l in &labels[from..to] {
-                f(l, rank);
+            if from < to {
+                f(&labels[from..to], rank, b == b0);
             }
         }
     }

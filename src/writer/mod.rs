@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type};
+use arrow::datatypes::DataType;
 use bytes::Bytes;
 use object_store::path::Path;
 
@@ -844,18 +844,22 @@ pub(crate) mod tests {
     }
 
     /// A job's index entries: one per (label, block) run of its part, with the run's rows and
-    /// bounding box, whatever order the rows arrived in.
+    /// bounding box, whatever order the rows arrived in, and when a block's rows come in two
+    /// runs with another block's between them.
     #[test]
     fn entries_are_label_block_runs_with_bbox() {
         let dir = tempfile::tempdir().unwrap();
         let name = dir.path().to_str().unwrap();
         let mut s = session_at(name, "w", WriterOptions::default()).unwrap();
-        // (label, block, x, y, z): label 1 in blocks 5 and 6, label 2 in block 6.
+        // (label, block, x, y, z): label 1 in blocks 5 and 6, label 2 in block 6; block 6 in
+        // two runs.
         let rows = [
             (1u64, 6i64, [0, 0, 0]),
             (2, 6, [0, 0, 0]),
             (1, 5, [1, 2, 0]),
             (1, 5, [3, -2, 9]),
+            (1, 6, [4, 4, 4]),
+            (2, 6, [-1, 0, 0]),
         ];
         let b = RecordBatch::try_from_iter(vec![
             (
@@ -894,8 +898,8 @@ pub(crate) mod tests {
             got,
             vec![
                 (1, Int(5), 0, 2, [1.0, -2.0, 0.0, 3.0, 2.0, 9.0]),
-                (1, Int(6), 2, 1, [0.0; 6]),
-                (2, Int(6), 3, 1, [0.0; 6]),
+                (1, Int(6), 2, 2, [0.0, 0.0, 0.0, 4.0, 4.0, 4.0]),
+                (2, Int(6), 4, 2, [-1.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
             ]
         );
     }
