@@ -155,23 +155,32 @@ fn encode_piece(
     distinct: &Distinct,
     block: ColumnType,
 ) -> Result<Bytes> {
-    use arrow::array::{Float64Array, Int64Array, StringArray, UInt64Array};
+    use arrow::array::{Float64Array, Int64Array, StringBuilder, UInt64Array};
+    // Strings into a builder of their exact size: grown by doubling, a piece's part names (about
+    // half a MiB) were reallocated and copied several times over.
+    let strings = |s: &mut dyn Iterator<Item = &str>, bytes: usize| -> ArrayRef {
+        let mut b = StringBuilder::with_capacity(entries.len(), bytes);
+        s.for_each(|v| b.append_value(v));
+        Arc::new(b.finish())
+    };
     let block_col: ArrayRef = match distinct {
         Distinct::Int(d) => Arc::new(Int64Array::from_iter_values(
             entries.iter().map(|e| d[e.rank as usize]),
         )),
-        Distinct::Str(d) => Arc::new(StringArray::from_iter_values(
-            entries.iter().map(|e| d[e.rank as usize]),
-        )),
+        Distinct::Str(d) => strings(
+            &mut entries.iter().map(|e| d[e.rank as usize]),
+            entries.iter().map(|e| d[e.rank as usize].len()).sum(),
+        ),
     };
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(UInt64Array::from_iter_values(
             entries.iter().map(|e| e.label),
         )),
         block_col,
-        Arc::new(StringArray::from_iter_values(
-            entries.iter().map(|e| parts[e.part as usize].as_str()),
-        )),
+        strings(
+            &mut entries.iter().map(|e| parts[e.part as usize].as_str()),
+            entries.iter().map(|e| parts[e.part as usize].len()).sum(),
+        ),
         Arc::new(UInt64Array::from_iter_values(
             entries.iter().map(|e| e.row_start),
         )),
