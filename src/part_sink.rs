@@ -201,6 +201,7 @@ impl PartSink {
         if let Some(p) = self.part.take() {
             block_on(p.writer.close())
                 .map_err(|e| Error::file(&self.store.name, p.path.as_ref(), e))?;
+            self.store.start_sync(&p.path);
             self.done.push(p.path);
         }
         Ok(())

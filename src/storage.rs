@@ -658,6 +658,21 @@ impl Store {
             .map_err(|e| self.err(prefix, e))
     }
 
+    /// Starts writing `path` to disk in the background (a local store's file; nothing on an
+    /// object store), so that the [`Store::sync`] that must precede a reference to it finds
+    /// little left to write: a part closed while the encoders still work is on disk by the
+    /// commit. Errors are left to that sync, which reports them.
+    pub fn start_sync(&self, path: &Path) {
+        if let Some(root) = &self.local_dir {
+            let file = root.join(path.as_ref());
+            runtime().spawn_blocking(move || {
+                if let Ok(f) = std::fs::File::open(&file) {
+                    let _ = f.sync_all();
+                }
+            });
+        }
+    }
+
     /// Makes `paths` (and their directories) durable on disk, for local stores.
     ///
     /// `LocalFileSystem` renames files into place without syncing them; without this, a power

@@ -740,6 +740,40 @@ mod tests {
         out
     }
 
+    /// The rows still buffered at a commit, after full jobs, go to the encoders as a job each,
+    /// and every row arrives, in (label, block) order within each job.
+    #[test]
+    fn the_rest_at_a_commit_is_split_between_the_encoders() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().to_str().unwrap();
+        // Jobs of 64 KiB (a 1 MiB buffer): about eight batches of 256 rows.
+        let mut s = crate::writer::tests::sized_session(name, "w", 1 << 30, 1 << 20);
+        let mut want = Vec::new();
+        for k in 0..45i32 {
+            let labels: Vec<u64> = (0..256u64).map(|i| (i * 7 + k as u64) % 13).collect();
+            let pts: Vec<[i32; 3]> = (0..256).map(|i| [k * 256 + i, 0, 0]).collect();
+            want.extend(labels.iter().zip(&pts).map(|(l, p)| (*l, p[0])));
+            s.append(&rows(&labels, "b", &pts)).unwrap();
+        }
+        let (jobs, rest) = (s.encodes, s.buffer.len());
+        assert!(
+            s.pool_full > 0 && rest >= 2,
+            "{} full jobs, {rest} batches left",
+            s.pool_full
+        );
+        s.encode_rest().unwrap();
+        let n = crate::writer::encoders();
+        assert_eq!(s.encodes - jobs, n as u64, "{rest} batches left");
+        assert!(s.buffer.is_empty());
+        let c = s.commit().unwrap();
+        assert_eq!(c.points, want.len() as u64);
+        let got = part_rows(dir.path());
+        let mut a: Vec<(u64, i32)> = got.iter().map(|r| (r.0, r.2)).collect();
+        a.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(a, want);
+    }
+
     /// A buffer of batches of these sizes (one append each) is encoded in (label, block) order,
     /// rows of one (label, block) in arrival order: batches of one power-of-two size but a
     /// shorter last one (a row's batch by shift), and the others (by binary search), and

@@ -498,6 +498,34 @@ impl Session {
         self.send_buffer()
     }
 
+    /// Hands the rows still buffered at a commit to the encoders. With every encoder running
+    /// (the session has had a full job), the rest is split into a job per encoder, so that they
+    /// finish together instead of one encoding it while the others wait (on the bench's 9 M rows,
+    /// ~40 ms of a 0.57 s COPY ran on one encoder). A commit that fails discards the session, so
+    /// the statement's marks need no job boundary here.
+    fn encode_rest(&mut self) -> Result<()> {
+        let n = encoders();
+        if self.pool_full == 0 || n < 2 || self.buffer.len() < n {
+            return self.encode_buffer();
+        }
+        let r = self.send_split(n);
+        self.failed |= r.is_err();
+        r
+    }
+
+    /// Hands the buffer over as `n` jobs of consecutive batches (about equal in number).
+    fn send_split(&mut self, n: usize) -> Result<()> {
+        let mut rest = std::mem::take(&mut self.buffer);
+        let per = rest.len().div_ceil(n);
+        while !rest.is_empty() {
+            let tail = rest.split_off(per.min(rest.len()));
+            self.buffer = std::mem::replace(&mut rest, tail);
+            self.buffered_bytes = self.buffer.iter().map(|b| b.get_array_memory_size()).sum();
+            self.send_buffer()?;
+        }
+        Ok(())
+    }
+
     /// Hands the whole buffer to the encoder as one job.
     fn send_buffer(&mut self) -> Result<()> {
         if self.buffer.is_empty() {
@@ -641,7 +669,7 @@ impl Session {
                 self.worker
             )));
         }
-        self.encode_buffer()?;
+        self.encode_rest()?;
         self.finish_encoder()?;
         let mut summary = CommitSummary {
             worker: self.worker.clone(),
