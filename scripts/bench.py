@@ -23,9 +23,9 @@ label, the real data's largest label, the 10 M-entry store in S3; see scripts/be
 The default runs real, synth, synth_small, s3 and ingest; `--workloads scale` runs scale alone (~25 minutes), `--workloads dask` dask.
 
 ingest (issue 11): 9 M synthetic points from a DuckDB temp table, pocaduck's COPY against plain
-DuckDB's sorted COPY in the same process, BIGINT and VARCHAR block ids, 3 runs each: throughput
-ratio, peak RSS against DuckDB's COPY into a trivial sink, bytes per point; long sessions (9 M and
-90 M and 180 M generated rows: is memory flat?); see scripts/bench_ingest.py (~3 minutes).
+DuckDB's sorted COPY in the same process, BIGINT and VARCHAR block ids, 5 runs each: throughput
+ratio, peak RSS against DuckDB's COPY into a trivial sink, bytes per point; long sessions (9, 90
+and 180 M generated rows: is memory flat?); see scripts/bench_ingest.py (~4 minutes).
 
 Usage: bench.py [--quick] [--out build/bench.json] [--workloads real,synth,synth_small,s3,scale,dask,ingest]
 """
