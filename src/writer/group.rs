@@ -10,7 +10,7 @@
 //!
 //! The workspace is kept by each encoder from job to job: 4 bytes a row (each row's group, then
 //! its position), 4 more when the order itself is asked for, and 20 bytes a group (key, end),
-//! plus the hash table of the largest run (at most 16 bytes a group of it).
+//! plus one run's hash table (4-byte slots, 4 to 8 per group of the run before, more as it grows).
 
 use arrow::array::RecordBatch;
 
