@@ -114,11 +114,16 @@ impl SegmentEntry {
             return false;
         }
         self.row_count += next.row_count;
-        for d in 0..3 {
-            self.bbox[d] = self.bbox[d].min(next.bbox[d]);
-            self.bbox[d + 3] = self.bbox[d + 3].max(next.bbox[d + 3]);
-        }
+        widen_bbox(&mut self.bbox, &next.bbox);
         true
+    }
+}
+
+/// Widens box `b` (min x, y, z, max x, y, z) to hold box `other`.
+pub fn widen_bbox(b: &mut [f64; 6], other: &[f64; 6]) {
+    for d in 0..3 {
+        b[d] = b[d].min(other[d]);
+        b[d + 3] = b[d + 3].max(other[d + 3]);
     }
 }
 
@@ -154,35 +159,46 @@ pub fn encode_segment(
     block: ColumnType,
     meta: &[(&str, String)],
 ) -> Result<Bytes> {
-    let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(UInt64Array::from_iter_values(
-            entries.iter().map(|e| e.label),
-        )),
+    encode_entries(
+        entries,
+        |e| (e.label, e.row_start, e.row_count, e.bbox),
         block_array(block, entries.iter().map(|e| e.block.clone())),
         Arc::new(StringArray::from_iter_values(
             entries.iter().map(|e| e.part.as_str()),
         )),
-        Arc::new(UInt64Array::from_iter_values(
-            entries.iter().map(|e| e.row_start),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            entries.iter().map(|e| e.row_count),
-        )),
-    ];
-    for i in 0..6 {
-        cols.push(Arc::new(Float64Array::from_iter_values(
-            entries.iter().map(|e| e.bbox[i]),
-        )));
-    }
-    encode_columns(cols, block, meta)
+        block,
+        meta,
+    )
 }
 
-/// Encodes a commit segment of these columns (those of [`entry_schema`] without provenance).
-pub(crate) fn encode_columns(
-    cols: Vec<ArrayRef>,
+/// Encodes a commit segment of `entries` given as their block and part columns and, for each,
+/// `nums(entry)` = (label, row_start, row_count, box): the one place that lays out the columns
+/// of [`entry_schema`] (without provenance), for [`encode_segment`] and ingest's pieces, whose
+/// entries hold their block and part by number.
+pub(crate) fn encode_entries<E>(
+    entries: &[E],
+    nums: impl Fn(&E) -> (u64, u64, u64, [f64; 6]),
+    block_col: ArrayRef,
+    part_col: ArrayRef,
     block: ColumnType,
     meta: &[(&str, String)],
 ) -> Result<Bytes> {
+    // Generic, not a closure taking `&dyn Fn`: an indirect call per value was measurable.
+    fn u64s<E>(entries: &[E], f: impl Fn(&E) -> u64) -> ArrayRef {
+        Arc::new(UInt64Array::from_iter_values(entries.iter().map(f)))
+    }
+    let mut cols: Vec<ArrayRef> = vec![
+        u64s(entries, |e| nums(e).0),
+        block_col,
+        part_col,
+        u64s(entries, |e| nums(e).1),
+        u64s(entries, |e| nums(e).2),
+    ];
+    for i in 0..6 {
+        cols.push(Arc::new(Float64Array::from_iter_values(
+            entries.iter().map(|e| nums(e).3[i]),
+        )));
+    }
     let batch = RecordBatch::try_new(entry_schema(block, false), cols)?;
     write_segment([Ok(batch)], block, meta)
 }

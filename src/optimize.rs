@@ -1159,10 +1159,7 @@ pub(crate) mod tests {
                 let b = out
                     .entry((e.entry.label, e.entry.block.to_string()))
                     .or_insert(crate::index::EMPTY_BBOX);
-                for d in 0..3 {
-                    b[d] = b[d].min(e.entry.bbox[d]);
-                    b[d + 3] = b[d + 3].max(e.entry.bbox[d + 3]);
-                }
+                crate::index::widen_bbox(b, &e.entry.bbox);
             }
         }
         out

@@ -131,7 +131,7 @@ struct Entry {
 
 impl Entry {
     /// Extends `self` by `next` if `next` is the same (label, block) in the same part and starts
-    /// where `self` ends (the boxes merged); returns whether it did. As [`SegmentEntry::absorb`].
+    /// where `self` ends (the boxes merged); returns whether it did. As [`crate::index::SegmentEntry::absorb`].
     fn absorb(&mut self, next: &Entry) -> bool {
         if (self.label, self.rank, self.part) != (next.label, next.rank, next.part)
             || self.row_start + self.row_count != next.row_start
@@ -139,23 +139,20 @@ impl Entry {
             return false;
         }
         self.row_count += next.row_count;
-        for d in 0..3 {
-            self.bbox[d] = self.bbox[d].min(next.bbox[d]);
-            self.bbox[d + 3] = self.bbox[d + 3].max(next.bbox[d + 3]);
-        }
+        crate::index::widen_bbox(&mut self.bbox, &next.bbox);
         true
     }
 }
 
-/// `entries` as a commit segment piece: the columns of [`crate::index::encode_segment`], made
-/// straight from the job's parts and blocks.
+/// `entries` as a commit segment piece ([`crate::index::encode_entries`]), its block and part
+/// columns made straight from the job's blocks and parts.
 fn encode_piece(
     entries: &[Entry],
     parts: &[String],
     distinct: &Distinct,
     block: ColumnType,
 ) -> Result<Bytes> {
-    use arrow::array::{Float64Array, Int64Array, StringBuilder, UInt64Array};
+    use arrow::array::{Int64Array, StringBuilder};
     // Strings into a builder of their exact size: grown by doubling, a piece's part names (about
     // half a MiB) were reallocated and copied several times over.
     let strings = |s: &mut dyn Iterator<Item = &str>, bytes: usize| -> ArrayRef {
@@ -172,28 +169,18 @@ fn encode_piece(
             entries.iter().map(|e| d[e.rank as usize].len()).sum(),
         ),
     };
-    let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(UInt64Array::from_iter_values(
-            entries.iter().map(|e| e.label),
-        )),
+    let part_col = strings(
+        &mut entries.iter().map(|e| parts[e.part as usize].as_str()),
+        entries.iter().map(|e| parts[e.part as usize].len()).sum(),
+    );
+    crate::index::encode_entries(
+        entries,
+        |e| (e.label, e.row_start, e.row_count, e.bbox),
         block_col,
-        strings(
-            &mut entries.iter().map(|e| parts[e.part as usize].as_str()),
-            entries.iter().map(|e| parts[e.part as usize].len()).sum(),
-        ),
-        Arc::new(UInt64Array::from_iter_values(
-            entries.iter().map(|e| e.row_start),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            entries.iter().map(|e| e.row_count),
-        )),
-    ];
-    for i in 0..6 {
-        cols.push(Arc::new(Float64Array::from_iter_values(
-            entries.iter().map(|e| e.bbox[i]),
-        )));
-    }
-    crate::index::encode_columns(cols, block, &[])
+        part_col,
+        block,
+        &[],
+    )
 }
 
 /// Sorts buffers and writes them into part files; owned by the encoder thread.
@@ -741,7 +728,7 @@ mod tests {
     }
 
     /// The rows still buffered at a commit, after full jobs, go to the encoders as a job each,
-    /// and every row arrives, in (label, block) order within each job.
+    /// and every row arrives.
     #[test]
     fn the_rest_at_a_commit_is_split_between_the_encoders() {
         let dir = tempfile::tempdir().unwrap();

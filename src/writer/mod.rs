@@ -1162,10 +1162,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// An encoder that fails (its parts cannot be written) fails the session: the statement that
-    /// finds out cannot be rolled back alone (rows of earlier statements were lost with the
-    /// encoder), and nothing can be committed. Here the failure is found when the rows of an
-    /// earlier statement, still buffered, are handed over on their own.
     /// A session whose one job is full starts every encoder, and hands the job to the first
     /// free one: the encoder left without a job does not fail the commit (it did, "an encoder
     /// thread was lost", when the job went to the first encoder), in sessions of one, two and
@@ -1189,6 +1185,10 @@ pub(crate) mod tests {
         }
     }
 
+    /// An encoder that fails (its parts cannot be written) fails the session: the statement that
+    /// finds out cannot be rolled back alone (rows of earlier statements were lost with the
+    /// encoder), and nothing can be committed. Here the failure is found when the rows of an
+    /// earlier statement, still buffered, are handed over on their own.
     #[test]
     fn a_failed_encoder_fails_the_session() {
         let dir = tempfile::tempdir().unwrap();
